@@ -1,0 +1,280 @@
+"""Resource endpoints: one generic handler set for every registered kind."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from slurmlink.api import metrics, tables
+from slurmlink.api.security import Authenticator, authorize
+from slurmlink.auth.identity import Identity
+from slurmlink.resources import errors
+from slurmlink.resources.kind import Kind, Obj
+from slurmlink.resources.service import ResourceService, WatchEvent
+
+T = TypeVar("T")
+
+_TRUE = ("1", "true", "True")
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
+        status_code=status,
+        media_type="application/json",
+    )
+
+
+def error_response(exc: errors.ApiError) -> Response:
+    return JSONResponse(exc.status(), status_code=exc.code)
+
+
+class ResourceEndpoints:
+    """Handlers for ``/apis/...`` and ``/api/v1/...`` resource paths."""
+
+    def __init__(
+        self, service: ResourceService, auth: Authenticator, *, bookmark_interval: float = 30.0
+    ) -> None:
+        self.service = service
+        self.auth = auth
+        self.bookmark_interval = bookmark_interval
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+
+    def _kind(self, request: Request) -> tuple[Kind, str]:
+        p = request.path_params
+        group = p.get("group", "")
+        version = p.get("version", "v1")
+        kind = self.service.registry.lookup(group, version, p["plural"])
+        if kind is None:
+            raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+        return kind, version
+
+    async def handle(self, request: Request) -> Response:
+        start = time.perf_counter()
+        verb, resource, code = request.method.lower(), request.path_params.get("plural", ""), 500
+        try:
+            response = await self._dispatch(request)
+            code = response.status_code
+            return response
+        except errors.ApiError as exc:
+            code = exc.code
+            return error_response(exc)
+        finally:
+            metrics.REQUESTS.labels(verb, resource, str(code)).inc()
+            metrics.LATENCY.labels(verb, resource).observe(time.perf_counter() - start)
+
+    async def _dispatch(self, request: Request) -> Response:
+        identity = self.auth.require(request)
+        kind, version = self._kind(request)
+        p = request.path_params
+        namespace = p.get("namespace")
+        name = p.get("name")
+        subresource = p.get("subresource")
+        if subresource not in (None, "status"):
+            raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+        if namespace is not None and not kind.namespaced:
+            raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+        if kind.namespaced and name is not None and namespace is None:
+            raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+        method = request.method
+        query = request.query_params
+        if name is None:
+            if method == "GET":
+                watch = query.get("watch") in _TRUE
+                authorize(identity, kind.group, kind.plural, "watch" if watch else "list", namespace, None)
+                if watch:
+                    return await self._watch(request, kind, version, namespace)
+                return await self._list(request, kind, version, namespace)
+            if method == "POST":
+                authorize(identity, kind.group, kind.plural, "create", namespace, None)
+                body = await _body(request)
+                obj = await self._run(self.service.create, kind, version, namespace, body, identity)
+                return _json(obj, 201)
+            if method == "DELETE":
+                authorize(identity, kind.group, kind.plural, "deletecollection", namespace, None)
+                return await self._delete_collection(request, kind, version, namespace, identity)
+            raise errors.method_not_allowed(f"{method} is not supported on a collection")
+        if method == "GET":
+            authorize(identity, kind.group, kind.plural, "get", namespace, name)
+            obj = await self._run(self.service.get, kind, version, namespace, name)
+            if tables.wants_table(request.headers.get("accept")):
+                return _json(
+                    tables.table(kind, [obj], None, include_object=query.get("includeObject", "Metadata"))
+                )
+            return _json(obj)
+        if method == "PUT":
+            authorize(identity, kind.group, kind.plural, "update", namespace, name)
+            body = await _body(request)
+            obj = await self._run(
+                functools.partial(self.service.replace, subresource=subresource),
+                kind,
+                version,
+                namespace,
+                name,
+                body,
+                identity,
+            )
+            return _json(obj)
+        if method == "PATCH":
+            authorize(identity, kind.group, kind.plural, "patch", namespace, name)
+            content_type = request.headers.get("content-type", "")
+            body = await _body(request)
+            obj = await self._run(
+                functools.partial(self.service.patch, subresource=subresource),
+                kind,
+                version,
+                namespace,
+                name,
+                content_type,
+                body,
+                identity,
+            )
+            return _json(obj)
+        if method == "DELETE":
+            authorize(identity, kind.group, kind.plural, "delete", namespace, name)
+            raw = await request.body()
+            options = _parse(raw) if raw.strip() else None
+            obj, _gone = await self._run(
+                self.service.delete, kind, version, namespace, name, identity, options
+            )
+            return _json(obj)
+        raise errors.method_not_allowed(f"{method} is not supported")
+
+    async def _list(self, request: Request, kind: Kind, version: str, namespace: str | None) -> Response:
+        q = request.query_params
+        if (
+            namespace is not None
+            and kind.namespaced
+            and not await self._run(self.service.namespace_exists, namespace)
+        ):
+            items: list[Obj] = []
+            revision = await self._run(self.service.store.current_revision)
+        else:
+            items, revision = await self._run(
+                self.service.list, kind, version, namespace, q.get("labelSelector"), q.get("fieldSelector")
+            )
+        if tables.wants_table(request.headers.get("accept")):
+            return _json(
+                tables.table(kind, items, str(revision), include_object=q.get("includeObject", "Metadata"))
+            )
+        return _json(
+            {
+                "apiVersion": kind.api_version(version),
+                "kind": kind.list_kind,
+                "metadata": {"resourceVersion": str(revision)},
+                "items": items,
+            }
+        )
+
+    async def _delete_collection(
+        self, request: Request, kind: Kind, version: str, namespace: str | None, identity: Identity
+    ) -> Response:
+        q = request.query_params
+        items, revision = await self._run(
+            self.service.list, kind, version, namespace, q.get("labelSelector"), q.get("fieldSelector")
+        )
+        deleted = []
+        for item in items:
+            m = item["metadata"]
+            try:
+                obj, _ = await self._run(
+                    self.service.delete, kind, version, m.get("namespace"), m["name"], identity
+                )
+                deleted.append(obj)
+            except errors.ApiError as exc:
+                if exc.code != 404:
+                    raise
+        return _json(
+            {
+                "apiVersion": kind.api_version(version),
+                "kind": kind.list_kind,
+                "metadata": {"resourceVersion": str(revision)},
+                "items": deleted,
+            }
+        )
+
+    async def _watch(self, request: Request, kind: Kind, version: str, namespace: str | None) -> Response:
+        q = request.query_params
+        as_table = tables.wants_table(request.headers.get("accept"))
+        include = q.get("includeObject", "Metadata")
+        bookmarks = q.get("allowWatchBookmarks") in _TRUE
+        try:
+            timeout = float(q["timeoutSeconds"]) if q.get("timeoutSeconds") else None
+        except ValueError as exc:
+            raise errors.bad_request("timeoutSeconds must be a number") from exc
+        try:
+            events = await self.service.watch(
+                kind,
+                version,
+                namespace,
+                q.get("resourceVersion"),
+                q.get("labelSelector"),
+                q.get("fieldSelector"),
+                bookmark_interval=self.bookmark_interval if bookmarks else None,
+            )
+        except errors.ApiError as exc:
+            if exc.code != 410:
+                raise
+            expired = exc
+
+            async def gone() -> AsyncIterator[bytes]:
+                yield _line({"type": "ERROR", "object": expired.status()})
+
+            return StreamingResponse(gone(), media_type="application/json")
+
+        async def stream() -> AsyncIterator[bytes]:
+            metrics.WATCHES.labels(kind.plural).inc()
+            first = True
+            try:
+                with anyio.move_on_after(timeout if timeout else float("inf")):
+                    async for event in events:
+                        yield _line(_watch_frame(kind, event, as_table, include, first))
+                        first = False
+            finally:
+                metrics.WATCHES.labels(kind.plural).dec()
+                await events.aclose()  # type: ignore[attr-defined]
+
+        return StreamingResponse(stream(), media_type="application/json")
+
+
+def _watch_frame(kind: Kind, event: WatchEvent, as_table: bool, include: str, first: bool) -> dict[str, Any]:
+    if event.type in ("ERROR", "BOOKMARK") or not as_table:
+        return {"type": event.type, "object": event.object}
+    rv = (event.object.get("metadata") or {}).get("resourceVersion")
+    return {
+        "type": event.type,
+        "object": tables.table(kind, [event.object], rv, include_object=include, with_columns=first),
+    }
+
+
+def _line(frame: dict[str, Any]) -> bytes:
+    return (json.dumps(frame, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+
+
+def _parse(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise errors.bad_request(f"the request body is not valid JSON: {exc}") from exc
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    content_type = request.headers.get("content-type", "")
+    if "yaml" in content_type and "apply-patch" not in content_type:
+        import yaml
+
+        try:
+            return yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise errors.bad_request(f"the request body is not valid YAML: {exc}") from exc
+    return _parse(raw)

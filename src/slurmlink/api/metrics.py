@@ -1,0 +1,31 @@
+"""Prometheus metrics of the API server and controllers."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter(
+    "slurmlink_api_requests_total",
+    "API requests by verb, resource and HTTP code",
+    ["verb", "resource", "code"],
+    registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "slurmlink_api_request_duration_seconds",
+    "API request latency (watches excluded)",
+    ["verb", "resource"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+WATCHES = Gauge("slurmlink_api_watches", "Open watch streams", ["resource"], registry=REGISTRY)
+RECONCILES = Counter(
+    "slurmlink_reconciles_total",
+    "Reconciles by controller and result",
+    ["controller", "result"],
+    registry=REGISTRY,
+)
+STORE_REVISION = Gauge(
+    "slurmlink_store_revision", "Newest store revision seen by the watch hub", registry=REGISTRY
+)

@@ -1,0 +1,45 @@
+"""Authentication (client certificate or bearer token) and authorisation of API requests."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from slurmlink.api.tls import PEER_IDENTITY
+from slurmlink.auth import roles
+from slurmlink.auth.identity import Identity
+from slurmlink.auth.tokens import TokenStore
+from slurmlink.resources import errors
+
+ANONYMOUS_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version"})
+
+
+class Authenticator:
+    """Finds who a request is from. ``open_access`` (plain-HTTP development only) makes everyone admin."""
+
+    def __init__(self, tokens: TokenStore | None, *, open_access: bool = False) -> None:
+        self.tokens = tokens
+        self.open_access = open_access
+
+    def identify(self, request: Request) -> Identity | None:
+        identity = request.scope.get("extensions", {}).get(PEER_IDENTITY)
+        if identity is not None:
+            return identity
+        header = request.headers.get("authorization", "")
+        if header[:7].lower() == "bearer " and self.tokens is not None:
+            return self.tokens.lookup(header[7:].strip())
+        if self.open_access:
+            return Identity("anonymous", (roles.role_group("admin"),))
+        return None
+
+    def require(self, request: Request) -> Identity:
+        identity = self.identify(request)
+        if identity is None:
+            raise errors.unauthorized()
+        return identity
+
+
+def authorize(
+    identity: Identity, group: str, resource: str, verb: str, namespace: str | None, name: str | None
+) -> None:
+    if not roles.allowed(identity, group, resource, verb):
+        raise errors.forbidden(roles.forbidden_message(identity, group, resource, verb, namespace, name))

@@ -1,0 +1,96 @@
+"""``slurmlink serve``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from slurmlink import config as config_mod
+from slurmlink import logs
+
+
+@click.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="SLURMLINK_CONFIG",
+    help="TOML file with a [serve] table (default: $SLURMLINK_CONFIG or /etc/slurmlink/config.toml).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="SLURMLINK_STATE_DIR",
+    help="Where the database, CA and kubeconfigs live (default ~/.local/state/slurmlink).",
+)
+@click.option(
+    "--listen", envvar="SLURMLINK_LISTEN", help="HOST:PORT to serve HTTPS on (default 127.0.0.1:8443)."
+)
+@click.option(
+    "--store",
+    envvar="SLURMLINK_STORE",
+    help="Database URL: sqlite:///PATH (default, in the state dir) or postgresql://USER@HOST/DB.",
+)
+@click.option(
+    "--host", "hosts", multiple=True, help="Extra DNS name or IP for the server certificate (repeatable)."
+)
+@click.option(
+    "--no-test-driver", is_flag=True, default=None, help="Do not run the test driver nor install its rules."
+)
+@click.option(
+    "--no-controllers",
+    is_flag=True,
+    default=None,
+    help="Serve the API only; run controllers elsewhere with `slurmlink controller`.",
+)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), envvar="SLURMLINK_LOG_LEVEL"
+)
+@click.option("--log-format", type=click.Choice(["json", "console"]), envvar="SLURMLINK_LOG_FORMAT")
+@click.option(
+    "--insecure-http",
+    is_flag=True,
+    default=None,
+    help="DEVELOPMENT ONLY: plain HTTP and no authentication (everyone is admin).",
+)
+def serve(
+    config_file: Path | None,
+    state_dir: Path | None,
+    listen: str | None,
+    store: str | None,
+    hosts: tuple[str, ...],
+    no_test_driver: bool | None,
+    no_controllers: bool | None,
+    log_level: str | None,
+    log_format: str | None,
+    insecure_http: bool | None,
+) -> None:
+    """Run the API server with its controllers on the embedded store (or PostgreSQL).
+
+    On first start it creates its CA and server certificate in the state directory and writes
+    STATE_DIR/admin.kubeconfig; /readyz answers "ok" once the controllers have synced.
+    """
+    path = config_file or Path("/etc/slurmlink/config.toml")
+    try:
+        file_values = config_mod.load_file(path)
+        cfg = config_mod.build(
+            file_values,
+            {
+                "state_dir": state_dir,
+                "listen": listen,
+                "store": store,
+                "hosts": list(hosts) or None,
+                "test_driver": False if no_test_driver else None,
+                "controllers": False if no_controllers else None,
+                "log_level": log_level,
+                "log_format": log_format,
+                "insecure_http": True if insecure_http else None,
+            },
+        )
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    logs.setup(cfg.log_level, cfg.log_format)
+    from slurmlink.server import serve as run_server
+
+    run_server(cfg)

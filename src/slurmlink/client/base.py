@@ -1,0 +1,39 @@
+"""The API client interface controllers, agents and the CLI use.
+
+Objects are exchanged in the kind's storage version. Two implementations: in-process (calls the
+resource service directly, inside ``slurmlink serve``) and HTTP (any remote replica, with a
+kubeconfig), so the same controller code runs either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from slurmlink.resources.kind import Kind, Obj
+from slurmlink.resources.patching import MERGE
+from slurmlink.resources.service import WatchEvent
+
+
+class Client(Protocol):
+    async def get(self, kind: Kind, namespace: str | None, name: str) -> Obj: ...
+
+    async def list(
+        self, kind: Kind, namespace: str | None = None, label_selector: str | None = None
+    ) -> tuple[list[Obj], str]: ...
+
+    async def create(self, kind: Kind, obj: Obj) -> Obj: ...
+
+    async def update(self, kind: Kind, obj: Obj) -> Obj: ...
+
+    async def patch(
+        self, kind: Kind, namespace: str | None, name: str, patch: Any, content_type: str = MERGE
+    ) -> Obj: ...
+
+    async def delete(self, kind: Kind, namespace: str | None, name: str) -> Obj: ...
+
+    async def watch(
+        self, kind: Kind, namespace: str | None = None, resource_version: str | None = None
+    ) -> AsyncIterator[WatchEvent]: ...
+
+    async def aclose(self) -> None: ...

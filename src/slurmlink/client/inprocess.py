@@ -1,0 +1,76 @@
+"""Client that calls the resource service in the same process (no HTTP, same admission rules)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import anyio
+
+from slurmlink.auth.identity import Identity
+from slurmlink.auth.roles import SYSTEM
+from slurmlink.resources.kind import Kind, Obj
+from slurmlink.resources.patching import MERGE
+from slurmlink.resources.service import ResourceService, WatchEvent
+
+T = TypeVar("T")
+
+
+class InProcessClient:
+    """Acts as ``identity`` (the system identity by default)."""
+
+    def __init__(self, service: ResourceService, identity: Identity = SYSTEM) -> None:
+        self.service = service
+        self.identity = identity
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+    async def get(self, kind: Kind, namespace: str | None, name: str) -> Obj:
+        return await self._run(self.service.get_storage, kind, namespace, name)
+
+    async def list(
+        self, kind: Kind, namespace: str | None = None, label_selector: str | None = None
+    ) -> tuple[list[Obj], str]:
+        items, revision = await self._run(
+            self.service.list, kind, kind.storage_version, namespace, label_selector, None
+        )
+        return items, str(revision)
+
+    async def create(self, kind: Kind, obj: Obj) -> Obj:
+        namespace = (obj.get("metadata") or {}).get("namespace")
+        return await self._run(self.service.create, kind, kind.storage_version, namespace, obj, self.identity)
+
+    async def update(self, kind: Kind, obj: Obj) -> Obj:
+        return await self._run(self.service.update_storage, kind, obj, self.identity)
+
+    async def patch(
+        self, kind: Kind, namespace: str | None, name: str, patch: Any, content_type: str = MERGE
+    ) -> Obj:
+        return await self._run(
+            self.service.patch,
+            kind,
+            kind.storage_version,
+            namespace,
+            name,
+            content_type,
+            patch,
+            self.identity,
+        )
+
+    async def delete(self, kind: Kind, namespace: str | None, name: str) -> Obj:
+        obj, _ = await self._run(
+            self.service.delete, kind, kind.storage_version, namespace, name, self.identity
+        )
+        return obj
+
+    async def watch(
+        self, kind: Kind, namespace: str | None = None, resource_version: str | None = None
+    ) -> AsyncIterator[WatchEvent]:
+        return await self.service.watch(
+            kind, kind.storage_version, namespace, resource_version, bookmark_interval=30.0
+        )
+
+    async def aclose(self) -> None:
+        return None

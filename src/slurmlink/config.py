@@ -1,0 +1,82 @@
+"""Server configuration: defaults, overridden by a TOML file, environment variables and flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "slurmlink"
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``slurmlink serve`` needs. See README "Configuration"."""
+
+    state_dir: Path = field(default_factory=default_state_dir)
+    listen: str = "127.0.0.1:8443"
+    store: str = ""  # SQLAlchemy URL; empty means SQLite in the state directory
+    hosts: list[str] = field(default_factory=list)  # extra names/IPs for the server certificate
+    namespaces: list[str] = field(default_factory=lambda: ["default", "dws-system", "slurm"])
+    system_namespace: str = "dws-system"
+    test_driver: bool = True
+    controllers: bool = True
+    compaction_retain: int = 50_000
+    compaction_interval: float = 60.0
+    log_level: str = "info"
+    log_format: str = "json"
+    insecure_http: bool = False  # development only: plain HTTP, everyone is admin
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+    @property
+    def store_url(self) -> str:
+        return self.store or f"sqlite:///{self.state_dir / 'slurmlink.db'}"
+
+    @property
+    def client_host(self) -> str:
+        """Address clients use: a wildcard listen address becomes loopback."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+
+    @property
+    def url(self) -> str:
+        scheme = "http" if self.insecure_http else "https"
+        host = f"[{self.client_host}]" if ":" in self.client_host else self.client_host
+        return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.state_dir / "admin.kubeconfig"
+
+
+def load_file(path: Path | None) -> dict[str, Any]:
+    """The ``[serve]`` table of a TOML config file (missing file -> empty)."""
+    if path is None or not path.exists():
+        return {}
+    with path.open("rb") as fh:
+        data = tomllib.load(fh)
+    section = data.get("serve", {})
+    known = {f.name for f in fields(ServerConfig)}
+    unknown = set(section) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown settings in [serve]: {', '.join(sorted(unknown))}")
+    return dict(section)
+
+
+def build(file_values: dict[str, Any], overrides: dict[str, Any]) -> ServerConfig:
+    """Defaults < file < overrides (flags and environment, already merged by the CLI)."""
+    values = {**file_values, **{k: v for k, v in overrides.items() if v is not None}}
+    if "state_dir" in values:
+        values["state_dir"] = Path(values["state_dir"]).expanduser()
+    return ServerConfig(**values)

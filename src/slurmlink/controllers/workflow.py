@@ -1,0 +1,198 @@
+"""The DWS Workflow controller: finalizer, state adoption, Computes, status roll-up, deletion.
+
+Mirrors upstream's reconcile step by step (see docs/architecture.md); each step that changes the
+object writes it and returns, so every intermediate state (e.g. DriverWait right after a state
+change) is visible to watchers exactly as with upstream DWS.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+
+from slurmlink.client.base import Client
+from slurmlink.controllers.runtime import Reconciler, Result
+from slurmlink.resources import errors
+from slurmlink.resources.dws.computes import COMPUTES
+from slurmlink.resources.dws.group import GROUP, WORKFLOW_FINALIZER
+from slurmlink.resources.dws.workflow import WORKFLOW
+from slurmlink.resources.kind import Obj
+from slurmlink.resources.meta import now_micro, parse_time
+
+_PRIORITY = {
+    "Completed": 1,
+    "DriverWait": 2,
+    "Pending": 2,
+    "Queued": 2,
+    "Running": 2,
+    "TransientCondition": 3,
+    "Error": 4,
+}
+OWNER_LABELS = (
+    f"{GROUP}/owner.kind",
+    f"{GROUP}/owner.name",
+    f"{GROUP}/owner.namespace",
+    f"{GROUP}/owner.uid",
+)
+
+
+def go_duration(seconds: float) -> str:
+    """Format like Go's ``time.Duration.String()`` after rounding to microseconds."""
+    us = round(seconds * 1_000_000)
+    if us == 0:
+        return "0s"
+    sign = "-" if us < 0 else ""
+    us = abs(us)
+    if us < 1000:
+        return f"{sign}{us}µs"
+    if us < 1_000_000:
+        return f"{sign}{_trim(us / 1000)}ms"
+    hours, rest = divmod(us, 3_600_000_000)
+    minutes, rest = divmod(rest, 60_000_000)
+    secs = _trim(rest / 1_000_000)
+    if hours:
+        return f"{sign}{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{sign}{minutes}m{secs}s"
+    return f"{sign}{secs}s"
+
+
+def _trim(value: float) -> str:
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def roll_up(status: dict[str, object], drivers: list[dict[str, object]]) -> None:
+    """Upstream's aggregation of the current state's driver entries into the workflow status."""
+    status["ready"] = True
+    status["status"] = "Completed"
+    status["message"] = ""
+    current = [d for d in drivers if d.get("watchState") == status.get("state")]
+    if not current:
+        return
+    ordered = sorted(current, key=lambda d: _PRIORITY.get(str(d.get("status") or ""), 2), reverse=True)
+    top = _PRIORITY.get(str(ordered[0].get("status") or ""), 2)
+    for driver in ordered:
+        if not driver.get("completed"):
+            status["ready"] = False
+        if _PRIORITY.get(str(driver.get("status") or ""), 2) < top:
+            break
+        if driver.get("message"):
+            status["message"] = f"DW Directive {driver.get('dwdIndex')}: {driver.get('message')}"
+        value = driver.get("status")
+        status["status"] = value if value in ("TransientCondition", "Error", "Completed") else "DriverWait"
+
+
+class WorkflowReconciler(Reconciler):
+    name = "workflow"
+    kind = WORKFLOW
+
+    async def reconcile(self, client: Client, obj: Obj) -> Result | None:
+        wf = copy.deepcopy(obj)
+        m = wf["metadata"]
+        finalizers = list(m.get("finalizers") or [])
+        if m.get("deletionTimestamp"):
+            return await self._finalize(client, wf, finalizers)
+        if WORKFLOW_FINALIZER not in finalizers:
+            m["finalizers"] = [*finalizers, WORKFLOW_FINALIZER]
+            await client.update(WORKFLOW, wf)
+            return None
+        spec = wf["spec"]
+        status = wf.setdefault("status", {})
+        before = copy.deepcopy(status)
+        if status.get("state") != spec["desiredState"]:
+            status["state"] = spec["desiredState"]
+            status["ready"] = False
+            status["status"] = "DriverWait"
+            status["message"] = ""
+            status["desiredStateChange"] = now_micro()
+            spec["forceReady"] = False
+            await client.update(WORKFLOW, wf)
+            return None
+        if spec["desiredState"] == "Proposal":
+            ref = await self._ensure_computes(client, wf)
+            if status.get("computes") != ref:
+                status["computes"] = ref
+                await client.update(WORKFLOW, wf)
+                return None
+        if status.get("ready"):
+            return None
+        roll_up(status, list(status.get("drivers") or []))
+        if spec.get("forceReady"):
+            status["ready"], status["status"], status["message"] = True, "Completed", "Forced Ready"
+        if status["ready"]:
+            now = dt.datetime.now(dt.UTC)
+            status["readyChange"] = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            started = status.get("desiredStateChange")
+            elapsed = (now - parse_time(started)).total_seconds() if isinstance(started, str) else 0.0
+            status["elapsedTimeLastState"] = go_duration(elapsed)
+        if status != before:
+            try:
+                await client.update(WORKFLOW, wf)
+            except errors.ApiError as exc:
+                if exc.code != 409:
+                    raise
+        return None
+
+    async def _ensure_computes(self, client: Client, wf: Obj) -> dict[str, str]:
+        m = wf["metadata"]
+        ref = {"kind": "Computes", "name": m["name"], "namespace": m["namespace"]}
+        labels = {
+            f"{GROUP}/workflow.name": m["name"],
+            f"{GROUP}/workflow.namespace": m["namespace"],
+            f"{GROUP}/workflow.uid": m.get("uid", ""),
+            OWNER_LABELS[0]: "Workflow",
+            OWNER_LABELS[1]: m["name"],
+            OWNER_LABELS[2]: m["namespace"],
+            OWNER_LABELS[3]: m.get("uid", ""),
+        }
+        owner = {
+            "apiVersion": wf.get("apiVersion", WORKFLOW.api_version(WORKFLOW.storage_version)),
+            "kind": "Workflow",
+            "name": m["name"],
+            "uid": m.get("uid", ""),
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        computes = {
+            "apiVersion": COMPUTES.api_version(COMPUTES.storage_version),
+            "kind": "Computes",
+            "metadata": {
+                "name": m["name"],
+                "namespace": m["namespace"],
+                "labels": labels,
+                "ownerReferences": [owner],
+            },
+        }
+        try:
+            await client.create(COMPUTES, computes)
+        except errors.ApiError as exc:
+            if exc.code != 409:
+                raise
+        return ref
+
+    async def _finalize(self, client: Client, wf: Obj, finalizers: list[str]) -> Result | None:
+        if WORKFLOW_FINALIZER not in finalizers:
+            return None
+        if len(finalizers) != 1:
+            return None  # other finalizers (drivers) go first; their removal re-triggers us
+        m = wf["metadata"]
+        selector = f"{OWNER_LABELS[1]}={m['name']},{OWNER_LABELS[2]}={m['namespace']}"
+        children, _ = await client.list(COMPUTES, m["namespace"], selector)
+        remaining = 0
+        for child in children:
+            if (child["metadata"].get("labels") or {}).get(OWNER_LABELS[3]) not in ("", m.get("uid")):
+                continue
+            try:
+                gone = await client.delete(COMPUTES, m["namespace"], child["metadata"]["name"])
+            except errors.ApiError as exc:
+                if exc.code == 404:
+                    continue
+                raise
+            if gone.get("metadata", {}).get("deletionTimestamp"):
+                remaining += 1
+        if remaining:
+            return Result(requeue_after=1.0)
+        m["finalizers"] = [f for f in finalizers if f != WORKFLOW_FINALIZER]
+        await client.update(WORKFLOW, wf)
+        return None

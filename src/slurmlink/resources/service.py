@@ -1,0 +1,464 @@
+"""The generic REST storage: create/get/list/update/patch/delete/watch for every registered kind.
+
+All kind-specific behaviour is delegated to the kind's ``Strategy``; this module owns what is the same
+for every kind: metadata, versions, compare-and-swap, no-op detection, finalizers, admission order
+(mutate -> schema -> validate) and conversion between served versions and the storage version.
+Methods are synchronous (the store is); the HTTP layer calls them from worker threads.
+"""
+
+from __future__ import annotations
+
+import builtins
+import copy
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from slurmlink.auth.identity import Identity
+from slurmlink.resources import errors, selectors
+from slurmlink.resources.admission import AdmissionContext
+from slurmlink.resources.kind import Kind, Obj
+from slurmlink.resources.meta import meta, now_rfc3339, revision_of, without_revision
+from slurmlink.resources.patching import apply_patch
+from slurmlink.resources.registry import Registry
+from slurmlink.store import errors as store_errors
+from slurmlink.store.events import Event
+from slurmlink.store.hub import Subscription, WatchHub
+from slurmlink.store.sql import SqlStore
+
+NAMESPACE_KEY = "core/namespaces"
+_PATCH_RETRIES = 8
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """An event converted to the watcher's version."""
+
+    type: str
+    object: Obj
+
+
+class ResourceService:
+    """Generic registry over the object store."""
+
+    def __init__(
+        self,
+        store: SqlStore,
+        registry: Registry,
+        hub: WatchHub | None = None,
+        *,
+        system_namespace: str = "dws-system",
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.hub = hub
+        self.system_namespace = system_namespace
+
+    # ---- conversion --------------------------------------------------------------------------
+
+    def to_version(self, kind: Kind, obj: Obj, version: str) -> Obj:
+        """Storage object -> the client's version (a copy)."""
+        return kind.strategy.convert(copy.deepcopy(obj), version, kind.api_version(version))
+
+    def _to_storage(self, kind: Kind, obj: Obj, version: str, old: Obj | None) -> Obj:
+        out = kind.strategy.convert(obj, kind.storage_version, kind.api_version(kind.storage_version))
+        if old is not None and version != kind.storage_version:
+            for path in kind.strategy.storage_only_paths:
+                _copy_path(old, out, path)
+        return out
+
+    def _ns(self, kind: Kind, namespace: str | None) -> str:
+        return (namespace or "") if kind.namespaced else ""
+
+    def _ctx(self, identity: Identity | None) -> AdmissionContext:
+        return AdmissionContext(self, identity, self.system_namespace)
+
+    def require_namespace(self, namespace: str) -> None:
+        if self.store.get(NAMESPACE_KEY, "", namespace) is None:
+            raise errors.namespace_not_found(namespace)
+
+    def namespace_exists(self, namespace: str) -> bool:
+        return self.store.get(NAMESPACE_KEY, "", namespace) is not None
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def get_storage(self, kind: Kind, namespace: str | None, name: str) -> Obj:
+        obj = _call(self.store.get, kind.key, self._ns(kind, namespace), name)
+        if obj is None:
+            raise errors.not_found(kind.group, kind.plural, name)
+        return obj
+
+    def get(self, kind: Kind, version: str, namespace: str | None, name: str) -> Obj:
+        return self.to_version(kind, self.get_storage(kind, namespace, name), version)
+
+    def list(
+        self,
+        kind: Kind,
+        version: str,
+        namespace: str | None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> tuple[list[Obj], int]:
+        match_labels = selectors.parse_label_selector(label_selector)
+        match_fields = selectors.parse_field_selector(field_selector)
+        items, revision = _call(self.store.list, kind.key, self._ns(kind, namespace) if namespace else None)
+        out = [self.to_version(kind, o, version) for o in items if match_labels(o) and match_fields(o)]
+        return out, revision
+
+    # ---- create ------------------------------------------------------------------------------
+
+    def create(
+        self, kind: Kind, version: str, namespace: str | None, body: Obj, identity: Identity | None
+    ) -> Obj:
+        if not isinstance(body, dict):
+            raise errors.bad_request("the body of the request must be a JSON object")
+        api_version = kind.api_version(version)
+        if body.get("apiVersion", api_version) != api_version:
+            raise errors.bad_request(
+                f"the API version in the data ({body.get('apiVersion')}) does not match "
+                f"the expected API version ({api_version})"
+            )
+        if body.get("kind", kind.kind) != kind.kind:
+            raise errors.bad_request(
+                f"the kind in the data ({body.get('kind')}) does not match the expected kind ({kind.kind})"
+            )
+        obj = copy.deepcopy(body)
+        obj["apiVersion"], obj["kind"] = api_version, kind.kind
+        m = meta(obj)
+        if not m.get("name") and m.get("generateName"):
+            m["name"] = f"{m['generateName']}{uuid.uuid4().hex[:5]}"
+        name = m.get("name")
+        if not name or not isinstance(name, str):
+            raise errors.invalid(
+                kind.group,
+                kind.kind,
+                "",
+                [errors.Cause("metadata.name", "Required value", "FieldValueRequired")],
+            )
+        ns = self._ns(kind, namespace)
+        if kind.namespaced:
+            if m.get("namespace") not in (None, "", ns):
+                raise errors.bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
+            m["namespace"] = ns
+            self.require_namespace(ns)
+        else:
+            m.pop("namespace", None)
+        for field in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields"):
+            m.pop(field, None)
+        m["uid"] = str(uuid.uuid4())
+        m["creationTimestamp"] = now_rfc3339()
+        m["generation"] = 1
+        obj = self._to_storage(kind, obj, version, None)
+        strategy = kind.strategy
+        ctx = self._ctx(identity)
+        strategy.default(obj)
+        strategy.mutate_create(obj, ctx)
+        causes = strategy.validate_schema(obj)
+        if causes:
+            raise errors.invalid(kind.group, kind.kind, name, causes)
+        strategy.validate_create(obj, ctx)
+        try:
+            stored = _call(self.store.create, kind.key, ns, name, obj)
+        except store_errors.AlreadyExistsError as exc:
+            raise errors.already_exists(kind.group, kind.plural, name) from exc
+        return self.to_version(kind, stored, version)
+
+    # ---- update / patch ----------------------------------------------------------------------
+
+    def replace(
+        self,
+        kind: Kind,
+        version: str,
+        namespace: str | None,
+        name: str,
+        body: Obj,
+        identity: Identity | None,
+        *,
+        subresource: str | None = None,
+    ) -> Obj:
+        """PUT: full replacement, conditional on ``metadata.resourceVersion`` (required)."""
+        if not isinstance(body, dict):
+            raise errors.bad_request("the body of the request must be a JSON object")
+        body_meta = body.get("metadata") or {}
+        if body_meta.get("name") not in (None, name):
+            raise errors.bad_request("the name of the object does not match the name on the URL")
+        expected = revision_of(body)
+        if not expected:
+            raise errors.invalid(
+                kind.group,
+                kind.kind,
+                name,
+                [
+                    errors.Cause(
+                        "metadata.resourceVersion", "Invalid value: 0x0: must be specified for an update"
+                    )
+                ],
+            )
+
+        def build(old_v: Obj) -> Obj:
+            return copy.deepcopy(body)
+
+        return self._update(kind, version, namespace, name, build, identity, expected, subresource, retries=1)
+
+    def patch(
+        self,
+        kind: Kind,
+        version: str,
+        namespace: str | None,
+        name: str,
+        content_type: str,
+        patch: Any,
+        identity: Identity | None,
+        *,
+        subresource: str | None = None,
+    ) -> Obj:
+        """PATCH: applied to the latest object; retried internally on write conflicts."""
+        precondition = revision_of(patch) if isinstance(patch, dict) else 0
+
+        def build(old_v: Obj) -> Obj:
+            return apply_patch(old_v, content_type, patch)
+
+        return self._update(
+            kind, version, namespace, name, build, identity, precondition or None, subresource, _PATCH_RETRIES
+        )
+
+    def update_storage(
+        self, kind: Kind, obj: Obj, identity: Identity | None, *, subresource: str | None = None
+    ) -> Obj:
+        """Controller path: PUT of a storage-version object, conditional on its resourceVersion."""
+        m = obj.get("metadata") or {}
+        return self.replace(
+            kind, kind.storage_version, m.get("namespace"), m["name"], obj, identity, subresource=subresource
+        )
+
+    def _update(
+        self,
+        kind: Kind,
+        version: str,
+        namespace: str | None,
+        name: str,
+        build: Callable[[Obj], Obj],
+        identity: Identity | None,
+        expected_revision: int | None,
+        subresource: str | None,
+        retries: int,
+    ) -> Obj:
+        ns = self._ns(kind, namespace)
+        strategy = kind.strategy
+        for attempt in range(retries):
+            old = self.get_storage(kind, ns, name)
+            old_rev = revision_of(old)
+            if expected_revision and expected_revision != old_rev:
+                raise errors.conflict(kind.group, kind.plural, name)
+            new_v = build(self.to_version(kind, old, version))
+            if not isinstance(new_v, dict):
+                raise errors.bad_request("the patched object must be a JSON object")
+            new = self._to_storage(kind, new_v, version, old)
+            self._keep_system_metadata(new, old, kind, ns, name)
+            if subresource == "status":
+                status = new.get("status")
+                new = copy.deepcopy(old)
+                if status is None:
+                    new.pop("status", None)
+                else:
+                    new["status"] = status
+            elif strategy.status_subresource:
+                if "status" in old:
+                    new["status"] = copy.deepcopy(old["status"])
+                else:
+                    new.pop("status", None)
+            strategy.default(new)
+            if without_revision(new) == without_revision(old):
+                return self.to_version(kind, old, version)
+            if strategy.spec_changed(new, old):
+                meta(new)["generation"] = int(meta(old).get("generation") or 1) + 1
+            causes = strategy.validate_schema(new)
+            if causes:
+                raise errors.invalid(kind.group, kind.kind, name, causes)
+            strategy.validate_update(new, old, self._ctx(identity))
+            try:
+                if meta(new).get("deletionTimestamp") and not meta(new).get("finalizers"):
+                    stored = _call(self.store.delete, kind.key, ns, name, old_rev)
+                else:
+                    stored = _call(self.store.update, kind.key, ns, name, new, old_rev)
+            except store_errors.ConflictError as exc:
+                if attempt + 1 < retries and not expected_revision:
+                    continue
+                raise errors.conflict(kind.group, kind.plural, name) from exc
+            except store_errors.NotFoundError as exc:
+                raise errors.not_found(kind.group, kind.plural, name) from exc
+            return self.to_version(kind, stored, version)
+        raise errors.conflict(kind.group, kind.plural, name)
+
+    @staticmethod
+    def _keep_system_metadata(new: Obj, old: Obj, kind: Kind, namespace: str, name: str) -> None:
+        """Fields clients may not change: identity, creation, deletion, generation."""
+        m, o = meta(new), meta(old)
+        m["name"] = name
+        if kind.namespaced:
+            m["namespace"] = namespace
+        else:
+            m.pop("namespace", None)
+        for field in (
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ):
+            if field in o:
+                m[field] = o[field]
+            else:
+                m.pop(field, None)
+        m.pop("managedFields", None)
+        m["resourceVersion"] = o.get("resourceVersion")
+        new["apiVersion"], new["kind"] = old.get("apiVersion"), kind.kind
+
+    # ---- delete ------------------------------------------------------------------------------
+
+    def delete(
+        self,
+        kind: Kind,
+        version: str,
+        namespace: str | None,
+        name: str,
+        identity: Identity | None,
+        options: Obj | None = None,
+    ) -> tuple[Obj, bool]:
+        """Delete, or mark for deletion while finalizers remain. Returns (object, gone_now)."""
+        ns = self._ns(kind, namespace)
+        pre = (options or {}).get("preconditions") or {}
+        for _attempt in range(_PATCH_RETRIES):
+            old = self.get_storage(kind, ns, name)
+            m = meta(old)
+            if pre.get("uid") and pre["uid"] != m.get("uid"):
+                raise errors.conflict(kind.group, kind.plural, name)
+            if pre.get("resourceVersion") and str(pre["resourceVersion"]) != str(m.get("resourceVersion")):
+                raise errors.conflict(kind.group, kind.plural, name)
+            try:
+                if m.get("finalizers"):
+                    if m.get("deletionTimestamp"):
+                        return self.to_version(kind, old, version), False
+                    new = copy.deepcopy(old)
+                    meta(new)["deletionTimestamp"] = now_rfc3339()
+                    meta(new)["deletionGracePeriodSeconds"] = 0
+                    stored = _call(self.store.update, kind.key, ns, name, new, revision_of(old))
+                    return self.to_version(kind, stored, version), False
+                stored = _call(self.store.delete, kind.key, ns, name, revision_of(old))
+                return self.to_version(kind, stored, version), True
+            except store_errors.ConflictError:
+                continue
+            except store_errors.NotFoundError as exc:
+                raise errors.not_found(kind.group, kind.plural, name) from exc
+        raise errors.conflict(kind.group, kind.plural, name)
+
+    # ---- watch -------------------------------------------------------------------------------
+
+    async def watch(
+        self,
+        kind: Kind,
+        version: str,
+        namespace: str | None,
+        resource_version: str | None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        *,
+        bookmark_interval: float | None = None,
+    ) -> AsyncIterator[WatchEvent]:
+        """Kubernetes watch semantics: rv ""/"0" starts with synthetic ADDED events.
+
+        With ``bookmark_interval``, a BOOKMARK carrying the newest revision is sent after each quiet
+        interval, so informers can resume without re-listing.
+        """
+        if self.hub is None:
+            raise errors.internal("watch is not available in this process")
+        import anyio
+
+        match_labels = selectors.parse_label_selector(label_selector)
+        match_fields = selectors.parse_field_selector(field_selector)
+        ns = self._ns(kind, namespace) if namespace else None
+
+        def matches(event: Event) -> bool:
+            return (
+                event.resource == kind.key
+                and (ns is None or event.namespace == ns)
+                and match_labels(event.object)
+                and match_fields(event.object)
+            )
+
+        initial: builtins.list[Obj] = []
+        if resource_version in (None, "", "0"):
+            items, after = await anyio.to_thread.run_sync(lambda: _call(self.store.list, kind.key, ns))
+            initial = [o for o in items if match_labels(o) and match_fields(o)]
+        else:
+            try:
+                after = int(resource_version)
+            except ValueError as exc:
+                raise errors.bad_request(f"invalid resourceVersion {resource_version!r}") from exc
+        try:
+            sub = await self.hub.subscribe(after, matches)
+        except store_errors.ExpiredError as exc:
+            raise errors.gone(str(exc)) from exc
+        return self._stream(kind, version, initial, sub, bookmark_interval)
+
+    async def _stream(
+        self,
+        kind: Kind,
+        version: str,
+        initial: builtins.list[Obj],
+        sub: Subscription,
+        bookmark_interval: float | None,
+    ) -> AsyncIterator[WatchEvent]:
+        try:
+            for obj in initial:
+                yield WatchEvent("ADDED", self.to_version(kind, obj, version))
+            while True:
+                event = await sub.next(bookmark_interval)
+                if event is None:
+                    if sub.closed:
+                        break
+                    yield WatchEvent(
+                        "BOOKMARK",
+                        {
+                            "kind": kind.kind,
+                            "apiVersion": kind.api_version(version),
+                            "metadata": {
+                                "resourceVersion": str(
+                                    max(sub.last_revision, self.hub.revision if self.hub else 0)
+                                )
+                            },
+                        },
+                    )
+                    continue
+                yield WatchEvent(event.type, self.to_version(kind, event.object, version))
+            if sub.overflowed:
+                yield WatchEvent("ERROR", errors.gone("watch fell too far behind; re-list").status())
+        finally:
+            sub.close()
+
+
+def _copy_path(src: Obj, dst: Obj, path: tuple[str, ...]) -> None:
+    cur: Any = src
+    for part in path:
+        if not isinstance(cur, dict) or part not in cur:
+            return
+        cur = cur[part]
+    target = dst
+    for part in path[:-1]:
+        nxt = target.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            target[part] = nxt
+        target = nxt
+    target.setdefault(path[-1], copy.deepcopy(cur))
+
+
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run a store call, turning an unreachable database into 503."""
+    try:
+        return fn(*args)
+    except store_errors.UnavailableError as exc:
+        raise errors.unavailable(str(exc)) from exc

@@ -1,0 +1,194 @@
+"""``slurmlink serve``: store + watch hub + API + in-process controllers, in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import uvicorn
+
+from slurmlink.api.app import build_app
+from slurmlink.api.security import Authenticator
+from slurmlink.api.tls import PeerCertProtocol, server_ssl_context
+from slurmlink.auth import roles
+from slurmlink.auth.kubeconfig import build_kubeconfig, load_kubeconfig, write_kubeconfig
+from slurmlink.auth.pki import CertificateAuthority, ensure_server_credentials
+from slurmlink.auth.tokens import TokenStore
+from slurmlink.client.inprocess import InProcessClient
+from slurmlink.config import ServerConfig
+from slurmlink.controllers.runtime import ControllerRunner
+from slurmlink.controllers.testdriver import TestDriverReconciler
+from slurmlink.controllers.workflow import WorkflowReconciler
+from slurmlink.resources import errors
+from slurmlink.resources.catalog import default_registry
+from slurmlink.resources.core import NAMESPACE
+from slurmlink.resources.dws import directives
+from slurmlink.resources.dws.directiverule import DW_DIRECTIVE_RULE
+from slurmlink.resources.service import ResourceService
+from slurmlink.store.hub import WatchHub
+from slurmlink.store.sql import SqlStore
+
+log = logging.getLogger("slurmlink.server")
+
+
+def pki_dir(state_dir: Path) -> Path:
+    return state_dir / "pki"
+
+
+def ensure_admin_kubeconfig(config: ServerConfig, ca: CertificateAuthority) -> Path:
+    """Write ``admin.kubeconfig`` unless a valid one for this server and CA exists."""
+    path = config.admin_kubeconfig
+    if path.exists():
+        try:
+            creds = load_kubeconfig(path)
+            if creds.server == config.url and creds.ca_pem == ca.cert_pem:
+                return path
+        except ValueError:
+            pass
+    client = ca.issue_client("admin", [roles.role_group("admin")])
+    write_kubeconfig(
+        path, build_kubeconfig(config.url, ca.cert_pem, "admin", client=client, namespace="default")
+    )
+    return path
+
+
+def bootstrap(service: ResourceService, config: ServerConfig) -> None:
+    """Namespaces and, unless turned off, the test driver's directive rules."""
+    for name in dict.fromkeys([*config.namespaces, config.system_namespace]):
+        try:
+            service.create(NAMESPACE, "v1", None, {"metadata": {"name": name}}, roles.SYSTEM)
+        except errors.ApiError as exc:
+            if exc.code != 409:
+                raise
+    if not config.test_driver:
+        return
+    for rule in directives.tester_rules():
+        rule = dict(rule, apiVersion=DW_DIRECTIVE_RULE.api_version(DW_DIRECTIVE_RULE.storage_version))
+        rule["metadata"] = {**rule.get("metadata", {}), "namespace": config.system_namespace}
+        name = rule["metadata"]["name"]
+        try:
+            service.create(
+                DW_DIRECTIVE_RULE,
+                DW_DIRECTIVE_RULE.storage_version,
+                config.system_namespace,
+                rule,
+                roles.SYSTEM,
+            )
+        except errors.ApiError as exc:
+            if exc.code != 409:
+                raise
+            current = service.get_storage(DW_DIRECTIVE_RULE, config.system_namespace, name)
+            if current.get("spec") != rule.get("spec"):
+                current["spec"] = rule["spec"]
+                service.update_storage(DW_DIRECTIVE_RULE, current, roles.SYSTEM)
+
+
+@dataclass
+class Server:
+    """A running server's parts; ``run()`` serves until cancelled or signalled."""
+
+    config: ServerConfig
+    store: SqlStore = field(init=False)
+    hub: WatchHub = field(init=False)
+    service: ResourceService = field(init=False)
+    runners: list[ControllerRunner] = field(default_factory=list)
+
+    def prepare(self) -> None:
+        cfg = self.config
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(cfg.state_dir, 0o700)
+        if not cfg.insecure_http:
+            ensure_server_credentials(cfg.state_dir, [cfg.client_host, cfg.host, *cfg.hosts])
+            ca = CertificateAuthority.load_or_create(pki_dir(cfg.state_dir))
+            ensure_admin_kubeconfig(cfg, ca)
+        self.store = SqlStore(cfg.store_url)
+        self.hub = WatchHub(self.store)
+        self.service = ResourceService(
+            self.store, default_registry(), self.hub, system_namespace=cfg.system_namespace
+        )
+        bootstrap(self.service, cfg)
+
+    async def run(self) -> None:
+        cfg = self.config
+        await self.hub.start()
+        client = InProcessClient(self.service)
+        if cfg.controllers:
+            self.runners.append(ControllerRunner(client, WorkflowReconciler(), workers=4))
+            if cfg.test_driver:
+                self.runners.append(ControllerRunner(client, TestDriverReconciler(), workers=2))
+        for runner in self.runners:
+            runner.start()
+
+        async def ready() -> bool:
+            return all(r.synced for r in self.runners)
+
+        tokens = TokenStore(cfg.state_dir / "tokens.json")
+        auth = Authenticator(tokens, open_access=cfg.insecure_http)
+        app = build_app(self.service, auth, ready)
+        uv_kwargs: dict[str, object] = {}
+        if not cfg.insecure_http:
+            creds = ensure_server_credentials(cfg.state_dir, [cfg.client_host, cfg.host, *cfg.hosts])
+            ssl_context = server_ssl_context(
+                str(creds.server_cert), str(creds.server_key), str(creds.ca_cert)
+            )
+            uv_kwargs["ssl_context_factory"] = lambda _config, _default: ssl_context
+            uv_kwargs["ssl_certfile"] = str(creds.server_cert)
+        uv_config = uvicorn.Config(
+            app,
+            host=cfg.host,
+            port=cfg.port,
+            http=PeerCertProtocol,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=2,
+            timeout_keep_alive=30,
+            **uv_kwargs,  # type: ignore[arg-type]
+        )
+        server = uvicorn.Server(uv_config)
+        compactor = asyncio.create_task(self._compact_forever(), name="compactor")
+        log.info("serving", extra={"url": cfg.url, "store": _redacted(cfg.store_url)})
+        try:
+            await server.serve()
+        finally:
+            compactor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await compactor
+            for runner in self.runners:
+                await runner.stop()
+            await self.hub.stop()
+            self.store.close()
+
+    async def _compact_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.compaction_interval)
+            try:
+                await anyio.to_thread.run_sync(self.store.compact, self.config.compaction_retain)
+            except Exception:
+                log.exception("compaction failed")
+
+
+def _redacted(url: str) -> str:
+    import sqlalchemy as sa
+
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def serve(config: ServerConfig) -> None:
+    """Run the server in the foreground until SIGINT/SIGTERM."""
+    server = Server(config)
+    server.prepare()
+    try:
+        import uvloop
+
+        uvloop.run(server.run())
+    except ImportError:
+        asyncio.run(server.run())

@@ -1,0 +1,32 @@
+"""Store-level failures; the API layer maps each to a Kubernetes Status."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class of every store failure."""
+
+
+class NotFoundError(StoreError):
+    """The object does not exist."""
+
+
+class AlreadyExistsError(StoreError):
+    """An object with that key exists already."""
+
+
+class ConflictError(StoreError):
+    """Compare-and-swap failed: the object changed since the caller read it."""
+
+
+class ExpiredError(StoreError):
+    """A watch asked for history that compaction has removed (HTTP 410 Gone)."""
+
+    def __init__(self, requested: int, compacted: int) -> None:
+        super().__init__(f"too old resource version: {requested} ({compacted})")
+        self.requested = requested
+        self.compacted = compacted
+
+
+class UnavailableError(StoreError):
+    """The database cannot be reached."""
