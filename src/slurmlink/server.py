@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -157,8 +156,7 @@ class Server:
             await server.serve()
         finally:
             compactor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await compactor
+            await asyncio.wait({compactor})
             for runner in self.runners:
                 await runner.stop()
             await self.hub.stop()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -21,11 +23,40 @@ ReadyCheck = Callable[[], Awaitable[bool]]
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
+#: Seconds between watch BOOKMARK events (for watches that allow them); overridable for tests.
+BOOKMARK_INTERVAL_ENV = "SLURMLINK_WATCH_BOOKMARK_INTERVAL"
+DEFAULT_BOOKMARK_INTERVAL = 30.0
+
+
+def bookmark_interval_from_env() -> float:
+    """``$SLURMLINK_WATCH_BOOKMARK_INTERVAL`` (a positive number of seconds), else 30."""
+    raw = os.environ.get(BOOKMARK_INTERVAL_ENV, "").strip()
+    if not raw:
+        return DEFAULT_BOOKMARK_INTERVAL
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{BOOKMARK_INTERVAL_ENV}={raw!r} is not a number of seconds") from exc
+    if value <= 0:
+        raise ValueError(f"{BOOKMARK_INTERVAL_ENV}={raw!r} must be positive")
+    return value
+
+
 def build_app(
-    service: ResourceService, auth: Authenticator, ready: ReadyCheck, *, bookmark_interval: float = 30.0
+    service: ResourceService,
+    auth: Authenticator,
+    ready: ReadyCheck,
+    *,
+    bookmark_interval: float | None = None,
 ) -> Starlette:
-    """Wire routes to the service. ``ready`` says whether controllers and the store are up."""
+    """Wire routes to the service. ``ready`` says whether controllers and the store are up.
+
+    Only the health endpoints are open; everything else, unknown paths included, needs a client
+    certificate or a bearer token (401 otherwise).
+    """
     registry = service.registry
+    if bookmark_interval is None:
+        bookmark_interval = bookmark_interval_from_env()
     resources = ResourceEndpoints(service, auth, bookmark_interval=bookmark_interval)
 
     def authenticated(
@@ -40,6 +71,7 @@ def build_app(
 
         return wrapped
 
+    @authenticated
     async def version(_request: Request) -> Response:
         return _json(discovery.version_info())
 
@@ -75,10 +107,24 @@ def build_app(
     async def openapi_v2(_request: Request) -> Response:
         return Response(discovery.OPENAPI_V2_BODY, media_type=discovery.OPENAPI_V2_MEDIA_TYPE)
 
+    @authenticated
     async def not_found(_request: Request) -> Response:
-        return error_response(
-            errors.ApiError(404, "NotFound", "the server could not find the requested resource")
-        )
+        raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """Starlette's own 404/405 (no route, wrong method) as Status bodies, after authentication."""
+        code = exc.status_code if isinstance(exc, HTTPException) else 500
+        if auth.identify(request) is None:
+            return error_response(errors.unauthorized())
+        if code == 405:
+            return error_response(
+                errors.method_not_allowed("the server does not allow this method on the requested resource")
+            )
+        if code == 404:
+            return error_response(
+                errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+            )
+        return error_response(errors.ApiError(code, "InternalError", str(getattr(exc, "detail", ""))))
 
     async def healthz(_request: Request) -> Response:
         return PlainTextResponse("ok")
@@ -121,4 +167,4 @@ def build_app(
         Route("/apis/{group}/{version}/{plural}/{name}", h, methods=ALL_METHODS),
         Route("/apis/{group}/{version}/{plural}/{name}/{subresource}", h, methods=ALL_METHODS),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})

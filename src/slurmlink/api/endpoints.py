@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -15,11 +16,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from slurmlink.api import metrics, tables
 from slurmlink.api.security import Authenticator, authorize
 from slurmlink.auth.identity import Identity
-from slurmlink.resources import errors
+from slurmlink.resources import errors, patching
 from slurmlink.resources.kind import Kind, Obj
 from slurmlink.resources.service import ResourceService, WatchEvent
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _TRUE = ("1", "true", "True")
 
@@ -68,6 +70,11 @@ class ResourceEndpoints:
         except errors.ApiError as exc:
             code = exc.code
             return error_response(exc)
+        except Exception as exc:  # a bug: still answer with a Status, as the API server does
+            log.exception("unhandled error in %s %s", request.method, request.url.path)
+            error = errors.internal(f"{type(exc).__name__}: {exc}")
+            code = error.code
+            return error_response(error)
         finally:
             metrics.REQUESTS.labels(verb, resource, str(code)).inc()
             metrics.LATENCY.labels(verb, resource).observe(time.perf_counter() - start)
@@ -87,6 +94,10 @@ class ResourceEndpoints:
             raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
         method = request.method
         query = request.query_params
+        dry_run = _dry_run(query.getlist("dryRun")) if method in ("POST", "PUT", "PATCH", "DELETE") else False
+        if name is None and namespace is None and kind.namespaced and method != "GET":
+            # Across all namespaces a namespaced kind can only be listed and watched.
+            raise errors.method_not_allowed(f"{method} is not supported on {kind.plural} across namespaces")
         if name is None:
             if method == "GET":
                 watch = query.get("watch") in _TRUE
@@ -97,11 +108,18 @@ class ResourceEndpoints:
             if method == "POST":
                 authorize(identity, kind.group, kind.plural, "create", namespace, None)
                 body = await _body(request)
-                obj = await self._run(self.service.create, kind, version, namespace, body, identity)
+                obj = await self._run(
+                    functools.partial(self.service.create, dry_run=dry_run),
+                    kind,
+                    version,
+                    namespace,
+                    body,
+                    identity,
+                )
                 return _json(obj, 201)
             if method == "DELETE":
                 authorize(identity, kind.group, kind.plural, "deletecollection", namespace, None)
-                return await self._delete_collection(request, kind, version, namespace, identity)
+                return await self._delete_collection(request, kind, version, namespace, identity, dry_run)
             raise errors.method_not_allowed(f"{method} is not supported on a collection")
         if method == "GET":
             authorize(identity, kind.group, kind.plural, "get", namespace, name)
@@ -115,7 +133,7 @@ class ResourceEndpoints:
             authorize(identity, kind.group, kind.plural, "update", namespace, name)
             body = await _body(request)
             obj = await self._run(
-                functools.partial(self.service.replace, subresource=subresource),
+                functools.partial(self.service.replace, subresource=subresource, dry_run=dry_run),
                 kind,
                 version,
                 namespace,
@@ -127,9 +145,11 @@ class ResourceEndpoints:
         if method == "PATCH":
             authorize(identity, kind.group, kind.plural, "patch", namespace, name)
             content_type = request.headers.get("content-type", "")
-            body = await _body(request)
+            if patching.media_type(content_type) not in patching.SUPPORTED:
+                raise errors.unsupported_media_type(content_type)
+            body = _parse(await request.body())
             obj = await self._run(
-                functools.partial(self.service.patch, subresource=subresource),
+                functools.partial(self.service.patch, subresource=subresource, dry_run=dry_run),
                 kind,
                 version,
                 namespace,
@@ -143,8 +163,17 @@ class ResourceEndpoints:
             authorize(identity, kind.group, kind.plural, "delete", namespace, name)
             raw = await request.body()
             options = _parse(raw) if raw.strip() else None
+            if options is not None and not isinstance(options, dict):
+                raise errors.bad_request("the body of a DELETE must be a DeleteOptions object")
+            dry_run = dry_run or _dry_run((options or {}).get("dryRun") or [])
             obj, _gone = await self._run(
-                self.service.delete, kind, version, namespace, name, identity, options
+                functools.partial(self.service.delete, dry_run=dry_run),
+                kind,
+                version,
+                namespace,
+                name,
+                identity,
+                options,
             )
             return _json(obj)
         raise errors.method_not_allowed(f"{method} is not supported")
@@ -176,7 +205,13 @@ class ResourceEndpoints:
         )
 
     async def _delete_collection(
-        self, request: Request, kind: Kind, version: str, namespace: str | None, identity: Identity
+        self,
+        request: Request,
+        kind: Kind,
+        version: str,
+        namespace: str | None,
+        identity: Identity,
+        dry_run: bool,
     ) -> Response:
         q = request.query_params
         items, revision = await self._run(
@@ -187,7 +222,12 @@ class ResourceEndpoints:
             m = item["metadata"]
             try:
                 obj, _ = await self._run(
-                    self.service.delete, kind, version, m.get("namespace"), m["name"], identity
+                    functools.partial(self.service.delete, dry_run=dry_run),
+                    kind,
+                    version,
+                    m.get("namespace"),
+                    m["name"],
+                    identity,
                 )
                 deleted.append(obj)
             except errors.ApiError as exc:
@@ -208,9 +248,11 @@ class ResourceEndpoints:
         include = q.get("includeObject", "Metadata")
         bookmarks = q.get("allowWatchBookmarks") in _TRUE
         try:
-            timeout = float(q["timeoutSeconds"]) if q.get("timeoutSeconds") else None
+            timeout = int(q["timeoutSeconds"]) if q.get("timeoutSeconds") else None
         except ValueError as exc:
-            raise errors.bad_request("timeoutSeconds must be a number") from exc
+            raise errors.bad_request(
+                f'timeoutSeconds: Invalid value: "{q["timeoutSeconds"]}": must be an integer'
+            ) from exc
         try:
             events = await self.service.watch(
                 kind,
@@ -220,6 +262,7 @@ class ResourceEndpoints:
                 q.get("labelSelector"),
                 q.get("fieldSelector"),
                 bookmark_interval=self.bookmark_interval if bookmarks else None,
+                timeout=timeout,
             )
         except errors.ApiError as exc:
             if exc.code != 410:
@@ -235,15 +278,26 @@ class ResourceEndpoints:
             metrics.WATCHES.labels(kind.plural).inc()
             first = True
             try:
-                with anyio.move_on_after(timeout if timeout else float("inf")):
-                    async for event in events:
-                        yield _line(_watch_frame(kind, event, as_table, include, first))
-                        first = False
+                async for event in events:
+                    yield _line(_watch_frame(kind, event, as_table, include, first))
+                    first = False
             finally:
                 metrics.WATCHES.labels(kind.plural).dec()
                 await events.aclose()  # type: ignore[attr-defined]
 
         return StreamingResponse(stream(), media_type="application/json")
+
+
+def _dry_run(values: Any) -> bool:
+    """``dryRun=All`` (the only value the API accepts) asks for every check and no change."""
+    if isinstance(values, str):
+        values = [values]
+    if not isinstance(values, list):
+        raise errors.bad_request("dryRun must be a list of strings")
+    for value in values:
+        if value != "All":
+            raise errors.bad_request(f'Invalid dryRun value: "{value}": supported values: "All"')
+    return bool(values)
 
 
 def _watch_frame(kind: Kind, event: WatchEvent, as_table: bool, include: str, first: bool) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from slurmlink.auth.identity import Identity
 from slurmlink.auth.tokens import TokenStore
 from slurmlink.resources import errors
 
-ANONYMOUS_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version"})
+#: The only paths served without credentials (health checks); see ``api.app``.
+ANONYMOUS_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
 
 
 class Authenticator:
@@ -42,4 +43,6 @@ def authorize(
     identity: Identity, group: str, resource: str, verb: str, namespace: str | None, name: str | None
 ) -> None:
     if not roles.allowed(identity, group, resource, verb):
-        raise errors.forbidden(roles.forbidden_message(identity, group, resource, verb, namespace, name))
+        raise errors.forbidden(
+            roles.forbidden_message(identity, group, resource, verb, namespace, name), group, resource, name
+        )

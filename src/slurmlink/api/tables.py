@@ -30,9 +30,11 @@ def _cell(column: PrinterColumn, obj: Obj, now: dt.datetime) -> Any:
         return None
     if column.type == "date":
         try:
-            return human_duration((now - parse_time(str(value))).total_seconds())
+            age = (now - parse_time(str(value))).total_seconds()
         except ValueError:
             return str(value)
+        # As the API server's HumanDuration: up to 2 s in the future is clock skew, shown as "0s".
+        return human_duration(max(age, 0.0) if age > -2 else age)
     if column.type == "string":
         return (
             value if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)

@@ -7,12 +7,16 @@ import click
 
 def all_commands() -> list[click.Command]:
     """Every top-level sub-command of ``slurmlink``."""
-    from slurmlink.cli import dev_cluster, kubeconfig_cmd, serve, version
+    from slurmlink.cli import controller_cmd, dev_cluster, kubeconfig_cmd, resources_cmd, serve, version
 
     commands: list[click.Command] = [
         version.version,
         serve.serve,
         kubeconfig_cmd.kubeconfig,
         dev_cluster.dev_cluster,
+        controller_cmd.controller,
+        resources_cmd.get,
+        resources_cmd.describe,
+        resources_cmd.watch,
     ]
     return commands

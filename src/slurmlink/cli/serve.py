@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from slurmlink import config as config_mod
-from slurmlink import logs
 
 
 @click.command()
@@ -90,6 +89,8 @@ def serve(
         )
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
+    from slurmlink import logs
+
     logs.setup(cfg.log_level, cfg.log_format)
     from slurmlink.server import serve as run_server
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from slurmlink.api import metrics
 from slurmlink.client.base import Client
 from slurmlink.resources import errors
 from slurmlink.resources.kind import Kind, Obj
+from slurmlink.resources.service import WatchEvent
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +85,9 @@ class ControllerRunner:
     def synced(self) -> bool:
         return self._synced.is_set()
 
-    async def wait_synced(self, timeout: float = 30.0) -> None:
-        await asyncio.wait_for(self._synced.wait(), timeout)
+    async def wait_synced(self, timeout: float | None = 30.0) -> None:
+        async with asyncio.timeout(timeout):
+            await self._synced.wait()
 
     def start(self) -> None:
         name = self.reconciler.name
@@ -95,9 +98,8 @@ class ControllerRunner:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks)
         self._tasks.clear()
 
     def enqueue(self, namespace: str, name: str) -> None:
@@ -113,22 +115,27 @@ class ControllerRunner:
                     self._queue.add(key)
                 self._synced.set()
                 events = await self.client.watch(kind, None, revision)
-                async for event in events:
-                    if event.type == "BOOKMARK":
-                        continue
-                    if event.type == "ERROR":
-                        break
-                    key = _key(event.object)
-                    if event.type == "DELETED":
-                        self.cache.pop(key, None)
-                    else:
-                        self.cache[key] = event.object
-                    self._queue.add(key)
+                async with contextlib.aclosing(events):  # type: ignore[type-var]
+                    await self._consume(events)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("%s: watch failed (%s); re-listing", self.reconciler.name, exc)
                 await asyncio.sleep(1.0)
+
+    async def _consume(self, events: AsyncIterator[WatchEvent]) -> None:
+        """Apply watch events to the cache until the stream ends or reports an error."""
+        async for event in events:
+            if event.type == "BOOKMARK":
+                continue
+            if event.type == "ERROR":
+                return
+            key = _key(event.object)
+            if event.type == "DELETED":
+                self.cache.pop(key, None)
+            else:
+                self.cache[key] = event.object
+            self._queue.add(key)
 
     async def _worker(self) -> None:
         name = self.reconciler.name

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import decimal
 
 from slurmlink.client.base import Client
 from slurmlink.controllers.runtime import Reconciler, Result
@@ -19,7 +20,7 @@ from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.resources.kind import Obj
 from slurmlink.resources.meta import now_micro, parse_time
 
-_PRIORITY = {
+_PRIORITY: dict[str, int] = {
     "Completed": 1,
     "DriverWait": 2,
     "Pending": 2,
@@ -36,20 +37,28 @@ OWNER_LABELS = (
 )
 
 
-def go_duration(seconds: float) -> str:
-    """Format like Go's ``time.Duration.String()`` after rounding to microseconds."""
-    us = round(seconds * 1_000_000)
+def go_duration(elapsed: float | dt.timedelta) -> str:
+    """Go's ``Duration.Round(time.Microsecond).String()`` for seconds (or a timedelta).
+
+    Rounding is half away from zero, as Go's ``Round``; the text is Go's: ``0s``, ``500µs``,
+    ``6.527ms``, ``1.503422s``, ``1m2.5s``, ``1h0m0s`` (U+00B5 micro sign, trailing zeros dropped).
+    """
+    if isinstance(elapsed, dt.timedelta):
+        exact = decimal.Decimal(elapsed.days * 86_400 + elapsed.seconds) * 1_000_000 + elapsed.microseconds
+    else:
+        exact = decimal.Decimal(repr(float(elapsed))) * 1_000_000
+    us = int(exact.to_integral_value(rounding=decimal.ROUND_HALF_UP))
     if us == 0:
         return "0s"
     sign = "-" if us < 0 else ""
     us = abs(us)
     if us < 1000:
-        return f"{sign}{us}µs"
+        return f"{sign}{us}\u00b5s"
     if us < 1_000_000:
-        return f"{sign}{_trim(us / 1000)}ms"
+        return f"{sign}{_fraction(us, 1000)}ms"
     hours, rest = divmod(us, 3_600_000_000)
     minutes, rest = divmod(rest, 60_000_000)
-    secs = _trim(rest / 1_000_000)
+    secs = _fraction(rest, 1_000_000)
     if hours:
         return f"{sign}{hours}h{minutes}m{secs}s"
     if minutes:
@@ -57,28 +66,50 @@ def go_duration(seconds: float) -> str:
     return f"{sign}{secs}s"
 
 
-def _trim(value: float) -> str:
-    text = f"{value:.6f}".rstrip("0").rstrip(".")
-    return text or "0"
+def _fraction(value: int, unit: int) -> str:
+    """``value / unit`` in decimal with trailing zeros (and a bare point) removed; exact."""
+    whole, frac = divmod(value, unit)
+    if not frac:
+        return str(whole)
+    digits = len(str(unit)) - 1
+    return f"{whole}.{frac:0{digits}d}".rstrip("0")
+
+
+def status_priority(status: object) -> int:
+    """Upstream ``statusPriority``: Error 4 > TransientCondition 3 > running-ish 2 > Completed 1.
+
+    Upstream panics on any other value (including an empty status); this raises ValueError, so the
+    reconcile fails and is retried with back-off without touching the workflow, as there.
+    """
+    if isinstance(status, str) and status in _PRIORITY:
+        return _PRIORITY[status]
+    raise ValueError(f"unknown driver status {status!r}")
 
 
 def roll_up(status: dict[str, object], drivers: list[dict[str, object]]) -> None:
-    """Upstream's aggregation of the current state's driver entries into the workflow status."""
+    """Upstream's aggregation of the current state's driver entries into the workflow status.
+
+    Starts from ready/Completed/no message; takes the entries whose ``watchState`` is the current
+    state, highest priority first (a stable sort, as Go's for the short lists involved); any entry
+    not ``completed`` clears ``ready``; the top-priority entries set ``message`` (``DW Directive N:
+    msg``, the last non-empty one wins) and ``status`` (their own if TransientCondition, Error or
+    Completed, otherwise DriverWait).
+    """
     status["ready"] = True
     status["status"] = "Completed"
     status["message"] = ""
     current = [d for d in drivers if d.get("watchState") == status.get("state")]
     if not current:
         return
-    ordered = sorted(current, key=lambda d: _PRIORITY.get(str(d.get("status") or ""), 2), reverse=True)
-    top = _PRIORITY.get(str(ordered[0].get("status") or ""), 2)
+    ordered = sorted(current, key=lambda d: status_priority(d.get("status")), reverse=True)
+    top = status_priority(ordered[0].get("status"))
     for driver in ordered:
         if not driver.get("completed"):
             status["ready"] = False
-        if _PRIORITY.get(str(driver.get("status") or ""), 2) < top:
+        if status_priority(driver.get("status")) < top:
             break
         if driver.get("message"):
-            status["message"] = f"DW Directive {driver.get('dwdIndex')}: {driver.get('message')}"
+            status["message"] = f"DW Directive {driver.get('dwdIndex', 0)}: {driver.get('message')}"
         value = driver.get("status")
         status["status"] = value if value in ("TransientCondition", "Error", "Completed") else "DriverWait"
 
@@ -98,7 +129,9 @@ class WorkflowReconciler(Reconciler):
             await client.update(WORKFLOW, wf)
             return None
         spec = wf["spec"]
-        status = wf.setdefault("status", {})
+        if not isinstance(wf.get("status"), dict):
+            wf["status"] = {}  # a status written as null reads as the zero status, as in Go
+        status = wf["status"]
         before = copy.deepcopy(status)
         if status.get("state") != spec["desiredState"]:
             status["state"] = spec["desiredState"]
@@ -124,7 +157,7 @@ class WorkflowReconciler(Reconciler):
             now = dt.datetime.now(dt.UTC)
             status["readyChange"] = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             started = status.get("desiredStateChange")
-            elapsed = (now - parse_time(started)).total_seconds() if isinstance(started, str) else 0.0
+            elapsed = now - parse_time(started) if isinstance(started, str) else dt.timedelta(0)
             status["elapsedTimeLastState"] = go_duration(elapsed)
         if status != before:
             try:
@@ -177,14 +210,19 @@ class WorkflowReconciler(Reconciler):
         if len(finalizers) != 1:
             return None  # other finalizers (drivers) go first; their removal re-triggers us
         m = wf["metadata"]
-        selector = f"{OWNER_LABELS[1]}={m['name']},{OWNER_LABELS[2]}={m['namespace']}"
-        children, _ = await client.list(COMPUTES, m["namespace"], selector)
+        # Children are found by the owner labels alone, in any namespace, as upstream's DeleteChildren.
+        selector = (
+            f"{OWNER_LABELS[0]}=Workflow,{OWNER_LABELS[1]}={m['name']},{OWNER_LABELS[2]}={m['namespace']}"
+        )
+        children, _ = await client.list(COMPUTES, None, selector)
         remaining = 0
         for child in children:
             if (child["metadata"].get("labels") or {}).get(OWNER_LABELS[3]) not in ("", m.get("uid")):
                 continue
             try:
-                gone = await client.delete(COMPUTES, m["namespace"], child["metadata"]["name"])
+                gone = await client.delete(
+                    COMPUTES, child["metadata"].get("namespace"), child["metadata"]["name"]
+                )
             except errors.ApiError as exc:
                 if exc.code == 404:
                     continue

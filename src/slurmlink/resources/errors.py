@@ -101,8 +101,10 @@ def denied(webhook: str, reason_text: str) -> ApiError:
     return ApiError(403, reason_text, f'admission webhook "{webhook}" denied the request: {reason_text}')
 
 
-def forbidden(message: str) -> ApiError:
-    return ApiError(403, "Forbidden", message)
+def forbidden(message: str, group: str = "", resource: str = "", name: str | None = None) -> ApiError:
+    """An authorisation refusal; ``details`` name the target as the API server's do."""
+    details = _details(name or "", group, resource) if resource else None
+    return ApiError(403, "Forbidden", message, details)
 
 
 def unauthorized(message: str = "Unauthorized") -> ApiError:

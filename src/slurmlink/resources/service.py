@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import builtins
 import copy
+import json
+import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -28,7 +31,10 @@ from slurmlink.store.hub import Subscription, WatchHub
 from slurmlink.store.sql import SqlStore
 
 NAMESPACE_KEY = "core/namespaces"
-_PATCH_RETRIES = 8
+#: How long a write without a resourceVersion precondition (PATCH, DELETE) keeps retrying when a
+#: concurrent writer wins the compare-and-swap. The API server retries such writes until they apply
+#: (GuaranteedUpdate); only a caller-given precondition turns a conflict into 409.
+_CONFLICT_RETRY_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -109,8 +115,16 @@ class ResourceService:
     # ---- create ------------------------------------------------------------------------------
 
     def create(
-        self, kind: Kind, version: str, namespace: str | None, body: Obj, identity: Identity | None
+        self,
+        kind: Kind,
+        version: str,
+        namespace: str | None,
+        body: Obj,
+        identity: Identity | None,
+        *,
+        dry_run: bool = False,
     ) -> Obj:
+        """POST. With ``dry_run`` everything is checked (admission included) but nothing is stored."""
         if not isinstance(body, dict):
             raise errors.bad_request("the body of the request must be a JSON object")
         api_version = kind.api_version(version)
@@ -136,6 +150,9 @@ class ResourceService:
                 "",
                 [errors.Cause("metadata.name", "Required value", "FieldValueRequired")],
             )
+        name_causes = _name_causes(kind, name)
+        if name_causes:
+            raise errors.invalid(kind.group, kind.kind, name, name_causes)
         ns = self._ns(kind, namespace)
         if kind.namespaced:
             if m.get("namespace") not in (None, "", ns):
@@ -156,10 +173,14 @@ class ResourceService:
         ctx = self._ctx(identity)
         strategy.default(obj)
         strategy.mutate_create(obj, ctx)
-        causes = strategy.validate_schema(obj)
+        causes = _metadata_causes(obj) + strategy.validate_schema(obj)
         if causes:
             raise errors.invalid(kind.group, kind.kind, name, causes)
         strategy.validate_create(obj, ctx)
+        if dry_run:
+            if _call(self.store.get, kind.key, ns, name) is not None:
+                raise errors.already_exists(kind.group, kind.plural, name)
+            return self.to_version(kind, obj, version)
         try:
             stored = _call(self.store.create, kind.key, ns, name, obj)
         except store_errors.AlreadyExistsError as exc:
@@ -178,6 +199,7 @@ class ResourceService:
         identity: Identity | None,
         *,
         subresource: str | None = None,
+        dry_run: bool = False,
     ) -> Obj:
         """PUT: full replacement, conditional on ``metadata.resourceVersion`` (required)."""
         if not isinstance(body, dict):
@@ -201,7 +223,7 @@ class ResourceService:
         def build(old_v: Obj) -> Obj:
             return copy.deepcopy(body)
 
-        return self._update(kind, version, namespace, name, build, identity, expected, subresource, retries=1)
+        return self._update(kind, version, namespace, name, build, identity, expected, subresource, dry_run)
 
     def patch(
         self,
@@ -214,6 +236,7 @@ class ResourceService:
         identity: Identity | None,
         *,
         subresource: str | None = None,
+        dry_run: bool = False,
     ) -> Obj:
         """PATCH: applied to the latest object; retried internally on write conflicts."""
         precondition = revision_of(patch) if isinstance(patch, dict) else 0
@@ -222,7 +245,7 @@ class ResourceService:
             return apply_patch(old_v, content_type, patch)
 
         return self._update(
-            kind, version, namespace, name, build, identity, precondition or None, subresource, _PATCH_RETRIES
+            kind, version, namespace, name, build, identity, precondition or None, subresource, dry_run
         )
 
     def update_storage(
@@ -244,11 +267,12 @@ class ResourceService:
         identity: Identity | None,
         expected_revision: int | None,
         subresource: str | None,
-        retries: int,
+        dry_run: bool = False,
     ) -> Obj:
         ns = self._ns(kind, namespace)
         strategy = kind.strategy
-        for attempt in range(retries):
+        deadline = time.monotonic() + _CONFLICT_RETRY_SECONDS
+        while True:
             old = self.get_storage(kind, ns, name)
             old_rev = revision_of(old)
             if expected_revision and expected_revision != old_rev:
@@ -275,23 +299,24 @@ class ResourceService:
                 return self.to_version(kind, old, version)
             if strategy.spec_changed(new, old):
                 meta(new)["generation"] = int(meta(old).get("generation") or 1) + 1
-            causes = strategy.validate_schema(new)
+            causes = _metadata_causes(new) + strategy.validate_schema(new)
             if causes:
                 raise errors.invalid(kind.group, kind.kind, name, causes)
             strategy.validate_update(new, old, self._ctx(identity))
+            if dry_run:
+                return self.to_version(kind, new, version)
             try:
                 if meta(new).get("deletionTimestamp") and not meta(new).get("finalizers"):
                     stored = _call(self.store.delete, kind.key, ns, name, old_rev)
                 else:
                     stored = _call(self.store.update, kind.key, ns, name, new, old_rev)
             except store_errors.ConflictError as exc:
-                if attempt + 1 < retries and not expected_revision:
-                    continue
+                if not expected_revision and time.monotonic() < deadline:
+                    continue  # someone else wrote in between: re-read and re-apply
                 raise errors.conflict(kind.group, kind.plural, name) from exc
             except store_errors.NotFoundError as exc:
                 raise errors.not_found(kind.group, kind.plural, name) from exc
             return self.to_version(kind, stored, version)
-        raise errors.conflict(kind.group, kind.plural, name)
 
     @staticmethod
     def _keep_system_metadata(new: Obj, old: Obj, kind: Kind, namespace: str, name: str) -> None:
@@ -327,11 +352,17 @@ class ResourceService:
         name: str,
         identity: Identity | None,
         options: Obj | None = None,
+        *,
+        dry_run: bool = False,
     ) -> tuple[Obj, bool]:
-        """Delete, or mark for deletion while finalizers remain. Returns (object, gone_now)."""
+        """Delete, or mark for deletion while finalizers remain. Returns (object, gone_now).
+
+        With ``dry_run`` the answer is the same but nothing changes.
+        """
         ns = self._ns(kind, namespace)
         pre = (options or {}).get("preconditions") or {}
-        for _attempt in range(_PATCH_RETRIES):
+        deadline = time.monotonic() + _CONFLICT_RETRY_SECONDS
+        while time.monotonic() < deadline:
             old = self.get_storage(kind, ns, name)
             m = meta(old)
             if pre.get("uid") and pre["uid"] != m.get("uid"):
@@ -345,8 +376,12 @@ class ResourceService:
                     new = copy.deepcopy(old)
                     meta(new)["deletionTimestamp"] = now_rfc3339()
                     meta(new)["deletionGracePeriodSeconds"] = 0
+                    if dry_run:
+                        return self.to_version(kind, new, version), False
                     stored = _call(self.store.update, kind.key, ns, name, new, revision_of(old))
                     return self.to_version(kind, stored, version), False
+                if dry_run:
+                    return self.to_version(kind, old, version), True
                 stored = _call(self.store.delete, kind.key, ns, name, revision_of(old))
                 return self.to_version(kind, stored, version), True
             except store_errors.ConflictError:
@@ -367,11 +402,13 @@ class ResourceService:
         field_selector: str | None = None,
         *,
         bookmark_interval: float | None = None,
+        timeout: float | None = None,
     ) -> AsyncIterator[WatchEvent]:
         """Kubernetes watch semantics: rv ""/"0" starts with synthetic ADDED events.
 
         With ``bookmark_interval``, a BOOKMARK carrying the newest revision is sent after each quiet
-        interval, so informers can resume without re-listing.
+        interval, so informers can resume without re-listing. With ``timeout`` (the request's
+        ``timeoutSeconds``) the stream ends by itself after that many seconds.
         """
         if self.hub is None:
             raise errors.internal("watch is not available in this process")
@@ -402,7 +439,8 @@ class ResourceService:
             sub = await self.hub.subscribe(after, matches)
         except store_errors.ExpiredError as exc:
             raise errors.gone(str(exc)) from exc
-        return self._stream(kind, version, initial, sub, bookmark_interval)
+        deadline = time.monotonic() + timeout if timeout is not None and timeout > 0 else None
+        return self._stream(kind, version, initial, sub, bookmark_interval, deadline)
 
     async def _stream(
         self,
@@ -411,15 +449,25 @@ class ResourceService:
         initial: builtins.list[Obj],
         sub: Subscription,
         bookmark_interval: float | None,
+        deadline: float | None,
     ) -> AsyncIterator[WatchEvent]:
         try:
             for obj in initial:
                 yield WatchEvent("ADDED", self.to_version(kind, obj, version))
             while True:
-                event = await sub.next(bookmark_interval)
+                wait, bookmark_due = bookmark_interval, bookmark_interval is not None
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    if wait is None or left < wait:
+                        wait, bookmark_due = left, False
+                event = await sub.next(wait)
                 if event is None:
                     if sub.closed:
                         break
+                    if not bookmark_due:
+                        continue  # the deadline passed: the loop ends at its top
                     yield WatchEvent(
                         "BOOKMARK",
                         {
@@ -438,6 +486,82 @@ class ResourceService:
                 yield WatchEvent("ERROR", errors.gone("watch fell too far behind; re-list").status())
         finally:
             sub.close()
+
+
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+
+
+def _name_causes(kind: Kind, name: str) -> builtins.list[errors.Cause]:
+    """``metadata.name`` rules: a DNS label for namespaces, a DNS subdomain for everything else."""
+    if kind.key == NAMESPACE_KEY:
+        if len(name) <= 63 and _DNS_LABEL.match(name):
+            return []
+        text = (
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
+            "and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', "
+            "regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+        )
+    else:
+        if len(name) <= 253 and _DNS_SUBDOMAIN.match(name):
+            return []
+        text = (
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or "
+            "'.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used "
+            "for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+        )
+    return [errors.Cause("metadata.name", f"Invalid value: {json.dumps(name)}: {text}")]
+
+
+def _metadata_causes(obj: Obj) -> builtins.list[errors.Cause]:
+    """Shapes of ``metadata`` fields clients write: labels (as selectors assume), annotations, finalizers."""
+    m = obj.get("metadata") or {}
+    causes: builtins.list[errors.Cause] = []
+    annotations = m.get("annotations")
+    if annotations is not None and not (
+        isinstance(annotations, dict) and all(isinstance(v, str) for v in annotations.values())
+    ):
+        causes.append(errors.Cause("metadata.annotations", "Invalid value: must be a map of strings"))
+    finalizers = m.get("finalizers")
+    if finalizers is not None and not (
+        isinstance(finalizers, builtins.list) and all(isinstance(f, str) and f for f in finalizers)
+    ):
+        causes.append(
+            errors.Cause("metadata.finalizers", "Invalid value: must be a list of non-empty strings")
+        )
+    labels = m.get("labels")
+    if labels is None:
+        return causes
+    if not isinstance(labels, dict):
+        return [*causes, errors.Cause("metadata.labels", "Invalid value: must be a map of strings")]
+    for key, value in labels.items():
+        prefix, slash, label = str(key).rpartition("/")
+        key_ok = (
+            bool(label)
+            and len(label) <= 63
+            and bool(_LABEL_NAME.match(label))
+            and (not slash or (0 < len(prefix) <= 253 and bool(_DNS_SUBDOMAIN.match(prefix))))
+        )
+        if not key_ok:
+            causes.append(
+                errors.Cause(
+                    "metadata.labels",
+                    f"Invalid value: {json.dumps(key)}: name part must consist of alphanumeric characters, "
+                    "'-', '_' or '.', and must start and end with an alphanumeric character, with an "
+                    "optional DNS subdomain prefix and '/'",
+                )
+            )
+        if not isinstance(value, str) or (value and (len(value) > 63 or not _LABEL_NAME.match(value))):
+            causes.append(
+                errors.Cause(
+                    "metadata.labels",
+                    f"Invalid value: {json.dumps(value)}: a valid label must be an empty string or consist "
+                    "of alphanumeric characters, '-', '_' or '.', and must start and end with an "
+                    "alphanumeric character",
+                )
+            )
+    return causes
 
 
 def _copy_path(src: Obj, dst: Obj, path: tuple[str, ...]) -> None:

@@ -30,3 +30,15 @@ class ExpiredError(StoreError):
 
 class UnavailableError(StoreError):
     """The database cannot be reached."""
+
+
+class SchemaVersionError(StoreError, RuntimeError):
+    """The database was migrated by a newer slurmlink than this one; refuse to touch it."""
+
+    def __init__(self, found: int, supported: int) -> None:
+        super().__init__(
+            f"store schema version {found} is newer than this slurmlink supports ({supported}); "
+            "upgrade slurmlink"
+        )
+        self.found = found
+        self.supported = supported

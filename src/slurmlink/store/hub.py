@@ -38,7 +38,7 @@ class Subscription:
         self.last_revision = 0
 
     def _offer(self, event: Event) -> None:
-        if event.revision <= self.last_revision or not self._matches(event):
+        if self.closed or event.revision <= self.last_revision or not self._matches(event):
             return
         try:
             self._queue.put_nowait(event)
@@ -55,7 +55,10 @@ class Subscription:
         if self.closed and self._queue.empty():
             return None
         try:
-            event = await asyncio.wait_for(self._queue.get(), timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+            # arrives together with an event, and the watcher's task would then never stop.
+            async with asyncio.timeout(timeout):
+                event = await self._queue.get()
         except TimeoutError:
             return None
         if event is None:
@@ -90,17 +93,28 @@ class WatchHub:
         self._task: asyncio.Task[None] | None = None
         self._listen_stop = threading.Event()
         self._listen_thread: threading.Thread | None = None
+        #: Set while the PostgreSQL LISTEN connection is established (tests and health checks).
+        self.listening = threading.Event()
 
     @property
     def revision(self) -> int:
         """Newest revision this hub has dispatched."""
         return self._last
 
+    def poke(self) -> None:
+        """Read the event log now rather than at the next poll (call on the hub's event loop)."""
+        if self._wake is not None:
+            self._wake.set()
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._last = await anyio.to_thread.run_sync(self.store.current_revision)
+        self._listen_stop.clear()
+        # Listen before reading the starting revision: a commit in between then arrives as an
+        # event (dispatched or seen as a gap that wakes a catch-up) instead of waiting for a poll.
         self.store.add_commit_listener(self._on_local_commit)
+        start = await anyio.to_thread.run_sync(self.store.current_revision)
+        self._last = max(self._last, start)
         self._task = asyncio.create_task(self._run(), name="watch-hub")
         if self.store.is_postgres:
             self._listen_thread = threading.Thread(
@@ -111,12 +125,17 @@ class WatchHub:
     async def stop(self) -> None:
         self.store.remove_commit_listener(self._on_local_commit)
         self._listen_stop.set()
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # Wait without swallowing a cancellation of the caller itself (suppressing
+            # CancelledError around ``await task`` would).
+            await asyncio.wait({task})
         for sub in list(self._subs):
             self._unsubscribe(sub)
+        thread, self._listen_thread = self._listen_thread, None
+        if thread is not None:
+            await anyio.to_thread.run_sync(thread.join, 5.0)
 
     async def subscribe(
         self, after: int | None, matches: EventFilter, max_queue: int = 10_000
@@ -127,7 +146,11 @@ class WatchHub:
         sub.last_revision = max(snapshot, after or 0)
         self._subs.add(sub)
         if after is not None and after < snapshot:
-            backlog = await self._history(after, snapshot)
+            try:
+                backlog = await self._history(after, snapshot)
+            except BaseException:
+                self._unsubscribe(sub)
+                raise
             pending: list[Event] = []
             while not sub._queue.empty():
                 item = sub._queue.get_nowait()
@@ -184,7 +207,10 @@ class WatchHub:
         assert self._wake is not None
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                # Not wait_for: on Python 3.11 it swallows a cancel that coincides with a wake-up,
+                # and stop() then waited forever for this loop.
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self._catch_up()
@@ -192,7 +218,13 @@ class WatchHub:
                 log.warning("watch hub fell behind compaction; resetting watchers")
                 for sub in list(self._subs):
                     self._unsubscribe(sub)
-                self._last = await anyio.to_thread.run_sync(self.store.current_revision)
+                # The ring must stay one contiguous run of revisions: a watch served from it after
+                # the jump would otherwise silently miss the events in between.
+                self._ring.clear()
+                try:
+                    self._last = await anyio.to_thread.run_sync(self.store.current_revision)
+                except Exception:  # the next round meets ExpiredError again and retries
+                    log.exception("watch hub could not read the current revision; retrying")
             except Exception:
                 log.exception("watch hub could not read the event log; retrying")
 
@@ -205,20 +237,40 @@ class WatchHub:
             if len(batch) < 10_000:
                 return
 
+    def _on_notify(self, revision: int | None) -> None:
+        if self._wake is not None and (revision is None or revision > self._last):
+            self._wake.set()
+
     def _listen_postgres(self) -> None:
-        """Blocking LISTEN loop in a thread; each NOTIFY wakes the hub."""
+        """Blocking LISTEN loop in a thread; each NOTIFY (a revision) wakes the hub.
+
+        On every (re)connection the hub is woken once too, to read what was committed while no
+        LISTEN was in place (before the first connection, or while the database was away).
+        """
         import psycopg
 
         dsn = self.store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         while not self._listen_stop.is_set():
             try:
-                with psycopg.connect(dsn, autocommit=True) as conn:
+                with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self.listening.set()
+                    self._call_in_loop(self._on_notify, None)
                     while not self._listen_stop.is_set():
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
-                            loop, wake = self._loop, self._wake
-                            if loop and wake and not loop.is_closed():
-                                loop.call_soon_threadsafe(wake.set)
+                        for note in conn.notifies(timeout=0.25, stop_after=1):
+                            try:
+                                revision: int | None = int(note.payload)
+                            except ValueError:
+                                revision = None
+                            self._call_in_loop(self._on_notify, revision)
             except Exception as exc:  # reconnect after a database restart
                 log.warning("LISTEN connection lost (%s); reconnecting", exc)
                 self._listen_stop.wait(1.0)
+            finally:
+                self.listening.clear()
+
+    def _call_in_loop(self, fn: Callable[[int | None], None], arg: int | None) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(fn, arg)

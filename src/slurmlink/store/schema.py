@@ -21,6 +21,10 @@ objects = sa.Table(
     sa.Column("name", sa.String(253), primary_key=True),
     sa.Column("revision", sa.BigInteger, nullable=False),
     sa.Column("data", sa.Text, nullable=False),
+    # Part of the table (created with it): an Index built inside a migration step would attach
+    # itself to this shared Table on every run, so the second fresh database opened by one process
+    # failed with "index objects_by_namespace already exists".
+    sa.Index("objects_by_namespace", "resource", "namespace"),
 )
 
 events = sa.Table(
@@ -52,8 +56,7 @@ schema_version = sa.Table(
 
 def _v1(conn: sa.Connection) -> None:
     for table in (objects, events, counters):
-        table.create(conn, checkfirst=True)
-    sa.Index("objects_by_namespace", objects.c.resource, objects.c.namespace).create(conn, checkfirst=True)
+        table.create(conn, checkfirst=True)  # with its indexes
     conn.execute(counters.insert().values(id=1, revision=0, compacted=0))
 
 

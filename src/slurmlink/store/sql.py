@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,9 +26,12 @@ from slurmlink.store.errors import (
     ConflictError,
     ExpiredError,
     NotFoundError,
+    SchemaVersionError,
     UnavailableError,
 )
 from slurmlink.store.events import Event, EventType
+
+log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "slurmlink_events"
 _MIGRATION_LOCK_KEY = 0x51C4_7A11
@@ -40,8 +44,12 @@ def _dumps(obj: dict[str, Any]) -> str:
 
 
 def _stamp(obj: dict[str, Any], revision: int) -> dict[str, Any]:
-    obj.setdefault("metadata", {})["resourceVersion"] = str(revision)
-    return obj
+    """A copy of ``obj`` (top level and metadata) carrying ``resourceVersion == revision``.
+
+    The caller's dict is left alone, so a write that fails (conflict, rollback) does not leave a
+    revision that never committed in the caller's object.
+    """
+    return {**obj, "metadata": {**(obj.get("metadata") or {}), "resourceVersion": str(revision)}}
 
 
 class SqlStore:
@@ -55,8 +63,11 @@ class SqlStore:
         self._listeners: list[CommitListener] = []
         try:
             migrate(self.engine)
-        except sa.exc.OperationalError as exc:
-            raise UnavailableError(f"cannot open the store at {_redact(url)}: {exc.orig}") from exc
+        except BaseException as exc:
+            self.engine.dispose()
+            if isinstance(exc, sa.exc.OperationalError):
+                raise UnavailableError(f"cannot open the store at {_redact(url)}: {exc.orig}") from exc
+            raise
 
     @property
     def is_postgres(self) -> bool:
@@ -123,8 +134,9 @@ class SqlStore:
     # ---- writes ------------------------------------------------------------------------------
 
     def create(self, resource: str, namespace: str, name: str, obj: dict[str, Any]) -> dict[str, Any]:
-        def apply(conn: sa.Connection, revision: int) -> tuple[EventType, dict[str, Any]]:
-            _stamp(obj, revision)
+        def apply(conn: sa.Connection, revision: int) -> tuple[EventType, dict[str, Any], str]:
+            stamped = _stamp(obj, revision)
+            data = _dumps(stamped)
             try:
                 with conn.begin_nested():
                     conn.execute(
@@ -133,14 +145,14 @@ class SqlStore:
                             namespace=namespace,
                             name=name,
                             revision=revision,
-                            data=_dumps(obj),
+                            data=data,
                         )
                     )
             except sa.exc.IntegrityError as exc:
                 raise AlreadyExistsError(f"{resource} {namespace}/{name} already exists") from exc
-            return "ADDED", obj
+            return "ADDED", stamped, data
 
-        return self._write(resource, namespace, name, apply).object
+        return self._write(resource, namespace, name, apply)[1]
 
     def update(
         self, resource: str, namespace: str, name: str, obj: dict[str, Any], expected_revision: int
@@ -148,8 +160,9 @@ class SqlStore:
         """Replace the object if its stored revision is still ``expected_revision``."""
         t = schema.objects
 
-        def apply(conn: sa.Connection, revision: int) -> tuple[EventType, dict[str, Any]]:
-            _stamp(obj, revision)
+        def apply(conn: sa.Connection, revision: int) -> tuple[EventType, dict[str, Any], str]:
+            stamped = _stamp(obj, revision)
+            data = _dumps(stamped)
             result = conn.execute(
                 t.update()
                 .where(
@@ -158,13 +171,13 @@ class SqlStore:
                     t.c.name == name,
                     t.c.revision == expected_revision,
                 )
-                .values(revision=revision, data=_dumps(obj))
+                .values(revision=revision, data=data)
             )
             if result.rowcount == 0:
                 self._raise_missing_or_conflict(conn, resource, namespace, name)
-            return "MODIFIED", obj
+            return "MODIFIED", stamped, data
 
-        return self._write(resource, namespace, name, apply).object
+        return self._write(resource, namespace, name, apply)[1]
 
     def delete(
         self, resource: str, namespace: str, name: str, expected_revision: int | None = None
@@ -173,30 +186,39 @@ class SqlStore:
         t = schema.objects
         key = (t.c.resource == resource, t.c.namespace == namespace, t.c.name == name)
 
-        def apply(conn: sa.Connection, revision: int) -> tuple[EventType, dict[str, Any]]:
+        def apply(conn: sa.Connection, revision: int) -> tuple[EventType, dict[str, Any], str]:
             row = conn.execute(sa.select(t.c.revision, t.c.data).where(*key)).first()
             if row is None:
                 raise NotFoundError(f"{resource} {namespace}/{name} not found")
             if expected_revision is not None and int(row[0]) != expected_revision:
                 raise ConflictError(f"{resource} {namespace}/{name} changed")
             conn.execute(t.delete().where(*key))
-            return "DELETED", _stamp(json.loads(row[1]), revision)
+            stamped = _stamp(json.loads(row[1]), revision)
+            return "DELETED", stamped, _dumps(stamped)
 
-        return self._write(resource, namespace, name, apply).object
+        return self._write(resource, namespace, name, apply)[1]
 
     def compact(self, retain: int) -> int:
-        """Drop events older than the newest ``retain`` revisions; returns the compaction point."""
-        with self._write_lock, self.engine.begin() as conn:
-            current = self._current_revision(conn)
-            point = max(0, current - retain)
-            old = int(conn.execute(sa.select(schema.counters.c.compacted)).scalar_one())
-            if point > old:
-                conn.execute(schema.events.delete().where(schema.events.c.revision <= point))
-                conn.execute(
-                    schema.counters.update().where(schema.counters.c.id == 1).values(compacted=point)
-                )
-                return point
-            return old
+        """Drop events older than the newest ``retain`` revisions; returns the compaction point.
+
+        Safe when several replicas compact at once: the point only ever moves forward (a
+        compactor that computed an older point must not lower it below events another one has
+        already deleted, or a watch from between the two points would silently miss events).
+        """
+        c = schema.counters
+        with self._write_lock:
+            try:
+                with self.engine.begin() as conn:
+                    current = self._current_revision(conn)
+                    point = max(0, current - retain)
+                    old = int(conn.execute(sa.select(c.c.compacted)).scalar_one())
+                    if point <= old:
+                        return old
+                    conn.execute(schema.events.delete().where(schema.events.c.revision <= point))
+                    conn.execute(c.update().where(c.c.id == 1, c.c.compacted < point).values(compacted=point))
+                    return int(conn.execute(sa.select(c.c.compacted)).scalar_one())
+            except sa.exc.OperationalError as exc:
+                raise UnavailableError(f"store unavailable: {exc.orig}") from exc
 
     # ---- internals ---------------------------------------------------------------------------
 
@@ -216,8 +238,9 @@ class SqlStore:
         resource: str,
         namespace: str,
         name: str,
-        apply: Callable[[sa.Connection, int], tuple[EventType, dict[str, Any]]],
-    ) -> Event:
+        apply: Callable[[sa.Connection, int], tuple[EventType, dict[str, Any], str]],
+    ) -> tuple[int, dict[str, Any]]:
+        """One write transaction; returns the committed revision and the caller's copy of the object."""
         try:
             with self._write_lock:
                 with self.engine.begin() as conn:
@@ -229,7 +252,7 @@ class SqlStore:
                             .returning(schema.counters.c.revision)
                         ).scalar_one()
                     )
-                    kind, obj = apply(conn, revision)
+                    kind, obj, data = apply(conn, revision)
                     conn.execute(
                         schema.events.insert().values(
                             revision=revision,
@@ -237,17 +260,24 @@ class SqlStore:
                             resource=resource,
                             namespace=namespace,
                             name=name,
-                            data=_dumps(obj),
+                            data=data,
                         )
                     )
                     if self.is_postgres:
                         conn.execute(
                             sa.text("SELECT pg_notify(:c, :r)"), {"c": NOTIFY_CHANNEL, "r": str(revision)}
                         )
-                event = Event(revision, kind, resource, namespace, name, obj)
-                for listener in list(self._listeners):
-                    listener(event)
-                return event
+                # Committed. Listeners get their own copy (watch rings keep events for a long time and
+                # share them between watchers; the caller may go on mutating what it gets back), and a
+                # failing listener must not turn a committed write into an error for the caller.
+                if self._listeners:
+                    event = Event(revision, kind, resource, namespace, name, json.loads(data))
+                    for listener in list(self._listeners):
+                        try:
+                            listener(event)
+                        except Exception:
+                            log.exception("commit listener failed at revision %d", revision)
+                return revision, obj
         except sa.exc.OperationalError as exc:
             raise UnavailableError(f"store unavailable: {exc.orig}") from exc
 
@@ -309,17 +339,19 @@ def _make_engine(url: str, *, echo: bool) -> sa.Engine:
 
 
 def migrate(engine: sa.Engine) -> int:
-    """Bring the schema to the latest version; safe when several replicas start at once."""
+    """Bring the schema to the latest version; safe when several replicas start at once.
+
+    Each applied step is recorded in ``schema_version`` in the same transaction as the step, so a
+    crash mid-migration leaves the previous version. A database newer than this code is refused
+    (SchemaVersionError) rather than written with the wrong layout.
+    """
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
         schema.schema_version.create(conn, checkfirst=True)
         current = conn.execute(sa.select(sa.func.max(schema.schema_version.c.version))).scalar() or 0
         if current > schema.LATEST_VERSION:
-            raise RuntimeError(
-                f"store schema version {current} is newer than this slurmlink "
-                f"({schema.LATEST_VERSION}); upgrade slurmlink"
-            )
+            raise SchemaVersionError(int(current), schema.LATEST_VERSION)
         for version, step in schema.MIGRATIONS:
             if version > current:
                 step(conn)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
@@ -15,7 +15,9 @@ from slurmlink.resources.schema import validate_part
 class RuleDef(BaseModel):
     model_config = ConfigDict(extra="allow")
     key: StrictStr
-    type: Literal["integer", "bool", "string", "list-of-string"]
+    # Not an enum in upstream's CRD: an unknown type is accepted here and reported when a
+    # directive is checked against it ("unsupported rule type '...'").
+    type: StrictStr
     pattern: StrictStr | None = None
     patterns: list[StrictStr] | None = None
     min: StrictInt | None = None

@@ -20,6 +20,9 @@ from slurmlink.resources.kind import Kind, Obj, PrinterColumn, Strategy
 from slurmlink.resources.schema import validate_part
 
 VALIDATING_WEBHOOK = "vworkflow.kb.io"
+MUTATING_WEBHOOK = "mworkflow.kb.io"
+#: Fields that exist only from v1alpha3/v1alpha5 on: hidden from and ignored in v1alpha2 requests.
+V1ALPHA2_HIDDEN = (("spec", "forceReady"), ("status", "requires"), ("status", "workflowToken"))
 
 Uint32 = Annotated[int, Field(ge=0, le=4294967295)]
 DriverStatusValue = Literal[
@@ -31,43 +34,47 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+# Fields are declared in alphabetical order, as controller-gen writes the CRD's ``properties`` and
+# ``required`` lists: the API server reports several missing fields in that order.
+
+
 class WorkflowSpec(_Open):
     desiredState: states.State
-    wlmID: StrictStr
-    jobID: StrictInt | StrictStr
-    userID: Uint32
-    groupID: Uint32
-    hurry: bool = False
     dwDirectives: list[StrictStr]
     forceReady: bool = False
+    groupID: Uint32
+    hurry: bool = False
+    jobID: StrictInt | StrictStr
+    userID: Uint32
+    wlmID: StrictStr
 
 
 class DriverStatus(_Open):
-    driverID: StrictStr
-    taskID: StrictStr
-    dwdIndex: StrictInt
-    watchState: states.State
-    lastHB: StrictInt
-    completed: bool
-    status: DriverStatusValue | None = None
-    message: StrictStr | None = None
-    error: StrictStr | None = None
     completeTime: StrictStr | None = None
+    completed: bool
+    driverID: StrictStr
+    dwdIndex: StrictInt
+    error: StrictStr | None = None
+    lastHB: StrictInt
+    message: StrictStr | None = None
+    status: DriverStatusValue | None = None
+    taskID: StrictStr
+    watchState: states.State
 
 
 class WorkflowStatus(_Open):
-    state: states.State | None = None
-    ready: bool
-    status: Literal["Completed", "DriverWait", "TransientCondition", "Error"] | None = None
-    message: StrictStr | None = None
-    env: dict[str, StrictStr] | None = None
-    drivers: list[DriverStatus] | None = None
-    directiveBreakdowns: list[dict[str, Any]] | None = None
     computes: dict[str, Any] | None = None
     desiredStateChange: StrictStr | None = None
-    readyChange: StrictStr | None = None
+    directiveBreakdowns: list[dict[str, Any]] | None = None
+    drivers: list[DriverStatus] | None = None
     elapsedTimeLastState: StrictStr | None = None
+    env: dict[str, StrictStr] | None = None
+    message: StrictStr | None = None
+    ready: bool
+    readyChange: StrictStr | None = None
     requires: list[StrictStr] | None = None
+    state: states.State | None = None
+    status: Literal["Completed", "DriverWait", "TransientCondition", "Error"] | None = None
     workflowToken: dict[str, Any] | None = None
 
 
@@ -83,24 +90,112 @@ def _internal(field: str, detail: str) -> errors.ApiError:
     return errors.denied(VALIDATING_WEBHOOK, f"{field}: Internal error: {detail}")
 
 
+def _panicked(webhook: str, text: str) -> errors.ApiError:
+    """A webhook that panicked: controller-runtime's recovery answers ``Errored(500, "panic: ...")``.
+
+    The API server prefixes the message like any rejection; the Status has code 500 and no reason.
+    """
+    return errors.ApiError(500, "", f'admission webhook "{webhook}" denied the request: {text}')
+
+
+def _index_panic(index: int, length: int) -> errors.ApiError:
+    return _panicked(
+        VALIDATING_WEBHOOK,
+        f"panic: runtime error: index out of range [{index}] with length {length} [recovered]",
+    )
+
+
+# WorkflowDriverStatus as the Go webhook sees it after decoding: absent and zero values are the same,
+# and fields outside the schema do not exist. Used for upstream's reflect.DeepEqual of driver entries.
+_DRIVER_ZERO: tuple[tuple[str, Any], ...] = (
+    ("driverID", ""),
+    ("taskID", ""),
+    ("dwdIndex", 0),
+    ("watchState", ""),
+    ("lastHB", 0),
+    ("completed", False),
+    ("status", ""),
+    ("message", ""),
+    ("error", ""),
+    ("completeTime", None),
+)
+
+
+def _go_driver(entry: Any) -> tuple[Any, ...]:
+    entry = entry if isinstance(entry, dict) else {}
+    return tuple(entry.get(key) if entry.get(key) is not None else zero for key, zero in _DRIVER_ZERO)
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "null"
+
+
+def _int_or_string_causes(field: str, value: Any) -> list[Cause]:
+    """What the API server reports for a wrong type in ``jobID``.
+
+    The CRD marks it ``x-kubernetes-int-or-string`` *and* ``anyOf: [integer, string]``, so the
+    server's validator reports the combined type, the failed anyOf, and the first anyOf branch
+    (see apiextensions-apiserver's validation tests for that schema shape).
+    """
+    label = json.dumps(_json_type(value))
+    return [
+        Cause(
+            field,
+            f"Invalid value: {label}: {field} in body must be of type integer,string: {label}",
+            "FieldValueTypeInvalid",
+        ),
+        Cause("<nil>", f'Invalid value: "": "{field}" must validate at least one schema (anyOf)'),
+        Cause(
+            field,
+            f"Invalid value: {label}: {field} in body must be of type integer: {label}",
+            "FieldValueTypeInvalid",
+        ),
+    ]
+
+
+def _without(obj: Obj, paths: tuple[tuple[str, str], ...]) -> Obj:
+    """``obj`` minus the given two-level paths, copying only the dicts that change."""
+    out = dict(obj)
+    for top, key in paths:
+        part = out.get(top)
+        if isinstance(part, dict) and key in part:
+            out[top] = {k: v for k, v in part.items() if k != key}
+    return out
+
+
 def directive_rules(ctx: AdmissionContext) -> list[directives.DirectiveRule]:
     """Every DWDirectiveRule in the system namespace, concatenated (as upstream's webhook does)."""
-    return directives.rules_from_objects(ctx.list_storage(GROUP, "DWDirectiveRule", ctx.system_namespace))
+    return directives.rules_from_objects(_rule_objects(ctx))
+
+
+def _rule_objects(ctx: AdmissionContext) -> list[dict[str, Any]]:
+    return ctx.list_storage(GROUP, "DWDirectiveRule", ctx.system_namespace)
 
 
 class WorkflowStrategy(Strategy):
     status_subresource = False
-    storage_only_paths = (("spec", "forceReady"), ("status", "requires"), ("status", "workflowToken"))
+    storage_only_paths = V1ALPHA2_HIDDEN
 
     def convert(self, obj: Obj, to_version: str, api_version: str) -> Obj:
+        source = str(obj.get("apiVersion") or "")
         out = super().convert(obj, to_version, api_version)
-        if to_version == "v1alpha2":
-            spec = out.get("spec")
-            if isinstance(spec, dict) and "forceReady" in spec:
-                out["spec"] = {k: v for k, v in spec.items() if k != "forceReady"}
-            status = out.get("status")
-            if isinstance(status, dict) and ("requires" in status or "workflowToken" in status):
-                out["status"] = {k: v for k, v in status.items() if k not in ("requires", "workflowToken")}
+        if to_version == "v1alpha2" or (to_version == STORAGE_VERSION and source == f"{GROUP}/v1alpha2"):
+            # v1alpha2 has no such fields: hidden on the way out, and (like the API server's pruning
+            # of fields outside a version's schema) ignored on the way in. The service then keeps
+            # the stored values (``storage_only_paths``), as upstream's conversion annotations do.
+            out = _without(out, V1ALPHA2_HIDDEN)
         return out
 
     def default(self, obj: Obj) -> None:
@@ -110,27 +205,59 @@ class WorkflowStrategy(Strategy):
             spec.setdefault("forceReady", False)
 
     def validate_schema(self, obj: Obj) -> list[Cause]:
-        if not isinstance(obj.get("spec"), dict):
+        spec = obj.get("spec")
+        if spec is None:
             return [Cause("spec", "Required value", "FieldValueRequired")]
-        return validate_part(WorkflowSpec, obj["spec"], "spec") + validate_part(
-            WorkflowStatus, obj.get("status"), "status"
-        )
+        if not isinstance(spec, dict):
+            label = json.dumps(_json_type(spec))
+            return [
+                Cause(
+                    "spec",
+                    f"Invalid value: {label}: spec in body must be of type object: {label}",
+                    "FieldValueTypeInvalid",
+                )
+            ]
+        causes: list[Cause] = []
+        for cause in validate_part(WorkflowSpec, spec, "spec"):
+            if cause.field == "spec.jobID" and cause.reason == "FieldValueTypeInvalid":
+                causes.extend(_int_or_string_causes(cause.field, spec.get("jobID")))
+            else:
+                causes.append(cause)
+        return causes + validate_part(WorkflowStatus, obj.get("status"), "status")
 
     def mutate_create(self, obj: Obj, ctx: AdmissionContext) -> None:
-        """Upstream's mutating webhook: register drivers from the rules, and the workflow's env."""
-        spec = obj.get("spec") or {}
-        status = obj.setdefault("status", {})
-        if not isinstance(status, dict):
-            return
+        """Upstream's mutating webhook (``Default()``): register drivers from the rules, set the env.
+
+        Directive errors are ignored here (the validating webhook reports them); entries for the
+        directives matched before an error are still registered, as upstream does.
+        """
+        spec = obj.get("spec")
+        if obj.get("status") is None:
+            obj["status"] = {}  # Go decodes a missing or null status as the zero WorkflowStatus
+        status = obj["status"]
+        if not isinstance(spec, dict) or not isinstance(status, dict):
+            return  # the schema check reports it
         status.setdefault("ready", False)
         dwds = spec.get("dwDirectives") or []
-        if dwds and isinstance(dwds, list) and all(isinstance(d, str) for d in dwds):
-            drivers = status.setdefault("drivers", [])
-            seen = {(d.get("dwdIndex"), d.get("driverID"), d.get("watchState")) for d in drivers}
-            for driver_id, index, watch_state in directives.driver_registrations(dwds, directive_rules(ctx)):
-                if (index, driver_id, watch_state) in seen:
-                    continue
-                seen.add((index, driver_id, watch_state))
+        drivers = status.get("drivers")
+        if (
+            dwds
+            and isinstance(dwds, list)
+            and all(isinstance(d, str) for d in dwds)
+            and isinstance(drivers, list | None)
+        ):
+            drivers = list(drivers or [])
+            # Go zero values for absent fields, as the webhook sees them after decoding.
+            existing: list[tuple[str, int, str]] = [
+                (d.get("driverID") or "", d.get("dwdIndex") or 0, d.get("watchState") or "")
+                for d in drivers
+                if isinstance(d, dict)
+            ]
+            try:
+                added = directives.driver_registrations(dwds, directive_rules(ctx), existing)
+            except directives.DirectivePanic as exc:
+                raise _panicked(MUTATING_WEBHOOK, str(exc)) from exc
+            for driver_id, index, watch_state in added:
                 drivers.append(
                     {
                         "driverID": driver_id,
@@ -142,7 +269,11 @@ class WorkflowStrategy(Strategy):
                         "status": "Pending",
                     }
                 )
-        env = status.setdefault("env", {})
+            if drivers:
+                status["drivers"] = drivers
+        env = status.get("env")
+        if not isinstance(env, dict):
+            env = status["env"] = {}
         env["DW_WORKFLOW_NAME"] = obj["metadata"]["name"]
         env["DW_WORKFLOW_NAMESPACE"] = obj["metadata"].get("namespace", "")
 
@@ -157,9 +288,7 @@ class WorkflowStrategy(Strategy):
         dwds = spec.get("dwDirectives") or []
         if dwds:
             try:
-                directives.validate_directives(
-                    dwds, directive_rules(ctx), rules_namespace=ctx.system_namespace
-                )
+                directives.check_workflow_directives(dwds, _rule_objects(ctx), ctx.system_namespace)
             except directives.DirectiveError as exc:
                 raise errors.denied(VALIDATING_WEBHOOK, str(exc)) from exc
 
@@ -180,19 +309,27 @@ class WorkflowStrategy(Strategy):
         old_state = old_status.get("state") or ""
         if old_state == "" and spec["desiredState"] == "Proposal":
             return
+        # Upstream walks the new entries and indexes the old list with the same index: a shorter
+        # list is fine, a longer one panics as soon as an extra entry's old value is looked at.
         drivers, old_drivers = status.get("drivers") or [], old_status.get("drivers") or []
-        if len(drivers) != len(old_drivers):
-            raise _internal("Status.Drivers", "the list of driver entries cannot change length")
-        for i, (entry, before) in enumerate(zip(drivers, old_drivers, strict=True)):
+        for i, entry in enumerate(drivers):
             field = f"Status.Drivers[{i}]"
-            if entry.get("watchState") != old_state and entry != before:
-                raise _internal(field, "driver entry for non-current state cannot be changed")
-            if entry.get("completed") and entry.get("status") != "Completed":
-                raise _internal(field, "driver cannot be completed without status=Completed")
-            if entry.get("completed") and entry.get("error"):
-                raise _internal(field, "driver cannot be completed when error is present")
-            if not entry.get("completed") and before.get("completed"):
-                raise _internal(field, "driver cannot change from completed state")
+            if entry.get("watchState") != old_state:
+                if i >= len(old_drivers):
+                    raise _index_panic(i, len(old_drivers))
+                if _go_driver(entry) != _go_driver(old_drivers[i]):
+                    raise _internal(field, "driver entry for non-current state cannot be changed")
+                continue
+            if entry.get("completed"):
+                if entry.get("status") != "Completed":
+                    raise _internal(field, "driver cannot be completed without status=Completed")
+                if entry.get("error"):
+                    raise _internal(field, "driver cannot be completed when error is present")
+            else:
+                if i >= len(old_drivers):
+                    raise _index_panic(i, len(old_drivers))
+                if old_drivers[i].get("completed"):
+                    raise _internal(field, "driver cannot change from completed state")
         new_state = spec["desiredState"]
         if new_state == "Teardown" or new_state == old_state:
             return

@@ -1,0 +1,339 @@
+"""Client over HTTPS to any slurmlink API replica, configured from a kubeconfig.
+
+Speaks the same Kubernetes REST dialect kubectl does, always in the kind's storage version, so the
+controllers run unchanged against a remote server (``slurmlink controller``) and the CLI's human
+commands use it too. TLS trusts the kubeconfig's CA; the client certificate and key are loaded into
+an ``ssl.SSLContext`` from files in a private (0700) temporary directory that is deleted as soon as
+they have been read, so the key never outlives construction on disk. Bearer tokens go in the
+``Authorization`` header.
+
+Failures are ``ApiError``: the server's ``Status`` body for HTTP errors, and
+``UnreachableError`` (code 503) when the server cannot be reached, with a readable reason
+("cannot reach the slurmlink API at https://...: connection refused").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import ssl
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import httpx
+
+from slurmlink import __version__
+from slurmlink.auth.kubeconfig import KubeconfigCredentials, load_kubeconfig
+from slurmlink.resources.errors import ApiError
+from slurmlink.resources.kind import Kind, Obj
+from slurmlink.resources.patching import MERGE
+
+if TYPE_CHECKING:
+    # Imported lazily at run time: it pulls in the store (SQLAlchemy), which CLI reads don't need.
+    from slurmlink.resources.service import WatchEvent
+
+#: Seconds to establish a connection (TCP and TLS handshake).
+DEFAULT_CONNECT_TIMEOUT = 5.0
+#: Seconds to wait for a non-watch response.
+DEFAULT_TIMEOUT = 30.0
+
+
+class UnreachableError(ApiError):
+    """The server could not be reached (or the connection broke); code 503 so callers retry."""
+
+    def __init__(self, server: str, reason: str) -> None:
+        super().__init__(503, "ServiceUnavailable", f"cannot reach the slurmlink API at {server}: {reason}")
+        self.server = server
+        self.reason_text = reason
+
+
+def _ssl_context(creds: KubeconfigCredentials) -> ssl.SSLContext:
+    """Trust the kubeconfig's CA (else the system store) and present its client certificate, if any."""
+    if creds.ca_pem:
+        try:
+            ctx = ssl.create_default_context(cadata=creds.ca_pem.decode("ascii"))
+        except (ssl.SSLError, ValueError) as exc:
+            raise ValueError(
+                f"the kubeconfig's certificate authority is not a valid PEM certificate: {exc}"
+            ) from exc
+    else:
+        ctx = ssl.create_default_context()
+    if creds.insecure_skip_tls_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if creds.cert_pem and creds.key_pem:
+        # load_cert_chain only reads files: write them to a private directory, load, remove.
+        tmp = tempfile.mkdtemp(prefix="slurmlink-client-")
+        try:
+            os.chmod(tmp, 0o700)
+            cert_file, key_file = Path(tmp, "client.crt"), Path(tmp, "client.key")
+            for path, data in ((cert_file, creds.cert_pem), (key_file, creds.key_pem)):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+            try:
+                ctx.load_cert_chain(str(cert_file), str(key_file))
+            except ssl.SSLError as exc:
+                raise ValueError(f"the kubeconfig's client certificate or key is unusable: {exc}") from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return ctx
+
+
+def _reason(exc: BaseException, connect_timeout: float, timeout: float) -> str:
+    """A short human reason for a transport failure."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"no connection within {connect_timeout:g}s (connect timeout)"
+    if isinstance(exc, httpx.PoolTimeout):
+        return f"no free connection within {connect_timeout:g}s (too many open requests or watches)"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no response within {timeout:g}s"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the server closed the connection"
+    cause: BaseException | None = exc
+    seen = 0
+    while cause is not None and seen < 10:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS certificate verification failed ({cause.verify_message or cause})"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS handshake failed ({cause.reason or cause})"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, ConnectionResetError):
+            return "connection reset by peer"
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve the host name ({cause.strerror or cause})"
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror[:1].lower() + cause.strerror[1:]
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    text = str(exc)
+    lowered = text.lower()
+    if "connection refused" in lowered:
+        return "connection refused"
+    if "certificate verify failed" in lowered:
+        return f"TLS certificate verification failed ({text})"
+    return text or type(exc).__name__
+
+
+def _api_error(response: httpx.Response) -> ApiError:
+    """The ``Status`` body of an error response as an ApiError (or a synthesised one)."""
+    code = response.status_code
+    try:
+        body = response.json()
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if isinstance(body, dict) and body.get("kind") == "Status":
+        details = body.get("details")
+        return ApiError(
+            int(body.get("code") or code),
+            str(body.get("reason") or response.reason_phrase or "Unknown"),
+            str(body.get("message") or response.reason_phrase or f"HTTP {code}"),
+            details if isinstance(details, dict) else None,
+        )
+    text = response.text.strip()
+    reason = response.reason_phrase.replace(" ", "") or "Unknown"
+    message = text[:500] if text else f"the server responded {code} {response.reason_phrase}".strip()
+    return ApiError(code, reason, message)
+
+
+class HttpClient:
+    """``Client`` over HTTP(S). Create with ``from_kubeconfig`` (or from loaded credentials)."""
+
+    def __init__(
+        self,
+        creds: KubeconfigCredentials,
+        *,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.server = creds.server.rstrip("/")
+        #: The kubeconfig context's namespace (None when the context names none).
+        self.namespace = creds.namespace
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        headers = {"Accept": "application/json", "User-Agent": f"slurmlink/{__version__}"}
+        if creds.token:
+            headers["Authorization"] = f"Bearer {creds.token}"
+        verify: ssl.SSLContext | bool = _ssl_context(creds) if self.server.startswith("https://") else False
+        self._timeout = httpx.Timeout(timeout, connect=connect_timeout, pool=connect_timeout)
+        self._watch_timeout = httpx.Timeout(
+            None, connect=connect_timeout, write=timeout, pool=connect_timeout
+        )
+        self._http = httpx.AsyncClient(
+            base_url=self.server,
+            verify=verify,
+            headers=headers,
+            timeout=self._timeout,
+            trust_env=False,
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0),
+        )
+
+    @classmethod
+    def from_kubeconfig(
+        cls,
+        path: Path | str,
+        context: str | None = None,
+        *,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> HttpClient:
+        """Read ``path`` (``KubeconfigError``/``ValueError`` if unusable) and build a client."""
+        creds = load_kubeconfig(Path(path), context)
+        return cls(creds, connect_timeout=connect_timeout, timeout=timeout)
+
+    # ---- paths -------------------------------------------------------------------------------
+
+    def path(self, kind: Kind, namespace: str | None = None, name: str | None = None) -> str:
+        """URL path of a collection (all namespaces when ``namespace`` is None) or of one object."""
+        version = kind.storage_version
+        base = f"/apis/{kind.group}/{version}" if kind.group else f"/api/{version}"
+        if kind.namespaced and namespace:
+            base += f"/namespaces/{quote(namespace, safe='')}"
+        elif kind.namespaced and name is not None:
+            raise ValueError(f"{kind.kind} is namespaced: a namespace is required to address {name!r}")
+        base += f"/{kind.plural}"
+        if name is not None:
+            if not name:
+                raise ValueError(f"{kind.kind}: an object name is required")
+            base += f"/{quote(name, safe='')}"
+        return base
+
+    # ---- requests ----------------------------------------------------------------------------
+
+    def _unreachable(self, exc: BaseException) -> UnreachableError:
+        return UnreachableError(self.server, _reason(exc, self.connect_timeout, self.timeout))
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        headers = {}
+        content = None
+        if body is not None:
+            content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+            headers["Content-Type"] = content_type
+        try:
+            response = await self._http.request(method, path, params=params, content=content, headers=headers)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        if response.status_code >= 400:
+            raise _api_error(response)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ApiError(
+                500, "InternalError", f"the server sent a response that is not JSON: {exc}"
+            ) from exc
+
+    # ---- Client protocol ---------------------------------------------------------------------
+
+    async def get(self, kind: Kind, namespace: str | None, name: str) -> Obj:
+        obj: Obj = await self._request("GET", self.path(kind, namespace, name))
+        return obj
+
+    async def list(
+        self, kind: Kind, namespace: str | None = None, label_selector: str | None = None
+    ) -> tuple[list[Obj], str]:
+        params = {"labelSelector": label_selector} if label_selector else None
+        body = await self._request("GET", self.path(kind, namespace), params=params)
+        items = body.get("items") or []
+        return items, str((body.get("metadata") or {}).get("resourceVersion") or "")
+
+    async def create(self, kind: Kind, obj: Obj) -> Obj:
+        namespace = (obj.get("metadata") or {}).get("namespace") if kind.namespaced else None
+        if kind.namespaced and not namespace:
+            raise ValueError(f"{kind.kind} is namespaced: set metadata.namespace")
+        created: Obj = await self._request("POST", self.path(kind, namespace), body=obj)
+        return created
+
+    async def update(self, kind: Kind, obj: Obj) -> Obj:
+        m = obj.get("metadata") or {}
+        name = m.get("name")
+        if not name:
+            raise ValueError(f"{kind.kind}: metadata.name is required for an update")
+        namespace = m.get("namespace") if kind.namespaced else None
+        updated: Obj = await self._request("PUT", self.path(kind, namespace, name), body=obj)
+        return updated
+
+    async def patch(
+        self, kind: Kind, namespace: str | None, name: str, patch: Any, content_type: str = MERGE
+    ) -> Obj:
+        patched: Obj = await self._request(
+            "PATCH", self.path(kind, namespace, name), body=patch, content_type=content_type
+        )
+        return patched
+
+    async def delete(self, kind: Kind, namespace: str | None, name: str) -> Obj:
+        obj: Obj = await self._request("DELETE", self.path(kind, namespace, name))
+        return obj
+
+    async def watch(
+        self, kind: Kind, namespace: str | None = None, resource_version: str | None = None
+    ) -> AsyncIterator[WatchEvent]:
+        """Open the watch (raising ApiError now if the server refuses it) and return its events.
+
+        No read timeout: an idle watch stays open (the server sends a BOOKMARK after each quiet
+        interval). The stream ends when the server closes it; an ``ERROR`` frame (e.g. 410 Expired)
+        is yielded as a ``WatchEvent`` of type ``ERROR`` carrying the Status.
+        """
+        params = {"watch": "1", "allowWatchBookmarks": "true"}
+        if resource_version:
+            params["resourceVersion"] = resource_version
+        request = self._http.build_request(
+            "GET", self.path(kind, namespace), params=params, timeout=self._watch_timeout
+        )
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        if response.status_code >= 400:
+            try:
+                await response.aread()
+            except httpx.TransportError as exc:
+                raise self._unreachable(exc) from exc
+            finally:
+                await response.aclose()
+            raise _api_error(response)
+        return self._events(response)
+
+    async def _events(self, response: httpx.Response) -> AsyncIterator[WatchEvent]:
+        from slurmlink.resources.service import WatchEvent
+
+        try:
+            async for line in response.aiter_lines():
+                if not line.strip():
+                    continue
+                try:
+                    frame = json.loads(line)
+                    event = WatchEvent(str(frame["type"]), frame["object"])
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise ApiError(
+                        500, "InternalError", f"the server sent an unreadable watch event: {line[:200]!r}"
+                    ) from exc
+                yield event
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        finally:
+            with contextlib.suppress(Exception):
+                await response.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> HttpClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
