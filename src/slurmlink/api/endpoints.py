@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from slurmlink import jsonutil
 from slurmlink.api import metrics, tables
 from slurmlink.api.security import Authenticator, authorize
 from slurmlink.auth.identity import Identity
@@ -28,7 +27,7 @@ _TRUE = ("1", "true", "True")
 
 def _json(body: Any, status: int = 200) -> Response:
     return Response(
-        json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
+        jsonutil.dumps(body),
         status_code=status,
         media_type="application/json",
     )
@@ -49,7 +48,7 @@ class ResourceEndpoints:
         self.bookmark_interval = bookmark_interval
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+        return await self.service.run(fn, *args)
 
     def _kind(self, request: Request) -> tuple[Kind, str]:
         p = request.path_params
@@ -311,12 +310,12 @@ def _watch_frame(kind: Kind, event: WatchEvent, as_table: bool, include: str, fi
 
 
 def _line(frame: dict[str, Any]) -> bytes:
-    return (json.dumps(frame, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+    return jsonutil.dumps(frame) + b"\n"
 
 
 def _parse(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        return jsonutil.loads(raw)
     except ValueError as exc:
         raise errors.bad_request(f"the request body is not valid JSON: {exc}") from exc
 

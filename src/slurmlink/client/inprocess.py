@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
-
-import anyio
 
 from slurmlink.auth.identity import Identity
 from slurmlink.auth.roles import SYSTEM
@@ -25,7 +22,7 @@ class InProcessClient:
         self.identity = identity
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+        return await self.service.run(fn, *args, **kwargs)
 
     async def get(self, kind: Kind, namespace: str | None, name: str) -> Obj:
         return await self._run(self.service.get_storage, kind, namespace, name)

@@ -9,9 +9,9 @@ storage: ``complete`` finishes its entry, ``wait`` leaves it Pending for an oper
 
 from __future__ import annotations
 
-import copy
 import logging
 
+from slurmlink import jsonutil
 from slurmlink.client.base import Client
 from slurmlink.controllers.runtime import Reconciler, Result
 from slurmlink.resources.dws import directives
@@ -49,7 +49,7 @@ def drive(workflow: Obj) -> Obj | None:
     status = workflow.get("status") or {}
     if m.get("deletionTimestamp") or status.get("ready") or status.get("state") != spec.get("desiredState"):
         return None
-    wf = copy.deepcopy(workflow)
+    wf = jsonutil.clone(workflow)
     drivers = wf.get("status", {}).get("drivers") or []
     dwds = spec.get("dwDirectives") or []
     for entry in drivers:

@@ -7,10 +7,10 @@ change) is visible to watchers exactly as with upstream DWS.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import decimal
 
+from slurmlink import jsonutil
 from slurmlink.client.base import Client
 from slurmlink.controllers.runtime import Reconciler, Result
 from slurmlink.resources import errors
@@ -119,7 +119,7 @@ class WorkflowReconciler(Reconciler):
     kind = WORKFLOW
 
     async def reconcile(self, client: Client, obj: Obj) -> Result | None:
-        wf = copy.deepcopy(obj)
+        wf = jsonutil.clone(obj)
         m = wf["metadata"]
         finalizers = list(m.get("finalizers") or [])
         if m.get("deletionTimestamp"):
@@ -132,7 +132,7 @@ class WorkflowReconciler(Reconciler):
         if not isinstance(wf.get("status"), dict):
             wf["status"] = {}  # a status written as null reads as the zero status, as in Go
         status = wf["status"]
-        before = copy.deepcopy(status)
+        before = jsonutil.clone(status)
         if status.get("state") != spec["desiredState"]:
             status["state"] = spec["desiredState"]
             status["ready"] = False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 from typing import Any
 
@@ -39,11 +38,20 @@ def revision_of(obj: Obj) -> int:
         return 0
 
 
-def without_revision(obj: Obj) -> Obj:
-    """A deep copy minus ``resourceVersion``, for no-op detection."""
-    out = copy.deepcopy(obj)
-    out.get("metadata", {}).pop("resourceVersion", None)
-    return out
+def same_except_revision(a: Obj, b: Obj) -> bool:
+    """Equal apart from ``metadata.resourceVersion`` (no-op write detection, without copying)."""
+    if a.keys() != b.keys():
+        return False
+    for key in a:
+        if key == "metadata":
+            ma, mb = a[key] or {}, b[key] or {}
+            if {k: v for k, v in ma.items() if k != "resourceVersion"} != {
+                k: v for k, v in mb.items() if k != "resourceVersion"
+            }:
+                return False
+        elif a[key] != b[key]:
+            return False
+    return True
 
 
 def human_duration(seconds: float) -> str:

@@ -9,12 +9,12 @@ like Go's ``encoding/json`` error.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import jsonpatch
 import jsonpointer
 
+from slurmlink import jsonutil
 from slurmlink.resources.errors import ApiError, bad_request, unsupported_media_type
 
 MERGE = "application/merge-patch+json"
@@ -55,7 +55,7 @@ def merge_patch(target: Any, patch: Any) -> Any:
     Neither argument is modified; the result shares no mutable parts with ``patch``.
     """
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return jsonutil.clone(patch)
     result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
@@ -129,7 +129,7 @@ def json_patch(doc: dict[str, Any], patch: Any) -> Any:
     """RFC 6902, all operations or none; ``doc`` is not modified."""
     if not isinstance(patch, list):
         raise bad_request(f"json: cannot unmarshal {_go_type(patch)} into Go value of type jsonpatch.Patch")
-    out: Any = copy.deepcopy(doc)
+    out: Any = jsonutil.clone(doc)
     for index, op in enumerate(patch):
         out = _apply_op(out, op, index)
     return out
@@ -143,7 +143,7 @@ def apply_patch(doc: dict[str, Any], content_type: str, patch: Any) -> dict[str,
             raise bad_request(
                 f"json: cannot unmarshal {_go_type(patch)} into Go value of type map[string]interface {{}}"
             )
-        out = merge_patch(copy.deepcopy(doc), patch)
+        out = merge_patch(jsonutil.clone(doc), patch)
         assert isinstance(out, dict)
         return out
     if media == JSON_PATCH:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -19,7 +18,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
+from sqlalchemy.sql.compiler import SQLCompiler
 
+from slurmlink import jsonutil
 from slurmlink.store import schema
 from slurmlink.store.errors import (
     AlreadyExistsError,
@@ -40,7 +41,7 @@ CommitListener = Callable[[Event], None]
 
 
 def _dumps(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return jsonutil.dumps_str(obj)
 
 
 def _stamp(obj: dict[str, Any], revision: int) -> dict[str, Any]:
@@ -52,6 +53,49 @@ def _stamp(obj: dict[str, Any], revision: int) -> dict[str, Any]:
     return {**obj, "metadata": {**(obj.get("metadata") or {}), "resourceVersion": str(revision)}}
 
 
+class _Prepared:
+    """A hot-path statement compiled once for the engine's dialect and run as driver SQL.
+
+    Building and compiling SQLAlchemy constructs per call cost more than SQLite's own work; these
+    statements are fixed, so they are rendered once with named bind parameters.
+    """
+
+    def __init__(self, statement: sa.ClauseElement, dialect: sa.Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        self.sql = str(compiled)
+        self.constants = {k: v for k, v in compiled.params.items() if v is not None}
+        self.order = list(compiled.positiontup or []) if compiled.positional else None
+
+    def run(self, conn: sa.Connection, **values: Any) -> sa.CursorResult[Any]:
+        merged = {**self.constants, **values}
+        params: Any = tuple(merged[k] for k in self.order) if self.order is not None else merged
+        return conn.exec_driver_sql(self.sql, params)
+
+
+def _statements(dialect: sa.Dialect) -> dict[str, _Prepared]:
+    o, e, c, b = schema.objects, schema.events, schema.counters, sa.bindparam
+    key = (o.c.resource == b("k_resource"), o.c.namespace == b("k_namespace"), o.c.name == b("k_name"))
+    statements: dict[str, sa.ClauseElement] = {
+        "get": sa.select(o.c.data).where(*key),
+        "get_revision": sa.select(o.c.revision).where(*key),
+        "bump": c.update().where(c.c.id == 1).values(revision=c.c.revision + 1).returning(c.c.revision),
+        "current": sa.select(c.c.revision),
+        "update": o.update()
+        .where(*key, o.c.revision == b("k_expected"))
+        .values(revision=b("v_revision"), data=b("v_data")),
+        "event": e.insert().values(
+            revision=b("e_revision"),
+            type=b("e_type"),
+            resource=b("e_resource"),
+            namespace=b("e_namespace"),
+            name=b("e_name"),
+            data=b("e_data"),
+        ),
+    }
+    return {name: _Prepared(stmt, dialect) for name, stmt in statements.items()}
+
+
 class SqlStore:
     """Key-value-with-watch store over SQLAlchemy Core; thread-safe, synchronous."""
 
@@ -60,6 +104,7 @@ class SqlStore:
         self.engine = _make_engine(url, echo=echo)
         self.dialect = self.engine.dialect.name
         self._write_lock = threading.Lock()
+        self._sql = _statements(self.engine.dialect)
         self._listeners: list[CommitListener] = []
         try:
             migrate(self.engine)
@@ -87,14 +132,9 @@ class SqlStore:
     # ---- reads -------------------------------------------------------------------------------
 
     def get(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
-        t = schema.objects
         with self._read() as conn:
-            row = conn.execute(
-                sa.select(t.c.data).where(
-                    t.c.resource == resource, t.c.namespace == namespace, t.c.name == name
-                )
-            ).first()
-        return json.loads(row[0]) if row else None
+            row = self._sql["get"].run(conn, k_resource=resource, k_namespace=namespace, k_name=name).first()
+        return jsonutil.loads(row[0]) if row else None
 
     def list(self, resource: str, namespace: str | None = None) -> tuple[list[dict[str, Any]], int]:
         """All objects of a resource (in one namespace or all) and the revision they are consistent with."""
@@ -106,7 +146,7 @@ class SqlStore:
         with self._read() as conn:
             revision = self._current_revision(conn)
             rows = conn.execute(query).all()
-        return [json.loads(r[0]) for r in rows], revision
+        return [jsonutil.loads(r[0]) for r in rows], revision
 
     def current_revision(self) -> int:
         with self._read() as conn:
@@ -129,7 +169,7 @@ class SqlStore:
                 .order_by(t.c.revision)
                 .limit(limit)
             ).all()
-        return [Event(int(r[0]), r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+        return [Event(int(r[0]), r[1], r[2], r[3], r[4], jsonutil.loads(r[5])) for r in rows]
 
     # ---- writes ------------------------------------------------------------------------------
 
@@ -158,20 +198,18 @@ class SqlStore:
         self, resource: str, namespace: str, name: str, obj: dict[str, Any], expected_revision: int
     ) -> dict[str, Any]:
         """Replace the object if its stored revision is still ``expected_revision``."""
-        t = schema.objects
 
         def apply(conn: sa.Connection, revision: int) -> tuple[EventType, dict[str, Any], str]:
             stamped = _stamp(obj, revision)
             data = _dumps(stamped)
-            result = conn.execute(
-                t.update()
-                .where(
-                    t.c.resource == resource,
-                    t.c.namespace == namespace,
-                    t.c.name == name,
-                    t.c.revision == expected_revision,
-                )
-                .values(revision=revision, data=data)
+            result = self._sql["update"].run(
+                conn,
+                k_resource=resource,
+                k_namespace=namespace,
+                k_name=name,
+                k_expected=expected_revision,
+                v_revision=revision,
+                v_data=data,
             )
             if result.rowcount == 0:
                 self._raise_missing_or_conflict(conn, resource, namespace, name)
@@ -193,7 +231,7 @@ class SqlStore:
             if expected_revision is not None and int(row[0]) != expected_revision:
                 raise ConflictError(f"{resource} {namespace}/{name} changed")
             conn.execute(t.delete().where(*key))
-            stamped = _stamp(json.loads(row[1]), revision)
+            stamped = _stamp(jsonutil.loads(row[1]), revision)
             return "DELETED", stamped, _dumps(stamped)
 
         return self._write(resource, namespace, name, apply)[1]
@@ -244,24 +282,16 @@ class SqlStore:
         try:
             with self._write_lock:
                 with self.engine.begin() as conn:
-                    revision = int(
-                        conn.execute(
-                            schema.counters.update()
-                            .where(schema.counters.c.id == 1)
-                            .values(revision=schema.counters.c.revision + 1)
-                            .returning(schema.counters.c.revision)
-                        ).scalar_one()
-                    )
+                    revision = int(self._sql["bump"].run(conn).scalar_one())
                     kind, obj, data = apply(conn, revision)
-                    conn.execute(
-                        schema.events.insert().values(
-                            revision=revision,
-                            type=kind,
-                            resource=resource,
-                            namespace=namespace,
-                            name=name,
-                            data=data,
-                        )
+                    self._sql["event"].run(
+                        conn,
+                        e_revision=revision,
+                        e_type=kind,
+                        e_resource=resource,
+                        e_namespace=namespace,
+                        e_name=name,
+                        e_data=data,
                     )
                     if self.is_postgres:
                         conn.execute(
@@ -271,7 +301,7 @@ class SqlStore:
                 # share them between watchers; the caller may go on mutating what it gets back), and a
                 # failing listener must not turn a committed write into an error for the caller.
                 if self._listeners:
-                    event = Event(revision, kind, resource, namespace, name, json.loads(data))
+                    event = Event(revision, kind, resource, namespace, name, jsonutil.loads(data))
                     for listener in list(self._listeners):
                         try:
                             listener(event)
@@ -281,9 +311,8 @@ class SqlStore:
         except sa.exc.OperationalError as exc:
             raise UnavailableError(f"store unavailable: {exc.orig}") from exc
 
-    @staticmethod
-    def _current_revision(conn: sa.Connection) -> int:
-        return int(conn.execute(sa.select(schema.counters.c.revision)).scalar_one())
+    def _current_revision(self, conn: sa.Connection) -> int:
+        return int(self._sql["current"].run(conn).scalar_one())
 
     @staticmethod
     def _raise_missing_or_conflict(conn: sa.Connection, resource: str, namespace: str, name: str) -> None:
