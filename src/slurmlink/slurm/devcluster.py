@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-DEFAULT_STATE_DIR = Path("~/.local/state/slurmlink/dev-cluster")
+#: Under /var/tmp, not the invoking user's home: the unprivileged job user must reach slurm.conf, the
+#: munge socket and the spool directory, and root's home is private.
+DEFAULT_STATE_DIR = Path("/var/tmp/slurmlink/dev-cluster")
 DEFAULT_CTLD_PORT = 6917
 DEFAULT_SLURMD_PORT = 6918
 DEFAULT_JOB_USER = "slurmlink-job"
