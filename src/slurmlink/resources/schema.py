@@ -46,7 +46,8 @@ _TYPE_NAMES = {
 }
 
 
-def _type_label(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """The JSON type name of a decoded value, as the API server names it in messages."""
     if isinstance(value, str):
         return "string"
     if isinstance(value, bool):
@@ -96,8 +97,8 @@ def causes_from(error: ValidationError, prefix: tuple[str, ...] = ()) -> list[Ca
             causes.append(
                 Cause(
                     path,
-                    f"Invalid value: {json.dumps(_type_label(value))}: {path} in body must be of type "
-                    f"{_TYPE_NAMES[kind]}: {json.dumps(_type_label(value))}",
+                    f"Invalid value: {json.dumps(json_type(value))}: {path} in body must be of type "
+                    f"{_TYPE_NAMES[kind]}: {json.dumps(json_type(value))}",
                     "FieldValueTypeInvalid",
                 )
             )

@@ -17,7 +17,7 @@ from slurmlink.resources.dws import directives, states
 from slurmlink.resources.dws.group import GROUP, STORAGE_VERSION, VERSIONS
 from slurmlink.resources.errors import Cause
 from slurmlink.resources.kind import Kind, Obj, PrinterColumn, Strategy
-from slurmlink.resources.schema import validate_part
+from slurmlink.resources.schema import json_type, validate_part
 
 VALIDATING_WEBHOOK = "vworkflow.kb.io"
 MUTATING_WEBHOOK = "mworkflow.kb.io"
@@ -126,22 +126,6 @@ def _go_driver(entry: Any) -> tuple[Any, ...]:
     return tuple(entry.get(key) if entry.get(key) is not None else zero for key, zero in _DRIVER_ZERO)
 
 
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return "null"
-
-
 def _int_or_string_causes(field: str, value: Any) -> list[Cause]:
     """What the API server reports for a wrong type in ``jobID``.
 
@@ -149,7 +133,7 @@ def _int_or_string_causes(field: str, value: Any) -> list[Cause]:
     server's validator reports the combined type, the failed anyOf, and the first anyOf branch
     (see apiextensions-apiserver's validation tests for that schema shape).
     """
-    label = json.dumps(_json_type(value))
+    label = json.dumps(json_type(value))
     return [
         Cause(
             field,
@@ -209,7 +193,7 @@ class WorkflowStrategy(Strategy):
         if spec is None:
             return [Cause("spec", "Required value", "FieldValueRequired")]
         if not isinstance(spec, dict):
-            label = json.dumps(_json_type(spec))
+            label = json.dumps(json_type(spec))
             return [
                 Cause(
                     "spec",
