@@ -20,7 +20,6 @@ import asyncio
 import json
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -240,28 +239,7 @@ def kubectl_latency(kubectl: Path, kubeconfig: Path, name: str, resource: str) -
 
 
 def wlm_kubeconfig(server: ServerProcess) -> Path:
-    out = server.state_dir.parent / "wlm.kubeconfig"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "slurmlink.cli.main",
-            "kubeconfig",
-            "--user",
-            "slurm-dws",
-            "--role",
-            "workload-manager",
-            "--namespace",
-            NS,
-            "--state-dir",
-            str(server.state_dir),
-            "--out",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return out
+    return server.issue_kubeconfig("slurm-dws", "workload-manager", NS)
 
 
 def bench_store(label: str, store: str | None, args: argparse.Namespace, kubectl: Path) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,25 +24,4 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 @pytest.fixture(scope="module")
 def wlm_kubeconfig(server: ServerProcess) -> Path:
     """A workload-manager kubeconfig in namespace ``slurm``, as the Slurm plugin uses it."""
-    out = server.state_dir.parent / "slurm-dws.kubeconfig"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "slurmlink.cli.main",
-            "kubeconfig",
-            "--user",
-            "slurm-dws",
-            "--role",
-            "workload-manager",
-            "--namespace",
-            "slurm",
-            "--state-dir",
-            str(server.state_dir),
-            "--out",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return out
+    return server.issue_kubeconfig("slurm-dws", "workload-manager", "slurm")

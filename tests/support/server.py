@@ -128,6 +128,30 @@ class ServerProcess:
             headers["Authorization"] = f"Bearer {creds.token}"
         return httpx.Client(base_url=self.url, verify=ctx, headers=headers, timeout=30.0, **kw)
 
+    def issue_kubeconfig(
+        self, user: str, role: str, namespace: str = "default", *, token: bool = False
+    ) -> Path:
+        """Credentials from this server's CA via ``slurmlink kubeconfig``, written beside the state dir."""
+        out = self.state_dir.parent / f"{user}-{role}.kubeconfig"
+        args = [
+            sys.executable,
+            "-m",
+            "slurmlink.cli.main",
+            "kubeconfig",
+            "--user",
+            user,
+            "--role",
+            role,
+            "--namespace",
+            namespace,
+            "--state-dir",
+            str(self.state_dir),
+            "--out",
+            str(out),
+        ]
+        subprocess.run([*args, "--token"] if token else args, check=True, capture_output=True)
+        return out
+
     def __enter__(self) -> ServerProcess:
         return self.start()
 
