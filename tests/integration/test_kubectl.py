@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support.kubectl import run_kubectl, session_home
+from support.kubectl import release_patch, run_kubectl, session_home
 from support.server import ServerProcess
 from support.waiting import wait_for
 
@@ -261,8 +261,7 @@ def test_json_patch_releases_a_waiting_driver(kc: Kubectl) -> None:
         name,
         "--type=json",
         "-p",
-        '[{"op":"replace", "path":"/status/drivers/0/status", "value": "Completed"}, '
-        '{"op":"replace", "path":"/status/drivers/0/completed", "value": true}]',
+        release_patch(0),
     )
     kc.wait_state(name, "DataIn", "Completed")
     kc("delete", WF, name)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support.kubectl import run_kubectl
+from support.kubectl import release_patch, run_kubectl
 from support.waiting import wait_for
 
 WF = "workflows.dataworkflowservices.github.io"
@@ -89,8 +89,7 @@ def test_exercise_1_driver_wait_in_data_out(plugin: Plugin) -> None:
         name,
         "--type=json",
         "-p",
-        '[{"op":"replace", "path":"/status/drivers/0/status", "value": "Completed"}, '
-        '{"op":"replace", "path":"/status/drivers/0/completed", "value": true}]',
+        release_patch(0),
     )
     plugin.wait(name, "DataOut", "Completed")
     plugin.advance_to(name, "Teardown")
@@ -122,9 +121,7 @@ def test_exercise_2_major_error_then_teardown_wait(plugin: Plugin) -> None:
         name,
         "--type=json",
         "-p",
-        '[{"op":"replace", "path":"/status/drivers/0/status", "value": "Completed"}, '
-        '{"op":"replace", "path":"/status/drivers/0/completed", "value": true}, '
-        '{"op":"remove", "path":"/status/drivers/0/error"}]',
+        release_patch(0, clear_error=True),
     )
     cleared = plugin.wait(name, "DataOut", "Completed")
     assert "error" not in cleared["status"]["drivers"][0] and cleared["status"]["ready"] is True
@@ -140,8 +137,7 @@ def test_exercise_2_major_error_then_teardown_wait(plugin: Plugin) -> None:
         name,
         "--type=json",
         "-p",
-        '[{"op":"replace", "path":"/status/drivers/1/status", "value": "Completed"}, '
-        '{"op":"replace", "path":"/status/drivers/1/completed", "value": true}]',
+        release_patch(1),
     )
     plugin.wait(name, "Teardown", "Completed")
     plugin.run("delete", WF, name)

@@ -14,7 +14,6 @@ import json
 import os
 import queue
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -56,43 +55,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         proc.stop()
 
 
-def issue(server: ServerProcess, user: str, role: str, *extra: str) -> Path:
-    out = server.state_dir.parent / f"{user}.kubeconfig"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "slurmlink.cli.main",
-            "kubeconfig",
-            "--user",
-            user,
-            "--role",
-            role,
-            "--namespace",
-            "slurm",
-            "--state-dir",
-            str(server.state_dir),
-            "--out",
-            str(out),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return out
-
-
 @pytest.fixture(scope="module")
 def wlm_kc(server: ServerProcess) -> Path:
-    return issue(server, WLM_USER, "workload-manager")
+    return server.issue_kubeconfig(WLM_USER, "workload-manager", "slurm")
 
 
 @pytest.fixture(scope="module")
 def token_kc(server: ServerProcess) -> Path:
-    path = issue(server, TOKEN_USER, "workload-manager", "--token")
+    path = server.issue_kubeconfig(TOKEN_USER, "workload-manager", "slurm", token=True)
     creds = load_kubeconfig(path)
     assert creds.token and not creds.cert_pem
     return path
@@ -100,7 +70,7 @@ def token_kc(server: ServerProcess) -> Path:
 
 @pytest.fixture(scope="module")
 def viewer_kc(server: ServerProcess) -> Path:
-    return issue(server, VIEWER_USER, "viewer")
+    return server.issue_kubeconfig(VIEWER_USER, "viewer", "slurm")
 
 
 @pytest.fixture(scope="module")

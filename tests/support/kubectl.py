@@ -254,3 +254,14 @@ def kubectl_132() -> Path:
     if _major_minor(plain_version) != (major, minor):
         raise KubectlUnavailable(f"{plain} reports {plain_version}, expected v{major}.{minor}.x")
     return plain
+
+
+def release_patch(index: int, *, clear_error: bool = False) -> str:
+    """The seeds' JSON patch that marks driver entry ``index`` complete (and optionally drops its error)."""
+    ops = [
+        f'{{"op":"replace", "path":"/status/drivers/{index}/status", "value": "Completed"}}',
+        f'{{"op":"replace", "path":"/status/drivers/{index}/completed", "value": true}}',
+    ]
+    if clear_error:
+        ops.append(f'{{"op":"remove", "path":"/status/drivers/{index}/error"}}')
+    return "[" + ", ".join(ops) + "]"
