@@ -1,0 +1,109 @@
+"""Slurm client commands the gateway runs (``scancel``, ``scontrol``), without a shell.
+
+Job ids are validated as digits before they reach an argument vector, and ``SLURM_CONF`` points the
+commands at the cluster the gateway serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Slurm's compiled-in default StateSaveLocation.
+DEFAULT_STATE_SAVE_LOCATION = Path("/var/spool/slurmctld")
+_DIGITS = re.compile(r"^[0-9]+$")
+
+
+class SlurmCommandError(RuntimeError):
+    """A Slurm command could not be run or failed in an unexpected way."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _job_id(job_id: str) -> str:
+    if not _DIGITS.match(job_id):
+        raise ValueError(f"not a Slurm job id: {job_id!r}")
+    return job_id
+
+
+def read_conf_value(slurm_conf: Path, key: str) -> str | None:
+    """The value of ``key`` (case-insensitive) in slurm.conf, or None."""
+    wanted = key.lower()
+    try:
+        lines = slurm_conf.read_text().splitlines()
+    except OSError:
+        return None
+    value = None
+    for line in lines:
+        text = line.split("#", 1)[0].strip()
+        if "=" not in text:
+            continue
+        name, _, rest = text.partition("=")
+        if name.strip().lower() == wanted:
+            value = rest.strip()
+    return value
+
+
+class SlurmCommands:
+    """Runs Slurm's client commands against one cluster."""
+
+    def __init__(self, slurm_conf: Path | None = None, timeout: float = 30.0) -> None:
+        self.slurm_conf = slurm_conf
+        self.timeout = timeout
+
+    def state_save_location(self) -> Path:
+        """Where slurmctld keeps job scripts (``hash.N/job.<id>/script``)."""
+        conf = self.slurm_conf or Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
+        value = read_conf_value(conf, "StateSaveLocation")
+        return Path(value) if value else DEFAULT_STATE_SAVE_LOCATION
+
+    def job_dir(self, job_id: str) -> Path:
+        number = int(_job_id(job_id))
+        return self.state_save_location() / f"hash.{number % 10}" / f"job.{number}"
+
+    async def run(self, *argv: str) -> CommandResult:
+        env = dict(os.environ)
+        if self.slurm_conf is not None:
+            env["SLURM_CONF"] = str(self.slurm_conf)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+            )
+        except OSError as exc:
+            raise SlurmCommandError(f"cannot run {argv[0]}: {exc}") from exc
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise SlurmCommandError(f"{' '.join(argv)} did not finish within {self.timeout:g} s") from None
+        return CommandResult(proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    async def scancel_hurry(self, job_id: str) -> CommandResult:
+        return await self.run("scancel", "--hurry", _job_id(job_id))
+
+    async def job_known(self, job_id: str) -> bool | None:
+        """True/False if slurmctld knows/does not know the job; None when it cannot be asked."""
+        try:
+            result = await self.run("scontrol", "-o", "show", "job", _job_id(job_id))
+        except SlurmCommandError:
+            return None
+        if result.returncode == 0:
+            return True
+        if "Invalid job id" in result.stderr or "Invalid job id" in result.stdout:
+            return False
+        return None

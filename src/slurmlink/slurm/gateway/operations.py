@@ -1,0 +1,525 @@
+"""What each burst_buffer.lua callback does, on behalf of Slurm (see docs/slurm-plugin.md).
+
+Every operation takes the callback's form fields and returns the text the Lua hands back to Slurm, or
+raises GatewayError whose message Slurm shows the user (sbatch's error line, the job's Reason and
+SystemComment, scontrol's output). Waits are answered by the Workflow informer's watch, never by
+polling; every wait is bounded when the API cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from slurmlink.client.base import Client
+from slurmlink.resources.dws import directives as dwd
+from slurmlink.resources.dws import states
+from slurmlink.resources.dws.group import GROUP, STORAGE_VERSION
+from slurmlink.resources.dws.workflow import WORKFLOW
+from slurmlink.resources.errors import ApiError
+from slurmlink.resources.kind import Obj
+from slurmlink.resources.meta import parse_time
+from slurmlink.slurm.commands import SlurmCommands
+from slurmlink.slurm.gateway import script as scripts
+from slurmlink.slurm.gateway.config import (
+    JOB_RUN_ANNOTATION,
+    ORIGIN_LABEL,
+    ORIGIN_VALUE,
+    WLM_ID,
+    GatewayConfig,
+)
+from slurmlink.slurm.gateway.informer import Informer, WaitTimeout
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_DIGITS = re.compile(r"^[0-9]+$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: How long job_process (which runs inside slurmctld) may wait for the first rules list.
+_RULES_SYNC_WAIT = 2.0
+
+
+class GatewayError(Exception):
+    """A callback failed; ``message`` is what Slurm shows, ``status`` the HTTP status for the Lua."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+Fields = Mapping[str, str]
+
+
+def workflow_name(job_id: str) -> str:
+    return f"bb{job_id}"
+
+
+def _job_id(fields: Fields) -> str:
+    job_id = fields.get("job_id", "")
+    if not _DIGITS.match(job_id):
+        raise GatewayError(f"a numeric job_id is required, got {job_id!r}")
+    return job_id
+
+
+def _int_field(fields: Fields, key: str) -> int:
+    value = fields.get(key, "")
+    if not _DIGITS.match(value):
+        raise GatewayError(f"a numeric {key} is required, got {value!r}")
+    return int(value)
+
+
+def driver_errors(workflow: Obj, state: str | None) -> list[str]:
+    """``<driverID>: <error>`` for each driver entry in Error (of ``state``, or of every state)."""
+    found = []
+    for entry in (workflow.get("status") or {}).get("drivers") or []:
+        if entry.get("status") != "Error":
+            continue
+        if state is not None and entry.get("watchState") != state:
+            continue
+        found.append(f"{entry.get('driverID', '?')}: {entry.get('error') or entry.get('message') or 'error'}")
+    return found
+
+
+def _transient_errors(workflow: Obj, state: str) -> list[str]:
+    found = []
+    for entry in (workflow.get("status") or {}).get("drivers") or []:
+        if entry.get("watchState") == state and entry.get("status") == "TransientCondition":
+            found.append(f"{entry.get('driverID', '?')}: {entry.get('error') or entry.get('message') or ''}")
+    return found or [str((workflow.get("status") or {}).get("message") or "TransientCondition")]
+
+
+class BurstBufferOps:
+    """The gateway's operations; one instance serves every callback of every job."""
+
+    def __init__(
+        self,
+        client: Client,
+        config: GatewayConfig,
+        workflows: Informer,
+        rules: Informer,
+        slurm: SlurmCommands,
+    ) -> None:
+        self.client = client
+        self.config = config
+        self.workflows = workflows
+        self.rules = rules
+        self.slurm = slurm
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _api(self, what: str, call: Callable[[], Awaitable[_T]]) -> _T:
+        """Run an API call, retrying while the API is unreachable, for at most ``api_timeout``."""
+        deadline = time.monotonic() + self.config.api_timeout
+        delay = 0.2
+        while True:
+            try:
+                return await call()
+            except ApiError as exc:
+                if exc.code != 503 or time.monotonic() >= deadline:
+                    if exc.code == 503:
+                        raise GatewayError(
+                            f"slurmlink API unreachable for {self.config.api_timeout:g} s while {what}: "
+                            f"{exc.message}",
+                            503,
+                        ) from exc
+                    raise
+                await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))
+                delay = min(delay * 2, 2.0)
+
+    async def _current(self, name: str) -> Obj | None:
+        """The Workflow from the cache when it is live, else from the API; None if it does not exist."""
+        if self.workflows.synced.is_set() and self.workflows.unreachable_since is None:
+            return self.workflows.cache.get(name)
+        try:
+            return await self._api(
+                f"reading workflow {name}", lambda: self.client.get(WORKFLOW, self.config.namespace, name)
+            )
+        except ApiError as exc:
+            if exc.code == 404:
+                return None
+            raise GatewayError(f"cannot read workflow {name}: {exc.message}", 500) from exc
+
+    async def _patch(self, name: str, patch: dict[str, Any]) -> Obj:
+        try:
+            obj = await self._api(
+                f"updating workflow {name}",
+                lambda: self.client.patch(WORKFLOW, self.config.namespace, name, patch),
+            )
+        except ApiError as exc:
+            raise GatewayError(f"cannot update workflow {name}: {exc.message}", exc.code) from exc
+        self.workflows.put(obj)
+        return obj
+
+    def _check_api(self, what: str) -> None:
+        down_for = self.workflows.unreachable_for()
+        if down_for > self.config.api_timeout:
+            raise GatewayError(
+                f"slurmlink API unreachable for {down_for:.0f} s while {what}: {self.workflows.last_error}",
+                503,
+            )
+
+    async def _wait(self, name: str, probe: Callable[[Obj | None], _T | None], what: str) -> _T:
+        def checked(obj: Obj | None) -> _T | None:
+            result = probe(obj)
+            if result is None:
+                self._check_api(what)
+            return result
+
+        try:
+            return await self.workflows.wait_for(name, checked)
+        except WaitTimeout:  # pragma: no cover - wait_for has no timeout here
+            raise GatewayError(f"timed out {what}", 504) from None
+
+    # -------------------------------------------------------------- state waits
+
+    def _state_probe(self, name: str, target: str) -> Callable[[Obj | None], str | None]:
+        """Probe: "" once ``target`` is completed (or passed); GatewayError on errors."""
+        transient_since: list[float | None] = [None]
+        grace = self.config.transient_grace
+
+        def probe(obj: Obj | None) -> str | None:
+            if obj is None:
+                raise GatewayError(f"workflow {name} no longer exists", 410)
+            if obj["metadata"].get("deletionTimestamp") and target != "Teardown":
+                raise GatewayError(f"workflow {name} is being deleted", 410)
+            desired = (obj.get("spec") or {}).get("desiredState", "")
+            if desired == "Teardown" and target != "Teardown":
+                raise GatewayError(f"workflow {name} moved to Teardown while waiting for {target}", 409)
+            status = obj.get("status") or {}
+            current, state_status = status.get("state", ""), status.get("status", "")
+            if states.index(current) > states.index(target):
+                return ""
+            if current != target:
+                transient_since[0] = None
+                return None
+            if state_status == "Completed":
+                return ""
+            if state_status == "Error":
+                errors = driver_errors(obj, target) or [str(status.get("message") or "unknown error")]
+                raise GatewayError("DWS driver error(s): " + "; ".join(errors), 500)
+            if state_status == "TransientCondition":
+                now = time.monotonic()
+                if transient_since[0] is None:
+                    transient_since[0] = now
+                elif now - transient_since[0] >= grace:
+                    raise GatewayError(
+                        f"TransientCondition for {grace:g} s in {target}: "
+                        + "; ".join(_transient_errors(obj, target)),
+                        500,
+                    )
+            else:
+                transient_since[0] = None
+            return None
+
+        return probe
+
+    async def _wait_state(self, name: str, target: str) -> None:
+        await self._wait(name, self._state_probe(name, target), f"waiting for {name} to complete {target}")
+
+    async def _advance(self, name: str, target: str) -> None:
+        """Move the Workflow to ``target`` (never backwards) and wait until the state is completed."""
+        obj = await self._current(name)
+        if obj is None:
+            raise GatewayError(f"workflow {name} does not exist (was it torn down?)", 410)
+        desired = (obj.get("spec") or {}).get("desiredState", "")
+        if desired == "Teardown" and target != "Teardown":
+            raise GatewayError(f"workflow {name} is being torn down; cannot move it to {target}", 409)
+        if states.index(desired) < states.index(target):
+            await self._patch(name, {"spec": {"desiredState": target}})
+        await self._wait_state(name, target)
+
+    async def _wait_gone(self, name: str) -> None:
+        def gone(obj: Obj | None) -> bool | None:
+            return True if obj is None else None
+
+        try:
+            await self.workflows.wait_for(name, gone, timeout=self.config.api_timeout)
+        except WaitTimeout:
+            raise GatewayError(
+                f"workflow {name} was deleted but still exists after {self.config.api_timeout:g} s: "
+                f"is the slurmlink workflow controller running?",
+                504,
+            ) from None
+
+    async def _delete(self, name: str) -> None:
+        try:
+            await self._api(
+                f"deleting workflow {name}", lambda: self.client.delete(WORKFLOW, self.config.namespace, name)
+            )
+        except ApiError as exc:
+            if exc.code != 404:
+                raise GatewayError(f"cannot delete workflow {name}: {exc.message}", exc.code) from exc
+        await self._wait_gone(name)
+
+    # ------------------------------------------------------------- directives
+
+    def _directives(self, script_path: str) -> list[str]:
+        try:
+            found = scripts.extract_directives(scripts.read_script(script_path))
+            scripts.check_safe(found)
+        except scripts.ScriptError as exc:
+            raise GatewayError(str(exc)) from exc
+        return found
+
+    async def _validate(self, found: list[str]) -> None:
+        if not found:
+            return
+        if not self.rules.synced.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.rules.synced.wait(), _RULES_SYNC_WAIT)
+        if not self.rules.synced.is_set():
+            raise GatewayError(
+                "slurmlink cannot check the #DW directives now because its API is unreachable "
+                f"({self.rules.last_error or 'not connected yet'}); try again later",
+                503,
+            )
+        try:
+            dwd.check_workflow_directives(found, list(self.rules.cache.values()), self.config.rules_namespace)
+        except dwd.DirectiveError as exc:
+            raise GatewayError(f"#DW directives rejected: {exc}") from exc
+
+    @staticmethod
+    def _run_key(job_id: str, script_path: str) -> str:
+        """Identifies this run of the job: the id plus when slurmctld wrote the job's script."""
+        try:
+            return f"{job_id}/{os.stat(script_path).st_ctime_ns}"
+        except OSError:
+            return ""
+
+    def _is_stale(self, obj: Obj, run_key: str, script_path: str) -> bool:
+        recorded = (obj["metadata"].get("annotations") or {}).get(JOB_RUN_ANNOTATION, "")
+        if recorded and run_key:
+            return recorded != run_key
+        # Not ours (no annotation): stale only if created clearly before this job was submitted.
+        try:
+            submitted = os.stat(script_path).st_ctime
+            created = parse_time(obj["metadata"].get("creationTimestamp", "")).timestamp()
+        except (OSError, ValueError):
+            return False
+        return created < submitted - 5
+
+    def _new_workflow(self, job_id: str, uid: int, gid: int, found: list[str], run_key: str) -> Obj:
+        metadata: dict[str, Any] = {
+            "name": workflow_name(job_id),
+            "namespace": self.config.namespace,
+            "labels": {ORIGIN_LABEL: ORIGIN_VALUE},
+        }
+        if run_key:
+            metadata["annotations"] = {JOB_RUN_ANNOTATION: run_key}
+        return {
+            "apiVersion": f"{GROUP}/{STORAGE_VERSION}",
+            "kind": "Workflow",
+            "metadata": metadata,
+            "spec": {
+                "desiredState": "Proposal",
+                "dwDirectives": found,
+                "wlmID": WLM_ID,
+                "jobID": job_id,
+                "userID": uid,
+                "groupID": gid,
+            },
+        }
+
+    async def _ensure_workflow(self, job_id: str, uid: int, gid: int, script_path: str) -> None:
+        """Create the job's Workflow unless it exists; replace one left over from an earlier job."""
+        name = workflow_name(job_id)
+        found = self._directives(script_path)
+        run_key = self._run_key(job_id, script_path)
+        obj = await self._current(name)
+        if obj is not None and self._is_stale(obj, run_key, script_path):
+            log.warning("workflow %s belongs to an earlier job with the same id; replacing it", name)
+            await self._delete(name)
+            obj = None
+        elif obj is not None and obj["metadata"].get("deletionTimestamp"):
+            await self._wait_gone(name)
+            obj = None
+        if obj is not None:
+            return
+        body = self._new_workflow(job_id, uid, gid, found, run_key)
+        try:
+            created = await self._api(f"creating workflow {name}", lambda: self.client.create(WORKFLOW, body))
+        except ApiError as exc:
+            if exc.code == 409:
+                return  # created concurrently (job_process's background create)
+            raise GatewayError(f"cannot create workflow {name}: {exc.message}", exc.code) from exc
+        self.workflows.put(created)
+
+    # -------------------------------------------------------------- operations
+
+    async def job_process(self, fields: Fields) -> str:
+        script_path = fields.get("script", "")
+        job_id = fields.get("job_id") or scripts.job_id_from_script_path(script_path) or ""
+        if not _DIGITS.match(job_id):
+            raise GatewayError(f"cannot tell the job id from the script path {script_path!r}")
+        found = self._directives(script_path)
+        await self._validate(found)
+        if fields.get("uid") and fields.get("gid"):
+            uid, gid = _int_field(fields, "uid"), _int_field(fields, "gid")
+            task = asyncio.create_task(self._create_later(job_id, uid, gid, script_path))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return ""
+
+    async def _create_later(self, job_id: str, uid: int, gid: int, script_path: str) -> None:
+        try:
+            await self._ensure_workflow(job_id, uid, gid, script_path)
+        except Exception as exc:  # setup creates it (and reports errors) if this fails
+            log.warning("creating workflow for job %s at submission failed: %s", job_id, exc)
+
+    async def pools(self, fields: Fields) -> str:
+        return ""
+
+    async def setup(self, fields: Fields) -> str:
+        job_id = _job_id(fields)
+        uid, gid = _int_field(fields, "uid"), _int_field(fields, "gid")
+        name = workflow_name(job_id)
+        await self._ensure_workflow(job_id, uid, gid, fields.get("script", ""))
+        await self._wait_state(name, "Proposal")
+        await self._advance(name, "Setup")
+        return ""
+
+    def state_operation(self, target: str) -> Callable[[Fields], Awaitable[str]]:
+        async def operation(fields: Fields) -> str:
+            await self._advance(workflow_name(_job_id(fields)), target)
+            return ""
+
+        return operation
+
+    def test_operation(self, target: str) -> Callable[[Fields], Awaitable[str]]:
+        """Slurm 24.05's polling form: "BUSY" until ``target`` is completed."""
+
+        async def operation(fields: Fields) -> str:
+            name = workflow_name(_job_id(fields))
+            obj = await self._current(name)
+            result = self._state_probe(name, target)(obj)
+            return "BUSY" if result is None else ""
+
+        return operation
+
+    async def real_size(self, fields: Fields) -> str:
+        _job_id(fields)
+        return ""
+
+    async def paths(self, fields: Fields) -> str:
+        """Environment for the job: the Workflow's name and namespace plus its ``status.env``."""
+        name = workflow_name(_job_id(fields))
+        env = {"DW_WORKFLOW_NAME": name, "DW_WORKFLOW_NAMESPACE": self.config.namespace}
+        obj = self.workflows.cache.get(name)
+        for key, value in ((obj or {}).get("status") or {}).get("env", {}).items():
+            text = str(value)
+            if not _ENV_KEY.match(str(key)) or "\n" in text or "\0" in text:
+                log.warning("workflow %s: skipping environment variable %r (bad name or value)", name, key)
+                continue
+            env[str(key)] = text
+        return "".join(f"{key}={value}\n" for key, value in env.items())
+
+    async def teardown(self, fields: Fields) -> str:
+        job_id = _job_id(fields)
+        hurry = fields.get("hurry") == "true"
+        name = workflow_name(job_id)
+        obj = await self._current(name)
+        if obj is None:
+            log.info("teardown of job %s: workflow %s already removed", job_id, name)
+            return ""
+        had_errors = bool(driver_errors(obj, None))
+        failure: GatewayError | None = None
+        if not obj["metadata"].get("deletionTimestamp"):
+            try:
+                spec = obj.get("spec") or {}
+                patch: dict[str, Any] = {}
+                if spec.get("desiredState") != "Teardown":
+                    patch["desiredState"] = "Teardown"
+                if hurry and not spec.get("hurry"):
+                    patch["hurry"] = True
+                if patch:
+                    await self._patch(name, {"spec": patch})
+                await self._wait_state(name, "Teardown")
+            except GatewayError as exc:
+                failure = exc
+            latest = self.workflows.cache.get(name)
+            had_errors = had_errors or bool(latest and driver_errors(latest, None))
+        await self._delete(name)
+        if had_errors:
+            await self._cancel_hurry(job_id)
+        if failure is not None:
+            raise GatewayError(f"teardown of {name}: {failure.message} (the workflow was deleted)", 500)
+        return ""
+
+    async def _cancel_hurry(self, job_id: str) -> None:
+        """After a driver error: end a job that has not run yet as CANCELLED (as upstream's plugin)."""
+        try:
+            result = await self.slurm.scancel_hurry(job_id)
+        except Exception as exc:
+            log.warning("scancel --hurry %s failed: %s", job_id, exc)
+            return
+        if result.returncode != 0:
+            log.info("scancel --hurry %s: %s", job_id, (result.stderr or result.stdout).strip())
+
+    async def status(self, fields: Fields) -> str:
+        words = fields.get("args", "").split()
+        if len(words) == 2 and words[0] == "workflow":
+            if not _DIGITS.match(words[1]):
+                raise GatewayError("A job ID must contain only digits.")
+            name = workflow_name(words[1])
+            obj = await self._current(name)
+            if obj is None:
+                raise GatewayError(f"workflow {name} not found", 404)
+            status = obj.get("status") or {}
+            return (
+                f"desiredState={(obj.get('spec') or {}).get('desiredState', '')} "
+                f"currentState={status.get('state', '')} status={status.get('status', '')}"
+            )
+        if words and words[0] == "workflows" and len(words) <= 2:
+            return self._workflow_table(words[1] if len(words) == 2 else None, fields.get("uid"))
+        raise GatewayError(
+            "Usage: scontrol show bbstat workflow <job-id> | scontrol show bbstat workflows [uid=<uid>]"
+        )
+
+    def _workflow_table(self, selector: str | None, caller_uid: str | None) -> str:
+        uid: str | None = caller_uid
+        if selector is not None:
+            key, _, value = selector.partition("=")
+            if key != "uid" or not _DIGITS.match(value):
+                raise GatewayError("Usage: scontrol show bbstat workflows [uid=<uid>]")
+            uid = value
+        rows = [("JOBID", "WORKFLOW", "UID", "DESIRED", "STATE", "STATUS", "READY")]
+        objs = sorted(self.workflows.cache.values(), key=lambda o: _job_sort_key(o["metadata"]["name"]))
+        for obj in objs:
+            spec, status = obj.get("spec") or {}, obj.get("status") or {}
+            if uid is not None and str(spec.get("userID", "")) != uid:
+                continue
+            rows.append(
+                (
+                    str(spec.get("jobID", "")),
+                    obj["metadata"]["name"],
+                    str(spec.get("userID", "")),
+                    str(spec.get("desiredState", "")),
+                    str(status.get("state", "")),
+                    str(status.get("status", "")),
+                    "true" if status.get("ready") else "false",
+                )
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+        if len(rows) == 1:
+            lines.append("(no workflows)")
+        return "\n".join(lines) + "\n"
+
+    async def aclose(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.wait(self._background)
+
+
+def _job_sort_key(name: str) -> tuple[int, str]:
+    digits = name[2:]
+    return (int(digits), name) if digits.isdigit() else (1 << 62, name)
