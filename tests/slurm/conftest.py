@@ -8,15 +8,12 @@ state dir (logs!) for a post-mortem.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from slurmlink.slurm.devcluster import BurstBufferSetup, DevCluster, free_port_pair
+from slurmlink.slurm.devcluster import BurstBufferSetup, DevCluster
+from support.devcluster import new_cluster, skip_unless_possible, teardown_cluster
 
 # A burst_buffer/lua plugin that does nothing: every callback of the 22.05 API (plus the 24.05 test_data_*
 # ones, which 22.05 never calls) just succeeds. One pool lets jobs ask for "capacity=N pool=testpool", which
@@ -50,39 +47,6 @@ Flags=TeardownFailure
 NOOP_BURST_BUFFER = BurstBufferSetup(lua_source=NOOP_BB_LUA, conf_text=NOOP_BB_CONF)
 
 
-def _skip_unless_possible() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("the dev cluster runs slurmctld/slurmd as root")
-    if shutil.which("dpkg-query") is None or shutil.which("apt-get") is None:
-        pytest.skip("the dev cluster needs Debian's Slurm packages (dpkg/apt)")
-
-
-def make_state_dir(prefix: str) -> Path:
-    """A fresh state dir the job user can reach (pytest's tmp_path lives under a 0700 dir)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
-    path.chmod(0o755)
-    return path
-
-
-def new_cluster(prefix: str) -> DevCluster:
-    """A DevCluster object on a new state dir and free ports; not started."""
-    ctld_port, slurmd_port = free_port_pair()
-    return DevCluster(
-        make_state_dir(prefix),
-        ctld_port=ctld_port,
-        slurmd_port=slurmd_port,
-        cluster_name="slurmlink-test",
-    )
-
-
-def teardown_cluster(cluster: DevCluster) -> None:
-    """Stop the cluster; purge its state dir unless SLURMLINK_KEEP_DEV_CLUSTER is set."""
-    keep = bool(os.environ.get("SLURMLINK_KEEP_DEV_CLUSTER"))
-    cluster.down(purge=not keep)
-    if not keep:
-        shutil.rmtree(cluster.state_dir, ignore_errors=True)
-
-
 @pytest.fixture(scope="session")
 def noop_burst_buffer() -> BurstBufferSetup:
     """The do-nothing burst buffer plugin the shared cluster starts with."""
@@ -95,7 +59,7 @@ def dev_cluster() -> Iterator[DevCluster]:
 
     Tests that reconfigure it (``dev_cluster.up(burst_buffer=...)``) should restore the no-op plugin.
     """
-    _skip_unless_possible()
+    skip_unless_possible()
     cluster = new_cluster("slurmlink-devcluster-")
     try:
         cluster.up(burst_buffer=NOOP_BURST_BUFFER, wait_timeout=120)
@@ -107,7 +71,7 @@ def dev_cluster() -> Iterator[DevCluster]:
 @pytest.fixture()
 def scratch_cluster() -> Iterator[DevCluster]:
     """A second, not yet started cluster of its own, for tests that stop or break it."""
-    _skip_unless_possible()
+    skip_unless_possible()
     cluster = new_cluster("slurmlink-devcluster-scratch-")
     try:
         yield cluster

@@ -15,7 +15,7 @@ from pathlib import Path
 
 #: Slurm's compiled-in default StateSaveLocation.
 DEFAULT_STATE_SAVE_LOCATION = Path("/var/spool/slurmctld")
-_DIGITS = re.compile(r"^[0-9]+$")
+_DIGITS = re.compile(r"^[0-9]+\Z")
 
 
 class SlurmCommandError(RuntimeError):

@@ -39,8 +39,8 @@ from slurmlink.slurm.gateway.informer import Informer, WaitTimeout
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-_DIGITS = re.compile(r"^[0-9]+$")
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DIGITS = re.compile(r"^[0-9]+\Z")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 #: How long job_process (which runs inside slurmctld) may wait for the first rules list.
 _RULES_SYNC_WAIT = 2.0
 
@@ -111,7 +111,8 @@ class BurstBufferOps:
         self.workflows = workflows
         self.rules = rules
         self.slurm = slurm
-        self._background: set[asyncio.Task[None]] = set()
+        #: Workflow creations started by job_process (Slurm 23.02+), by job id; teardown waits for them.
+        self._background: dict[str, asyncio.Task[None]] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -364,8 +365,8 @@ class BurstBufferOps:
         if fields.get("uid") and fields.get("gid"):
             uid, gid = _int_field(fields, "uid"), _int_field(fields, "gid")
             task = asyncio.create_task(self._create_later(job_id, uid, gid, script_path))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._background[job_id] = task
+            task.add_done_callback(lambda _t: self._background.pop(job_id, None))
         return ""
 
     async def _create_later(self, job_id: str, uid: int, gid: int, script_path: str) -> None:
@@ -425,6 +426,10 @@ class BurstBufferOps:
         job_id = _job_id(fields)
         hurry = fields.get("hurry") == "true"
         name = workflow_name(job_id)
+        pending = self._background.get(job_id)
+        if pending is not None:  # a creation still in flight would otherwise land after this teardown
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(pending), self.config.api_timeout)
         obj = await self._current(name)
         if obj is None:
             log.info("teardown of job %s: workflow %s already removed", job_id, name)
@@ -514,10 +519,11 @@ class BurstBufferOps:
         return "\n".join(lines) + "\n"
 
     async def aclose(self) -> None:
-        for task in list(self._background):
+        tasks = list(self._background.values())
+        for task in tasks:
             task.cancel()
-        if self._background:
-            await asyncio.wait(self._background)
+        if tasks:
+            await asyncio.wait(tasks)
 
 
 def _job_sort_key(name: str) -> tuple[int, str]:

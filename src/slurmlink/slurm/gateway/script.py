@@ -44,7 +44,7 @@ def read_script(path: str | Path) -> str:
 def _logical_lines(text: str) -> list[str]:
     lines: list[str] = []
     pending = ""
-    for raw in text.splitlines():
+    for raw in text.split("\n"):  # Slurm splits at newlines only, never at \v, \f, U+2028...
         if raw.endswith("\\"):
             pending += raw[:-1]
             continue

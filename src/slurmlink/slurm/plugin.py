@@ -1,0 +1,128 @@
+"""Rendering of slurmlink's ``burst_buffer/lua`` script and its recommended ``burst_buffer.conf``.
+
+The Lua script is package data with four ``@NAME@`` placeholders. They are filled in at install time rather
+than read from a config file at run time because Slurm reloads the script for every callback, some of them
+inside ``slurmctld`` with locks held: the script must not do any work it does not need to.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from importlib import resources
+from pathlib import Path
+
+DEFAULT_SOCKET_PATH = Path("/run/slurmlink/slurm-bb.sock")
+DEFAULT_SYNC_TIMEOUT = 5.0
+DEFAULT_CONNECT_RETRY = 10.0
+
+_LUA_PACKAGE = "slurmlink.slurm.lua"
+_TEMPLATE = "burst_buffer.lua"
+_CONF = "burst_buffer.conf"
+_PLACEHOLDER_RE = re.compile(r"@([A-Za-z_][A-Za-z0-9_]*)@")
+_API_RE = re.compile(r"^\d+\.\d+$")
+_VERSION_RE = re.compile(r"^\s*slurm(?:-wlm)?\s+(\d+)\.(\d+)(?:\.\d+)?\b", re.IGNORECASE)
+# sun_path is 108 bytes including the terminating NUL.
+_MAX_SOCKET_PATH = 107
+
+
+def lua_string_literal(text: str) -> str:
+    """Return ``text`` as a double-quoted Lua 5.1 string literal that Lua reads back byte for byte.
+
+    The result is pure printable ASCII: backslash and quote are escaped, and every other byte outside
+    ``0x20..0x7e`` (control characters, NUL, the UTF-8 bytes of non-ASCII text) becomes a three-digit
+    ``\\ddd`` escape, so a following digit can never be taken as part of the escape and no editor or
+    encoding step can alter the value.
+    """
+    out = ['"']
+    for byte in text.encode("utf-8"):
+        if byte == 0x5C:
+            out.append("\\\\")
+        elif byte == 0x22:
+            out.append('\\"')
+        elif 0x20 <= byte <= 0x7E:
+            out.append(chr(byte))
+        else:
+            out.append(f"\\{byte:03d}")
+    out.append('"')
+    return "".join(out)
+
+
+def _lua_number(value: float, name: str) -> str:
+    """A positive finite number as Lua source: a zero, negative or infinite timeout would disable a bound."""
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return repr(number)
+
+
+def _read_resource(name: str) -> str:
+    return resources.files(_LUA_PACKAGE).joinpath(name).read_text(encoding="utf-8")
+
+
+def _fill_placeholders(template: str, values: dict[str, str]) -> str:
+    """Replace every ``@NAME@`` in one pass, so a value that itself contains ``@X@`` is never re-expanded.
+
+    Unknown or unfilled placeholders are errors: a script shipped with a literal ``@NAME@`` would be a Lua
+    syntax error that only shows up when Slurm first calls it.
+    """
+    found = set(_PLACEHOLDER_RE.findall(template))
+    unknown = sorted(found - values.keys())
+    if unknown:
+        raise ValueError(
+            f"template has placeholders without a value: {', '.join('@' + n + '@' for n in unknown)}"
+        )
+    missing = sorted(values.keys() - found)
+    if missing:
+        raise ValueError(f"template lacks placeholders: {', '.join('@' + n + '@' for n in missing)}")
+    return _PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], template)
+
+
+def render_burst_buffer_lua(
+    socket_path: str | Path,
+    *,
+    sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
+    connect_retry: float = DEFAULT_CONNECT_RETRY,
+    slurm_api: str = "22.05",
+) -> str:
+    """Return the ``burst_buffer.lua`` text for a gateway listening on ``socket_path``.
+
+    ``slurm_api`` is the ``major.minor`` of the Slurm that runs the script (see :func:`slurm_api_version`);
+    it decides whether ``slurm_bb_get_status`` receives ``uid, gid`` before the words (23.02+).
+    ``sync_timeout`` bounds the callbacks that run inside ``slurmctld``; ``connect_retry`` is how long the
+    asynchronous callbacks keep trying to connect, so that a gateway restart does not fail jobs.
+    """
+    path = str(socket_path)
+    if not path or "\0" in path:
+        raise ValueError(f"invalid gateway socket path {path!r}")
+    if not Path(path).is_absolute():
+        # slurmctld and slurmscriptd do not run in a directory we control.
+        raise ValueError(f"the gateway socket path must be absolute, got {path!r}")
+    if len(path.encode("utf-8")) > _MAX_SOCKET_PATH:
+        raise ValueError(f"the gateway socket path is longer than {_MAX_SOCKET_PATH} bytes: {path!r}")
+    if not _API_RE.match(slurm_api):
+        raise ValueError(f"slurm_api must look like '22.05', got {slurm_api!r}")
+    values = {
+        "SOCKET_PATH": lua_string_literal(path),
+        "SYNC_TIMEOUT": _lua_number(sync_timeout, "sync_timeout"),
+        "CONNECT_RETRY": _lua_number(connect_retry, "connect_retry"),
+        "SLURM_API": lua_string_literal(slurm_api),
+    }
+    return _fill_placeholders(_read_resource(_TEMPLATE), values)
+
+
+def burst_buffer_conf_text() -> str:
+    """Return slurmlink's recommended ``burst_buffer.conf`` (``Directive=DW``, ``Flags=TeardownFailure``)."""
+    return _read_resource(_CONF)
+
+
+def slurm_api_version(version_text: str) -> str:
+    """Return ``"major.minor"`` from ``sinfo --version`` style output (``slurm-wlm 22.05.8`` → ``"22.05"``).
+
+    The callback signatures of the Lua plugin change between Slurm releases (not patch levels), so this is
+    what :func:`render_burst_buffer_lua` needs as ``slurm_api``.
+    """
+    match = _VERSION_RE.match(version_text)
+    if not match:
+        raise ValueError(f"not a Slurm version string: {version_text!r}")
+    return f"{match.group(1)}.{match.group(2)}"
