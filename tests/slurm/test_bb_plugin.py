@@ -46,6 +46,7 @@ class BurstBufferSystem:
     gateway_socket: Path
     gateway_args: list[str]
     gateway_log: Path
+    burst_buffer: BurstBufferSetup | None = None
     gateway: subprocess.Popen[bytes] | None = None
 
     # ---- processes ------------------------------------------------------------------------------
@@ -212,7 +213,8 @@ def bb(kubectl_132: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         cluster.state_dir.joinpath("run").mkdir(parents=True, exist_ok=True)
         system.start_gateway()
         lua = plugin.render_burst_buffer_lua(socket_path, connect_retry=2)
-        cluster.up(BurstBufferSetup(lua, plugin.burst_buffer_conf_text()), wait_timeout=120)
+        system.burst_buffer = BurstBufferSetup(lua, plugin.burst_buffer_conf_text())
+        cluster.up(system.burst_buffer, wait_timeout=120)
         yield system
     finally:
         system.stop_gateway()
@@ -481,3 +483,31 @@ spec: {desiredState: Proposal, dwDirectives: [], wlmID: slurm, jobID: "987654", 
     kept = bb.kubectl_run("get", WORKFLOW, "-n", "slurm", "keepme")
     assert kept.returncode == 0, kept.stderr
     bb.kubectl_run("delete", WORKFLOW, "-n", "slurm", "keepme")
+
+
+def test_slurmctld_restart_during_stage_in(bb: BurstBufferSystem) -> None:
+    """Slurm tears the stage-in down when slurmctld restarts; the job must continue or fail cleanly."""
+    job_id = bb.submit_ok(_script("DataIn action=wait"))
+    first = bb.wait_workflow(job_id, "DataIn", "DriverWait")
+    slurmctld = bb.cluster._daemon("slurmctld")
+    bb.cluster._stop(slurmctld, 10)
+    bb.cluster.up(bb.burst_buffer, wait_timeout=120)
+
+    def settled() -> dict[str, object] | str | None:
+        info = bb.job(job_id)
+        if info.get("JobState") in FINAL:
+            return info.get("JobState", "")
+        wf = bb.workflow(job_id)
+        if wf is None or wf["metadata"]["uid"] == first["metadata"]["uid"]:  # type: ignore[index]
+            return None
+        status = wf.get("status") or {}
+        assert isinstance(status, dict)
+        return wf if (status.get("state"), status.get("status")) == ("DataIn", "DriverWait") else None
+
+    outcome = wait_for(settled, timeout=150, interval=0.5, message="the job to resume stage-in or end")
+    if isinstance(outcome, dict):  # stage-in started again on a fresh Workflow: release it
+        bb.release(job_id, 0)
+        assert bb.wait_job_final(job_id, timeout=90)["JobState"] == "COMPLETED"
+    else:  # or it ended, with the reason visible to the user
+        assert bb.job(job_id).get("SystemComment") or bb.job(job_id).get("Reason"), bb.job(job_id)
+    bb.wait_workflow_gone(job_id)
