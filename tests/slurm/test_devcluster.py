@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
 import socket
+import stat
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from slurmlink.cli.main import main
-from slurmlink.slurm.devcluster import BurstBufferSetup, DevCluster, DevClusterError, parse_scontrol_record
+from slurmlink.slurm.devcluster import (
+    BurstBufferSetup,
+    DevCluster,
+    DevClusterError,
+    GatewaySetup,
+    free_port_pair,
+    gateway_healthy,
+    parse_scontrol_record,
+)
+from slurmlink.slurm.plugin import lua_string_literal
+from support.devcluster import make_state_dir, skip_unless_possible
+from support.postgres import free_port
+from support.server import ServerProcess
+from support.waiting import wait_for
 
 
 def _sbatch_as_job_user(cluster: DevCluster, *args: str) -> str:
@@ -25,6 +45,16 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def _start_ticks(pid: int) -> int:
+    """When the process started, in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    stat_text = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat_text[stat_text.rindex(")") + 2 :].split()[19])
+
+
+def _cmdline(pid: int) -> list[str]:
+    return [p.decode() for p in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if p]
 
 
 def _wait_for_file(path: Path, timeout: float = 10) -> str:
@@ -196,3 +226,228 @@ def test_record_kubeconfig(tmp_path: Path) -> None:
     kubeconfig.write_text("apiVersion: v1\n")
     cluster.record_kubeconfig(kubeconfig)
     assert cluster.recorded_kubeconfig() == kubeconfig
+
+
+# ------------------------------------------------------------------------- gateway (4th daemon)
+
+
+@pytest.fixture(scope="module")
+def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real slurmlink API server for the gateway to sync with."""
+    proc = ServerProcess(tmp_path_factory.mktemp("devcluster-serve") / "state")
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _up_with_gateway(cluster: DevCluster, gateway: GatewaySetup) -> None:
+    try:
+        cluster.up(wait_timeout=120, gateway=gateway)
+    except DevClusterError as exc:
+        if "not implemented yet" in str(exc):
+            pytest.skip("'slurmlink slurm gateway' is not implemented yet")
+        raise
+
+
+@pytest.mark.slurm
+def test_up_with_gateway_runs_it_before_slurmctld_and_down_stops_it(
+    scratch_cluster: DevCluster, api_server: ServerProcess, tmp_path: Path
+) -> None:
+    cluster = scratch_cluster
+    kubeconfig = tmp_path / "first.kubeconfig"
+    kubeconfig.write_bytes(api_server.issue_kubeconfig("slurm-dws", "workload-manager", "slurm").read_bytes())
+    extra = ("--sweep-interval", "0")
+    _up_with_gateway(cluster, GatewaySetup(kubeconfig=kubeconfig, extra_args=extra))
+
+    status = cluster.status()
+    assert status.running and status.gateway and status.gateway_enabled, status
+    assert status.node_state == "idle"
+    pids = {name: pid for name, pid in status.pids.items() if pid is not None}
+    assert set(pids) == {"munged", "gateway", "slurmctld", "slurmd"}
+    assert gateway_healthy(cluster.gateway_socket)
+    assert stat.S_IMODE(cluster.gateway_socket.stat().st_mode) == 0o600
+    # slurmctld calls slurm_bb_pools through the gateway as soon as it starts.
+    assert _start_ticks(pids["gateway"]) <= _start_ticks(pids["slurmctld"])
+    assert _cmdline(pids["gateway"]) == [
+        sys.executable,
+        *("-m", "slurmlink.cli.main", "slurm", "gateway"),
+        *("--kubeconfig", str(cluster.etc_dir / "slurm-dws.kubeconfig")),
+        *("--socket", str(cluster.gateway_socket)),
+        *("--slurm-conf", str(cluster.slurm_conf)),
+        *extra,
+    ]
+
+    # slurmlink's plugin, not the placeholder, talking to that socket with the given credentials.
+    assert "BurstBufferType=burst_buffer/lua" in cluster.slurm_conf.read_text()
+    lua = (cluster.etc_dir / "burst_buffer.lua").read_text()
+    assert f"local SOCKET_PATH = {lua_string_literal(str(cluster.gateway_socket))}" in lua
+    assert 'local SLURM_API = "22.05"' in lua  # detected from slurmctld -V
+    installed = cluster.etc_dir / "slurm-dws.kubeconfig"
+    assert installed.read_bytes() == kubeconfig.read_bytes()
+    assert stat.S_IMODE(installed.stat().st_mode) == 0o600
+    assert cluster.recorded_kubeconfig() == kubeconfig
+
+    # Same settings again, also through the CLI without --kubeconfig (the recorded one is used): no restart.
+    cluster.up(gateway=GatewaySetup(kubeconfig=kubeconfig, extra_args=extra))
+    assert cluster.status().pids == status.pids
+    args = ["--state-dir", str(cluster.state_dir), "--gateway-arg=--sweep-interval", "--gateway-arg=0"]
+    result = CliRunner().invoke(main, ["dev-cluster", "up", *args])
+    assert result.exit_code == 0, result.output
+    assert f"using the kubeconfig of an earlier 'up': {kubeconfig}" in result.output
+    assert cluster.status().pids == status.pids
+
+    result = CliRunner().invoke(main, ["dev-cluster", "status", "--state-dir", str(cluster.state_dir)])
+    assert result.exit_code == 0, result.output
+    gateway_row = next(line for line in result.output.splitlines() if "gateway" in line)
+    assert "running" in gateway_row and str(pids["gateway"]) in gateway_row
+
+    # New credentials: only the gateway restarts, with the new file installed.
+    renewed = api_server.issue_kubeconfig("slurm-dws", "workload-manager", "slurm", token=True)
+    assert renewed.read_bytes() != kubeconfig.read_bytes()
+    cluster.up(gateway=GatewaySetup(kubeconfig=renewed, extra_args=extra))
+    restarted = cluster.status()
+    assert restarted.gateway and restarted.pids["gateway"] != pids["gateway"]
+    assert not _alive(pids["gateway"])
+    assert {k: v for k, v in restarted.pids.items() if k != "gateway"} == {
+        k: v for k, v in status.pids.items() if k != "gateway"
+    }
+    assert installed.read_bytes() == renewed.read_bytes()
+    assert gateway_healthy(cluster.gateway_socket)
+
+    # down stops all four; the config (and the knowledge that a gateway belongs here) stays.
+    gateway_pid = restarted.pids["gateway"]
+    assert gateway_pid is not None
+    cluster.down()
+    assert not _alive(gateway_pid)
+    assert not cluster.gateway_socket.exists()
+    after = cluster.status()
+    assert not after.gateway and after.gateway_enabled and not after.running
+
+
+@pytest.mark.slurm
+def test_up_with_placeholder_stops_a_gateway_left_running(
+    scratch_cluster: DevCluster, api_server: ServerProcess, noop_burst_buffer: BurstBufferSetup
+) -> None:
+    cluster = scratch_cluster
+    kubeconfig = api_server.issue_kubeconfig("slurm-dws", "workload-manager", "slurm")
+    _up_with_gateway(cluster, GatewaySetup(kubeconfig=kubeconfig))
+    before = cluster.status()
+    gateway_pid = before.pids["gateway"]
+    assert gateway_pid is not None
+
+    status = cluster.up(burst_buffer=noop_burst_buffer)
+    assert status.running and not status.gateway and not status.gateway_enabled
+    assert not _alive(gateway_pid)
+    assert (cluster.etc_dir / "burst_buffer.lua").read_text() == noop_burst_buffer.lua_source
+    # BurstBufferType did not change, so Slurm kept running.
+    for name in ("munged", "slurmctld", "slurmd"):
+        assert status.pids[name] == before.pids[name], name
+
+
+def test_gateway_pid_check_never_matches_a_reused_pid(tmp_path: Path) -> None:
+    cluster = DevCluster(tmp_path / "dc")
+    cluster.run_dir.mkdir(parents=True)
+    # This pytest process is a live Python, but not this cluster's gateway.
+    (cluster.run_dir / "gateway.pid").write_text(f"{os.getpid()}\n")
+    assert cluster.status().pids["gateway"] is None
+    assert not cluster.status().gateway
+
+    # What the check accepts: python running our gateway on this cluster's socket, whatever its options.
+    daemon = cluster._daemon("gateway")
+    ours = list(daemon.argv)
+    assert daemon.matches(ours)
+    assert daemon.matches(["/usr/bin/python3.11", *ours[1:], "--transient-grace", "5"])
+    assert not daemon.matches([*ours[:8], "/var/tmp/other-cluster/run/slurm-bb.sock", *ours[9:]])
+    assert not daemon.matches(["/usr/bin/bash", *ours[1:]])
+    assert not daemon.matches([ours[0], "-m", "slurmlink.cli.main", "serve", *ours[5:]])
+    assert not daemon.matches([])
+
+
+def test_cli_up_gateway_option_conflicts(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kc"
+    kubeconfig.write_text("apiVersion: v1\n")
+    runner = CliRunner()
+    args = ["dev-cluster", "up", "--state-dir", str(tmp_path / "dc")]
+    result = runner.invoke(main, [*args, "--no-burst-buffer", "--kubeconfig", str(kubeconfig)])
+    assert result.exit_code == 2
+    assert "--no-burst-buffer cannot be combined with --kubeconfig" in result.output
+    result = runner.invoke(main, [*args, "--gateway-arg=--sweep-interval"])
+    assert result.exit_code == 2
+    assert "--gateway-arg needs --kubeconfig" in result.output
+
+
+# ------------------------------------------------------------------------------------ quick start
+
+
+def _quickstart(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "slurmlink.cli.main", "quickstart", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.slurm
+def test_quickstart_up_runs_the_seed_job_then_down_purges() -> None:
+    skip_unless_possible()
+    directory = make_state_dir("slurmlink-quickstart-")
+    ctld_port, slurmd_port = free_port_pair()
+    listen = f"127.0.0.1:{free_port()}"
+    where = ["--state-dir", str(directory)]
+    try:
+        up = _quickstart(
+            "up", *where, "--listen", listen, "--ctld-port", str(ctld_port), "--slurmd-port", str(slurmd_port)
+        )
+        if "not implemented yet" in up.stderr:
+            pytest.skip("'slurmlink slurm gateway' is not implemented yet")
+        assert up.returncode == 0, up.stderr
+        assert "[quickstart] starting slurmlink serve" in up.stderr
+        admin = directory / "server" / "admin.kubeconfig"
+        assert (
+            f"KUBECONFIG={admin} kubectl get \\\n        workflows.dataworkflowservices.github.io -A -w"
+            in up.stdout
+        )
+        assert "scontrol show bbstat workflow <jobid>" in up.stdout
+        cluster = DevCluster.from_state_dir(directory / "cluster")
+        lua = (cluster.etc_dir / "burst_buffer.lua").read_text()
+        assert "local SOCKET_PATH" in lua  # slurmlink's plugin, not the placeholder
+
+        # The printed submit command, as printed, runs the seed's example job through the plugin.
+        lines = up.stdout.splitlines()
+        start = next(i for i, line in enumerate(lines) if line.strip().startswith("runuser -u"))
+        command = shlex.split((lines[start].rstrip("\\") + lines[start + 1]).strip())
+        submitted = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, cwd="/")
+        assert submitted.returncode == 0, submitted.stderr
+        match = re.fullmatch(r"Submitted batch job (\d+)", submitted.stdout.strip())
+        assert match is not None, submitted.stdout
+        job_id = match.group(1)
+        info = cluster.wait_for_job(job_id, timeout=90)
+        assert info["BurstBuffer"] == "#DW", info
+        # Teardown runs after the job is COMPLETED.
+        wait_for(
+            lambda: (cluster.job_info(job_id) or {}).get("BurstBufferState") == "complete",
+            timeout=60,
+            message=f"job {job_id}'s burst buffer to be torn down",
+        )
+        output = _wait_for_file(cluster.jobs_dir / f"slurm-{job_id}.out")
+        assert f"0: {socket.gethostname()}" in output
+
+        status = _quickstart("status", *where, timeout=60)
+        assert status.returncode == 0, status.stdout + status.stderr
+        pids = cluster.status().pids
+        server_pid = int((directory / "run" / "server.pid").read_text())
+
+        again = _quickstart("up", *where)  # idempotent: same listen address and ports remembered
+        assert again.returncode == 0, again.stderr
+        assert f"slurmlink serve already running (pid {server_pid})" in again.stderr
+        assert cluster.status().pids == pids
+    finally:
+        down = _quickstart("down", *where, "--purge", timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert not directory.exists()
+    for pid in [server_pid, *(p for p in pids.values() if p is not None)]:
+        assert not _alive(pid), pid

@@ -16,6 +16,8 @@ from slurmlink.slurm.devcluster import (
     DEFAULT_STATE_DIR,
     DevCluster,
     DevClusterError,
+    GatewaySetup,
+    gateway_healthy,
     placeholder_burst_buffer,
 )
 
@@ -88,14 +90,23 @@ def dev_cluster() -> None:
     "--kubeconfig",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="kubeconfig of the slurmlink API the burst buffer plugin will talk to; its path is recorded in the "
-    "state dir for the plugin installer.",
+    help="Run slurmlink's real burst buffer plugin: install it with this kubeconfig (role workload-manager, "
+    "e.g. from 'slurmlink kubeconfig --user slurm-dws --role workload-manager --namespace slurm') and start "
+    "its gateway. Remembered: later 'up's without it keep using it.",
+)
+@click.option(
+    "--gateway-arg",
+    "gateway_args",
+    multiple=True,
+    metavar="ARG",
+    help="Extra argument for 'slurmlink slurm gateway' (repeatable), e.g. --gateway-arg=--transient-grace "
+    "--gateway-arg=5.",
 )
 @click.option(
     "--no-burst-buffer",
     is_flag=True,
-    help="Do not enable BurstBufferType=burst_buffer/lua (by default a do-nothing placeholder plugin is "
-    "installed so '#DW' jobs run).",
+    help="Do not enable BurstBufferType=burst_buffer/lua. Without it, and without a kubeconfig given now or "
+    "by an earlier 'up', a do-nothing placeholder plugin is installed so '#DW' jobs run.",
 )
 @click.option(
     "--wait-timeout",
@@ -110,6 +121,7 @@ def up(
     slurmd_port: int | None,
     job_user: str | None,
     kubeconfig: Path | None,
+    gateway_args: tuple[str, ...],
     no_burst_buffer: bool,
     wait_timeout: float,
 ) -> None:
@@ -117,14 +129,27 @@ def up(
 
     Installs the Slurm and munge packages with apt-get and creates the job user when missing. Running it
     again is cheap: running daemons are kept and only reconfigured (or restarted) if the config changed.
+    With --kubeconfig, slurmlink's plugin goes into STATE_DIR/etc and its gateway runs as a fourth daemon
+    (log: STATE_DIR/log/gateway.log); a changed kubeconfig restarts the gateway.
     """
+    if no_burst_buffer and (kubeconfig is not None or gateway_args):
+        raise click.UsageError("--no-burst-buffer cannot be combined with --kubeconfig or --gateway-arg")
     cluster = _cluster(state_dir, ctld_port, slurmd_port, job_user)
-    try:
+    gateway = None
+    if not no_burst_buffer:
+        if kubeconfig is None:
+            kubeconfig = _remembered_kubeconfig(cluster)
+            if kubeconfig is not None:
+                _progress(f"using the kubeconfig of an earlier 'up': {kubeconfig}")
         if kubeconfig is not None:
-            recorded = cluster.record_kubeconfig(kubeconfig)
-            _progress(f"recorded kubeconfig {kubeconfig} in {recorded}")
+            gateway = GatewaySetup(kubeconfig=kubeconfig, extra_args=gateway_args)
+        elif gateway_args:
+            raise click.UsageError("--gateway-arg needs --kubeconfig (there is no gateway without it)")
+    try:
         cluster.up(
-            burst_buffer=None if no_burst_buffer else placeholder_burst_buffer(), wait_timeout=wait_timeout
+            burst_buffer=None if no_burst_buffer or gateway else placeholder_burst_buffer(),
+            wait_timeout=wait_timeout,
+            gateway=gateway,
         )
     except DevClusterError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -134,6 +159,27 @@ def up(
     click.echo(f'Dev cluster is up. Use it with: eval "$({env_cmd})"')
     click.echo(
         f"Submit jobs as the job user: runuser -u {cluster.job_user} -- env SLURM_CONF=$SLURM_CONF sbatch ..."
+    )
+    if gateway is not None:
+        click.echo(
+            f"slurmlink's burst buffer plugin talks to the gateway at {cluster.gateway_socket} "
+            f"(log: {cluster.gateway_log})."
+        )
+
+
+def _remembered_kubeconfig(cluster: DevCluster) -> Path | None:
+    """The kubeconfig an earlier ``up`` was given; its installed copy if the original has gone."""
+    recorded = cluster.recorded_kubeconfig()
+    if recorded is None:
+        return None
+    if recorded.is_file():
+        return recorded
+    if cluster.plugin_kubeconfig.is_file():
+        _progress(f"{recorded} is gone; using the installed copy {cluster.plugin_kubeconfig}")
+        return cluster.plugin_kubeconfig
+    raise click.ClickException(
+        f"the kubeconfig recorded by an earlier 'up' ({recorded}) is gone; pass --kubeconfig FILE "
+        "(or --no-burst-buffer)"
     )
 
 
@@ -191,6 +237,14 @@ def status(state_dir: Path, ctld_port: int | None, slurmd_port: int | None, job_
         pid = st.pids.get(name)
         state = f"[green]running[/] (pid {pid})" if alive else "[red]stopped[/]"
         table.add_row(name, state, detail)
+    if st.gateway_enabled or st.gateway:
+        pid = st.pids.get("gateway")
+        state = f"[green]running[/] (pid {pid})" if st.gateway else "[red]stopped[/]"
+        if st.gateway and not gateway_healthy(cluster.gateway_socket):
+            state += " [yellow]not healthy[/]"
+        table.add_row("gateway", state, f"socket {cluster.gateway_socket}, log {cluster.gateway_log}")
+    else:
+        table.add_row("gateway", "[dim]not used[/]", "placeholder burst_buffer.lua (no --kubeconfig given)")
     node = st.node_state or "unknown"
     node_colour = "green" if node == "idle" or node.startswith(("alloc", "mix")) else "yellow"
     table.add_row("node localhost", f"[{node_colour}]{node}[/]", "partition debug")

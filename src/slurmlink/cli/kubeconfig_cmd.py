@@ -7,9 +7,8 @@ from pathlib import Path
 import click
 
 from slurmlink.auth import roles
-from slurmlink.auth.kubeconfig import build_kubeconfig, load_kubeconfig, write_kubeconfig
-from slurmlink.auth.pki import CertificateAuthority
-from slurmlink.auth.tokens import TokenStore
+from slurmlink.auth.issue import IssueError, issue_kubeconfig, load_ca, server_url_of
+from slurmlink.auth.kubeconfig import write_kubeconfig
 from slurmlink.config import default_state_dir
 
 
@@ -51,28 +50,16 @@ def kubeconfig(
     e.g. as /etc/slurm/slurm-dws.kubeconfig for the Slurm plugin (role workload-manager).
     """
     state = (state_dir or default_state_dir()).expanduser()
-    ca_dir = state / "pki"
-    if not (ca_dir / "ca.key").exists():
-        raise click.ClickException(
-            f"no CA in {ca_dir}: start `slurmlink serve --state-dir {state}` once first"
-        )
-    if server_url is None:
-        admin = state / "admin.kubeconfig"
-        try:
-            server_url = load_kubeconfig(admin).server
-        except (OSError, ValueError) as exc:
-            raise click.ClickException(
-                f"cannot read the server URL from {admin} ({exc}); pass --server"
-            ) from exc
-    ca = CertificateAuthority.load_or_create(ca_dir)
-    groups = [roles.role_group(role)]
-    if use_token:
-        token = TokenStore(state / "tokens.json").issue(user, groups)
-        config = build_kubeconfig(server_url, ca.cert_pem, user, token=token, namespace=namespace)
-    else:
-        config = build_kubeconfig(
-            server_url, ca.cert_pem, user, client=ca.issue_client(user, groups), namespace=namespace
-        )
+    try:
+        load_ca(state)  # first, so a wrong state dir is reported as such
+        if server_url is None:
+            try:
+                server_url = server_url_of(state)
+            except IssueError as exc:
+                raise click.ClickException(f"{exc}; pass --server") from exc
+        config = issue_kubeconfig(state, user, role, namespace, server_url=server_url, use_token=use_token)
+    except IssueError as exc:
+        raise click.ClickException(str(exc)) from exc
     target = out or state / f"{user}.kubeconfig"
     write_kubeconfig(target, config)
     click.echo(f"wrote {target} (user {user}, role {role}, namespace {namespace})")

@@ -5,11 +5,17 @@ file inside one state directory: its own config, munge key and socket, state, sp
 system's ``/etc/slurm`` and munge are never touched, so a dev cluster can live next to a real installation as
 long as the ports differ. Jobs that use burst buffers must be submitted by an unprivileged user (the lua
 plugin refuses root), hence :meth:`DevCluster.ensure_job_user` and :meth:`DevCluster.run_as_job_user`.
+
+With a :class:`GatewaySetup` the cluster runs slurmlink's real burst buffer plugin: ``burst_buffer.lua`` and
+the plugin kubeconfig are installed into ``state_dir/etc`` (:func:`slurmlink.slurm.install.install_plugin`)
+and a fourth daemon, ``slurmlink slurm gateway``, is started before slurmctld, because slurmctld calls
+``slurm_bb_pools`` through it as soon as it starts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pwd
@@ -34,12 +40,17 @@ DEFAULT_JOB_USER = "slurmlink-job"
 DEFAULT_JOB_UID = 23001
 DEFAULT_CLUSTER_NAME = "slurmlink-dev"
 
-#: Debian packages that provide the daemons, clients, munge and the lua plugins.
-PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge", "slurm-wlm-basic-plugins")
+#: Debian packages that provide the daemons, clients, munge and the lua plugins; slurmlink's
+#: burst_buffer.lua talks to its gateway with LuaSocket, loaded inside slurmctld.
+PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge", "slurm-wlm-basic-plugins", "lua-socket")
 NODE_NAME = "localhost"
 PARTITION = "debug"
 SETTINGS_FILE = "devcluster.json"
 KUBECONFIG_REF_FILE = "kubeconfig.path"
+#: What the running gateway was started with (argv, kubeconfig hash), to restart it when that changes.
+GATEWAY_STATE_FILE = "gateway.json"
+GATEWAY_SOCKET_NAME = "slurm-bb.sock"
+PLUGIN_KUBECONFIG_NAME = "slurm-dws.kubeconfig"
 
 # Keys whose change a running slurmctld/slurmd cannot pick up with "scontrol reconfigure".
 _RESTART_KEYS = frozenset(
@@ -108,6 +119,19 @@ Flags=TeardownFailure
 """
 
 
+@dataclass(frozen=True)
+class GatewaySetup:
+    """slurmlink's real plugin: install it with this kubeconfig and run ``slurmlink slurm gateway``.
+
+    ``extra_args`` are appended to the gateway's command line (e.g. ``("--transient-grace", "5")``);
+    ``slurm_api`` None means: detect it with ``slurmctld -V``.
+    """
+
+    kubeconfig: Path
+    extra_args: tuple[str, ...] = ()
+    slurm_api: str | None = None
+
+
 def placeholder_burst_buffer() -> BurstBufferSetup:
     """A do-nothing burst_buffer/lua plugin, so ``#DW`` jobs work before the real plugin is installed."""
     return BurstBufferSetup(lua_source=_PLACEHOLDER_LUA, conf_text=_DEFAULT_BB_CONF)
@@ -125,11 +149,15 @@ class DevClusterStatus:
     slurmd: bool
     node_state: str | None
     pids: dict[str, int | None] = field(default_factory=dict)
+    #: The gateway daemon is alive.
+    gateway: bool = False
+    #: The last ``up`` installed slurmlink's plugin, so the gateway should be running.
+    gateway_enabled: bool = False
 
     @property
     def running(self) -> bool:
-        """All three daemons are alive (the node may still be coming up)."""
-        return self.munged and self.slurmctld and self.slurmd
+        """All daemons are alive (the node may still be coming up); the gateway only if it is enabled."""
+        return self.munged and self.slurmctld and self.slurmd and (self.gateway or not self.gateway_enabled)
 
 
 @dataclass(frozen=True)
@@ -138,6 +166,104 @@ class _Daemon:
     pid_file: Path
     log_file: Path
     argv: tuple[str, ...]
+    #: For a Python daemon (the gateway): the argv after the interpreter that names the program. Its
+    #: ``--socket`` value makes the command line unique to this cluster.
+    python_prefix: tuple[str, ...] = ()
+
+    def matches(self, argv: Sequence[str]) -> bool:
+        """Whether a process with command line ``argv`` is this daemon (not a process that reused its pid)."""
+        if not argv:
+            return False
+        if self.python_prefix:
+            args = list(argv)
+            return (
+                Path(args[0]).name.startswith("python")
+                and tuple(args[1 : 1 + len(self.python_prefix)]) == self.python_prefix
+                and _option_value(args, "--socket") == _option_value(list(self.argv), "--socket")
+            )
+        # Our Slurm daemons carry this cluster's paths on their command line; a reused pid would not.
+        return Path(argv[0]).name == self.argv[0] and self.argv[-1] in argv
+
+
+def _option_value(argv: list[str], option: str) -> str | None:
+    """The word after ``option`` in ``argv`` (None if absent)."""
+    with contextlib.suppress(ValueError, IndexError):
+        return argv[argv.index(option) + 1]
+    return None
+
+
+def unix_http_get(socket_path: Path, path: str, timeout: float = 2.0) -> tuple[int, str]:
+    """``GET path`` as HTTP/1.0 over a Unix socket: ``(status, body)``. Raises OSError/ValueError.
+
+    Just enough HTTP for the gateway's health check, without pulling an HTTP client into the dev cluster.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(socket_path))
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: slurmlink\r\n\r\n".encode("ascii"))
+        chunks = []
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise ValueError(f"not an HTTP response: {status_line!r}")
+    return int(parts[1]), body.decode("utf-8", errors="replace")
+
+
+def gateway_healthy(socket_path: Path) -> bool:
+    """The gateway at ``socket_path`` answers ``GET /v1/healthz`` with 200 (it has synced with the API)."""
+    try:
+        status, _ = unix_http_get(socket_path, "/v1/healthz")
+    except (OSError, ValueError):
+        return False
+    return status == 200
+
+
+def running_pid(pid_file: Path, matches: Callable[[list[str]], bool]) -> int | None:
+    """The pid in ``pid_file`` if that process is alive and its /proc cmdline ``matches``."""
+    pid = _read_pid(pid_file)
+    if pid is None or not _process_alive(pid):
+        return None
+    return pid if matches(_cmdline(pid)) else None
+
+
+def spawn_detached(argv: Sequence[str], log_file: Path, *, env: Mapping[str, str], cwd: Path) -> int:
+    """Start a daemon in its own session with output appended to ``log_file``; returns its pid.
+
+    It outlives this process; while this process lives, it is reaped as soon as it exits (no zombies).
+    """
+    with open(log_file, "ab") as out:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    _CHILDREN[proc.pid] = proc
+    return proc.pid
+
+
+def stop_pid(pid: int, name: str, timeout: float, log: LogFn) -> None:
+    """SIGTERM ``pid``, then SIGKILL after ``timeout`` seconds; returns once it is gone."""
+    log(f"stopping {name} (pid {pid})")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    try:
+        _wait_until(lambda: not _process_alive(pid), timeout, f"{name} to exit")
+    except DevClusterError:
+        log(f"{name} ignored SIGTERM for {timeout:g} s; sending SIGKILL")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _wait_until(lambda: not _process_alive(pid), 10, f"{name} to die")
 
 
 def _stderr_log(message: str) -> None:
@@ -334,6 +460,40 @@ class DevCluster:
     def slurmd_log(self) -> Path:
         return self.log_dir / "slurmd.log"
 
+    @property
+    def gateway_socket(self) -> Path:
+        """The Unix socket the plugin's burst_buffer.lua talks to."""
+        return self.run_dir / GATEWAY_SOCKET_NAME
+
+    @property
+    def gateway_log(self) -> Path:
+        return self.log_dir / "gateway.log"
+
+    @property
+    def plugin_kubeconfig(self) -> Path:
+        """The plugin's (and gateway's) kubeconfig, as installed into etc/."""
+        return self.etc_dir / PLUGIN_KUBECONFIG_NAME
+
+    def _gateway_daemon(self, extra_args: Sequence[str] = ()) -> _Daemon:
+        prefix = ("-m", "slurmlink.cli.main", "slurm", "gateway")
+        return _Daemon(
+            "gateway",
+            self.run_dir / "gateway.pid",
+            self.gateway_log,
+            (
+                sys.executable,
+                *prefix,
+                "--kubeconfig",
+                str(self.plugin_kubeconfig),
+                "--socket",
+                str(self.gateway_socket),
+                "--slurm-conf",
+                str(self.slurm_conf),
+                *extra_args,
+            ),
+            python_prefix=prefix,
+        )
+
     def _daemons(self) -> list[_Daemon]:
         conf = str(self.slurm_conf)
         return [
@@ -363,6 +523,7 @@ class DevCluster:
                 self.log_dir / "slurmd.stdout",
                 ("slurmd", "-D", "-N", NODE_NAME, "-f", conf),
             ),
+            self._gateway_daemon(),
         ]
 
     def _daemon(self, name: str) -> _Daemon:
@@ -574,7 +735,7 @@ class DevCluster:
         self._write(self.state_dir / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
 
     def record_kubeconfig(self, kubeconfig: Path) -> Path:
-        """Remember the kubeconfig the burst buffer plugin installer will use (just the path, for now)."""
+        """Remember the plugin's kubeconfig, so a later ``dev-cluster up`` without one keeps using it."""
         kubeconfig = Path(kubeconfig).expanduser().absolute()
         if not kubeconfig.is_file():
             raise DevClusterError(f"kubeconfig {kubeconfig} does not exist")
@@ -594,35 +755,15 @@ class DevCluster:
 
     def _pid(self, daemon: _Daemon) -> int | None:
         """Pid of ``daemon`` if its pid file names a live process that really is our daemon."""
-        pid = _read_pid(daemon.pid_file)
-        if pid is None or not _process_alive(pid):
-            return None
-        argv = _cmdline(pid)
-        if not argv or Path(argv[0]).name != daemon.argv[0]:
-            return None
-        # Our daemons carry this cluster's paths on their command line; a reused pid would not.
-        if daemon.argv[-1] not in argv:
-            return None
-        return pid
+        return running_pid(daemon.pid_file, daemon.matches)
 
     def _start(self, daemon: _Daemon) -> int:
         self.log(f"starting {daemon.name}")
-        env = dict(os.environ, SLURM_CONF=str(self.slurm_conf))
-        with open(daemon.log_file, "ab") as out:
-            proc = subprocess.Popen(
-                list(daemon.argv),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.state_dir,
-                start_new_session=True,
-                close_fds=True,
-            )
-        _CHILDREN[proc.pid] = proc
+        env = dict(os.environ, SLURM_CONF=str(self.slurm_conf), PYTHONUNBUFFERED="1")
+        pid = spawn_detached(daemon.argv, daemon.log_file, env=env, cwd=self.state_dir)
         # Written right away so "down" can find it even if the daemon dies before writing its own.
-        daemon.pid_file.write_text(f"{proc.pid}\n")
-        return proc.pid
+        daemon.pid_file.write_text(f"{pid}\n")
+        return pid
 
     def _died_check(self, daemon: _Daemon) -> Callable[[], None]:
         def check() -> None:
@@ -633,7 +774,7 @@ class DevCluster:
 
     def _log_tail(self, daemon: _Daemon, lines: int = 15) -> str:
         texts = []
-        logs = [daemon.log_file, self.log_dir / f"{daemon.name}.log"]
+        logs = list(dict.fromkeys([daemon.log_file, self.log_dir / f"{daemon.name}.log"]))
         for log_file in logs:
             with contextlib.suppress(OSError):
                 tail = log_file.read_text(errors="replace").splitlines()[-lines:]
@@ -647,16 +788,7 @@ class DevCluster:
             if daemon.pid_file.exists():
                 daemon.pid_file.unlink()
             return
-        self.log(f"stopping {daemon.name} (pid {pid})")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        try:
-            _wait_until(lambda: not _process_alive(pid), timeout, f"{daemon.name} to exit")
-        except DevClusterError:
-            self.log(f"{daemon.name} ignored SIGTERM for {timeout:g} s; sending SIGKILL")
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            _wait_until(lambda: not _process_alive(pid), 10, f"{daemon.name} to die")
+        stop_pid(pid, daemon.name, timeout, self.log)
         with contextlib.suppress(FileNotFoundError):
             daemon.pid_file.unlink()
 
@@ -690,22 +822,34 @@ class DevCluster:
         *,
         extra_lines: Iterable[str] = (),
         extra_files: Mapping[str, str] | None = None,
+        gateway: GatewaySetup | None = None,
     ) -> DevClusterStatus:
         """Start the cluster (or refresh a running one) and wait until the node is idle.
+
+        ``gateway`` installs slurmlink's real plugin (instead of ``burst_buffer``) and runs its gateway,
+        started before slurmctld and waited for until it reports healthy. Without it a gateway left by an
+        earlier ``up`` is stopped.
 
         Idempotent: daemons that are already running are kept; if the rendered configuration changed they
         get ``scontrol reconfigure`` (or a restart, for keys such as ports or BurstBufferType that need
         one). An unchanged config is not reconfigured, because a reconfigure delays the next burst buffer
-        job's stage-in by 10+ s.
+        job's stage-in by 10+ s. The gateway is restarted only when its kubeconfig or options changed.
         """
         started = time.monotonic()
+        if gateway is not None and burst_buffer is not None:
+            raise DevClusterError("give either a burst_buffer plugin or a gateway setup, not both")
         if os.geteuid() != 0:
             raise DevClusterError("the dev cluster runs slurmctld/slurmd as root: run 'up' as root")
         self.ensure_packages()
         self.ensure_job_user()
         self._check_reachable_by_job_user()
         self._prepare_dirs()
+        plugin_conf_changed = False
+        if gateway is not None:
+            burst_buffer, plugin_conf_changed = self._install_plugin(gateway)
         changed = self.render_config(burst_buffer, extra_lines=extra_lines, extra_files=extra_files)
+        if plugin_conf_changed:
+            changed.add("*")
         self._save_settings()
 
         daemons = {d.name: d for d in self._daemons()}
@@ -720,7 +864,7 @@ class DevCluster:
             result = self.run_slurm(["scontrol", "reconfigure"], timeout=30)
             if result.returncode != 0:
                 raise DevClusterError(f"scontrol reconfigure failed: {result.stderr.strip()}")
-        elif all(running.values()):
+        elif running["munged"] and running["slurmctld"] and running["slurmd"]:
             self.log("already running; configuration unchanged")
 
         if not running["munged"]:
@@ -735,15 +879,102 @@ class DevCluster:
             )
         elif not running["slurmctld"] or not running["slurmd"]:
             self._check_ports()
+        # slurmctld calls slurm_bb_pools through the gateway as soon as it starts.
+        gateway_daemon = self._ensure_gateway(gateway, wait_timeout)
         for name in ("slurmctld", "slurmd"):
             if not running[name]:
                 self._start(daemons[name])
 
-        self._wait_idle(wait_timeout, [daemons["slurmctld"], daemons["slurmd"]])
+        watched = [daemons["slurmctld"], daemons["slurmd"]]
+        if gateway_daemon is not None:
+            watched.append(gateway_daemon)
+        self._wait_idle(wait_timeout, watched)
         self.log(
             f"node {NODE_NAME} ready after {time.monotonic() - started:.1f} s; SLURM_CONF={self.slurm_conf}"
         )
         return self.status()
+
+    # ----------------------------------------------------------------- gateway
+
+    def _install_plugin(self, gateway: GatewaySetup) -> tuple[BurstBufferSetup, bool]:
+        """Install slurmlink's plugin into etc/; returns it as a setup and whether burst_buffer.conf changed.
+
+        install_plugin writes the files itself; the returned setup carries the same texts so that
+        render_config leaves them alone.
+        """
+        from slurmlink.slurm.install import CONF_NAME, LUA_NAME, InstallError, install_plugin
+
+        kubeconfig = Path(gateway.kubeconfig).expanduser().absolute()
+        if not kubeconfig.is_file():
+            raise DevClusterError(f"kubeconfig {kubeconfig} does not exist")
+        if len(os.fsencode(str(self.gateway_socket))) > 107:
+            raise DevClusterError(
+                f"the gateway socket {self.gateway_socket} would exceed the 107-byte limit of Unix socket "
+                "paths; use a shorter --state-dir"
+            )
+        if kubeconfig != self.plugin_kubeconfig:
+            self.record_kubeconfig(kubeconfig)
+        try:
+            result = install_plugin(
+                self.etc_dir,
+                socket_path=self.gateway_socket,
+                kubeconfig_source=kubeconfig,
+                slurm_api=gateway.slurm_api,
+                backup_foreign=False,  # etc/ belongs to the dev cluster: nothing foreign to keep
+                log=self.log,
+            )
+        except InstallError as exc:
+            raise DevClusterError(f"cannot install slurmlink's burst buffer plugin: {exc}") from exc
+        setup = BurstBufferSetup(
+            lua_source=(self.etc_dir / LUA_NAME).read_text(), conf_text=(self.etc_dir / CONF_NAME).read_text()
+        )
+        return setup, self.etc_dir / CONF_NAME in result.written
+
+    def _gateway_state(self) -> dict[str, Any] | None:
+        with contextlib.suppress(OSError, ValueError):
+            state = json.loads((self.run_dir / GATEWAY_STATE_FILE).read_text())
+            return state if isinstance(state, dict) else None
+        return None
+
+    def _ensure_gateway(self, gateway: GatewaySetup | None, timeout: float) -> _Daemon | None:
+        """Start, keep, restart or stop the gateway so that it matches ``gateway``; wait until healthy."""
+        state_file = self.run_dir / GATEWAY_STATE_FILE
+        if gateway is None:
+            self._stop(self._gateway_daemon(), 10)
+            with contextlib.suppress(FileNotFoundError):
+                state_file.unlink()
+            return None
+        daemon = self._gateway_daemon(gateway.extra_args)
+        wanted = {
+            "argv": list(daemon.argv),
+            "kubeconfig_sha256": hashlib.sha256(self.plugin_kubeconfig.read_bytes()).hexdigest(),
+        }
+        pid = self._pid(daemon)
+        if pid is not None and (self._gateway_state() != wanted or _cmdline(pid) != list(daemon.argv)):
+            self.log("gateway kubeconfig or options changed; restarting it")
+            self._stop(daemon, 10)
+            pid = None
+        if pid is None:
+            # No gateway of ours runs, so a socket file left by one that was killed is stale.
+            with contextlib.suppress(FileNotFoundError):
+                self.gateway_socket.unlink()
+            self._start(daemon)
+            self._write(state_file, json.dumps(wanted, indent=2) + "\n")
+        try:
+            _wait_until(
+                lambda: gateway_healthy(self.gateway_socket),
+                timeout,
+                f"the gateway to answer GET /v1/healthz on {self.gateway_socket}",
+                check=self._died_check(daemon),
+            )
+        except DevClusterError as exc:
+            if "timed out" not in str(exc):
+                raise
+            raise DevClusterError(
+                f"{exc}; it reports healthy once it has synced with the slurmlink API, so check that the "
+                f"API in {self.plugin_kubeconfig} is reachable:\n{self._log_tail(daemon)}"
+            ) from None
+        return daemon
 
     def _check_ports(self) -> None:
         wanted = []
@@ -787,8 +1018,11 @@ class DevCluster:
 
         State, logs and config stay unless ``purge``, which deletes the whole state dir.
         """
-        for name in ("slurmd", "slurmctld", "munged"):  # slurmscriptd exits with slurmctld
+        # slurmscriptd exits with slurmctld; the gateway outlives slurmctld's last callbacks.
+        for name in ("slurmd", "slurmctld", "gateway", "munged"):
             self._stop(self._daemon(name), timeout)
+        with contextlib.suppress(FileNotFoundError):
+            self.gateway_socket.unlink()
         if purge and self.state_dir.exists():
             if not (self.state_dir / SETTINGS_FILE).exists() and not self.slurm_conf.exists():
                 raise DevClusterError(
@@ -810,6 +1044,8 @@ class DevCluster:
             slurmd=pids["slurmd"] is not None,
             node_state=node_state,
             pids=pids,
+            gateway=pids["gateway"] is not None,
+            gateway_enabled=(self.run_dir / GATEWAY_STATE_FILE).exists(),
         )
 
     def env(self) -> dict[str, str]:

@@ -1,0 +1,465 @@
+"""``slurmlink quickstart``: the whole system on one host, for trying it out.
+
+``up`` starts the API server (``slurmlink serve``, detached), issues the Slurm plugin's credentials from its
+CA, and brings up the local dev cluster with slurmlink's burst buffer plugin and its gateway; then it prints
+how to submit the DWS install guide's test job and watch its Workflow. Everything lives under one directory:
+
+    DIR/quickstart.json         settings of the last 'up' (the --listen address)
+    DIR/server/                 the server's state: database, CA, admin.kubeconfig
+    DIR/slurm-dws.kubeconfig    the plugin's credentials (role workload-manager, namespace slurm)
+    DIR/cluster/                the dev cluster (slurm.conf, munge, Slurm state, gateway socket, logs)
+    DIR/run/server.pid, DIR/log/server.log
+
+Every step is idempotent, so ``up`` can be re-run at any time; it only restarts what changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import socket
+import ssl
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from slurmlink.slurm.devcluster import (
+    DEFAULT_CTLD_PORT,
+    DEFAULT_SLURMD_PORT,
+    DevCluster,
+    DevClusterError,
+    GatewaySetup,
+    gateway_healthy,
+    running_pid,
+    spawn_detached,
+    stop_pid,
+)
+
+DEFAULT_DIR = Path("/var/tmp/slurmlink/quickstart")
+DEFAULT_LISTEN = "127.0.0.1:8443"
+SETTINGS_FILE = "quickstart.json"
+PLUGIN_USER = "slurm-dws"
+PLUGIN_ROLE = "workload-manager"
+PLUGIN_NAMESPACE = "slurm"
+
+#: The "Submit a test job" example of the DWS install guide, as is.
+EXAMPLE_JOB = """\
+#!/bin/sh
+#SBATCH --time=1
+#DW
+/bin/hostname
+srun -l /bin/hostname
+srun -l /bin/pwd
+"""
+EXAMPLE_JOB_NAME = "dws-test"
+
+
+class QuickstartError(RuntimeError):
+    """The quick start could not do what was asked; the message says how to fix it."""
+
+
+def _progress(message: str) -> None:
+    # stderr, so the instructions on stdout stay readable on their own.
+    click.echo(f"[quickstart] {message}", err=True)
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise QuickstartError(f"--listen must be HOST:PORT, e.g. 127.0.0.1:8443, got {listen!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class Quickstart:
+    """The quick start's processes and files under one directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory).expanduser().absolute()
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def server_dir(self) -> Path:
+        return self.dir / "server"
+
+    @property
+    def cluster_dir(self) -> Path:
+        return self.dir / "cluster"
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.server_dir / "admin.kubeconfig"
+
+    @property
+    def plugin_kubeconfig(self) -> Path:
+        return self.dir / f"{PLUGIN_USER}.kubeconfig"
+
+    @property
+    def server_pid_file(self) -> Path:
+        return self.dir / "run" / "server.pid"
+
+    @property
+    def server_log(self) -> Path:
+        return self.dir / "log" / "server.log"
+
+    def cluster(self, ctld_port: int | None = None, slurmd_port: int | None = None) -> DevCluster:
+        """The dev cluster; ports not given are the ones its last ``up`` saved (else the defaults)."""
+        return DevCluster.from_state_dir(
+            self.cluster_dir, log=_progress, ctld_port=ctld_port, slurmd_port=slurmd_port
+        )
+
+    # --------------------------------------------------------------- settings
+
+    def saved_listen(self) -> str | None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            value = json.loads((self.dir / SETTINGS_FILE).read_text()).get("listen")
+            return str(value) if value else None
+        return None
+
+    def _save_settings(self, listen: str) -> None:
+        path = self.dir / SETTINGS_FILE
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps({"listen": listen}, indent=2) + "\n")
+        tmp.replace(path)
+
+    # ----------------------------------------------------------------- server
+
+    def server_argv(self, listen: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "slurmlink.cli.main",
+            "serve",
+            "--state-dir",
+            str(self.server_dir),
+            "--listen",
+            listen,
+            "--log-format",
+            "console",
+        ]
+
+    def _is_our_server(self, argv: list[str]) -> bool:
+        """A reused pid is never mistaken for our server: python, ``serve``, and our state dir."""
+        if not argv or not Path(argv[0]).name.startswith("python") or "serve" not in argv:
+            return False
+        with contextlib.suppress(ValueError, IndexError):
+            return argv[argv.index("--state-dir") + 1] == str(self.server_dir)
+        return False
+
+    def server_pid(self) -> int | None:
+        return running_pid(self.server_pid_file, self._is_our_server)
+
+    def server_listen(self, pid: int) -> str | None:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        with contextlib.suppress(ValueError, IndexError):
+            return argv[argv.index("--listen") + 1]
+        return None
+
+    def server_url(self, listen: str) -> str:
+        host, port = _split_listen(listen)
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return f"https://{f'[{host}]' if ':' in host else host}:{port}"
+
+    def server_ready(self, listen: str) -> bool:
+        """/readyz answers 200, verified with the CA of the admin kubeconfig written for ``listen``."""
+        from slurmlink.auth.kubeconfig import load_kubeconfig
+
+        try:
+            creds = load_kubeconfig(self.admin_kubeconfig)
+        except (OSError, ValueError):
+            return False
+        if creds.server != self.server_url(listen) or not creds.ca_pem:
+            return False  # written by an earlier run on another address; the new server rewrites it
+        import httpx
+
+        try:
+            ctx = ssl.create_default_context(cadata=creds.ca_pem.decode("ascii"))
+            response = httpx.get(f"{creds.server}/readyz", verify=ctx, timeout=2.0, trust_env=False)
+        except (httpx.HTTPError, ssl.SSLError, ValueError):
+            return False
+        return response.status_code == 200
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.server_log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log output)"
+
+    def ensure_server(self, listen: str, timeout: float) -> str:
+        """Start ``slurmlink serve`` detached (or keep the running one) and wait for /readyz; the URL."""
+        pid = self.server_pid()
+        if pid is not None and self.server_listen(pid) != listen:
+            _progress(f"server listens on {self.server_listen(pid)}, wanted {listen}; restarting it")
+            stop_pid(pid, "slurmlink serve", 10, _progress)
+            pid = None
+        if pid is None:
+            pid = self._start_server(listen)
+        else:
+            _progress(f"slurmlink serve already running (pid {pid})")
+        deadline = time.monotonic() + timeout
+        while not self.server_ready(listen):
+            if self.server_pid() is None:
+                raise QuickstartError(f"slurmlink serve (pid {pid}) exited:\n{self._log_tail()}")
+            if time.monotonic() > deadline:
+                raise QuickstartError(
+                    f"slurmlink serve (pid {pid}) did not answer /readyz within {timeout:g} s:\n"
+                    f"{self._log_tail()}"
+                )
+            time.sleep(0.1)
+        return self.server_url(listen)
+
+    def _start_server(self, listen: str) -> int:
+        host, port = _split_listen(listen)
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise QuickstartError(
+                    f"cannot listen on {listen}: {exc.strerror}; pick another address with --listen"
+                ) from exc
+        for path in (self.server_pid_file.parent, self.server_log.parent):
+            path.mkdir(parents=True, exist_ok=True)
+        _progress(f"starting slurmlink serve on {listen} (log {self.server_log})")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        pid = spawn_detached(self.server_argv(listen), self.server_log, env=env, cwd=self.dir)
+        self.server_pid_file.write_text(f"{pid}\n")
+        return pid
+
+    def stop_server(self, timeout: float = 10) -> None:
+        pid = self.server_pid()
+        if pid is not None:
+            stop_pid(pid, "slurmlink serve", timeout, _progress)
+        with contextlib.suppress(FileNotFoundError):
+            self.server_pid_file.unlink()
+
+    # ------------------------------------------------------------- credentials
+
+    def ensure_plugin_kubeconfig(self) -> Path:
+        """The plugin's credentials, reissued only if missing or no longer right for this server."""
+        from slurmlink.auth.issue import IssueError, issue_kubeconfig, kubeconfig_is_current
+        from slurmlink.auth.kubeconfig import write_kubeconfig
+
+        target = self.plugin_kubeconfig
+        args = (self.server_dir, PLUGIN_USER, PLUGIN_ROLE, PLUGIN_NAMESPACE)
+        if kubeconfig_is_current(target, *args):
+            return target
+        try:
+            config = issue_kubeconfig(*args)
+        except IssueError as exc:
+            raise QuickstartError(str(exc)) from exc
+        write_kubeconfig(target, config)
+        _progress(f"issued {target} (user {PLUGIN_USER}, role {PLUGIN_ROLE}, namespace {PLUGIN_NAMESPACE})")
+        return target
+
+    # -------------------------------------------------------------- lifecycle
+
+    def up(
+        self,
+        listen: str | None,
+        timeout: float,
+        *,
+        ctld_port: int | None = None,
+        slurmd_port: int | None = None,
+    ) -> None:
+        if os.geteuid() != 0:
+            raise QuickstartError("the quick start runs Slurm's daemons as root: run it as root (sudo)")
+        listen = listen or self.saved_listen() or DEFAULT_LISTEN
+        _split_listen(listen)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o755)  # the job user must reach DIR/cluster
+        self._save_settings(listen)
+        url = self.ensure_server(listen, timeout)
+        _progress(f"API server ready at {url}")
+        kubeconfig = self.ensure_plugin_kubeconfig()
+        cluster = self.cluster(ctld_port, slurmd_port)
+        try:
+            cluster.up(wait_timeout=timeout, gateway=GatewaySetup(kubeconfig=kubeconfig))
+        except DevClusterError as exc:
+            raise QuickstartError(str(exc)) from exc
+        job = cluster.jobs_dir / EXAMPLE_JOB_NAME
+        if not job.exists() or job.read_text() != EXAMPLE_JOB:
+            job.write_text(EXAMPLE_JOB)
+        job.chmod(0o644)
+
+    def down(self, purge: bool, timeout: float) -> None:
+        cluster = self.cluster()
+        try:
+            cluster.down(purge=purge and cluster.state_dir.exists(), timeout=timeout)
+        except DevClusterError as exc:
+            raise QuickstartError(str(exc)) from exc
+        self.stop_server(timeout)
+        if purge and self.dir.exists():
+            if not (self.dir / SETTINGS_FILE).exists():
+                raise QuickstartError(f"refusing to purge {self.dir}: it is not a quick start directory")
+            _progress(f"purging {self.dir}")
+            shutil.rmtree(self.dir)
+
+    def instructions(self) -> str:
+        """What to do next: submit the example job, watch its Workflow, ask Slurm about it."""
+        cluster = self.cluster()
+        job = cluster.jobs_dir / EXAMPLE_JOB_NAME
+        conf = shlex.quote(str(cluster.slurm_conf))
+        jobs = shlex.quote(str(cluster.jobs_dir))
+        script = "\n".join(f"      {line}" for line in EXAMPLE_JOB.splitlines())
+        dir_opt = "" if self.dir == DEFAULT_DIR else f" --state-dir {shlex.quote(str(self.dir))}"
+        return f"""\
+slurmlink quick start is up ({self.dir}).
+  API server   {self.server_url(self.saved_listen() or DEFAULT_LISTEN)}   log {self.server_log}
+  Slurm        SLURM_CONF={cluster.slurm_conf}   job user {cluster.job_user}
+  gateway      {cluster.gateway_socket}   log {cluster.gateway_log}
+
+Submit the DWS install guide's test job ({job}):
+{script}
+  as the job user (root may not use burst buffers):
+    runuser -u {cluster.job_user} -- env SLURM_CONF={conf} sbatch --chdir {jobs} \\
+        {shlex.quote(str(job))}
+
+Watch its Workflow (named bb<jobid>, namespace {PLUGIN_NAMESPACE}) go through the states:
+    KUBECONFIG={shlex.quote(str(self.admin_kubeconfig))} kubectl get \\
+        workflows.dataworkflowservices.github.io -A -w
+  or: KUBECONFIG={shlex.quote(str(self.admin_kubeconfig))} slurmlink get workflows -A
+
+Ask Slurm about it (<jobid> as printed by sbatch; the Workflow is deleted once the job is torn down, so
+ask while it is pending or running, or add "sleep 60" to the script):
+    SLURM_CONF={conf} scontrol show bbstat workflow <jobid> && echo
+    SLURM_CONF={conf} scontrol show job <jobid>
+
+Status: slurmlink quickstart status{dir_opt}    Stop: slurmlink quickstart down{dir_opt} [--purge]"""
+
+
+_state_dir_option = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=str(DEFAULT_DIR),
+    show_default=True,
+    envvar="SLURMLINK_QUICKSTART_DIR",
+    show_envvar=True,
+    help="Directory for everything: server state, plugin credentials, dev cluster, logs and pid files. "
+    "It and its parents must be searchable by other users (the job user reads slurm.conf there).",
+)
+
+
+@click.group("quickstart")
+def quickstart() -> None:
+    """Run the whole system on this host: API server, Slurm with slurmlink's plugin, and its gateway.
+
+    For trying slurmlink out and for demos; needs root (Slurm's daemons run as root) and installs Debian's
+    Slurm packages when missing. Production installs use 'slurmlink serve' and 'slurmlink slurm install'.
+    """
+
+
+@quickstart.command()
+@_state_dir_option
+@click.option(
+    "--listen",
+    default=None,
+    metavar="HOST:PORT",
+    help=f"Where the API server listens (default: the address of the last 'up', else {DEFAULT_LISTEN}).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=120,
+    show_default=True,
+    help="Seconds to wait for each part (server, gateway, Slurm node) to become ready.",
+)
+@click.option(
+    "--ctld-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help=f"slurmctld port of the dev cluster (default: the last 'up's, else {DEFAULT_CTLD_PORT}).",
+)
+@click.option(
+    "--slurmd-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help=f"slurmd port of the dev cluster (default: the last 'up's, else {DEFAULT_SLURMD_PORT}).",
+)
+def up(
+    state_dir: Path, listen: str | None, timeout: float, ctld_port: int | None, slurmd_port: int | None
+) -> None:
+    """Start (or refresh) everything and print how to submit a burst buffer job.
+
+    Starts 'slurmlink serve' in the background, issues the plugin's kubeconfig (user slurm-dws, role
+    workload-manager, namespace slurm), then brings up the dev cluster in STATE_DIR/cluster with slurmlink's
+    burst_buffer.lua and the gateway. Running it again keeps what is running and restarts only what changed.
+    """
+    qs = Quickstart(state_dir)
+    try:
+        qs.up(listen, timeout, ctld_port=ctld_port, slurmd_port=slurmd_port)
+    except QuickstartError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(qs.instructions())
+
+
+@quickstart.command()
+@_state_dir_option
+@click.option("--purge", is_flag=True, help="Also delete STATE_DIR (server database, CA, Slurm state, logs).")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=10,
+    show_default=True,
+    help="Seconds to wait after SIGTERM before sending SIGKILL.",
+)
+def down(state_dir: Path, purge: bool, timeout: float) -> None:
+    """Stop the dev cluster (Slurm, gateway, munge), then the API server; by pid file only."""
+    qs = Quickstart(state_dir)
+    try:
+        qs.down(purge, timeout)
+    except QuickstartError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo("Quick start is down." + (" State directory deleted." if purge else ""))
+
+
+@quickstart.command()
+@_state_dir_option
+def status(state_dir: Path) -> None:
+    """Show what runs; exit status 1 unless everything does."""
+    from rich.console import Console
+    from rich.table import Table
+
+    qs = Quickstart(state_dir)
+    listen = qs.saved_listen() or DEFAULT_LISTEN
+    table = Table(title=f"slurmlink quick start ({qs.dir})")
+    table.add_column("component")
+    table.add_column("state")
+    table.add_column("detail", overflow="fold")
+    pid = qs.server_pid()
+    ready = pid is not None and qs.server_ready(listen)
+    if pid is None:
+        server_state = "[red]stopped[/]"
+    else:
+        server_state = f"[green]running[/] (pid {pid})" + ("" if ready else " [yellow]not ready[/]")
+    table.add_row("API server", server_state, f"{qs.server_url(listen)}, log {qs.server_log}")
+    cluster = qs.cluster()
+    st = cluster.status()
+    for name, alive in [
+        ("munged", st.munged),
+        ("gateway", st.gateway),
+        ("slurmctld", st.slurmctld),
+        ("slurmd", st.slurmd),
+    ]:
+        state = f"[green]running[/] (pid {st.pids.get(name)})" if alive else "[red]stopped[/]"
+        if name == "gateway" and alive and not gateway_healthy(cluster.gateway_socket):
+            state += " [yellow]not healthy[/]"
+        detail = {
+            "gateway": f"socket {cluster.gateway_socket}, log {cluster.gateway_log}",
+            "slurmctld": f"port {st.ctld_port}, SLURM_CONF={cluster.slurm_conf}",
+            "slurmd": f"port {st.slurmd_port}",
+            "munged": f"socket {cluster.munge_socket}",
+        }[name]
+        table.add_row(name, state, detail)
+    node = st.node_state or "unknown"
+    colour = "green" if node == "idle" or node.startswith(("alloc", "mix")) else "yellow"
+    table.add_row("node localhost", f"[{colour}]{node}[/]", f"job user {cluster.job_user}")
+    Console().print(table)
+    if not (ready and st.munged and st.gateway and st.slurmctld and st.slurmd):
+        raise SystemExit(1)
