@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from slurmlink.cli.resources_cmd import CliError, error_text, kubeconfig_options, open_client
+from slurmlink.cli.resources_cmd import (
+    CliError,
+    error_text,
+    kubeconfig_options,
+    log_options,
+    open_client,
+    setup_client_logging,
+)
 from slurmlink.resources.errors import ApiError
 
 if TYPE_CHECKING:
@@ -106,20 +113,7 @@ async def _main(kubeconfig: Path | None, context: str | None, test_driver: bool,
     show_default=True,
     help="Concurrent reconciles of the Workflow controller (the test driver gets half, at least 1).",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    envvar="SLURMLINK_LOG_LEVEL",
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(["json", "console"]),
-    default="json",
-    show_default=True,
-    envvar="SLURMLINK_LOG_FORMAT",
-)
+@log_options
 def controller(
     kubeconfig: Path | None,
     context: str | None,
@@ -138,11 +132,6 @@ def controller(
     Runs until SIGINT or SIGTERM, then shuts down cleanly. Pass --no-test-driver when the API
     servers run with --no-test-driver (then no test driver rules exist).
     """
-    from slurmlink import logs
-
-    logs.setup(log_level, log_format)
-    if log_level != "debug":  # one line per API request is noise at info level
-        for name in ("httpx", "httpcore"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    setup_client_logging(log_level, log_format)
     with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C during shutdown
         asyncio.run(_main(kubeconfig, context, not no_test_driver, workers))

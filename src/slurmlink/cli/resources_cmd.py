@@ -79,6 +79,37 @@ def kubeconfig_options(func: _F) -> _F:
     return func
 
 
+def log_options(func: _F) -> _F:
+    """``--log-level`` and ``--log-format``, shared by the long-running API clients (controller, gateway)."""
+    func = click.option(
+        "--log-format",
+        type=click.Choice(["json", "console"]),
+        default="json",
+        show_default=True,
+        envvar="SLURMLINK_LOG_FORMAT",
+    )(func)
+    func = click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warning", "error"]),
+        default="info",
+        show_default=True,
+        envvar="SLURMLINK_LOG_LEVEL",
+    )(func)
+    return func
+
+
+def setup_client_logging(level: str, fmt: str) -> None:
+    """Configure logging; below debug, one line per API request from httpx would only be noise."""
+    import logging
+
+    from slurmlink import logs
+
+    logs.setup(level, fmt)
+    if level != "debug":
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def open_client(kubeconfig: Path | None, context: str | None, **kwargs: Any) -> HttpClient:
     """An ``HttpClient`` from the kubeconfig, or a CliError saying what is wrong with the file."""
     from slurmlink.auth.kubeconfig import KubeconfigError

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from slurmlink.cli.resources_cmd import CliError, error_text, open_client
+from slurmlink.cli.resources_cmd import CliError, error_text, log_options, open_client, setup_client_logging
 from slurmlink.resources.errors import ApiError
 from slurmlink.slurm.gateway import config as gwconfig
 
@@ -110,20 +110,7 @@ async def _main(kubeconfig: Path, context: str | None, config: gwconfig.GatewayC
     show_default=True,
     help="Only Workflows older than this many seconds are considered orphans.",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    envvar="SLURMLINK_LOG_LEVEL",
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(["json", "console"]),
-    default="json",
-    show_default=True,
-    envvar="SLURMLINK_LOG_FORMAT",
-)
+@log_options
 def gateway(
     kubeconfig: Path,
     context: str | None,
@@ -145,13 +132,9 @@ def gateway(
     drivers reported fatal errors, and sweeps Workflows whose job Slurm no longer knows. Runs until SIGINT
     or SIGTERM.
     """
-    from slurmlink import logs
     from slurmlink.auth.kubeconfig import KubeconfigError, load_kubeconfig
 
-    logs.setup(log_level, log_format)
-    if log_level != "debug":
-        for name in ("httpx", "httpcore"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    setup_client_logging(log_level, log_format)
     if namespace is None:
         try:
             namespace = load_kubeconfig(kubeconfig, context).namespace or gwconfig.DEFAULT_NAMESPACE
