@@ -59,6 +59,7 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any, cast
 
+from slurmlink.cpu_priority import COLOCATED_SERVE_NICE
 from slurmlink.slurm.devcluster import (
     BurstBufferSetup,
     DevCluster,
@@ -202,6 +203,9 @@ class ApiServer:
             f"127.0.0.1:{self.port}",
             "--log-level",
             self.log_level,
+            # As the quick start runs it next to slurmctld (slurmlink.cpu_priority).
+            "--nice",
+            str(COLOCATED_SERVE_NICE),
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("SLURMLINK_CONFIG", None)  # a host config must not change what is measured

@@ -31,6 +31,7 @@ class ServerConfig:
     log_level: str = "info"
     log_format: str = "json"
     insecure_http: bool = False  # development only: plain HTTP, everyone is admin
+    nice: int = 0  # added to the CPU nice value (slurmlink.cpu_priority), e.g. next to slurmctld
 
     @property
     def host(self) -> str:

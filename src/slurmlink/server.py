@@ -23,6 +23,7 @@ from slurmlink.config import ServerConfig
 from slurmlink.controllers.runtime import ControllerRunner
 from slurmlink.controllers.testdriver import TestDriverReconciler
 from slurmlink.controllers.workflow import WorkflowReconciler
+from slurmlink.cpu_priority import lower_cpu_priority
 from slurmlink.resources import errors
 from slurmlink.resources.catalog import default_registry
 from slurmlink.resources.core import NAMESPACE
@@ -182,6 +183,8 @@ def _redacted(url: str) -> str:
 
 def serve(config: ServerConfig) -> None:
     """Run the server in the foreground until SIGINT/SIGTERM."""
+    if config.nice:
+        log.info("lowered CPU priority: %s", lower_cpu_priority(config.nice))
     server = Server(config)
     server.prepare()
     try:

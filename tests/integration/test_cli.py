@@ -381,3 +381,30 @@ def test_unreachable_server_and_missing_kubeconfig(server: ServerProcess, tmp_pa
     by_name_everywhere = cli("get", "workflow", "cli-a", "-A", kubeconfig=server.kubeconfig)
     assert by_name_everywhere.returncode == 1
     assert "cannot be retrieved by name across all namespaces" in by_name_everywhere.stderr
+
+
+def _nice_of(pid: int) -> int:
+    # /proc/PID/stat: the 19th field is the nice value (after "pid (comm)", which may hold spaces).
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[16])
+
+
+def test_serve_nice_lowers_the_servers_cpu_priority(tmp_path: Path) -> None:
+    srv = ServerProcess(tmp_path / "state", extra_args=("--nice", "4")).start()
+    try:
+        assert srv.proc is not None
+        assert _nice_of(srv.proc.pid) == _nice_of(os.getpid()) + 4
+        assert "lowered CPU priority: nice" in srv.log_tail()
+    finally:
+        srv.stop()
+
+
+def test_serve_refuses_a_nice_value_out_of_range(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "slurmlink.cli.main", "serve", "--state-dir", str(tmp_path), "--nice", "20"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--nice" in result.stderr and "0<=x<=19" in result.stderr

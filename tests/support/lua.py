@@ -108,7 +108,7 @@ class BBScript:
         """Make LuaSocket's ``socket.sleep`` call ``callback(seconds)`` first (observes connect retries)."""
         self.runtime.eval(
             """function(cb)
-                local socket = require("socket")
+                local socket = require("socket.core")
                 local sleep = socket.sleep
                 socket.sleep = function(t) cb(t); return sleep(t) end
             end"""

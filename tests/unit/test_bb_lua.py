@@ -726,7 +726,7 @@ CALLBACK_ARGS: list[tuple[Any, ...]] = [
 ]
 
 
-@pytest.mark.parametrize("module", ["socket", "socket.unix"])
+@pytest.mark.parametrize("module", ["socket.core", "socket.unix"])
 def test_missing_luasocket_fails_every_callback_with_the_install_hint(
     make_script: ScriptFactory, gateway: FakeGateway, module: str
 ) -> None:

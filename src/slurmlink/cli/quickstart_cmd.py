@@ -28,6 +28,7 @@ from pathlib import Path
 
 import click
 
+from slurmlink.cpu_priority import COLOCATED_SERVE_NICE
 from slurmlink.slurm.devcluster import (
     DEFAULT_CTLD_PORT,
     DEFAULT_SLURMD_PORT,
@@ -141,6 +142,9 @@ class Quickstart:
             listen,
             "--log-format",
             "console",
+            # It shares the host with slurmctld: stage-in waves must not slow down submissions.
+            "--nice",
+            str(COLOCATED_SERVE_NICE),
         ]
 
     def _is_our_server(self, argv: list[str]) -> bool:

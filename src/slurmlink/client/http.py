@@ -14,8 +14,8 @@ Failures are ``ApiError``: the server's ``Status`` body for HTTP errors, and
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
 import os
 import shutil
 import socket
@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import httpx
 
-from slurmlink import __version__
+from slurmlink import __version__, jsonutil
 from slurmlink.auth.kubeconfig import KubeconfigCredentials, load_kubeconfig
 from slurmlink.resources.errors import ApiError
 from slurmlink.resources.kind import Kind, Obj
@@ -42,6 +42,16 @@ if TYPE_CHECKING:
 DEFAULT_CONNECT_TIMEOUT = 5.0
 #: Seconds to wait for a non-watch response.
 DEFAULT_TIMEOUT = 30.0
+#: Requests (not watches) in flight at once per client; more wait their turn. A few keep-alive
+#: connections carry a burst as fast as many would: the server answers on one core anyway, and the
+#: connection pool's bookkeeping grows with every connection and every queued request.
+MAX_REQUESTS = 8
+#: Connections per client: the request slots plus long-lived watches. All may stay open when idle, so a
+#: busy daemon (the burst buffer gateway during a wave of stage-ins) never pays a TLS handshake again.
+MAX_CONNECTIONS = 100
+#: Seconds an idle connection is kept; below the server's keep-alive (30 s) so the server never
+#: closes a connection the client is about to reuse.
+KEEPALIVE_EXPIRY = 20.0
 
 
 class UnreachableError(ApiError):
@@ -166,13 +176,18 @@ class HttpClient:
         self._watch_timeout = httpx.Timeout(
             None, connect=connect_timeout, write=timeout, pool=connect_timeout
         )
+        self._request_slots = asyncio.Semaphore(MAX_REQUESTS)
         self._http = httpx.AsyncClient(
             base_url=self.server,
             verify=verify,
             headers=headers,
             timeout=self._timeout,
             trust_env=False,
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0),
+            limits=httpx.Limits(
+                max_connections=MAX_CONNECTIONS,
+                max_keepalive_connections=MAX_CONNECTIONS,
+                keepalive_expiry=KEEPALIVE_EXPIRY,
+            ),
         )
 
     @classmethod
@@ -222,16 +237,19 @@ class HttpClient:
         headers = {}
         content = None
         if body is not None:
-            content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+            content = jsonutil.dumps(body)
             headers["Content-Type"] = content_type
         try:
-            response = await self._http.request(method, path, params=params, content=content, headers=headers)
+            async with self._request_slots:
+                response = await self._http.request(
+                    method, path, params=params, content=content, headers=headers
+                )
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
         if response.status_code >= 400:
             raise _api_error(response)
         try:
-            return response.json()
+            return jsonutil.loads(response.content)
         except ValueError as exc:
             raise ApiError(
                 500, "InternalError", f"the server sent a response that is not JSON: {exc}"
@@ -316,7 +334,7 @@ class HttpClient:
                 if not line.strip():
                     continue
                 try:
-                    frame = json.loads(line)
+                    frame = jsonutil.loads(line)
                     event = WatchEvent(str(frame["type"]), frame["object"])
                 except (ValueError, KeyError, TypeError) as exc:
                     raise ApiError(

@@ -24,7 +24,9 @@ local SYNC_TIMEOUT = @SYNC_TIMEOUT@
 local CONNECT_RETRY = @CONNECT_RETRY@
 local SLURM_API = @SLURM_API@
 
-local ok_socket, socket = pcall(require, "socket")
+-- socket.core (the C module) has all we use (gettime, sleep); the "socket" Lua wrapper would be
+-- parsed again on every call, since slurmctld gives each call a fresh Lua state.
+local ok_socket, socket = pcall(require, "socket.core")
 local ok_unix, unix = false, nil
 if ok_socket then
 	ok_unix, unix = pcall(require, "socket.unix")
