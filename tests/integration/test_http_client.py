@@ -618,3 +618,31 @@ def test_controller_refuses_rejected_credentials(server: ServerProcess, tmp_path
     )
     assert result.returncode == 1
     assert "Error from server (Unauthorized): Unauthorized" in result.stderr
+
+
+def _client_ports(server_port: int) -> set[int]:
+    """Local ports of this host's established TCP connections to ``server_port`` (the client ends)."""
+    ports = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, state = line.split()[1:4]
+        if state == "01" and int(remote.rsplit(":", 1)[1], 16) == server_port:
+            ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_a_burst_of_requests_shares_a_few_kept_alive_connections(server: ServerProcess) -> None:
+    from slurmlink.client.http import MAX_REQUESTS
+
+    async def body() -> None:
+        before = _client_ports(server.port)
+        async with client_for(server) as client:
+            first = await asyncio.gather(*(client.get(NAMESPACE, None, "default") for _ in range(40)))
+            opened = _client_ports(server.port) - before
+            second = await asyncio.gather(*(client.get(NAMESPACE, None, "default") for _ in range(40)))
+            reused = _client_ports(server.port) - before
+        assert len(first) == len(second) == 40
+        # Bounded: at most the client's request slots, far fewer than the 40 requests of the burst.
+        assert 1 <= len(opened) <= MAX_REQUESTS < 20, opened
+        assert reused == opened  # the second burst opened no connection (and no TLS handshake)
+
+    asyncio.run(body())
