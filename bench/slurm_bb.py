@@ -165,6 +165,14 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a live process (Linux /proc)."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def wait_until(probe: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
     """Poll ``probe`` until true; a bounded wait turns a hung daemon into an error instead of a hang."""
     deadline = time.monotonic() + timeout
@@ -627,7 +635,10 @@ class Runner:
         log_start = self.ctld_log.offset()
         # On 2 cores the plugin's helpers compete with sbatch and slurmctld: their CPU time says how much.
         pids = {"slurmctld": self.cluster.status().pids.get("slurmctld")}
-        pids.update({name: proc.pid for name, proc in phase.processes.items()})
+        for name, proc in phase.processes.items():
+            pids[name] = proc.pid
+            for child in child_pids(proc.pid):  # the gateway's worker process
+                pids[f"{name} worker"] = child
         cpu_start = {name: cpu_seconds(pid) for name, pid in pids.items()}
 
         submitted: list[tuple[int, float, float]] = []

@@ -110,11 +110,26 @@ class BurstBufferSystem:
 
         def done() -> dict[str, str] | None:
             info = self.job(job_id)
-            if info.get("JobState") in FINAL and info.get("BurstBufferState", "complete") == "complete":
+            if info.get("JobState") not in FINAL:
+                return None
+            bb_state = info.get("BurstBufferState", "complete")
+            if bb_state == "complete":
                 return info
+            if bb_state == "teardown" and self.slurm_dropped_teardown(job_id):
+                # Slurm's own race: its teardown never ran, so the gateway's sweeper tore the Workflow down.
+                return info if self.workflow(job_id) is None else None
             return None
 
-        return wait_for(done, timeout=timeout, interval=0.1, message=f"job {job_id} to finish")
+        try:
+            return wait_for(done, timeout=timeout, interval=0.1, message=f"job {job_id} to finish")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.diagnostics(job_id)}") from None
+
+    def slurm_dropped_teardown(self, job_id: str) -> bool:
+        """slurmctld killed its own teardown callback for the job (a cancel's flush racing the teardown
+        the same cancel queued); Slurm 22.05 never retries it, so BurstBufferState stays ``teardown``."""
+        log = self.cluster.slurmctld_log.read_text(errors="replace")
+        return f"teardown for JobId={job_id} terminated by slurmctld" in log
 
     def bbstat(self, *words: str) -> str:
         result = self.cluster.run_as_job_user(["scontrol", "show", "bbstat", *words], timeout=30)
@@ -152,22 +167,27 @@ class BurstBufferSystem:
             raise AssertionError(f"{exc}\n{self.diagnostics(job_id)}") from None
 
     def diagnostics(self, job_id: str) -> str:
-        """What a failed wait needs for a post-mortem: the Workflow, the job and the logs' tails."""
+        """What a failed wait needs for a post-mortem: the Workflow, the job and the logs' lines on it."""
+        about_job = re.compile(rf"(JobId=|bb|job |jobid=|job_id=){job_id}\b", re.IGNORECASE)
 
-        def tail(path: Path, lines: int = 25) -> str:
+        def lines_about_job(path: Path, limit: int = 40) -> str:
             try:
-                return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+                lines = path.read_text(errors="replace").splitlines()
             except OSError as exc:
                 return str(exc)
+            return "\n".join([line for line in lines if about_job.search(line)][-limit:])
 
         return (
             f"--- workflow bb{job_id}: {self.workflow(job_id)}\n--- job: {self.job(job_id)}\n"
-            f"--- gateway log:\n{tail(self.gateway_log)}\n"
-            f"--- slurmctld log:\n{tail(self.cluster.slurmctld_log)}"
+            f"--- gateway log on job {job_id}:\n{lines_about_job(self.gateway_log)}\n"
+            f"--- slurmctld log on job {job_id}:\n{lines_about_job(self.cluster.slurmctld_log)}"
         )
 
     def wait_workflow_gone(self, job_id: str, timeout: float = 40) -> None:
-        wait_for(lambda: self.workflow(job_id) is None, timeout=timeout, interval=0.2, message="deletion")
+        try:
+            wait_for(lambda: self.workflow(job_id) is None, timeout=timeout, interval=0.2, message="deletion")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.diagnostics(job_id)}") from None
 
     def release(self, job_id: str, index: int, *, clear_error: bool = False) -> None:
         """The seeds' ``kubectl patch --type=json`` that marks driver entry ``index`` completed."""
@@ -207,6 +227,8 @@ def bb(kubectl_132: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "0",
         "--log-format",
         "console",
+        "--log-level",
+        "debug",
     ]
     system = BurstBufferSystem(cluster, server, kubectl_132, socket_path, args, work / "gateway.log")
     try:
@@ -483,6 +505,31 @@ spec: {desiredState: Proposal, dwDirectives: [], wlmID: slurm, jobID: "987654", 
     kept = bb.kubectl_run("get", WORKFLOW, "-n", "slurm", "keepme")
     assert kept.returncode == 0, kept.stderr
     bb.kubectl_run("delete", WORKFLOW, "-n", "slurm", "keepme")
+
+
+def test_workflows_of_ended_jobs_are_swept_and_of_pending_jobs_kept(bb: BurstBufferSystem) -> None:
+    """A Workflow whose job ended without a teardown on the way (Slurm dropped it, or the job was
+    cancelled before stage-in) is torn down by the gateway; one whose job is still pending is not."""
+    held = bb.submit("#!/bin/bash\n/bin/true\n", "--hold")
+    assert held.returncode == 0, held.stderr
+    held_id = held.stdout.strip().split()[-1]
+    ended_id = bb.submit_ok("#!/bin/bash\n/bin/true\n")
+    wait_for(lambda: bb.job_state(ended_id) == "COMPLETED", timeout=60, message=f"job {ended_id} to end")
+    template = """apiVersion: dataworkflowservices.github.io/v1alpha2
+kind: Workflow
+metadata: {{name: bb{job}, namespace: slurm, labels: {{origin: burst_buffer.lua}}}}
+spec: {{desiredState: Proposal, dwDirectives: [], wlmID: slurm, jobID: "{job}", userID: 23001,
+  groupID: 23001}}
+"""
+    for job in (held_id, ended_id):  # held first: every sweep that sees the ended job's Workflow sees both
+        applied = bb.kubectl_run("apply", "-f", "-", input=template.format(job=job))
+        assert applied.returncode == 0, applied.stderr
+    wait_for(lambda: bb.workflow(ended_id) is None, timeout=60, interval=0.3, message="the sweep")
+    assert bb.workflow(held_id) is not None
+    assert bb.job_state(held_id) == "PENDING"
+    bb.scancel(held_id)  # cancelled before stage-in: Slurm calls no teardown at all
+    wait_for(lambda: bb.workflow(held_id) is None, timeout=60, interval=0.3, message="the second sweep")
+    assert f"job {ended_id} ended (COMPLETED, BurstBufferState=none)" in bb.gateway_log.read_text()
 
 
 def test_slurmctld_restart_during_stage_in(bb: BurstBufferSystem) -> None:

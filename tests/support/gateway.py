@@ -39,7 +39,7 @@ from slurmlink.resources.kind import Kind
 from slurmlink.resources.patching import JSON_PATCH, MERGE
 from slurmlink.resources.service import ResourceService, WatchEvent
 from slurmlink.server import bootstrap
-from slurmlink.slurm.commands import CommandResult, SlurmCommands
+from slurmlink.slurm.commands import CommandResult, JobStatus, SlurmCommands
 from slurmlink.slurm.gateway import Gateway, GatewayConfig
 from slurmlink.store.hub import WatchHub
 from slurmlink.store.sql import SqlStore
@@ -76,6 +76,9 @@ class RecordingSlurm(SlurmCommands):
         self.scancel_result = scancel_result or CommandResult(0, "", "")
         self.scancel_calls: list[str] = []
         self.job_known_calls: list[str] = []
+        #: ``job_statuses`` answer (None: slurmctld cannot be asked).
+        self.statuses: dict[str, JobStatus] | None = None
+        self.job_statuses_calls = 0
 
     def state_save_location(self) -> Path:
         return self.state_dir
@@ -90,6 +93,10 @@ class RecordingSlurm(SlurmCommands):
     async def job_known(self, job_id: str) -> bool | None:
         self.job_known_calls.append(job_id)
         return self.known_by_job.get(job_id, self.known)
+
+    async def job_statuses(self) -> dict[str, JobStatus] | None:
+        self.job_statuses_calls += 1
+        return None if self.statuses is None else dict(self.statuses)
 
 
 class SwitchableClient:

@@ -25,10 +25,13 @@ import pytest
 from slurmlink.auth.kubeconfig import KubeconfigCredentials
 from slurmlink.auth.roles import SYSTEM
 from slurmlink.client.http import HttpClient
+from slurmlink.resources.dws.directiverule import DW_DIRECTIVE_RULE
 from slurmlink.resources.dws.workflow import WORKFLOW
+from slurmlink.slurm.commands import JobStatus
 from slurmlink.slurm.gateway import script as scripts
+from slurmlink.slurm.gateway.activity import CallbackActivity
 from slurmlink.slurm.gateway.config import JOB_RUN_ANNOTATION
-from slurmlink.slurm.gateway.sweeper import OrphanSweeper
+from slurmlink.slurm.gateway.sweeper import MIN_QUIET, OrphanSweeper
 from support.gateway import GatewayHarness, eventually, form, parse_response
 
 Obj = dict[str, Any]
@@ -208,6 +211,51 @@ def test_job_process_rejects_bad_directives(directive: str, expected: str) -> No
         assert text.startswith(expected), text
         assert not h.gateway.ops._background  # a rejected job gets no Workflow
         assert h.get("bb7") is None
+
+    run(body)
+
+
+def test_job_process_follows_changes_to_the_directive_rules() -> None:
+    async def body(h: GatewayHarness) -> None:
+        path = h.write_script(9, job_script("#DW Greet name=ada"))
+
+        async def job_process() -> tuple[int, str]:
+            return await h.call("job_process", script=path, job_id="9")
+
+        status, text = await job_process()
+        assert status == 400 and "invalid directive '#DW Greet name=ada'" in text, text
+        rule: dict[str, Any] = {
+            "apiVersion": DW_DIRECTIVE_RULE.api_version(DW_DIRECTIVE_RULE.storage_version),
+            "kind": "DWDirectiveRule",
+            "metadata": {"name": "greeter", "namespace": "dws-system"},
+            "spec": [
+                {
+                    "command": "Greet",
+                    "watchStates": "Proposal",
+                    "ruleDefs": [
+                        {"key": "name", "type": "string", "pattern": "^[a-z]+$", "isRequired": True}
+                    ],
+                }
+            ],
+        }
+        created = await h.api_client.create(DW_DIRECTIVE_RULE, rule)
+        await eventually(lambda: "greeter" in h.gateway.rules.cache, "the rule in the gateway's cache")
+        assert await job_process() == (200, "")
+
+        rule["metadata"]["resourceVersion"] = created["metadata"]["resourceVersion"]
+        rule["spec"][0]["ruleDefs"][0]["pattern"] = "^[0-9]+$"
+        updated = await h.api_client.update(DW_DIRECTIVE_RULE, rule)
+        version = updated["metadata"]["resourceVersion"]
+        await eventually(
+            lambda: h.gateway.rules.cache["greeter"]["metadata"]["resourceVersion"] == version, "the update"
+        )
+        status, text = await job_process()
+        assert status == 400 and "name" in text, text
+
+        await h.api_client.delete(DW_DIRECTIVE_RULE, "dws-system", "greeter")
+        await eventually(lambda: "greeter" not in h.gateway.rules.cache, "the deletion")
+        status, text = await job_process()
+        assert status == 400 and "invalid directive '#DW Greet name=ada'" in text, text
 
     run(body)
 
@@ -768,6 +816,87 @@ def test_sweeper_removes_only_workflows_of_jobs_slurm_forgot() -> None:
         assert [n for n in names[1:] if h.get(n) is None] == []
         assert sorted(h.slurm.job_known_calls) == ["101", "104", "105"]
         assert h.slurm.scancel_calls == []
+
+    run(body)
+
+
+def test_sweeper_tears_down_workflows_of_ended_jobs_slurm_will_not_tear_down() -> None:
+    async def body(h: GatewayHarness) -> None:
+        statuses = {
+            "201": JobStatus("CANCELLED", "teardown"),  # Slurm's cancel flushed its own teardown
+            "202": JobStatus("COMPLETED", "complete"),  # torn down while the gateway was away
+            "203": JobStatus("CANCELLED", "pending"),  # cancelled before stage-in (Workflow from submit)
+            "204": JobStatus("RUNNING", "running"),
+            "205": JobStatus("PENDING", "staging-in"),  # e.g. held after a stage-in error
+            "206": JobStatus("COMPLETED", "staging-out"),
+            "207": JobStatus("CANCELLED", "teardown"),  # teardown callback open right now
+            "208": JobStatus("CANCELLED", "teardown"),  # teardown called a moment ago
+        }
+        h.slurm.statuses = statuses
+        names = [f"bb{n}" for n in range(201, 210)]  # bb209: Slurm's list does not have the job
+        for name in names:
+            h.create_workflow(name, ["#DW Proposal action=complete"])
+            h.write_script(name[2:], ALL_COMPLETE)
+        await eventually(
+            lambda: all(n in h.gateway.workflows.cache for n in names), "the informer to list all"
+        )
+        now = [1000.0]
+        activity = CallbackActivity(clock=lambda: now[0])
+        activity.begin("207")
+        now[0] += 100
+        activity.begin("208")
+        activity.end("208")
+        now[0] += 1
+        sweeper = OrphanSweeper(h.gateway.ops, h.gateway.workflows, h.slurm, h.config, activity)
+
+        assert sorted(await sweeper.sweep_once()) == ["bb201", "bb202", "bb203"]
+        assert [n for n in names if h.get(n) is None] == ["bb201", "bb202", "bb203"]
+        assert h.slurm.job_statuses_calls == 1
+        assert h.slurm.job_known_calls == []  # every job directory exists: no orphan checks
+        assert h.slurm.scancel_calls == []
+
+        activity.end("207")  # the open teardown answered; a quiet moment later the job is settled
+        now[0] += 10
+        assert sorted(await sweeper.sweep_once()) == ["bb207", "bb208"]
+
+    run(body)
+
+
+def test_sweeper_waits_for_a_quiet_job_and_an_answer_from_slurm() -> None:
+    async def body(h: GatewayHarness) -> None:
+        h.create_workflow("bb301", ["#DW Proposal action=complete"])
+        h.write_script(301, ALL_COMPLETE)
+        await h.cached("bb301", lambda o: True)
+        now = [1000.0]
+        activity = CallbackActivity(clock=lambda: now[0])
+        now[0] += MIN_QUIET - 1
+        sweeper = OrphanSweeper(h.gateway.ops, h.gateway.workflows, h.slurm, h.config, activity)
+        assert h.config.sweep_min_age < MIN_QUIET
+        h.slurm.statuses = {"301": JobStatus("CANCELLED", "teardown")}
+        assert await sweeper.sweep_once() == []  # quiet for less than MIN_QUIET
+        assert h.slurm.job_statuses_calls == 0
+        now[0] += 2
+        h.slurm.statuses = None
+        assert await sweeper.sweep_once() == []  # slurmctld cannot be asked
+        assert h.slurm.job_statuses_calls == 1
+        assert h.get("bb301") is not None
+        h.slurm.statuses = {"301": JobStatus("CANCELLED", "teardown")}
+        assert await sweeper.sweep_once() == ["bb301"]
+
+    run(body)
+
+
+def test_an_open_callback_marks_its_job_active() -> None:
+    async def body(h: GatewayHarness) -> None:
+        await setup_job(h, 311, job_script("#DW DataIn action=wait"))
+        activity = h.gateway.activity
+        quiet_before = activity.quiet_for("311")
+        assert quiet_before is not None and quiet_before < 5
+        data_in = asyncio.create_task(h.call("data_in", job_id="311"))
+        await eventually(lambda: activity.quiet_for("311") is None, "the callback to be open")
+        h.json_patch("bb311", RELEASE)
+        assert await asyncio.wait_for(data_in, 10) == (200, "")
+        assert activity.quiet_for("311") is not None
 
     run(body)
 

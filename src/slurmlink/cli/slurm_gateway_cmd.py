@@ -7,47 +7,108 @@ import contextlib
 import logging
 import os
 import signal
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from slurmlink.cli.resources_cmd import CliError, error_text, log_options, open_client, setup_client_logging
+from slurmlink.client.base import Client
+from slurmlink.cpu_priority import MAX_NICE, lower_cpu_priority
 from slurmlink.resources.errors import ApiError
 from slurmlink.slurm.gateway import config as gwconfig
 
 log = logging.getLogger("slurmlink.gateway")
+#: The worker runs the stage callbacks: a few milliseconds later costs nothing there (see front.py).
+DEFAULT_WORKER_NICE = 10
 
 
-async def _main(kubeconfig: Path, context: str | None, config: gwconfig.GatewayConfig) -> None:
+async def _check_credentials(client: Client, config: gwconfig.GatewayConfig) -> None:
+    """Fail fast on credentials the server rejects; an unreachable server is retried (and reported by
+    every callback) until it comes back."""
     from slurmlink.resources.dws.workflow import WORKFLOW
+
+    try:
+        await client.list(WORKFLOW, config.namespace)
+    except ApiError as exc:
+        if exc.code in (401, 403):
+            raise CliError(error_text(exc)) from exc
+        log.warning("%s; retrying", exc.message)
+
+
+def _stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Callable[[], None]:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def undo() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+    return undo
+
+
+async def _run_front(
+    kubeconfig: Path, context: str | None, config: gwconfig.GatewayConfig, worker_argv: list[str]
+) -> None:
+    from slurmlink.slurm.gateway.front import FrontGateway, WorkerProcess, worker_socket_path
+    from slurmlink.slurm.gateway.worker_link import WorkerLink
+
+    client = open_client(kubeconfig, context)
+    stop = asyncio.Event()
+    undo_signals = _stop_on_signals(asyncio.get_running_loop(), stop)
+    worker = WorkerProcess(worker_argv)
+    front = FrontGateway(client, config, WorkerLink(worker_socket_path(config.socket_path)))
+    try:
+        await _check_credentials(client, config)
+        await worker.start()
+        try:
+            await front.start()
+        except (OSError, RuntimeError) as exc:
+            raise CliError(f"error: cannot listen on {config.socket_path}: {exc}") from exc
+        await stop.wait()
+    finally:
+        undo_signals()
+        await front.stop()
+        await worker.stop()
+        await client.aclose()
+        log.info("gateway stopped")
+
+
+async def _run_worker(kubeconfig: Path, context: str | None, config: gwconfig.GatewayConfig) -> None:
+    """The full gateway on the internal socket; stops when the front closes our stdin."""
     from slurmlink.slurm.gateway import Gateway
 
     client = open_client(kubeconfig, context)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    undo_signals = _stop_on_signals(loop, stop)
+    stdin = sys.stdin.fileno()
+
+    def front_gone() -> None:
+        try:
+            data = os.read(stdin, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(stdin)
+            stop.set()
+
+    loop.add_reader(stdin, front_gone)
     gateway = Gateway(client, config)
     try:
-        # Fail fast on credentials the server rejects; an unreachable server is retried (and reported by
-        # every callback) until it comes back.
-        try:
-            await client.list(WORKFLOW, config.namespace)
-        except ApiError as exc:
-            if exc.code in (401, 403):
-                raise CliError(error_text(exc)) from exc
-            log.warning("%s; retrying", exc.message)
+        await _check_credentials(client, config)
         try:
             await gateway.start()
         except (OSError, RuntimeError) as exc:
             raise CliError(f"error: cannot listen on {config.socket_path}: {exc}") from exc
         await stop.wait()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+        loop.remove_reader(stdin)
+        undo_signals()
         await gateway.stop()
         await client.aclose()
-        log.info("gateway stopped")
+        log.info("gateway worker stopped")
 
 
 @click.command("gateway")
@@ -101,14 +162,29 @@ async def _main(kubeconfig: Path, context: str | None, config: gwconfig.GatewayC
     type=click.FloatRange(min=0),
     default=gwconfig.DEFAULT_SWEEP_INTERVAL,
     show_default=True,
-    help="Seconds between sweeps for Workflows whose Slurm job no longer exists (0 turns the sweeper off).",
+    help="Seconds between sweeps for Workflows whose Slurm job no longer exists, or has ended without a "
+    "teardown on the way (0 turns the sweeper off).",
 )
 @click.option(
     "--sweep-min-age",
     type=click.FloatRange(min=0),
     default=gwconfig.DEFAULT_SWEEP_MIN_AGE,
     show_default=True,
-    help="Only Workflows older than this many seconds are considered orphans.",
+    help="Only Workflows older than this many seconds are swept; an ended job's Workflow also needs this "
+    "long (at least 5 s) without a callback about the job.",
+)
+@click.option(
+    "--worker-nice",
+    type=click.IntRange(0, MAX_NICE),
+    default=DEFAULT_WORKER_NICE,
+    show_default=True,
+    envvar="SLURMLINK_GATEWAY_WORKER_NICE",
+    help="How much to lower the CPU priority of the gateway's worker process, which runs the stage callbacks "
+    "(setup to teardown) and the sweeper. The front process, which answers sbatch's job_process and each "
+    "job's paths while slurmctld holds its job lock, keeps its priority.",
+)
+@click.option(
+    "--worker", "as_worker", is_flag=True, hidden=True, help="Run as the worker (started by the front)."
 )
 @log_options
 def gateway(
@@ -121,6 +197,8 @@ def gateway(
     api_timeout: float,
     sweep_interval: float,
     sweep_min_age: float,
+    worker_nice: int,
+    as_worker: bool,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -129,8 +207,8 @@ def gateway(
     Run it on the slurmctld host as SlurmUser (it reads job scripts from StateSaveLocation and may run
     scancel), before slurmctld starts. It creates Workflows, moves them through their states, waits for
     drivers by watching the API, writes the job's environment, tears Workflows down, cancels jobs whose
-    drivers reported fatal errors, and sweeps Workflows whose job Slurm no longer knows. Runs until SIGINT
-    or SIGTERM.
+    drivers reported fatal errors, and sweeps Workflows whose job Slurm no longer knows or that ended
+    without a teardown. Runs until SIGINT or SIGTERM.
     """
     from slurmlink.auth.kubeconfig import KubeconfigError, load_kubeconfig
 
@@ -152,4 +230,26 @@ def gateway(
         sweep_min_age=sweep_min_age,
     )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_main(kubeconfig, context, config))
+        if as_worker:
+            log.info("gateway worker: lowered CPU priority: %s", lower_cpu_priority(worker_nice))
+            asyncio.run(_run_worker(kubeconfig, context, config))
+            return
+        from slurmlink.slurm.gateway.front import worker_socket_path
+
+        worker_argv = [
+            sys.executable, "-m", "slurmlink.cli.main", "slurm", "gateway", "--worker",
+            "--kubeconfig", str(kubeconfig),
+            "--socket", str(worker_socket_path(config.socket_path)),
+            "--namespace", namespace,
+            "--slurm-conf", str(slurm_conf),
+            "--transient-grace", repr(transient_grace),
+            "--api-timeout", repr(api_timeout),
+            "--sweep-interval", repr(sweep_interval),
+            "--sweep-min-age", repr(sweep_min_age),
+            "--worker-nice", str(worker_nice),
+            "--log-level", log_level,
+            "--log-format", log_format,
+        ]  # fmt: skip
+        if context is not None:
+            worker_argv += ["--context", context]
+        asyncio.run(_run_front(kubeconfig, context, config, worker_argv))

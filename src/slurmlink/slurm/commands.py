@@ -1,4 +1,4 @@
-"""Slurm client commands the gateway runs (``scancel``, ``scontrol``), without a shell.
+"""Slurm client commands the gateway runs (``scancel``, ``scontrol``, ``squeue``), without a shell.
 
 Job ids are validated as digits before they reach an argument vector, and ``SLURM_CONF`` points the
 commands at the cluster the gateway serves.
@@ -12,6 +12,9 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from slurmlink import jsonutil
 
 #: Slurm's compiled-in default StateSaveLocation.
 DEFAULT_STATE_SAVE_LOCATION = Path("/var/spool/slurmctld")
@@ -27,6 +30,55 @@ class CommandResult:
     returncode: int
     stdout: str
     stderr: str
+
+
+#: Job states after which Slurm runs no more callbacks for the job except a teardown already queued.
+ENDED_JOB_STATES = frozenset(
+    {
+        "BOOT_FAIL",
+        "CANCELLED",
+        "COMPLETED",
+        "DEADLINE",
+        "FAILED",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "TIMEOUT",
+    }
+)
+#: BurstBufferStates of an ended job from which Slurm will call nothing more on its own: never staged in
+#: (pending), torn down (complete), or a teardown Slurm started but dropped (``teardown``, e.g. when a
+#: cancel's flush killed the very teardown the cancel queued).
+SETTLED_BURST_BUFFER_STATES = frozenset({"", "pending", "teardown", "complete"})
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What slurmctld reports about one job: its base state and its burst buffer's state."""
+
+    state: str
+    burst_buffer_state: str
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED_JOB_STATES
+
+    @property
+    def burst_buffer_settled(self) -> bool:
+        """The job has ended and Slurm will run no burst buffer callback for it unless one is running."""
+        return self.ended and self.burst_buffer_state in SETTLED_BURST_BUFFER_STATES
+
+
+def parse_squeue_json(text: str) -> dict[str, JobStatus]:
+    """``squeue --json`` output to {job id: JobStatus}; Slurm 22.05 gives strings, later versions lists."""
+    data = jsonutil.loads(text)
+    found: dict[str, JobStatus] = {}
+    for job in data.get("jobs") or []:
+        state: Any = job.get("job_state", "")
+        if isinstance(state, list):
+            state = state[0] if state else ""
+        found[str(job.get("job_id", ""))] = JobStatus(str(state), str(job.get("burst_buffer_state") or ""))
+    return found
 
 
 def _job_id(job_id: str) -> str:
@@ -95,6 +147,19 @@ class SlurmCommands:
 
     async def scancel_hurry(self, job_id: str) -> CommandResult:
         return await self.run("scancel", "--hurry", _job_id(job_id))
+
+    async def job_statuses(self) -> dict[str, JobStatus] | None:
+        """Every job slurmctld still holds, in one RPC; None when slurmctld cannot be asked."""
+        try:
+            result = await self.run("squeue", "--json", "--states=all")
+        except SlurmCommandError:
+            return None
+        if result.returncode != 0:
+            return None
+        try:
+            return parse_squeue_json(result.stdout)
+        except (ValueError, AttributeError, TypeError):
+            return None
 
     async def job_known(self, job_id: str) -> bool | None:
         """True/False if slurmctld knows/does not know the job; None when it cannot be asked."""

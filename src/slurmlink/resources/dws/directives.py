@@ -351,7 +351,12 @@ def check_workflow_directives(
     objects = [o for o in rule_objects if (o.get("metadata") or {}).get("namespace", namespace) == namespace]
     if not objects:
         raise DirectiveError(f"unable to find ruleset in namespace: {namespace}")
-    _validate(directives, rules_from_objects(objects), lambda _index, _rule: None)
+    check_directives(directives, rules_from_objects(objects))
+
+
+def check_directives(directives: Sequence[str], rules: Sequence[DirectiveRule]) -> None:
+    """``checkDirectives`` against rules already converted (callers that validate often cache them)."""
+    _validate(directives, rules, lambda _index, _rule: None)
 
 
 def driver_registrations(

@@ -10,10 +10,11 @@ from slurmlink.client.base import Client
 from slurmlink.resources.dws.directiverule import DW_DIRECTIVE_RULE
 from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.slurm.commands import SlurmCommands
+from slurmlink.slurm.gateway.activity import CallbackActivity
 from slurmlink.slurm.gateway.config import GatewayConfig
 from slurmlink.slurm.gateway.informer import Informer
 from slurmlink.slurm.gateway.operations import BurstBufferOps, GatewayError
-from slurmlink.slurm.gateway.server import GatewayServer, Operation
+from slurmlink.slurm.gateway.server import QUICK_OPERATIONS, GatewayServer, Operation
 from slurmlink.slurm.gateway.sweeper import OrphanSweeper
 
 __all__ = ["Gateway", "GatewayConfig", "GatewayError"]
@@ -31,8 +32,11 @@ class Gateway:
         self.workflows = Informer(client, WORKFLOW, config.namespace)
         self.rules = Informer(client, DW_DIRECTIVE_RULE, config.rules_namespace)
         self.ops = BurstBufferOps(client, config, self.workflows, self.rules, self.slurm)
-        self.sweeper = OrphanSweeper(self.ops, self.workflows, self.slurm, config)
-        self.server = GatewayServer(config.socket_path, self.operations(), self.health)
+        self.activity = CallbackActivity()
+        self.sweeper = OrphanSweeper(self.ops, self.workflows, self.slurm, config, self.activity)
+        self.server = GatewayServer(
+            config.socket_path, self.operations(), self.health, self.activity, quick=QUICK_OPERATIONS
+        )
         self._sweep_task: asyncio.Task[None] | None = None
 
     def operations(self) -> dict[str, Operation]:
@@ -53,7 +57,7 @@ class Gateway:
             "status": ops.status,
         }
 
-    def health(self) -> str | None:
+    async def health(self) -> str | None:
         for informer in (self.workflows, self.rules):
             if not informer.synced.is_set():
                 return f"not synced with the slurmlink API yet ({informer.last_error or 'connecting'})"

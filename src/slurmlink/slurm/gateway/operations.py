@@ -113,6 +113,8 @@ class BurstBufferOps:
         self.slurm = slurm
         #: Workflow creations started by job_process (Slurm 23.02+), by job id; teardown waits for them.
         self._background: dict[str, asyncio.Task[None]] = {}
+        self._rules: list[dwd.DirectiveRule] = []
+        self._rules_key: tuple[tuple[Any, Any], ...] | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -283,9 +285,23 @@ class BurstBufferOps:
                 503,
             )
         try:
-            dwd.check_workflow_directives(found, list(self.rules.cache.values()), self.config.rules_namespace)
+            dwd.check_directives(found, self._current_rules())
         except dwd.DirectiveError as exc:
             raise GatewayError(f"#DW directives rejected: {exc}") from exc
+
+    def _current_rules(self) -> list[dwd.DirectiveRule]:
+        """The DWDirectiveRules converted once per change, not once per sbatch (they rarely change)."""
+        namespace = self.config.rules_namespace
+        objects = [
+            o for o in self.rules.cache.values() if o["metadata"].get("namespace", namespace) == namespace
+        ]
+        key = tuple((o["metadata"].get("name"), o["metadata"].get("resourceVersion")) for o in objects)
+        if key != self._rules_key:
+            if not objects:
+                raise dwd.DirectiveError(f"unable to find ruleset in namespace: {namespace}")
+            self._rules = dwd.rules_from_objects(objects)
+            self._rules_key = key
+        return self._rules
 
     @staticmethod
     def _run_key(job_id: str, script_path: str) -> str:

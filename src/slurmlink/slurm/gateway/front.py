@@ -1,0 +1,177 @@
+"""The gateway's sync lane: answers what slurmctld waits for under its job lock, forwards the rest.
+
+slurmctld calls ``job_process`` (every ``sbatch``) and ``paths`` (every job start) while it holds its
+job write lock, so each millisecond spent there is a millisecond in which no other job can be submitted.
+The stage callbacks (setup through teardown) run in slurmctld's background threads and mostly wait for
+drivers. A wave of stage-ins therefore must not delay a submission.
+
+So ``slurmlink slurm gateway`` runs as two processes. The front owns the Lua's socket and answers the
+lock-holding and read-only callbacks from its own caches at normal CPU priority. The worker (the full
+Gateway, including the sweeper) runs the stage callbacks at a lower priority in its own session and
+autogroup, behind an internal socket that uses the same protocol. The front starts the worker, restarts
+it if it dies, and stops it on exit; the worker exits when the front's pipe to it closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+from slurmlink.client.base import Client
+from slurmlink.resources.dws.directiverule import DW_DIRECTIVE_RULE
+from slurmlink.resources.dws.workflow import WORKFLOW
+from slurmlink.slurm.commands import SlurmCommands
+from slurmlink.slurm.gateway.config import GatewayConfig
+from slurmlink.slurm.gateway.informer import Informer
+from slurmlink.slurm.gateway.operations import BurstBufferOps, Fields
+from slurmlink.slurm.gateway.server import QUICK_OPERATIONS, GatewayServer, Operation
+from slurmlink.slurm.gateway.worker_link import WorkerLink
+
+log = logging.getLogger(__name__)
+
+#: Callbacks the worker runs: they change Workflows and wait for drivers.
+FORWARDED = ("setup", "data_in", "pre_run", "post_run", "data_out", "teardown")
+#: How long the front waits for a restarted worker before trying again, and at most between restarts.
+_RESTART_DELAY = (0.5, 10.0)
+
+
+def worker_socket_path(socket_path: Path) -> Path:
+    """The worker's internal socket, next to the Lua's."""
+    return socket_path.with_name(socket_path.name + ".worker")
+
+
+class FrontGateway:
+    """Answers job_process, paths, pools, real_size, status and test_data_* itself; forwards the rest."""
+
+    def __init__(self, client: Client, config: GatewayConfig, link: WorkerLink) -> None:
+        self.config = config
+        self.link = link
+        self.workflows = Informer(client, WORKFLOW, config.namespace)
+        self.rules = Informer(client, DW_DIRECTIVE_RULE, config.rules_namespace)
+        self.ops = BurstBufferOps(
+            client, config, self.workflows, self.rules, SlurmCommands(config.slurm_conf)
+        )
+        self.server = GatewayServer(
+            config.socket_path, self.operations(), self.health, quick=QUICK_OPERATIONS
+        )
+        self._submissions: set[asyncio.Task[None]] = set()
+
+    def operations(self) -> dict[str, Operation]:
+        ops = self.ops
+        table: dict[str, Operation] = {
+            "job_process": self.job_process,
+            "pools": ops.pools,
+            "real_size": ops.real_size,
+            "paths": ops.paths,
+            "status": ops.status,
+            "test_data_in": ops.test_operation("DataIn"),
+            "test_data_out": ops.test_operation("DataOut"),
+        }
+        for name in FORWARDED:
+            table[name] = self._forwarder(name)
+        return table
+
+    def _forwarder(self, name: str) -> Operation:
+        async def forward(fields: Fields) -> str:
+            return await self.link.call(name, fields)
+
+        return forward
+
+    async def job_process(self, fields: Fields) -> str:
+        """Check the directives here; Slurm 23.02+ also gets the Workflow created, by the worker, later."""
+        await self.ops.job_process({k: v for k, v in fields.items() if k not in ("uid", "gid")})
+        if fields.get("uid") and fields.get("gid"):
+            task = asyncio.create_task(self._create_at_submit(dict(fields)))
+            self._submissions.add(task)
+            task.add_done_callback(self._submissions.discard)
+        return ""
+
+    async def _create_at_submit(self, fields: dict[str, str]) -> None:
+        try:
+            await self.link.call("job_process", fields)
+        except Exception as exc:  # setup creates the Workflow (and reports errors) if this fails
+            log.warning("creating the workflow of job %s at submission failed: %s", fields.get("job_id"), exc)
+
+    async def health(self) -> str | None:
+        for informer in (self.workflows, self.rules):
+            if not informer.synced.is_set():
+                return f"not synced with the slurmlink API yet ({informer.last_error or 'connecting'})"
+            if informer.unreachable_since is not None:
+                return f"slurmlink API unreachable: {informer.last_error}"
+        return await self.link.healthy()
+
+    async def start(self) -> None:
+        self.workflows.start()
+        self.rules.start()
+        await self.server.start()
+        log.info("gateway listening on %s (namespace %s)", self.config.socket_path, self.config.namespace)
+
+    async def stop(self) -> None:
+        await self.server.stop()
+        for task in list(self._submissions):
+            task.cancel()
+        if self._submissions:
+            await asyncio.wait(list(self._submissions))
+        await self.ops.aclose()
+        await self.workflows.stop()
+        await self.rules.stop()
+
+
+class WorkerProcess:
+    """Runs the worker command, restarts it when it dies, and stops it (closing its stdin) on request."""
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        self.argv = list(argv)
+        self.proc: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._spawn()
+        self._task = asyncio.create_task(self._supervise(), name="gateway-worker")
+
+    async def _spawn(self) -> None:
+        # Its own session, so that lowering its priority moves its own autogroup (see cpu_priority).
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv, stdin=asyncio.subprocess.PIPE, start_new_session=True
+        )
+        log.info("gateway worker started (pid %d)", self.proc.pid)
+
+    async def _supervise(self) -> None:
+        delay = _RESTART_DELAY[0]
+        while True:
+            assert self.proc is not None
+            code = await self.proc.wait()
+            if self._stopping:
+                return
+            log.error(
+                "gateway worker (pid %d) exited with %s; restarting it in %.1f s", self.proc.pid, code, delay
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RESTART_DELAY[1])
+            self.restarts += 1
+            await self._spawn()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            if proc.stdin is not None:
+                proc.stdin.close()  # the worker's cue to shut down cleanly
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
