@@ -66,6 +66,7 @@ from slurmlink.slurm.devcluster import (
     DevClusterError,
     free_port_pair,
     gateway_healthy,
+    placeholder_burst_buffer,
 )
 from slurmlink.slurm.plugin import burst_buffer_conf_text, render_burst_buffer_lua, slurm_api_version
 
@@ -73,23 +74,6 @@ STATES = ("Proposal", "Setup", "DataIn", "PreRun", "PostRun", "DataOut", "Teardo
 NAMESPACE = "slurm"
 CONFIG_NAMES = {"a": "#DW + no-op Lua", "b": "no #DW", "c": "slurmlink"}
 
-# The do-nothing plugin of tests/slurm/conftest.py minus its pool: with a pool the (a) jobs would ask for
-# capacity and start on a different scheduler path than slurmlink's jobs, which ask for none.
-NOOP_BB_LUA = """\
-function slurm_bb_job_process(job_script) return slurm.SUCCESS end
-function slurm_bb_pools() return slurm.SUCCESS end
-function slurm_bb_job_teardown(job_id, job_script, hurry) return slurm.SUCCESS end
-function slurm_bb_setup(job_id, uid, gid, pool, bb_size, job_script) return slurm.SUCCESS end
-function slurm_bb_data_in(job_id, job_script) return slurm.SUCCESS end
-function slurm_bb_test_data_in(job_id, job_script) return slurm.SUCCESS end
-function slurm_bb_real_size(job_id) return slurm.SUCCESS end
-function slurm_bb_paths(job_id, job_script, path_file) return slurm.SUCCESS end
-function slurm_bb_pre_run(job_id, job_script) return slurm.SUCCESS end
-function slurm_bb_post_run(job_id, job_script) return slurm.SUCCESS end
-function slurm_bb_data_out(job_id, job_script) return slurm.SUCCESS end
-function slurm_bb_test_data_out(job_id, job_script) return slurm.SUCCESS end
-function slurm_bb_get_status(...) return slurm.SUCCESS, "noop" end
-"""
 
 # Same in every phase, so switching phases changes burst_buffer.lua only: a changed slurm.conf or
 # burst_buffer.conf would mean "scontrol reconfigure", after which the next burst buffer job waits 10+ s.
@@ -1018,7 +1002,11 @@ def run(args: argparse.Namespace) -> bool:
         )
         stack.callback(cluster.down)  # stops the daemons; the dir goes with bench_root
         log(f"state dir {root}; Slurm ports {ctld_port}/{slurmd_port}")
-        noop = BurstBufferSetup(lua_source=NOOP_BB_LUA, conf_text=burst_buffer_conf_text())
+        # The dev cluster's do-nothing plugin, without a pool: with one the (a) jobs would ask for capacity
+        # and start on a different scheduler path than slurmlink's jobs, which ask for none.
+        noop = BurstBufferSetup(
+            lua_source=placeholder_burst_buffer().lua_source, conf_text=burst_buffer_conf_text()
+        )
         cluster.up(burst_buffer=noop, wait_timeout=120, extra_lines=EXTRA_SLURM_CONF)
         dw_script = cluster.jobs_dir / "dw.sh"
         plain_script = cluster.jobs_dir / "plain.sh"

@@ -12,39 +12,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from slurmlink.slurm.devcluster import BurstBufferSetup, DevCluster
+from slurmlink.slurm.devcluster import BurstBufferSetup, DevCluster, placeholder_burst_buffer
 from support.devcluster import new_cluster, skip_unless_possible, teardown_cluster
 
-# A burst_buffer/lua plugin that does nothing: every callback of the 22.05 API (plus the 24.05 test_data_*
-# ones, which 22.05 never calls) just succeeds. One pool lets jobs ask for "capacity=N pool=testpool", which
-# makes them start right after stage-in instead of waiting for the next scheduler pass.
-NOOP_BB_LUA = """\
-function slurm_bb_job_process(job_script) return slurm.SUCCESS end
-function slurm_bb_pools()
-    return slurm.SUCCESS, '{"pools":[{"id":"testpool","quantity":1000,"granularity":1}]}'
-end
-function slurm_bb_job_teardown(job_id, job_script, hurry) return slurm.SUCCESS end
-function slurm_bb_setup(job_id, uid, gid, pool, bb_size, job_script) return slurm.SUCCESS end
-function slurm_bb_data_in(job_id, job_script) return slurm.SUCCESS end
-function slurm_bb_test_data_in(job_id, job_script) return slurm.SUCCESS end
-function slurm_bb_real_size(job_id) return slurm.SUCCESS end
-function slurm_bb_paths(job_id, job_script, path_file) return slurm.SUCCESS end
-function slurm_bb_pre_run(job_id, job_script) return slurm.SUCCESS end
-function slurm_bb_post_run(job_id, job_script) return slurm.SUCCESS end
-function slurm_bb_data_out(job_id, job_script) return slurm.SUCCESS end
-function slurm_bb_test_data_out(job_id, job_script) return slurm.SUCCESS end
-function slurm_bb_get_status(...) return slurm.SUCCESS, "noop" end
-"""
-
-NOOP_BB_CONF = """\
-Directive=DW
-StageInTimeout=30
-StageOutTimeout=30
-OtherTimeout=30
-Flags=TeardownFailure
-"""
-
-NOOP_BURST_BUFFER = BurstBufferSetup(lua_source=NOOP_BB_LUA, conf_text=NOOP_BB_CONF)
+# A burst_buffer/lua plugin that does nothing. Its one pool lets jobs ask for "capacity=N pool=testpool",
+# which makes them start right after stage-in instead of waiting for the next scheduler pass.
+NOOP_BURST_BUFFER = placeholder_burst_buffer(pool_capacity=1000)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ tested elsewhere.
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import socketserver
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 
 from slurmlink.slurm import plugin
+from slurmlink.slurm.devcluster import placeholder_burst_buffer
 from support.lua import BBScript, lua51, require_luasocket
 from support.waiting import wait_for
 
@@ -734,3 +736,31 @@ def test_missing_luasocket_fails_every_callback_with_the_install_hint(
     for call in CALLBACK_ARGS:
         assert bb.call(*call) == (ERROR, INSTALL_HINT), call
     assert gateway.requests == []
+
+
+@pytest.mark.parametrize("capacity", [None, 1000])
+def test_the_dev_clusters_placeholder_plugin_succeeds_everywhere_and_lists_its_pool(
+    capacity: int | None,
+) -> None:
+    runtime = lua51().LuaRuntime()
+    runtime.execute("slurm = {SUCCESS = 0, ERROR = -1}")
+    runtime.execute(placeholder_burst_buffer(pool_capacity=capacity).lua_source)
+    g = runtime.globals()
+    for name in (
+        "job_process",
+        "setup",
+        "data_in",
+        "paths",
+        "pre_run",
+        "post_run",
+        "data_out",
+        "job_teardown",
+    ):
+        assert g[f"slurm_bb_{name}"]() == 0, name
+    pools = g.slurm_bb_pools()
+    if capacity is None:
+        assert pools == 0
+    else:
+        rc, listing = pools
+        assert rc == 0
+        assert json.loads(listing) == {"pools": [{"id": "testpool", "quantity": 1000, "granularity": 1}]}

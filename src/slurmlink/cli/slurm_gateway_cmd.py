@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import click
@@ -37,6 +37,16 @@ async def _check_credentials(client: Client, config: gwconfig.GatewayConfig) -> 
         log.warning("%s; retrying", exc.message)
 
 
+async def _serve_until(
+    start: Callable[[], Awaitable[None]], config: gwconfig.GatewayConfig, stop: asyncio.Event
+) -> None:
+    try:
+        await start()
+    except (OSError, RuntimeError) as exc:
+        raise CliError(f"error: cannot listen on {config.socket_path}: {exc}") from exc
+    await stop.wait()
+
+
 def _stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Callable[[], None]:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -62,11 +72,7 @@ async def _run_front(
     try:
         await _check_credentials(client, config)
         await worker.start()
-        try:
-            await front.start()
-        except (OSError, RuntimeError) as exc:
-            raise CliError(f"error: cannot listen on {config.socket_path}: {exc}") from exc
-        await stop.wait()
+        await _serve_until(front.start, config, stop)
     finally:
         undo_signals()
         await front.stop()
@@ -98,11 +104,7 @@ async def _run_worker(kubeconfig: Path, context: str | None, config: gwconfig.Ga
     gateway = Gateway(client, config)
     try:
         await _check_credentials(client, config)
-        try:
-            await gateway.start()
-        except (OSError, RuntimeError) as exc:
-            raise CliError(f"error: cannot listen on {config.socket_path}: {exc}") from exc
-        await stop.wait()
+        await _serve_until(gateway.start, config, stop)
     finally:
         loop.remove_reader(stdin)
         undo_signals()

@@ -104,9 +104,9 @@ slurm_bb_post_run = ok
 slurm_bb_data_out = ok
 slurm_bb_test_data_out = ok
 slurm_bb_job_teardown = ok
-function slurm_bb_pools() return slurm.SUCCESS end
 function slurm_bb_get_status(...) return slurm.SUCCESS, "slurmlink dev-cluster placeholder burst buffer" end
 """
+_NO_POOLS_LUA = "function slurm_bb_pools() return slurm.SUCCESS end\n"
 
 _DEFAULT_BB_CONF = """\
 # Jobs request burst buffers with "#DW ..." lines. Short timeouts keep a hung callback from stalling tests.
@@ -132,9 +132,17 @@ class GatewaySetup:
     slurm_api: str | None = None
 
 
-def placeholder_burst_buffer() -> BurstBufferSetup:
-    """A do-nothing burst_buffer/lua plugin, so ``#DW`` jobs work before the real plugin is installed."""
-    return BurstBufferSetup(lua_source=_PLACEHOLDER_LUA, conf_text=_DEFAULT_BB_CONF)
+def placeholder_burst_buffer(pool_capacity: int | None = None) -> BurstBufferSetup:
+    """A do-nothing burst_buffer/lua plugin, so ``#DW`` jobs work before the real plugin is installed.
+
+    With ``pool_capacity`` it offers one pool, ``testpool``: jobs that ask for ``capacity=N pool=testpool``
+    then start right after stage-in instead of waiting for the next scheduler pass (tests use that).
+    """
+    pools = _NO_POOLS_LUA
+    if pool_capacity is not None:
+        listing = f'{{"pools":[{{"id":"testpool","quantity":{int(pool_capacity)},"granularity":1}}]}}'
+        pools = f"function slurm_bb_pools() return slurm.SUCCESS, '{listing}' end\n"
+    return BurstBufferSetup(lua_source=_PLACEHOLDER_LUA + pools, conf_text=_DEFAULT_BB_CONF)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.slurm.commands import SlurmCommands
 from slurmlink.slurm.gateway.activity import CallbackActivity
 from slurmlink.slurm.gateway.config import GatewayConfig
-from slurmlink.slurm.gateway.informer import Informer
+from slurmlink.slurm.gateway.informer import Informer, sync_problem
 from slurmlink.slurm.gateway.operations import BurstBufferOps, GatewayError
 from slurmlink.slurm.gateway.server import QUICK_OPERATIONS, GatewayServer, Operation
 from slurmlink.slurm.gateway.sweeper import OrphanSweeper
@@ -58,12 +58,7 @@ class Gateway:
         }
 
     async def health(self) -> str | None:
-        for informer in (self.workflows, self.rules):
-            if not informer.synced.is_set():
-                return f"not synced with the slurmlink API yet ({informer.last_error or 'connecting'})"
-            if informer.unreachable_since is not None:
-                return f"slurmlink API unreachable: {informer.last_error}"
-        return None
+        return sync_problem(self.workflows, self.rules)
 
     async def start(self) -> None:
         self.workflows.start()

@@ -26,7 +26,7 @@ from slurmlink.resources.dws.directiverule import DW_DIRECTIVE_RULE
 from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.slurm.commands import SlurmCommands
 from slurmlink.slurm.gateway.config import GatewayConfig
-from slurmlink.slurm.gateway.informer import Informer
+from slurmlink.slurm.gateway.informer import Informer, sync_problem
 from slurmlink.slurm.gateway.operations import BurstBufferOps, Fields
 from slurmlink.slurm.gateway.server import QUICK_OPERATIONS, GatewayServer, Operation
 from slurmlink.slurm.gateway.worker_link import WorkerLink
@@ -97,12 +97,7 @@ class FrontGateway:
             log.warning("creating the workflow of job %s at submission failed: %s", fields.get("job_id"), exc)
 
     async def health(self) -> str | None:
-        for informer in (self.workflows, self.rules):
-            if not informer.synced.is_set():
-                return f"not synced with the slurmlink API yet ({informer.last_error or 'connecting'})"
-            if informer.unreachable_since is not None:
-                return f"slurmlink API unreachable: {informer.last_error}"
-        return await self.link.healthy()
+        return sync_problem(self.workflows, self.rules) or await self.link.healthy()
 
     async def start(self) -> None:
         self.workflows.start()

@@ -148,6 +148,16 @@ class Informer:
                 await asyncio.wait_for(event.wait(), wait)
 
 
+def sync_problem(*informers: Informer) -> str | None:
+    """None when every informer has listed and its watch is live, else why not (for health checks)."""
+    for informer in informers:
+        if not informer.synced.is_set():
+            return f"not synced with the slurmlink API yet ({informer.last_error or 'connecting'})"
+        if informer.unreachable_since is not None:
+            return f"slurmlink API unreachable: {informer.last_error}"
+    return None
+
+
 def _rv(obj: Obj) -> int:
     try:
         return int(obj["metadata"].get("resourceVersion") or 0)
