@@ -225,3 +225,27 @@ def test_stopping_the_front_stops_the_worker(gateway: Gateway) -> None:
     wait_for(lambda: not _alive(worker), timeout=15, message="the worker to exit")
     assert not gateway.socket.exists()
     assert "gateway worker stopped" in gateway.log.read_text()
+
+
+def test_the_worker_exits_when_the_front_is_killed(gateway: Gateway) -> None:
+    worker = gateway.worker_pid()
+    gateway.proc.kill()  # no chance to stop the worker: its stdin pipe closes with the front
+    gateway.proc.wait(10)
+    wait_for(lambda: not _alive(worker), timeout=15, message="the worker to notice the front is gone")
+    assert "gateway worker stopped" in gateway.log.read_text()
+
+
+def test_a_socket_path_too_long_for_the_worker_is_refused_up_front(tmp_path: Path) -> None:
+    socket = tmp_path / ("s" * max(1, 104 - len(os.fsencode(tmp_path))))  # fits; "<socket>.worker" does not
+    assert len(os.fsencode(socket)) <= 107 < len(os.fsencode(socket)) + len(".worker")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "slurmlink.cli.main", "slurm", "gateway", "--kubeconfig", str(kubeconfig),
+         "--namespace", "slurm", "--socket", str(socket)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "worker socket" in result.stderr and "choose a shorter --socket path" in result.stderr, (
+        result.stderr
+    )

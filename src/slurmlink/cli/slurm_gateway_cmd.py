@@ -238,10 +238,14 @@ def gateway(
             return
         from slurmlink.slurm.gateway.front import worker_socket_path
 
+        try:
+            worker_socket = worker_socket_path(config.socket_path)
+        except ValueError as exc:
+            raise CliError(f"error: {exc}") from exc
         worker_argv = [
             sys.executable, "-m", "slurmlink.cli.main", "slurm", "gateway", "--worker",
             "--kubeconfig", str(kubeconfig),
-            "--socket", str(worker_socket_path(config.socket_path)),
+            "--socket", str(worker_socket),
             "--namespace", namespace,
             "--slurm-conf", str(slurm_conf),
             "--transient-grace", repr(transient_grace),

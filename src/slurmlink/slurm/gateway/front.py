@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,9 +40,19 @@ FORWARDED = ("setup", "data_in", "pre_run", "post_run", "data_out", "teardown")
 _RESTART_DELAY = (0.5, 10.0)
 
 
+#: sun_path holds 108 bytes including the terminating NUL.
+_MAX_SOCKET_PATH = 107
+
+
 def worker_socket_path(socket_path: Path) -> Path:
-    """The worker's internal socket, next to the Lua's."""
-    return socket_path.with_name(socket_path.name + ".worker")
+    """The worker's internal socket, next to the Lua's; ValueError if that path is too long for AF_UNIX."""
+    path = socket_path.with_name(socket_path.name + ".worker")
+    if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+        raise ValueError(
+            f"the gateway's worker socket {path} would be longer than {_MAX_SOCKET_PATH} bytes; "
+            "choose a shorter --socket path"
+        )
+    return path
 
 
 class FrontGateway:
