@@ -8,6 +8,7 @@ using the seeds' exact ``kubectl patch --type=json`` commands.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -231,21 +232,20 @@ def bb(kubectl_132: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "debug",
     ]
     system = BurstBufferSystem(cluster, server, kubectl_132, socket_path, args, work / "gateway.log")
-    try:
+    with contextlib.ExitStack() as cleanup:  # every step runs even if an earlier one fails
+        if os.environ.get("SLURMLINK_KEEP_DEV_CLUSTER"):
+            cleanup.callback(print, f"gateway log: {system.gateway_log}", file=sys.stderr)
+        else:
+            cleanup.callback(shutil.rmtree, work, ignore_errors=True)
+        cleanup.callback(server.stop)
+        cleanup.callback(teardown_cluster, cluster)
+        cleanup.callback(system.stop_gateway)
         cluster.state_dir.joinpath("run").mkdir(parents=True, exist_ok=True)
         system.start_gateway()
         lua = plugin.render_burst_buffer_lua(socket_path, connect_retry=2)
         system.burst_buffer = BurstBufferSetup(lua, plugin.burst_buffer_conf_text())
         cluster.up(system.burst_buffer, wait_timeout=120)
         yield system
-    finally:
-        system.stop_gateway()
-        teardown_cluster(cluster)
-        server.stop()
-        if os.environ.get("SLURMLINK_KEEP_DEV_CLUSTER"):
-            print(f"gateway log: {system.gateway_log}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 SEED_TEST_JOB = """#!/bin/sh
