@@ -166,6 +166,23 @@ def test_submissions_and_job_starts_are_answered_while_the_worker_is_frozen(
     assert _workflow(server, 501) is None
 
 
+def test_slurm_23_submissions_get_their_workflow_from_the_worker(
+    gateway: Gateway, server: ServerProcess
+) -> None:
+    """Slurm 23.02+ passes uid/gid to job_process: the front answers, the worker creates the Workflow."""
+    script = gateway.write_script(505, "DataIn action=complete")
+    assert gateway.call("job_process", timeout=5, job_id="505", script=script, **_ids()) == (200, "")
+    workflow = wait_for(
+        lambda: _workflow(server, 505), timeout=20, interval=0.1, message="bb505 to be created"
+    )
+    assert workflow["spec"]["userID"] == os.getuid()
+    assert workflow["spec"]["dwDirectives"] == ["#DW DataIn action=complete"]
+    assert gateway.call("setup", job_id="505", script=script, **_ids()) == (200, "")  # adopts it
+    assert _workflow(server, 505)["metadata"]["uid"] == workflow["metadata"]["uid"]  # type: ignore[index]
+    assert gateway.call("teardown", job_id="505", hurry="true") == (200, "")
+    assert _workflow(server, 505) is None
+
+
 def test_a_caller_hanging_up_stops_the_operation_in_the_worker(
     gateway: Gateway, server: ServerProcess
 ) -> None:
