@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 #: Callbacks the worker runs: they change Workflows and wait for drivers.
 FORWARDED = ("setup", "data_in", "pre_run", "post_run", "data_out", "teardown")
-#: How long the front waits for a restarted worker before trying again, and at most between restarts.
+#: Delay before restarting a worker that died: the first one, and the cap it doubles up to.
 _RESTART_DELAY = (0.5, 10.0)
 
 
@@ -133,7 +133,6 @@ class WorkerProcess:
     def __init__(self, argv: Sequence[str]) -> None:
         self.argv = list(argv)
         self.proc: asyncio.subprocess.Process | None = None
-        self.restarts = 0
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
@@ -160,7 +159,6 @@ class WorkerProcess:
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RESTART_DELAY[1])
-            self.restarts += 1
             await self._spawn()
 
     async def stop(self, timeout: float = 10.0) -> None:
