@@ -773,6 +773,30 @@ def test_paths_skip_env_keys_ending_in_a_newline() -> None:
     run(body)
 
 
+def test_paths_waits_for_the_cache_to_show_data_in_completed() -> None:
+    """A cache one watch event behind must not drop the env set by the update that completes DataIn."""
+
+    async def body(h: GatewayHarness) -> None:
+        await setup_job(h, 41, job_script("#DW DataIn action=wait"))
+        data_in = asyncio.create_task(h.call("data_in", job_id="41"))
+        await h.status_is("bb41", "DataIn", "DriverWait")
+        await h.cached("bb41", lambda o: (o.get("status") or {}).get("status") == "DriverWait")
+        paths = asyncio.create_task(h.call("paths", job_id="41"))
+        # Bounded look for a wrong early answer, not a synchronisation stand-in: a correct gateway cannot
+        # answer before the release below, so nothing here waits for it to happen.
+        await asyncio.wait({paths}, timeout=0.3)
+        assert not paths.done()
+        h.merge_patch("bb41", {"status": {"env": {"SCRATCH": "/bb/41"}}})
+        h.json_patch("bb41", RELEASE)
+        assert await asyncio.wait_for(data_in, 10) == (200, "")
+        assert await asyncio.wait_for(paths, 10) == (
+            200,
+            "DW_WORKFLOW_NAME=bb41\nDW_WORKFLOW_NAMESPACE=slurm\nSCRATCH=/bb/41\n",
+        )
+
+    run(body)
+
+
 def test_job_ids_with_a_trailing_newline_are_rejected() -> None:
     async def body(h: GatewayHarness) -> None:
         await setup_job(h, 39, ALL_COMPLETE)

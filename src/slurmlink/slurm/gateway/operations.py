@@ -43,6 +43,8 @@ _DIGITS = re.compile(r"^[0-9]+\Z")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 #: How long job_process (which runs inside slurmctld) may wait for the first rules list.
 _RULES_SYNC_WAIT = 2.0
+#: How long paths (also inside slurmctld) may wait for its cache to show DataIn completed.
+_PATHS_CATCH_UP = 1.0
 
 
 class GatewayError(Exception):
@@ -429,7 +431,7 @@ class BurstBufferOps:
         """Environment for the job: the Workflow's name and namespace plus its ``status.env``."""
         name = workflow_name(_job_id(fields))
         env = {"DW_WORKFLOW_NAME": name, "DW_WORKFLOW_NAMESPACE": self.config.namespace}
-        obj = self.workflows.cache.get(name)
+        obj = await self._staged_in(name)
         for key, value in ((obj or {}).get("status") or {}).get("env", {}).items():
             text = str(value)
             if not _ENV_KEY.match(str(key)) or "\n" in text or "\0" in text:
@@ -437,6 +439,31 @@ class BurstBufferOps:
                 continue
             env[str(key)] = text
         return "".join(f"{key}={value}\n" for key, value in env.items())
+
+    async def _staged_in(self, name: str) -> Obj | None:
+        """The cached Workflow once it shows DataIn completed, as Slurm calls paths only after data_in.
+
+        This cache may trail the one that saw DataIn complete (the front's watch against the worker's) by
+        a watch event, and the event completing DataIn may be the one that sets ``status.env``; a short
+        bounded wait keeps that variable from being lost, without holding slurmctld for long.
+        """
+
+        def staged_in(obj: Obj | None) -> Obj | None:
+            if obj is None:
+                return None
+            status = obj.get("status") or {}
+            state = status.get("state", "")
+            if state not in states.STATES or states.index(state) > states.index("DataIn"):
+                return obj
+            return obj if state == "DataIn" and status.get("status") == "Completed" else None
+
+        obj = self.workflows.cache.get(name)
+        if obj is None or staged_in(obj) is not None:
+            return obj
+        try:
+            return await self.workflows.wait_for(name, staged_in, timeout=_PATHS_CATCH_UP)
+        except WaitTimeout:
+            return self.workflows.cache.get(name)
 
     async def teardown(self, fields: Fields) -> str:
         job_id = _job_id(fields)
