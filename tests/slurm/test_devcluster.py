@@ -129,6 +129,23 @@ def test_up_again_is_idempotent_and_fast(
 
 
 @pytest.mark.slurm
+def test_a_daemon_rewriting_its_pid_file_is_not_taken_for_dead(dev_cluster: DevCluster) -> None:
+    munged = dev_cluster._daemon("munged")
+    saved = munged.pid_file.read_text()
+    try:
+        munged.pid_file.write_text("")  # munged truncates its pid file, then writes it, at start-up
+        dev_cluster._died_check(munged)()  # no "munged exited during startup"
+    finally:
+        munged.pid_file.write_text(saved)
+    stranger = DevCluster(dev_cluster.state_dir, dev_cluster.ctld_port, dev_cluster.slurmd_port)
+    munged.pid_file.write_text("")
+    try:  # a DevCluster that did not start munged only has the pid file to go by
+        with pytest.raises(DevClusterError, match="munged exited during startup"):
+            stranger._died_check(munged)()
+    finally:
+        munged.pid_file.write_text(saved)
+
+
 def test_plain_job_completes_and_writes_hostname(dev_cluster: DevCluster) -> None:
     out = dev_cluster.jobs_dir / "plain-%j.out"
     job_id = _sbatch_as_job_user(dev_cluster, "-o", str(out), "--wrap", "hostname")

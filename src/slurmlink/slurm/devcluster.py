@@ -403,6 +403,8 @@ class DevCluster:
         self.job_uid = job_uid
         self.cluster_name = cluster_name.lower()
         self.log: LogFn = log or _stderr_log
+        #: Pids this object started, by daemon name: alive even while the daemon rewrites its pid file.
+        self._spawned: dict[str, int] = {}
 
     @classmethod
     def from_state_dir(
@@ -771,11 +773,19 @@ class DevCluster:
         pid = spawn_detached(daemon.argv, daemon.log_file, env=env, cwd=self.state_dir)
         # Written right away so "down" can find it even if the daemon dies before writing its own.
         daemon.pid_file.write_text(f"{pid}\n")
+        self._spawned[daemon.name] = pid
         return pid
 
     def _died_check(self, daemon: _Daemon) -> Callable[[], None]:
+        def alive() -> bool:
+            if self._pid(daemon) is not None:
+                return True
+            # munged truncates and rewrites the pid file at start-up: between the two it reads empty.
+            spawned = self._spawned.get(daemon.name)
+            return spawned is not None and _process_alive(spawned) and daemon.matches(_cmdline(spawned))
+
         def check() -> None:
-            if self._pid(daemon) is None:
+            if not alive():
                 raise DevClusterError(f"{daemon.name} exited during startup:\n{self._log_tail(daemon)}")
 
         return check
