@@ -43,6 +43,7 @@ from slurmlink.slurm.commands import CommandResult, JobStatus, SlurmCommands
 from slurmlink.slurm.gateway import Gateway, GatewayConfig
 from slurmlink.store.hub import WatchHub
 from slurmlink.store.sql import SqlStore
+from support.waiting import eventually
 
 Obj = dict[str, Any]
 T = TypeVar("T")
@@ -192,19 +193,6 @@ class SwitchableClient:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
-
-
-async def eventually(predicate: Callable[[], T | None], what: str, timeout: float = 10.0) -> T:
-    """Poll ``predicate`` until it is truthy and return it; fail with the last value after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {value!r}")
-        await asyncio.sleep(0.01)
 
 
 async def http_request(

@@ -32,6 +32,7 @@ from slurmlink.resources.service import ResourceService
 from slurmlink.server import bootstrap
 from slurmlink.store.hub import WatchHub
 from slurmlink.store.sql import SqlStore
+from support.waiting import eventually
 
 Obj = dict[str, Any]
 T = TypeVar("T")
@@ -301,16 +302,7 @@ class Cluster:
     # ---- waiting ----
 
     async def eventually(self, predicate: Callable[[], T], what: str, timeout: float = 15.0) -> T:
-        """Poll ``predicate`` until truthy; fail with the last value after ``timeout`` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if loop.time() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {value!r}")
-            await asyncio.sleep(0.01)
+        return await eventually(predicate, what, timeout)
 
     async def status_is(
         self, name: str, state: str, status: str, *, ready: bool | None = None, message: str | None = None
