@@ -14,6 +14,7 @@ import uvicorn
 from slurmlink.api.app import build_app
 from slurmlink.api.security import Authenticator
 from slurmlink.api.tls import PeerCertProtocol, server_ssl_context
+from slurmlink.apiserver.service import ResourceService
 from slurmlink.auth import roles
 from slurmlink.auth.kubeconfig import build_kubeconfig, load_kubeconfig, write_kubeconfig
 from slurmlink.auth.pki import CertificateAuthority, ensure_server_credentials
@@ -29,7 +30,6 @@ from slurmlink.resources.catalog import default_registry
 from slurmlink.resources.core import NAMESPACE
 from slurmlink.resources.dws import directives
 from slurmlink.resources.dws.directiverule import DW_DIRECTIVE_RULE
-from slurmlink.resources.service import ResourceService
 from slurmlink.store.hub import WatchHub
 from slurmlink.store.sql import SqlStore
 

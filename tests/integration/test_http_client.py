@@ -31,7 +31,7 @@ from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.resources.errors import ApiError
 from slurmlink.resources.kind import Kind, Obj
 from slurmlink.resources.patching import JSON_PATCH, MERGE
-from slurmlink.resources.service import WatchEvent
+from slurmlink.resources.watch import WatchEvent
 from support.postgres import free_port
 from support.server import ServerProcess
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from slurmlink.apiserver.service import ResourceService
 from slurmlink.auth.roles import SYSTEM
 from slurmlink.client.base import Client
 from slurmlink.client.http import UnreachableError
@@ -37,7 +38,7 @@ from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.resources.errors import ApiError
 from slurmlink.resources.kind import Kind
 from slurmlink.resources.patching import JSON_PATCH, MERGE
-from slurmlink.resources.service import ResourceService, WatchEvent
+from slurmlink.resources.watch import WatchEvent
 from slurmlink.server import bootstrap
 from slurmlink.slurm.commands import CommandResult, JobStatus, SlurmCommands
 from slurmlink.slurm.gateway import Gateway, GatewayConfig

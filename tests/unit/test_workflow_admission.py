@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from slurmlink.apiserver.service import ResourceService
 from slurmlink.auth.roles import SYSTEM
 from slurmlink.config import ServerConfig
 from slurmlink.resources.catalog import default_registry
@@ -23,7 +24,6 @@ from slurmlink.resources.dws.directiverule import DW_DIRECTIVE_RULE
 from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.resources.errors import ApiError
 from slurmlink.resources.patching import JSON_PATCH, MERGE
-from slurmlink.resources.service import ResourceService
 from slurmlink.server import bootstrap
 from slurmlink.store.sql import SqlStore
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from slurmlink.apiserver.service import ResourceService
 from slurmlink.auth.roles import SYSTEM
 from slurmlink.client.inprocess import InProcessClient
 from slurmlink.config import ServerConfig
@@ -28,7 +29,6 @@ from slurmlink.resources.dws.computes import COMPUTES
 from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.resources.errors import ApiError
 from slurmlink.resources.patching import JSON_PATCH, MERGE
-from slurmlink.resources.service import ResourceService
 from slurmlink.server import bootstrap
 from slurmlink.store.hub import WatchHub
 from slurmlink.store.sql import SqlStore

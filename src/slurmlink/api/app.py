@@ -15,8 +15,8 @@ from starlette.routing import Route
 from slurmlink.api import discovery, metrics
 from slurmlink.api.endpoints import ResourceEndpoints, _json, error_response
 from slurmlink.api.security import Authenticator
+from slurmlink.apiserver.service import ResourceService
 from slurmlink.resources import errors
-from slurmlink.resources.service import ResourceService
 
 ReadyCheck = Callable[[], Awaitable[bool]]
 

@@ -14,10 +14,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from slurmlink import jsonutil
 from slurmlink.api import metrics, tables
 from slurmlink.api.security import Authenticator, authorize
+from slurmlink.apiserver.service import ResourceService
 from slurmlink.auth.identity import Identity
 from slurmlink.resources import errors, patching
 from slurmlink.resources.kind import Kind, Obj
-from slurmlink.resources.service import ResourceService, WatchEvent
+from slurmlink.resources.watch import WatchEvent
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from slurmlink.resources.kind import Kind, Obj
 from slurmlink.resources.patching import MERGE
-from slurmlink.resources.service import WatchEvent
+from slurmlink.resources.watch import WatchEvent
 
 
 class Client(Protocol):

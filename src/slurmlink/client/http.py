@@ -23,7 +23,7 @@ import ssl
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -33,10 +33,7 @@ from slurmlink.auth.kubeconfig import KubeconfigCredentials, load_kubeconfig
 from slurmlink.resources.errors import ApiError
 from slurmlink.resources.kind import Kind, Obj
 from slurmlink.resources.patching import MERGE
-
-if TYPE_CHECKING:
-    # Imported lazily at run time: it pulls in the store (SQLAlchemy), which CLI reads don't need.
-    from slurmlink.resources.service import WatchEvent
+from slurmlink.resources.watch import WatchEvent
 
 #: Seconds to establish a connection (TCP and TLS handshake).
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -327,8 +324,6 @@ class HttpClient:
         return self._events(response)
 
     async def _events(self, response: httpx.Response) -> AsyncIterator[WatchEvent]:
-        from slurmlink.resources.service import WatchEvent
-
         try:
             async for line in response.aiter_lines():
                 if not line.strip():

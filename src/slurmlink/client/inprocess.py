@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
+from slurmlink.apiserver.service import ResourceService
 from slurmlink.auth.identity import Identity
 from slurmlink.auth.roles import SYSTEM
 from slurmlink.resources.kind import Kind, Obj
 from slurmlink.resources.patching import MERGE
-from slurmlink.resources.service import ResourceService, WatchEvent
+from slurmlink.resources.watch import WatchEvent
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ from slurmlink.api import metrics
 from slurmlink.client.base import Client
 from slurmlink.resources import errors
 from slurmlink.resources.kind import Kind, Obj
-from slurmlink.resources.service import WatchEvent
+from slurmlink.resources.watch import WatchEvent
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from slurmlink.auth.identity import Identity
 
 if TYPE_CHECKING:
-    from slurmlink.resources.service import ResourceService
+    from slurmlink.apiserver.service import ResourceService
 
 
 @dataclass

@@ -15,7 +15,6 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -28,6 +27,7 @@ from slurmlink.resources.kind import Kind, Obj
 from slurmlink.resources.meta import meta, now_rfc3339, revision_of, same_except_revision
 from slurmlink.resources.patching import apply_patch
 from slurmlink.resources.registry import Registry
+from slurmlink.resources.watch import WatchEvent
 from slurmlink.store import errors as store_errors
 from slurmlink.store.events import Event
 from slurmlink.store.hub import Subscription, WatchHub
@@ -40,14 +40,6 @@ NAMESPACE_KEY = "core/namespaces"
 #: concurrent writer wins the compare-and-swap. The API server retries such writes until they apply
 #: (GuaranteedUpdate); only a caller-given precondition turns a conflict into 409.
 _CONFLICT_RETRY_SECONDS = 30.0
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    """An event converted to the watcher's version."""
-
-    type: str
-    object: Obj
 
 
 class ResourceService:

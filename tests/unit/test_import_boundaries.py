@@ -1,0 +1,80 @@
+"""Clients, the gateway and the CLI's client-side commands load without the object store.
+
+They run on hosts that only talk to the API (the slurmctld host, a user's login node), and start-up
+time matters there; SQLAlchemy is the store's dependency alone. Each check runs in a fresh
+interpreter with a finder that refuses ``sqlalchemy``, so an import anywhere in the chain fails.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+_BLOCK = textwrap.dedent(
+    """
+    import sys
+
+    class _Refuse:
+        def find_spec(self, name, path=None, target=None):
+            if name == "sqlalchemy" or name.startswith("sqlalchemy."):
+                raise ImportError(f"{name} imported by client-side code")
+            return None
+
+    sys.meta_path.insert(0, _Refuse())
+    """
+)
+
+CLIENT_SIDE_MODULES = [
+    "slurmlink.resources.kind",
+    "slurmlink.resources.errors",
+    "slurmlink.resources.watch",
+    "slurmlink.resources.catalog",
+    "slurmlink.client.base",
+    "slurmlink.client.http",
+    "slurmlink.controllers.runtime",
+    "slurmlink.controllers.workflow",
+    "slurmlink.controllers.testdriver",
+    "slurmlink.slurm.gateway",
+    "slurmlink.slurm.gateway.front",
+    "slurmlink.slurm.gateway.operations",
+    "slurmlink.slurm.gateway.sweeper",
+    "slurmlink.cli.main",
+    "slurmlink.cli.resources_cmd",
+    "slurmlink.cli.controller_cmd",
+    "slurmlink.cli.slurm_gateway_cmd",
+    "slurmlink.cli.kubeconfig_cmd",
+]
+
+
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _BLOCK + code], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.parametrize("module", CLIENT_SIDE_MODULES)
+def test_module_imports_without_sqlalchemy(module: str) -> None:
+    result = _run(f"import {module}\nassert 'sqlalchemy' not in sys.modules\n")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("command", [["get", "--help"], ["describe", "--help"], ["watch", "--help"]])
+def test_cli_client_commands_run_without_sqlalchemy(command: list[str]) -> None:
+    """The human views parse their options and print help with the store unimportable."""
+    result = _run(
+        "import sys\nfrom slurmlink.cli.main import main\n"
+        f"sys.argv = ['slurmlink', *{command!r}]\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code in (0, None), exc.code\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+
+
+def test_the_block_works() -> None:
+    """The guard itself: a server-side module does need the store, and is refused."""
+    result = _run("import slurmlink.apiserver.service\n")
+    assert result.returncode != 0
+    assert "sqlalchemy imported by client-side code" in result.stderr
