@@ -150,6 +150,11 @@ def build_app(
         Route("/openapi/v3", not_found),
         Route("/api", api),
         Route("/api/v1", api_v1),
+        # Namespaced core kinds first; ``/api/v1/namespaces/{name}/status`` lands here too and is
+        # told apart by the handler (no core kind is called "status").
+        Route("/api/v1/namespaces/{namespace}/{plural}", h, methods=ALL_METHODS),
+        Route("/api/v1/namespaces/{namespace}/{plural}/{name}", h, methods=ALL_METHODS),
+        Route("/api/v1/namespaces/{namespace}/{plural}/{name}/{subresource}", h, methods=ALL_METHODS),
         Route("/api/v1/{plural}", h, methods=ALL_METHODS),
         Route("/api/v1/{plural}/{name}", h, methods=ALL_METHODS),
         Route("/api/v1/{plural}/{name}/{subresource}", h, methods=ALL_METHODS),

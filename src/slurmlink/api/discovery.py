@@ -52,8 +52,13 @@ def api_versions() -> dict[str, Any]:
 
 
 def core_resources(registry: Registry) -> dict[str, Any]:
-    kinds = [k for k in registry.kinds() if not k.group]
-    return {"kind": "APIResourceList", "groupVersion": "v1", "resources": [resource_entry(k) for k in kinds]}
+    resources: list[dict[str, Any]] = []
+    for kind in registry.kinds():
+        if not kind.group:
+            resources.append(resource_entry(kind))
+            if kind.strategy.serves_status:
+                resources.append(status_entry(kind))
+    return {"kind": "APIResourceList", "groupVersion": "v1", "resources": resources}
 
 
 def group_document(registry: Registry, group: str) -> dict[str, Any]:
@@ -83,7 +88,8 @@ def version_resources(registry: Registry, group: str, version: str) -> dict[str,
     resources: list[dict[str, Any]] = []
     for kind in kinds:
         resources.append(resource_entry(kind))
-        resources.append(status_entry(kind))
+        if kind.strategy.serves_status:
+            resources.append(status_entry(kind))
     return {
         "kind": "APIResourceList",
         "apiVersion": "v1",

@@ -16,7 +16,8 @@ from slurmlink.api import metrics, tables
 from slurmlink.api.security import Authenticator, authorize
 from slurmlink.apiserver.service import ResourceService
 from slurmlink.auth.identity import Identity
-from slurmlink.resources import errors, patching
+from slurmlink.resources import errors, patching, pruning
+from slurmlink.resources.access import OwnerScope
 from slurmlink.resources.kind import Kind, Obj
 from slurmlink.resources.watch import WatchEvent
 
@@ -26,12 +27,18 @@ log = logging.getLogger(__name__)
 _TRUE = ("1", "true", "True")
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(
-        jsonutil.dumps(body),
-        status_code=status,
-        media_type="application/json",
-    )
+def _json(body: Any, status: int = 200, warnings: list[str] | None = None) -> Response:
+    """A JSON response; ``warnings`` become ``Warning: 299`` headers (kubectl prints them)."""
+    response = Response(jsonutil.dumps(body), status_code=status, media_type="application/json")
+    for text in warnings or ():
+        response.headers.append("Warning", f'299 - "{_header_text(text)}"')
+    return response
+
+
+def _header_text(text: str) -> str:
+    """A warning's text as a quoted-string: escaped quotes and backslashes, printable ASCII only."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return "".join(ch if " " <= ch <= "~" else "?" for ch in escaped)
 
 
 def error_response(exc: errors.ApiError) -> Response:
@@ -53,6 +60,14 @@ class ResourceEndpoints:
 
     def _kind(self, request: Request) -> tuple[Kind, str]:
         p = request.path_params
+        if (
+            "group" not in p
+            and "namespace" in p
+            and "name" not in p
+            and p["plural"] in ("status", "finalize")
+        ):
+            # ``/api/v1/namespaces/{name}/status``: a namespace's subresource, not a namespaced kind.
+            p["name"], p["subresource"], p["plural"] = p.pop("namespace"), p["plural"], "namespaces"
         group = p.get("group", "")
         version = p.get("version", "v1")
         kind = self.service.registry.lookup(group, version, p["plural"])
@@ -86,7 +101,7 @@ class ResourceEndpoints:
         namespace = p.get("namespace")
         name = p.get("name")
         subresource = p.get("subresource")
-        if subresource not in (None, "status"):
+        if subresource is not None and not (subresource == "status" and kind.strategy.serves_status):
             raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
         if namespace is not None and not kind.namespaced:
             raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -95,45 +110,64 @@ class ResourceEndpoints:
         method = request.method
         query = request.query_params
         dry_run = _dry_run(query.getlist("dryRun")) if method in ("POST", "PUT", "PATCH", "DELETE") else False
+        validation = pruning.field_validation(query.get("fieldValidation"))
+        warnings: list[str] = []
         if name is None and namespace is None and kind.namespaced and method != "GET":
             # Across all namespaces a namespaced kind can only be listed and watched.
             raise errors.method_not_allowed(f"{method} is not supported on {kind.plural} across namespaces")
         if name is None:
             if method == "GET":
                 watch = query.get("watch") in _TRUE
-                authorize(identity, kind.group, kind.plural, "watch" if watch else "list", namespace, None)
+                scope = authorize(identity, kind, "watch" if watch else "list", namespace, None)
                 if watch:
-                    return await self._watch(request, kind, version, namespace)
-                return await self._list(request, kind, version, namespace)
+                    return await self._watch(request, kind, version, namespace, scope)
+                return await self._list(request, kind, version, namespace, scope)
             if method == "POST":
-                authorize(identity, kind.group, kind.plural, "create", namespace, None)
+                scope = authorize(identity, kind, "create", namespace, None)
                 body = await _body(request)
                 obj = await self._run(
-                    functools.partial(self.service.create, dry_run=dry_run),
+                    functools.partial(
+                        self.service.create,
+                        dry_run=dry_run,
+                        scope=scope,
+                        field_validation=validation,
+                        warnings=warnings,
+                    ),
                     kind,
                     version,
                     namespace,
                     body,
                     identity,
                 )
-                return _json(obj, 201)
+                return _json(obj, 201, warnings)
             if method == "DELETE":
-                authorize(identity, kind.group, kind.plural, "deletecollection", namespace, None)
-                return await self._delete_collection(request, kind, version, namespace, identity, dry_run)
+                scope = authorize(identity, kind, "deletecollection", namespace, None)
+                return await self._delete_collection(
+                    request, kind, version, namespace, identity, dry_run, scope
+                )
             raise errors.method_not_allowed(f"{method} is not supported on a collection")
         if method == "GET":
-            authorize(identity, kind.group, kind.plural, "get", namespace, name)
-            obj = await self._run(self.service.get, kind, version, namespace, name)
+            scope = authorize(identity, kind, "get", namespace, name)
+            obj = await self._run(
+                functools.partial(self.service.get, scope=scope), kind, version, namespace, name
+            )
             if tables.wants_table(request.headers.get("accept")):
                 return _json(
                     tables.table(kind, [obj], None, include_object=query.get("includeObject", "Metadata"))
                 )
             return _json(obj)
         if method == "PUT":
-            authorize(identity, kind.group, kind.plural, "update", namespace, name)
+            scope = authorize(identity, kind, "update", namespace, name)
             body = await _body(request)
             obj = await self._run(
-                functools.partial(self.service.replace, subresource=subresource, dry_run=dry_run),
+                functools.partial(
+                    self.service.replace,
+                    subresource=subresource,
+                    dry_run=dry_run,
+                    scope=scope,
+                    field_validation=validation,
+                    warnings=warnings,
+                ),
                 kind,
                 version,
                 namespace,
@@ -141,15 +175,22 @@ class ResourceEndpoints:
                 body,
                 identity,
             )
-            return _json(obj)
+            return _json(obj, 200, warnings)
         if method == "PATCH":
-            authorize(identity, kind.group, kind.plural, "patch", namespace, name)
+            scope = authorize(identity, kind, "patch", namespace, name)
             content_type = request.headers.get("content-type", "")
             if patching.media_type(content_type) not in patching.SUPPORTED:
                 raise errors.unsupported_media_type(content_type)
             body = _parse(await request.body())
             obj = await self._run(
-                functools.partial(self.service.patch, subresource=subresource, dry_run=dry_run),
+                functools.partial(
+                    self.service.patch,
+                    subresource=subresource,
+                    dry_run=dry_run,
+                    scope=scope,
+                    field_validation=validation,
+                    warnings=warnings,
+                ),
                 kind,
                 version,
                 namespace,
@@ -158,16 +199,16 @@ class ResourceEndpoints:
                 body,
                 identity,
             )
-            return _json(obj)
+            return _json(obj, 200, warnings)
         if method == "DELETE":
-            authorize(identity, kind.group, kind.plural, "delete", namespace, name)
+            scope = authorize(identity, kind, "delete", namespace, name)
             raw = await request.body()
             options = _parse(raw) if raw.strip() else None
             if options is not None and not isinstance(options, dict):
                 raise errors.bad_request("the body of a DELETE must be a DeleteOptions object")
             dry_run = dry_run or _dry_run((options or {}).get("dryRun") or [])
             obj, _gone = await self._run(
-                functools.partial(self.service.delete, dry_run=dry_run),
+                functools.partial(self.service.delete, dry_run=dry_run, scope=scope),
                 kind,
                 version,
                 namespace,
@@ -178,7 +219,9 @@ class ResourceEndpoints:
             return _json(obj)
         raise errors.method_not_allowed(f"{method} is not supported")
 
-    async def _list(self, request: Request, kind: Kind, version: str, namespace: str | None) -> Response:
+    async def _list(
+        self, request: Request, kind: Kind, version: str, namespace: str | None, scope: OwnerScope | None
+    ) -> Response:
         q = request.query_params
         if (
             namespace is not None
@@ -189,7 +232,12 @@ class ResourceEndpoints:
             revision = await self._run(self.service.store.current_revision)
         else:
             items, revision = await self._run(
-                self.service.list, kind, version, namespace, q.get("labelSelector"), q.get("fieldSelector")
+                functools.partial(self.service.list, scope=scope),
+                kind,
+                version,
+                namespace,
+                q.get("labelSelector"),
+                q.get("fieldSelector"),
             )
         if tables.wants_table(request.headers.get("accept")):
             return _json(
@@ -212,17 +260,23 @@ class ResourceEndpoints:
         namespace: str | None,
         identity: Identity,
         dry_run: bool,
+        scope: OwnerScope | None,
     ) -> Response:
         q = request.query_params
         items, revision = await self._run(
-            self.service.list, kind, version, namespace, q.get("labelSelector"), q.get("fieldSelector")
+            functools.partial(self.service.list, scope=scope),
+            kind,
+            version,
+            namespace,
+            q.get("labelSelector"),
+            q.get("fieldSelector"),
         )
         deleted = []
         for item in items:
             m = item["metadata"]
             try:
                 obj, _ = await self._run(
-                    functools.partial(self.service.delete, dry_run=dry_run),
+                    functools.partial(self.service.delete, dry_run=dry_run, scope=scope),
                     kind,
                     version,
                     m.get("namespace"),
@@ -242,7 +296,9 @@ class ResourceEndpoints:
             }
         )
 
-    async def _watch(self, request: Request, kind: Kind, version: str, namespace: str | None) -> Response:
+    async def _watch(
+        self, request: Request, kind: Kind, version: str, namespace: str | None, scope: OwnerScope | None
+    ) -> Response:
         q = request.query_params
         as_table = tables.wants_table(request.headers.get("accept"))
         include = q.get("includeObject", "Metadata")
@@ -263,6 +319,7 @@ class ResourceEndpoints:
                 q.get("fieldSelector"),
                 bookmark_interval=self.bookmark_interval if bookmarks else None,
                 timeout=timeout,
+                scope=scope,
             )
         except errors.ApiError as exc:
             if exc.code != 410:
@@ -324,6 +381,13 @@ def _parse(raw: bytes) -> Any:
 async def _body(request: Request) -> Any:
     raw = await request.body()
     content_type = request.headers.get("content-type", "")
+    if "protobuf" in content_type or "cbor" in content_type:
+        raise errors.ApiError(
+            415,
+            "UnsupportedMediaType",
+            f"the body of the request was in an unknown format ({content_type}) - accepted media types "
+            "include: application/json, application/yaml",
+        )
     if "yaml" in content_type and "apply-patch" not in content_type:
         import yaml
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from slurmlink.api.tls import PEER_IDENTITY
-from slurmlink.auth import roles
+from slurmlink.auth import roles, unix
 from slurmlink.auth.identity import Identity
 from slurmlink.auth.tokens import TokenStore
-from slurmlink.resources import errors
+from slurmlink.resources import access, errors
+from slurmlink.resources.access import OwnerScope
+from slurmlink.resources.kind import Kind
 
 #: The only paths served without credentials (health checks); see ``api.app``.
 ANONYMOUS_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
@@ -40,9 +42,30 @@ class Authenticator:
 
 
 def authorize(
-    identity: Identity, group: str, resource: str, verb: str, namespace: str | None, name: str | None
-) -> None:
-    if not roles.allowed(identity, group, resource, verb):
+    identity: Identity, kind: Kind, verb: str, namespace: str | None, name: str | None
+) -> OwnerScope | None:
+    """Refuse what the identity's roles do not grant on ``kind``; for a ``user``, the scope it acts in.
+
+    None means the verb reaches every object; an ``OwnerScope`` limits it to the user's own (and, for
+    reads, the kind's ``user_reads``).
+    """
+    reach = access.decide(kind.access, roles.roles_of(identity), verb)
+    if reach is None:
         raise errors.forbidden(
-            roles.forbidden_message(identity, group, resource, verb, namespace, name), group, resource, name
+            roles.forbidden_message(identity, kind.group, kind.plural, verb, namespace, name),
+            kind.group,
+            kind.plural,
+            name,
         )
+    if reach is access.Reach.ALL:
+        return None
+    try:
+        account = unix.account(identity.user)
+    except unix.NoSuchUser as exc:
+        raise errors.forbidden(
+            f"{roles.forbidden_message(identity, kind.group, kind.plural, verb, namespace, name)}: {exc}",
+            kind.group,
+            kind.plural,
+            name,
+        ) from exc
+    return access.OwnerScope(account, kind.access)

@@ -25,7 +25,7 @@ def _lookup(obj: Any, path: str) -> Any:
 
 
 def _cell(column: PrinterColumn, obj: Obj, now: dt.datetime) -> Any:
-    value = _lookup(obj, column.json_path)
+    value = column.value(obj) if column.value is not None else _lookup(obj, column.json_path)
     if value is None:
         return None
     if column.type == "date":

@@ -15,13 +15,16 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
 
 from slurmlink import jsonutil
+from slurmlink.auth import roles
 from slurmlink.auth.identity import Identity
-from slurmlink.resources import errors, selectors
+from slurmlink.resources import errors, pruning, selectors
+from slurmlink.resources.access import OwnerScope, keep_owner
 from slurmlink.resources.admission import AdmissionContext
 from slurmlink.resources.kind import Kind, Obj
 from slurmlink.resources.meta import meta, now_rfc3339, revision_of, same_except_revision
@@ -107,8 +110,13 @@ class ResourceService:
             raise errors.not_found(kind.group, kind.plural, name)
         return obj
 
-    def get(self, kind: Kind, version: str, namespace: str | None, name: str) -> Obj:
-        return self.to_version(kind, self.get_storage(kind, namespace, name), version)
+    def get(
+        self, kind: Kind, version: str, namespace: str | None, name: str, *, scope: OwnerScope | None = None
+    ) -> Obj:
+        obj = self.get_storage(kind, namespace, name)
+        if scope is not None and not scope.may_read(obj):
+            raise _denied(scope, kind, "get", namespace, name)
+        return self.to_version(kind, obj, version)
 
     def list(
         self,
@@ -117,11 +125,17 @@ class ResourceService:
         namespace: str | None,
         label_selector: str | None = None,
         field_selector: str | None = None,
+        *,
+        scope: OwnerScope | None = None,
     ) -> tuple[list[Obj], int]:
         match_labels = selectors.parse_label_selector(label_selector)
-        match_fields = selectors.parse_field_selector(field_selector)
+        match_fields = selectors.parse_field_selector(field_selector, kind.strategy.field_labels)
         items, revision = _call(self.store.list, kind.key, self._ns(kind, namespace) if namespace else None)
-        out = [self.to_version(kind, o, version) for o in items if match_labels(o) and match_fields(o)]
+        out = [
+            self.to_version(kind, o, version)
+            for o in items
+            if match_labels(o) and match_fields(o) and (scope is None or scope.may_read(o))
+        ]
         return out, revision
 
     # ---- create ------------------------------------------------------------------------------
@@ -135,8 +149,16 @@ class ResourceService:
         identity: Identity | None,
         *,
         dry_run: bool = False,
+        scope: OwnerScope | None = None,
+        field_validation: str = "Ignore",
+        warnings: builtins.list[str] | None = None,
     ) -> Obj:
-        """POST. With ``dry_run`` everything is checked (admission included) but nothing is stored."""
+        """POST. With ``dry_run`` everything is checked (admission included) but nothing is stored.
+
+        ``scope`` (a ``user``-role caller) stamps the caller as the owner. Unknown fields are pruned;
+        ``field_validation`` says whether that is an error (Strict), a warning added to ``warnings``
+        (Warn) or silent (Ignore).
+        """
         if not isinstance(body, dict):
             raise errors.bad_request("the body of the request must be a JSON object")
         api_version = kind.api_version(version)
@@ -162,7 +184,7 @@ class ResourceService:
                 "",
                 [errors.Cause("metadata.name", "Required value", "FieldValueRequired")],
             )
-        name_causes = _name_causes(kind, name)
+        name_causes = kind.strategy.validate_name(name)
         if name_causes:
             raise errors.invalid(kind.group, kind.kind, name, name_causes)
         ns = self._ns(kind, namespace)
@@ -182,6 +204,9 @@ class ResourceService:
         m["generation"] = 1
         obj = self._to_storage(kind, obj, version, None)
         strategy = kind.strategy
+        _prune(kind, version, obj, field_validation, warnings)
+        if scope is not None:
+            scope.stamp(obj)
         ctx = self._ctx(identity)
         strategy.default(obj)
         strategy.mutate_create(obj, ctx)
@@ -212,6 +237,9 @@ class ResourceService:
         *,
         subresource: str | None = None,
         dry_run: bool = False,
+        scope: OwnerScope | None = None,
+        field_validation: str = "Ignore",
+        warnings: builtins.list[str] | None = None,
     ) -> Obj:
         """PUT: full replacement, conditional on ``metadata.resourceVersion`` (required)."""
         if not isinstance(body, dict):
@@ -235,7 +263,16 @@ class ResourceService:
         def build(old_v: Obj) -> Obj:
             return jsonutil.clone(body)
 
-        return self._update(kind, version, namespace, name, build, identity, expected, subresource, dry_run)
+        return self._update(
+            kind,
+            version,
+            namespace,
+            name,
+            build,
+            identity,
+            expected,
+            _WriteOptions(subresource, dry_run, scope, field_validation, warnings),
+        )
 
     def patch(
         self,
@@ -249,6 +286,9 @@ class ResourceService:
         *,
         subresource: str | None = None,
         dry_run: bool = False,
+        scope: OwnerScope | None = None,
+        field_validation: str = "Ignore",
+        warnings: builtins.list[str] | None = None,
     ) -> Obj:
         """PATCH: applied to the latest object; retried internally on write conflicts."""
         precondition = revision_of(patch) if isinstance(patch, dict) else 0
@@ -257,7 +297,14 @@ class ResourceService:
             return apply_patch(old_v, content_type, patch)
 
         return self._update(
-            kind, version, namespace, name, build, identity, precondition or None, subresource, dry_run
+            kind,
+            version,
+            namespace,
+            name,
+            build,
+            identity,
+            precondition or None,
+            _WriteOptions(subresource, dry_run, scope, field_validation, warnings),
         )
 
     def update_storage(
@@ -278,14 +325,18 @@ class ResourceService:
         build: Callable[[Obj], Obj],
         identity: Identity | None,
         expected_revision: int | None,
-        subresource: str | None,
-        dry_run: bool = False,
+        options: _WriteOptions,
     ) -> Obj:
         ns = self._ns(kind, namespace)
+        subresource, scope = options.subresource, options.scope
         strategy = kind.strategy
+        if subresource is not None and not (subresource == "status" and strategy.serves_status):
+            raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
         deadline = time.monotonic() + _CONFLICT_RETRY_SECONDS
         while True:
             old = self.get_storage(kind, ns, name)
+            if scope is not None and not scope.may_write(old):
+                raise _denied(scope, kind, "update", namespace, name)
             old_rev = revision_of(old)
             if expected_revision and expected_revision != old_rev:
                 raise errors.conflict(kind.group, kind.plural, name)
@@ -293,7 +344,9 @@ class ResourceService:
             if not isinstance(new_v, dict):
                 raise errors.bad_request("the patched object must be a JSON object")
             new = self._to_storage(kind, new_v, version, old)
+            _prune(kind, version, new, options.field_validation, options.warnings)
             self._keep_system_metadata(new, old, kind, ns, name)
+            keep_owner(new, old, may_change=scope is None)
             if subresource == "status":
                 status = new.get("status")
                 new = jsonutil.clone(old)
@@ -307,6 +360,8 @@ class ResourceService:
                 else:
                     new.pop("status", None)
             strategy.default(new)
+            ctx = self._ctx(identity)
+            strategy.mutate_update(new, old, ctx)
             if same_except_revision(new, old):
                 return self.to_version(kind, old, version)
             if strategy.spec_changed(new, old):
@@ -314,8 +369,8 @@ class ResourceService:
             causes = _metadata_causes(new) + strategy.validate_schema(new)
             if causes:
                 raise errors.invalid(kind.group, kind.kind, name, causes)
-            strategy.validate_update(new, old, self._ctx(identity))
-            if dry_run:
+            strategy.validate_update(new, old, ctx)
+            if options.dry_run:
                 return self.to_version(kind, new, version)
             try:
                 if meta(new).get("deletionTimestamp") and not meta(new).get("finalizers"):
@@ -366,6 +421,7 @@ class ResourceService:
         options: Obj | None = None,
         *,
         dry_run: bool = False,
+        scope: OwnerScope | None = None,
     ) -> tuple[Obj, bool]:
         """Delete, or mark for deletion while finalizers remain. Returns (object, gone_now).
 
@@ -376,6 +432,9 @@ class ResourceService:
         deadline = time.monotonic() + _CONFLICT_RETRY_SECONDS
         while time.monotonic() < deadline:
             old = self.get_storage(kind, ns, name)
+            if scope is not None and not scope.may_write(old):
+                raise _denied(scope, kind, "delete", namespace, name)
+            kind.strategy.validate_delete(old, self._ctx(identity))
             m = meta(old)
             if pre.get("uid") and pre["uid"] != m.get("uid"):
                 raise errors.conflict(kind.group, kind.plural, name)
@@ -415,6 +474,7 @@ class ResourceService:
         *,
         bookmark_interval: float | None = None,
         timeout: float | None = None,
+        scope: OwnerScope | None = None,
     ) -> AsyncIterator[WatchEvent]:
         """Kubernetes watch semantics: rv ""/"0" starts with synthetic ADDED events.
 
@@ -426,21 +486,21 @@ class ResourceService:
             raise errors.internal("watch is not available in this process")
 
         match_labels = selectors.parse_label_selector(label_selector)
-        match_fields = selectors.parse_field_selector(field_selector)
+        match_fields = selectors.parse_field_selector(field_selector, kind.strategy.field_labels)
         ns = self._ns(kind, namespace) if namespace else None
+
+        def visible(obj: Obj) -> bool:
+            return match_labels(obj) and match_fields(obj) and (scope is None or scope.may_read(obj))
 
         def matches(event: Event) -> bool:
             return (
-                event.resource == kind.key
-                and (ns is None or event.namespace == ns)
-                and match_labels(event.object)
-                and match_fields(event.object)
+                event.resource == kind.key and (ns is None or event.namespace == ns) and visible(event.object)
             )
 
         initial: builtins.list[Obj] = []
         if resource_version in (None, "", "0"):
             items, after = await self.run(_call, self.store.list, kind.key, ns)
-            initial = [o for o in items if match_labels(o) and match_fields(o)]
+            initial = [o for o in items if visible(o)]
         else:
             try:
                 after = int(resource_version)
@@ -500,29 +560,42 @@ class ResourceService:
 
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 
 
-def _name_causes(kind: Kind, name: str) -> builtins.list[errors.Cause]:
-    """``metadata.name`` rules: a DNS label for namespaces, a DNS subdomain for everything else."""
-    if kind.key == NAMESPACE_KEY:
-        if len(name) <= 63 and _DNS_LABEL.match(name):
-            return []
-        text = (
-            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
-            "and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', "
-            "regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
-        )
-    else:
-        if len(name) <= 253 and _DNS_SUBDOMAIN.match(name):
-            return []
-        text = (
-            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or "
-            "'.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used "
-            "for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
-        )
-    return [errors.Cause("metadata.name", f"Invalid value: {json.dumps(name)}: {text}")]
+@dataclass(frozen=True)
+class _WriteOptions:
+    """What a PUT or PATCH asked for besides the object: subresource, dry run, owner scope, pruning."""
+
+    subresource: str | None = None
+    dry_run: bool = False
+    scope: OwnerScope | None = None
+    field_validation: str = "Ignore"
+    warnings: builtins.list[str] | None = None
+
+
+def _prune(
+    kind: Kind, version: str, obj: Obj, field_validation: str, warnings: builtins.list[str] | None
+) -> None:
+    """Drop unknown fields; Strict turns them into 400, Warn into warnings for the response."""
+    unknown = pruning.prune(obj, kind.strategy.structure)
+    if not unknown:
+        return
+    if field_validation == "Strict":
+        raise pruning.strict_error(kind.kind, version, unknown)
+    if field_validation == "Warn" and warnings is not None:
+        warnings.extend(f'unknown field "{path}"' for path in unknown)
+
+
+def _denied(scope: OwnerScope, kind: Kind, verb: str, namespace: str | None, name: str) -> errors.ApiError:
+    """Kubernetes' Forbidden for a user acting on an object that is not theirs."""
+    identity = Identity(scope.account.login)
+    return errors.forbidden(
+        roles.forbidden_message(identity, kind.group, kind.plural, verb, namespace, name),
+        kind.group,
+        kind.plural,
+        name,
+    )
 
 
 def _metadata_causes(obj: Obj) -> builtins.list[errors.Cause]:

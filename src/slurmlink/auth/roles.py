@@ -1,46 +1,21 @@
-"""Role-based access: which verbs each slurmlink role may use on which resources.
+"""The slurmlink roles and how an identity carries them.
 
 A client's role travels as a group (``slurmlink:<role>``), in the certificate's O= field or beside a
-token, the way Kubernetes reads groups. The workload-manager role mirrors DWS's ``workload-manager``
-ClusterRole: full control of Workflows, read/update of Computes and Servers, read-only elsewhere.
+token, the way Kubernetes reads groups. What each role may do is declared by each kind
+(``Kind.access``, see ``resources.access``), not here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from slurmlink.auth.identity import Identity
 
 ROLE_PREFIX = "slurmlink:"
-ROLES = ("admin", "workload-manager", "viewer")
-READ = frozenset({"get", "list", "watch"})
-ALL = frozenset({"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"})
-DWS = "dataworkflowservices.github.io"
+#: ``admin`` everything; ``workload-manager`` what DWS's ClusterRole of that name grants (the Slurm
+#: plugin); ``viewer`` read-only; ``user`` an HPC user, acting on their own objects only.
+ROLES = ("admin", "workload-manager", "viewer", "user")
 
 #: The identity in-process controllers act as.
 SYSTEM = Identity("system:slurmlink", (f"{ROLE_PREFIX}admin",))
-
-
-@dataclass(frozen=True)
-class Rule:
-    group: str  # "*" for any
-    resource: str  # "*" for any
-    verbs: frozenset[str]
-
-    def allows(self, group: str, resource: str, verb: str) -> bool:
-        return self.group in ("*", group) and self.resource in ("*", resource) and verb in self.verbs
-
-
-RULES: dict[str, tuple[Rule, ...]] = {
-    "admin": (Rule("*", "*", ALL),),
-    "workload-manager": (
-        Rule(DWS, "workflows", frozenset({"create", "delete", "get", "list", "patch", "update", "watch"})),
-        Rule(DWS, "computes", frozenset({"get", "list", "patch", "update", "watch"})),
-        Rule(DWS, "servers", frozenset({"get", "list", "patch", "update", "watch"})),
-        Rule("*", "*", READ),
-    ),
-    "viewer": (Rule("*", "*", READ),),
-}
 
 
 def role_group(role: str) -> str:
@@ -52,13 +27,6 @@ def role_group(role: str) -> str:
 
 def roles_of(identity: Identity) -> list[str]:
     return [g[len(ROLE_PREFIX) :] for g in identity.groups if g.startswith(ROLE_PREFIX)]
-
-
-def allowed(identity: Identity, group: str, resource: str, verb: str) -> bool:
-    """Whether any of the identity's roles grants ``verb`` on ``group/resource``."""
-    return any(
-        rule.allows(group, resource, verb) for role in roles_of(identity) for rule in RULES.get(role, ())
-    )
 
 
 def forbidden_message(

@@ -6,14 +6,18 @@ from pathlib import Path
 
 import click
 
-from slurmlink.auth import roles
+from slurmlink.auth import roles, unix
 from slurmlink.auth.issue import IssueError, issue_kubeconfig, load_ca, server_url_of
 from slurmlink.auth.kubeconfig import write_kubeconfig
 from slurmlink.config import default_state_dir
 
 
 @click.command("kubeconfig")
-@click.option("--user", required=True, help="User name (certificate CN), e.g. slurm-dws.")
+@click.option(
+    "--user",
+    required=True,
+    help="User name (certificate CN), e.g. slurm-dws; for --role user, the Unix login it acts as.",
+)
 @click.option("--role", required=True, type=click.Choice(list(roles.ROLES)), help="What the user may do.")
 @click.option(
     "--namespace", default="default", show_default=True, help="Namespace of the kubeconfig's context."
@@ -48,8 +52,17 @@ def kubeconfig(
     Replaces the openssl and `kubectl config` steps of a Kubernetes install: run it on the server
     host (it needs the CA key in the state directory), then hand the file to the user or service,
     e.g. as /etc/slurm/slurm-dws.kubeconfig for the Slurm plugin (role workload-manager).
+
+    Roles: admin (everything), workload-manager (the Slurm plugin), viewer (read-only), user (an HPC
+    user: USER is their Unix login, which the server resolves to a uid with its user database; they
+    see and change only their own objects, and read the Workflows of their own jobs).
     """
     state = (state_dir or default_state_dir()).expanduser()
+    if role == "user":
+        try:
+            unix.account(user)
+        except unix.NoSuchUser as exc:
+            raise click.ClickException(str(exc)) from exc
     try:
         load_ca(state)  # first, so a wrong state dir is reported as such
         if server_url is None:

@@ -26,6 +26,10 @@ class Client(Protocol):
 
     async def update(self, kind: Kind, obj: Obj) -> Obj: ...
 
+    async def update_status(self, kind: Kind, obj: Obj) -> Obj:
+        """PUT to ``/status``: changes only ``status`` (kinds that serve a status subresource)."""
+        ...
+
     async def patch(
         self, kind: Kind, namespace: str | None, name: str, patch: Any, content_type: str = MERGE
     ) -> Obj: ...

@@ -282,6 +282,15 @@ class HttpClient:
         updated: Obj = await self._request("PUT", self.path(kind, namespace, name), body=obj)
         return updated
 
+    async def update_status(self, kind: Kind, obj: Obj) -> Obj:
+        m = obj.get("metadata") or {}
+        name = m.get("name")
+        if not name:
+            raise ValueError(f"{kind.kind}: metadata.name is required for a status update")
+        namespace = m.get("namespace") if kind.namespaced else None
+        updated: Obj = await self._request("PUT", self.path(kind, namespace, name) + "/status", body=obj)
+        return updated
+
     async def patch(
         self, kind: Kind, namespace: str | None, name: str, patch: Any, content_type: str = MERGE
     ) -> Obj:

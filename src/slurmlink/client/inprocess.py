@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -42,6 +43,11 @@ class InProcessClient:
 
     async def update(self, kind: Kind, obj: Obj) -> Obj:
         return await self._run(self.service.update_storage, kind, obj, self.identity)
+
+    async def update_status(self, kind: Kind, obj: Obj) -> Obj:
+        return await self._run(
+            functools.partial(self.service.update_storage, subresource="status"), kind, obj, self.identity
+        )
 
     async def patch(
         self, kind: Kind, namespace: str | None, name: str, patch: Any, content_type: str = MERGE

@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
-from slurmlink.resources.kind import Kind, Obj, PrinterColumn, Strategy
+from typing import Any
+
+from pydantic import BaseModel
+
+from slurmlink.resources.errors import Cause
+from slurmlink.resources.kind import Kind, Obj, PrinterColumn, Strategy, dns_label_causes
+
+
+class _NamespaceSpec(BaseModel):
+    finalizers: list[str] | None = None
+
+
+class _NamespaceStatus(BaseModel):
+    phase: str | None = None
+    conditions: list[dict[str, Any]] | None = None
+
+
+class NamespaceObject(BaseModel):
+    spec: _NamespaceSpec | None = None
+    status: _NamespaceStatus | None = None
 
 
 class NamespaceStrategy(Strategy):
     status_subresource = True
+    structure = NamespaceObject
+
+    def validate_name(self, name: str) -> list[Cause]:
+        return dns_label_causes(name)
 
     def default(self, obj: Obj) -> None:
         obj.setdefault("spec", {"finalizers": ["kubernetes"]})

@@ -7,9 +7,15 @@ rules (defaults, validation, admission, printer columns, version conversion) in 
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+
+from slurmlink.resources.access import AccessPolicy
 from slurmlink.resources.errors import Cause
 
 if TYPE_CHECKING:
@@ -28,15 +34,90 @@ class PrinterColumn:
     description: str = ""
     priority: int = 0
     format: str = ""
+    #: Computes the cell instead of ``json_path`` (built-in kinds' printers, e.g. a count of keys).
+    value: Callable[[Obj], Any] | None = field(default=None, compare=False)
+
+
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def dns_subdomain_causes(name: str) -> list[Cause]:
+    """The API server's rule for most object names: a lowercase RFC 1123 subdomain."""
+    if len(name) <= 253 and _DNS_SUBDOMAIN.match(name):
+        return []
+    text = (
+        "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or "
+        "'.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used "
+        "for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+    )
+    return [Cause("metadata.name", f"Invalid value: {json.dumps(name)}: {text}")]
+
+
+def dns_label_causes(name: str) -> list[Cause]:
+    """The rule for names that become DNS labels (namespaces)."""
+    if len(name) <= 63 and _DNS_LABEL.match(name):
+        return []
+    text = (
+        "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
+        "and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', "
+        "regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+    )
+    return [Cause("metadata.name", f"Invalid value: {json.dumps(name)}: {text}")]
+
+
+FieldGetter = Callable[[Obj], str]
+
+
+def field_of(*path: str) -> FieldGetter:
+    """A field-selector attribute: the value at ``path`` as a string ("" when absent)."""
+
+    def get(obj: Obj) -> str:
+        cur: Any = obj
+        for part in path:
+            if not isinstance(cur, dict):
+                return ""
+            cur = cur.get(part)
+        if cur is None:
+            return ""
+        if isinstance(cur, bool):
+            return "true" if cur else "false"
+        return str(cur)
+
+    return get
 
 
 class Strategy:
-    """Kind-specific behaviour. The defaults suit a plain kind with no rules."""
+    """Kind-specific behaviour. The defaults suit a plain kind with no rules.
 
-    #: Does ``/status`` exist as a separate subresource (so the main resource ignores status)?
+    The service calls the hooks in Kubernetes' order: on create ``validate_name``, ``default``,
+    ``mutate_create``, pruning by ``structure``, ``validate_schema``, ``validate_create``; on update
+    ``default``, ``mutate_update``, pruning, ``validate_schema``, ``validate_update``; on delete
+    ``validate_delete``.
+    """
+
+    #: Does ``/status`` exist as a separate subresource? Then writes to the main resource keep the
+    #: stored status and writes to ``/status`` change nothing else.
     status_subresource: bool = False
+    #: Serve ``/status`` (writes there change only status) while the main resource keeps accepting
+    #: status too: DWS's Workflow, whose CRD has no status subresource but whose tools may use one.
+    status_alias: bool = False
     #: Fields present only in the storage version, kept when an older version's client writes.
     storage_only_paths: tuple[tuple[str, ...], ...] = ()
+    #: Field-selector attributes beyond ``metadata.name`` and ``metadata.namespace``.
+    field_labels: Mapping[str, FieldGetter] = {}
+    #: The structural schema of everything but ``apiVersion``/``kind``/``metadata``: fields it does
+    #: not declare are pruned (``fieldValidation=Strict`` rejects them). None keeps every field.
+    structure: type[BaseModel] | None = None
+
+    @property
+    def serves_status(self) -> bool:
+        """Whether ``/status`` exists for this kind (and discovery lists it)."""
+        return self.status_subresource or self.status_alias
+
+    def validate_name(self, name: str) -> list[Cause]:
+        """``metadata.name`` rules; most kinds take a DNS subdomain."""
+        return dns_subdomain_causes(name)
 
     def convert(self, obj: Obj, to_version: str, api_version: str) -> Obj:
         """Return ``obj`` in ``to_version``; ``api_version`` is the full group/version string."""
@@ -57,8 +138,14 @@ class Strategy:
     def validate_create(self, obj: Obj, ctx: AdmissionContext) -> None:
         """Validating admission on create; raise an ApiError to deny."""
 
+    def mutate_update(self, new: Obj, old: Obj, ctx: AdmissionContext) -> None:
+        """Mutating admission on update (``new`` in place)."""
+
     def validate_update(self, new: Obj, old: Obj, ctx: AdmissionContext) -> None:
         """Validating admission on update; raise an ApiError to deny."""
+
+    def validate_delete(self, obj: Obj, ctx: AdmissionContext) -> None:
+        """Admission on delete (the request, before finalizers are considered); raise to deny."""
 
     def spec_changed(self, new: Obj, old: Obj) -> bool:
         """Whether ``metadata.generation`` should go up."""
@@ -80,6 +167,8 @@ class Kind:
     short_names: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
     printer_columns: tuple[PrinterColumn, ...] = ()
+    #: Who may do what (see ``resources.access``).
+    access: AccessPolicy = field(default_factory=AccessPolicy)
     verbs: tuple[str, ...] = (
         "create",
         "delete",

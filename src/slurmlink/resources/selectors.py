@@ -3,15 +3,16 @@
 Label selectors follow ``k8s.io/apimachinery/pkg/labels``: comma-separated requirements
 ``k``, ``!k``, ``k=v``, ``k==v``, ``k!=v``, ``k in (a,b)``, ``k notin (a,b)``, ``k>n``, ``k<n``,
 with label keys and values validated as the API server does. Field selectors follow
-``k8s.io/apimachinery/pkg/fields``: ``f=v``, ``f==v``, ``f!=v`` with ``\\``-escapes, and (as for
-custom resources) only ``metadata.name`` and ``metadata.namespace`` are supported fields.
+``k8s.io/apimachinery/pkg/fields``: ``f=v``, ``f==v``, ``f!=v`` with ``\\``-escapes;
+``metadata.name`` and ``metadata.namespace`` are always supported, and each kind may declare more
+(its strategy's ``field_labels``, as a CRD's ``selectableFields``).
 Every parse error is a 400 BadRequest.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -274,7 +275,9 @@ def _unescape(value: str, selector: str) -> str:
     return "".join(out)
 
 
-def parse_field_terms(text: str | None) -> list[tuple[str, str, str]]:
+def parse_field_terms(
+    text: str | None, extra: Mapping[str, Callable[[dict[str, Any]], str]] | None = None
+) -> list[tuple[str, str, str]]:
     """``(field, operator, value)`` per term, operator ``=`` or ``!=``; raises 400 on bad input."""
     if not text or not text.strip():
         return []
@@ -287,18 +290,21 @@ def parse_field_terms(text: str | None) -> list[tuple[str, str, str]]:
             raise bad_request(f"invalid selector: '{text}'; can't understand '{part}'")
         lhs, op, rhs = split
         field = lhs.strip()
-        if field not in _FIELDS:
+        if field not in _FIELDS and (extra is None or field not in extra):
             raise bad_request(f"field label not supported: {field}")
         terms.append((field, "!=" if op == "!=" else "=", _unescape(rhs.strip(), text)))
     return terms
 
 
-def parse_field_selector(text: str | None) -> Matcher:
-    """A matcher for ``metadata.name`` / ``metadata.namespace`` terms with ``=``, ``==`` or ``!=``."""
-    terms = parse_field_terms(text)
+def parse_field_selector(
+    text: str | None, extra: Mapping[str, Callable[[dict[str, Any]], str]] | None = None
+) -> Matcher:
+    """A matcher for terms with ``=``, ``==`` or ``!=`` on the standard fields and ``extra`` ones."""
+    terms = parse_field_terms(text, extra)
     if not terms:
         return lambda _obj: True
-    tests = [_field_test(_FIELDS[field], op == "!=", value) for field, op, value in terms]
+    fields = {**_FIELDS, **(extra or {})}
+    tests = [_field_test(fields[field], op == "!=", value) for field, op, value in terms]
     return lambda obj: all(t(obj) for t in tests)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, StrictStr
 
+from slurmlink.resources.access import default_policy
 from slurmlink.resources.dws.group import GROUP, STORAGE_VERSION, VERSIONS
 from slurmlink.resources.errors import Cause
 from slurmlink.resources.kind import Kind, Obj, Strategy
@@ -19,7 +20,15 @@ class _Data(BaseModel):
     data: list[ComputesData]
 
 
+class ComputesObject(BaseModel):
+    """The structural schema: what is not declared here is pruned."""
+
+    data: list[ComputesData] | None = None
+
+
 class ComputesStrategy(Strategy):
+    structure = ComputesObject
+
     def validate_schema(self, obj: Obj) -> list[Cause]:
         if obj.get("data") is None:
             return []
@@ -38,4 +47,6 @@ COMPUTES = Kind(
     versions=VERSIONS,
     storage_version=STORAGE_VERSION,
     strategy=ComputesStrategy(),
+    # DWS's workload-manager ClusterRole reads and updates Computes.
+    access=default_policy(workload_manager=frozenset({"patch", "update"})),
 )

@@ -39,7 +39,15 @@ class _Rules(BaseModel):
     spec: list[RuleSpec]
 
 
+class DirectiveRuleObject(BaseModel):
+    """The structural schema: what is not declared here is pruned."""
+
+    spec: list[RuleSpec] | None = None
+
+
 class DirectiveRuleStrategy(Strategy):
+    structure = DirectiveRuleObject
+
     def validate_schema(self, obj: Obj) -> list[Cause]:
         if "spec" not in obj:
             return []

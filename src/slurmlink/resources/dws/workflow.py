@@ -12,11 +12,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from slurmlink.resources import errors
+from slurmlink.resources.access import READ, AccessPolicy, UnixAccount, default_policy
 from slurmlink.resources.admission import AdmissionContext
 from slurmlink.resources.dws import directives, states
 from slurmlink.resources.dws.group import GROUP, STORAGE_VERSION, VERSIONS
 from slurmlink.resources.errors import Cause
-from slurmlink.resources.kind import Kind, Obj, PrinterColumn, Strategy
+from slurmlink.resources.kind import Kind, Obj, PrinterColumn, Strategy, field_of
 from slurmlink.resources.schema import json_type, validate_part
 
 VALIDATING_WEBHOOK = "vworkflow.kb.io"
@@ -168,9 +169,28 @@ def _rule_objects(ctx: AdmissionContext) -> list[dict[str, Any]]:
     return ctx.list_storage(GROUP, "DWDirectiveRule", ctx.system_namespace)
 
 
+class WorkflowObject(BaseModel):
+    """The structural schema: what is not declared here is pruned."""
+
+    spec: WorkflowSpec | None = None
+    status: WorkflowStatus | None = None
+
+
 class WorkflowStrategy(Strategy):
     status_subresource = False
+    status_alias = True
     storage_only_paths = V1ALPHA2_HIDDEN
+    structure = WorkflowObject
+    field_labels = {
+        "spec.desiredState": field_of("spec", "desiredState"),
+        "spec.jobID": field_of("spec", "jobID"),
+        "spec.userID": field_of("spec", "userID"),
+        "spec.groupID": field_of("spec", "groupID"),
+        "spec.wlmID": field_of("spec", "wlmID"),
+        "status.state": field_of("status", "state"),
+        "status.status": field_of("status", "status"),
+        "status.ready": field_of("status", "ready"),
+    }
 
     def convert(self, obj: Obj, to_version: str, api_version: str) -> Obj:
         source = str(obj.get("apiVersion") or "")
@@ -325,6 +345,18 @@ class WorkflowStrategy(Strategy):
             raise _invalid("Status.State", old_state, "current desired state not yet achieved")
 
 
+def _users_job(obj: Obj, account: UnixAccount) -> bool:
+    """A user may read the Workflows of their own jobs (``spec.userID``), never change them."""
+    spec = obj.get("spec")
+    return isinstance(spec, dict) and spec.get("userID") == account.uid
+
+
+#: DWS's workload-manager ClusterRole: Workflows in full (but no deletecollection).
+_ACCESS = AccessPolicy(
+    roles=default_policy(workload_manager=frozenset({"create", "delete", "patch", "update"}) | READ).roles,
+    user_reads=_users_job,
+)
+
 WORKFLOW = Kind(
     group=GROUP,
     kind="Workflow",
@@ -334,6 +366,7 @@ WORKFLOW = Kind(
     versions=VERSIONS,
     storage_version=STORAGE_VERSION,
     strategy=WorkflowStrategy(),
+    access=_ACCESS,
     printer_columns=(
         PrinterColumn("STATE", ".status.state", "string", "Current state"),
         PrinterColumn("READY", ".status.ready", "boolean", "True if current state is achieved"),
