@@ -1,20 +1,27 @@
-"""The ASGI application: discovery, health, metrics and the generic resource routes."""
+"""The ASGI application: authentication middleware, health, metrics, discovery, OpenAPI, the generic
+resource routes of the Kubernetes dialect, and the component routers mounted beside them."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from slurmlink.api import discovery, metrics
-from slurmlink.api.endpoints import ResourceEndpoints, _json, error_response
+from slurmlink.api.component import Component, OpenApiV3, mount
+from slurmlink.api.endpoints import ResourceEndpoints
+from slurmlink.api.middleware import AuthenticationMiddleware
 from slurmlink.api.security import Authenticator
+from slurmlink.api.status import error_response
+from slurmlink.api.status import json_response as _json
+from slurmlink.api.whoami import WHOAMI
 from slurmlink.apiserver.service import ResourceService
 from slurmlink.resources import errors
 
@@ -48,53 +55,55 @@ def build_app(
     ready: ReadyCheck,
     *,
     bookmark_interval: float | None = None,
+    components: Sequence[Component] = (WHOAMI,),
 ) -> Starlette:
-    """Wire routes to the service. ``ready`` says whether controllers and the store are up.
+    """Wire routes to the service and mount ``components``. ``ready`` says whether controllers and the
+    store are up.
 
-    Only the health endpoints are open; everything else, unknown paths included, needs a client
-    certificate or a bearer token (401 otherwise).
+    Only the health endpoints are open; the authentication middleware answers everything else,
+    unknown paths included, with 401 unless it carries a client certificate or a bearer token.
     """
     registry = service.registry
     if bookmark_interval is None:
         bookmark_interval = bookmark_interval_from_env()
-    resources = ResourceEndpoints(service, auth, bookmark_interval=bookmark_interval)
+    resources = ResourceEndpoints(service, bookmark_interval=bookmark_interval)
+    openapi_v3 = OpenApiV3(components)
 
-    def authenticated(
+    def mapped(
         handler: Callable[[Request], Awaitable[Response]],
     ) -> Callable[[Request], Awaitable[Response]]:
         async def wrapped(request: Request) -> Response:
             try:
-                auth.require(request)
                 return await handler(request)
             except errors.ApiError as exc:
                 return error_response(exc)
 
         return wrapped
 
-    @authenticated
+    @mapped
     async def version(_request: Request) -> Response:
         return _json(discovery.version_info())
 
-    @authenticated
+    @mapped
     async def api(_request: Request) -> Response:
         return _json(discovery.api_versions())
 
-    @authenticated
+    @mapped
     async def api_v1(_request: Request) -> Response:
         return _json(discovery.core_resources(registry))
 
-    @authenticated
+    @mapped
     async def apis(_request: Request) -> Response:
         return _json(discovery.group_list(registry))
 
-    @authenticated
+    @mapped
     async def api_group(request: Request) -> Response:
         group = request.path_params["group"]
         if group not in registry.groups():
             raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
         return _json(discovery.group_document(registry, group))
 
-    @authenticated
+    @mapped
     async def api_group_version(request: Request) -> Response:
         doc = discovery.version_resources(
             registry, request.path_params["group"], request.path_params["version"]
@@ -103,19 +112,12 @@ def build_app(
             raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
         return _json(doc)
 
-    @authenticated
     async def openapi_v2(_request: Request) -> Response:
         return Response(discovery.OPENAPI_V2_BODY, media_type=discovery.OPENAPI_V2_MEDIA_TYPE)
 
-    @authenticated
-    async def not_found(_request: Request) -> Response:
-        raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
-
     async def http_error(request: Request, exc: Exception) -> Response:
-        """Starlette's own 404/405 (no route, wrong method) as Status bodies, after authentication."""
+        """Starlette's own 404/405 (no route, wrong method) as Status bodies."""
         code = exc.status_code if isinstance(exc, HTTPException) else 500
-        if auth.identify(request) is None:
-            return error_response(errors.unauthorized())
         if code == 405:
             return error_response(
                 errors.method_not_allowed("the server does not allow this method on the requested resource")
@@ -134,20 +136,19 @@ def build_app(
             return PlainTextResponse("ok")
         return PlainTextResponse("not ready", status_code=503)
 
-    @authenticated
     async def metrics_endpoint(_request: Request) -> Response:
         metrics.STORE_REVISION.set(service.hub.revision if service.hub else 0)
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     h = resources.handle
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/version", version),
         Route("/healthz", healthz),
         Route("/livez", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
         Route("/openapi/v2", openapi_v2),
-        Route("/openapi/v3", not_found),
+        *openapi_v3.routes(),
         Route("/api", api),
         Route("/api/v1", api_v1),
         # Namespaced core kinds first; ``/api/v1/namespaces/{name}/status`` lands here too and is
@@ -171,5 +172,10 @@ def build_app(
         Route("/apis/{group}/{version}/{plural}", h, methods=ALL_METHODS),
         Route("/apis/{group}/{version}/{plural}/{name}", h, methods=ALL_METHODS),
         Route("/apis/{group}/{version}/{plural}/{name}/{subresource}", h, methods=ALL_METHODS),
+        *(mount(component) for component in components),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(AuthenticationMiddleware, authenticator=auth)],
+        exception_handlers={HTTPException: http_error},
+    )

@@ -9,11 +9,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from slurmlink import jsonutil
 from slurmlink.api import metrics, tables
-from slurmlink.api.security import Authenticator, authorize
+from slurmlink.api.middleware import identity_of
+from slurmlink.api.security import authorize
+from slurmlink.api.status import error_response
+from slurmlink.api.status import json_response as _json
 from slurmlink.apiserver.service import ResourceService
 from slurmlink.auth.identity import Identity
 from slurmlink.resources import errors, patching, pruning
@@ -27,32 +30,11 @@ log = logging.getLogger(__name__)
 _TRUE = ("1", "true", "True")
 
 
-def _json(body: Any, status: int = 200, warnings: list[str] | None = None) -> Response:
-    """A JSON response; ``warnings`` become ``Warning: 299`` headers (kubectl prints them)."""
-    response = Response(jsonutil.dumps(body), status_code=status, media_type="application/json")
-    for text in warnings or ():
-        response.headers.append("Warning", f'299 - "{_header_text(text)}"')
-    return response
-
-
-def _header_text(text: str) -> str:
-    """A warning's text as a quoted-string: escaped quotes and backslashes, printable ASCII only."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    return "".join(ch if " " <= ch <= "~" else "?" for ch in escaped)
-
-
-def error_response(exc: errors.ApiError) -> Response:
-    return JSONResponse(exc.status(), status_code=exc.code)
-
-
 class ResourceEndpoints:
     """Handlers for ``/apis/...`` and ``/api/v1/...`` resource paths."""
 
-    def __init__(
-        self, service: ResourceService, auth: Authenticator, *, bookmark_interval: float = 30.0
-    ) -> None:
+    def __init__(self, service: ResourceService, *, bookmark_interval: float = 30.0) -> None:
         self.service = service
-        self.auth = auth
         self.bookmark_interval = bookmark_interval
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -95,7 +77,7 @@ class ResourceEndpoints:
             metrics.LATENCY.labels(verb, resource).observe(time.perf_counter() - start)
 
     async def _dispatch(self, request: Request) -> Response:
-        identity = self.auth.require(request)
+        identity = identity_of(request)
         kind, version = self._kind(request)
         p = request.path_params
         namespace = p.get("namespace")
