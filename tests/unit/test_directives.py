@@ -633,6 +633,7 @@ def test_go_regex_semantics(pattern: str, value: str, ok: bool) -> None:
         r"(?P<n>a)|(?<n>b)",
         r"(?P<n>a)(?P<n",
         r"\u0041",  # Python re knows \u; Go does not
+        r"\pL{1000}",  # beyond RE2's memory budget (Go takes it): refused rather than compiled for seconds
     ],
 )
 def test_go_rejects_perl_only_syntax(pattern: str) -> None:
@@ -883,7 +884,7 @@ def test_validate_only_raises_directive_error(directives: list[str]) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(_any_text, st.text(alphabet="ab.*+?|()[]{}^$\\-:,0123456789dswpPLQEzAbBx<>=!", max_size=12))
+@given(_any_text, st.text(alphabet="ab.*+?|()[]{}^$\\-:,0123456789dswpPLQECzAbBx<>=!", max_size=12))
 def test_arbitrary_patterns_only_raise_directive_error(value: str, pattern: str) -> None:
     rules = [rule("r", RuleDef(key="v", type="string", pattern=pattern))]
     token = "".join(value.split()) or "x"

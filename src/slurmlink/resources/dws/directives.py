@@ -14,7 +14,7 @@ does (unanchored search) by RE2 (``google-re2``), the engine Go's ``regexp`` rei
 ASCII-only ``\\d``, ``\\s``, ``\\w`` and ``\\b``, ``{,n}`` taken literally, Unicode classes and
 scripts (``\\pL``, ``\\p{Greek}``), and Perl-only syntax such as look-around and backreferences
 rejected. The two constructs C++ RE2 accepts and Go refuses (``\\C``, a repeated group name)
-are refused here too.
+are refused here too; one Go accepts is not: a pattern too large for RE2's default memory budget.
 """
 
 from __future__ import annotations
@@ -502,17 +502,23 @@ def _go_only_rejects(source: str) -> bool:
 
 
 @lru_cache(maxsize=1024)
-def _compile_go(source: str) -> _Regexp:
-    """Compile a Go regular expression with RE2, the engine Go's ``regexp`` package reimplements."""
+def _compile_go(source: str) -> _Regexp | None:
+    """Compile a Go regular expression with RE2, the engine Go's ``regexp`` package reimplements.
+
+    None when Go would refuse it; that is cached too, so a bad rule costs one compile, not one per
+    directive. RE2's default memory budget (8 MiB) also refuses what would take a second and hundreds
+    of MiB to compile, such as ``\\pL{1000}``, which Go accepts: rules are checked while slurmctld waits.
+    """
     try:
         compiled: _Regexp = re2.compile(_utf8(source), _RE2_OPTIONS)
-    except re2.error as exc:
-        raise _GoRegexError(str(exc)) from None
-    if _go_only_rejects(source):
-        raise _GoRegexError("invalid escape \\C or duplicate capture group name")
-    return compiled
+    except re2.error:
+        return None
+    return None if _go_only_rejects(source) else compiled
 
 
 def _match_string(source: str, text: str) -> bool:
     """Go's ``regexp.MatchString``: whether ``source`` matches anywhere in ``text`` (unanchored)."""
-    return _compile_go(source).search(_utf8(text)) is not None
+    compiled = _compile_go(source)
+    if compiled is None:
+        raise _GoRegexError(source)
+    return compiled.search(_utf8(text)) is not None
