@@ -131,6 +131,19 @@ def _every_command() -> list[tuple[list[str], click.Command]]:
     return out
 
 
+def test_module_run_names_itself_slurmlink() -> None:
+    """``python -m slurmlink.cli.main``, as scripts/quickstart runs it, prints the command's usage."""
+    result = subprocess.run(
+        [sys.executable, "-m", "slurmlink.cli.main", "quickstart", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: slurmlink quickstart")
+
+
 @pytest.mark.parametrize(
     ("path", "command"), _every_command(), ids=lambda v: " ".join(v) if isinstance(v, list) else ""
 )

@@ -28,4 +28,5 @@ _register()
 
 
 if __name__ == "__main__":
-    main()
+    # Run as `python -m slurmlink.cli.main` (scripts/quickstart, the quick start's server): same usage text.
+    main(prog_name="slurmlink")

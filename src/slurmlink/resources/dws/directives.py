@@ -5,27 +5,28 @@ rule handling in ``api/v1alpha*/workflow_webhook.go`` (``checkDirectives``, ``Re
 ``MutatingRuleParser.MatchedDirective``). Error strings are byte-for-byte the upstream ones
 (including the "greather" typo) because the Slurm plugin and users match on them.
 
-Deliberate differences from upstream, both for determinism:
+One deliberate difference from upstream, for determinism: Go iterates a directive's
+arguments in random map order, so when several arguments are bad upstream reports any one
+of them; this port always reports the first one, in directive order.
 
-* Go iterates a directive's arguments in random map order, so when several arguments are
-  bad upstream reports any one of them; this port always reports the first one, in
-  directive order.
-* Rule keys and patterns are Go RE2 expressions. They are translated to Python ``re`` so
-  that matching agrees with Go's ``MatchString``: unanchored search, ASCII-only ``\\d``, ``\\s``,
-  ``\\w`` and ``\\b``, ``{,n}`` taken literally, and Perl-only syntax such as look-around and
-  backreferences rejected. Unicode ``\\p{...}`` supports ``Any`` and general categories only;
-  script names are reported as invalid regular expressions.
+Rule keys and patterns are Go regular expressions, matched as Go's ``regexp.MatchString``
+does (unanchored search) by RE2 (``google-re2``), the engine Go's ``regexp`` reimplements:
+ASCII-only ``\\d``, ``\\s``, ``\\w`` and ``\\b``, ``{,n}`` taken literally, Unicode classes and
+scripts (``\\pL``, ``\\p{Greek}``), and Perl-only syntax such as look-around and backreferences
+rejected. The two constructs C++ RE2 accepts and Go refuses (``\\C``, a repeated group name)
+are refused here too; one Go accepts is not: a pattern too large for RE2's default memory budget.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
+
+import re2
 
 __all__ = [
     "EMPTY_VALUE",
@@ -214,11 +215,10 @@ def _find_rule_def(rule: DirectiveRule, key: str) -> tuple[int, RuleDef]:
     # Keys are compiled lazily in order: a broken key regex only matters if it is reached.
     for index, rule_def in enumerate(rule.rule_defs):
         try:
-            key_re = _compile_go(rule_def.key)
+            if _match_string(rule_def.key, key):
+                return index, rule_def
         except _GoRegexError:
             raise DirectiveError(f"invalid rule regular expression '{rule_def.key}'") from None
-        if key_re.search(key):
-            return index, rule_def
     raise DirectiveError(f"unsupported argument '{key}'")
 
 
@@ -244,10 +244,10 @@ def _check_value(rule_def: RuleDef, key: str, value: str) -> None:
     elif kind == "string":
         if rule_def.pattern:
             try:
-                pattern = _compile_go(rule_def.pattern)
+                matched = _match_string(rule_def.pattern, value)
             except _GoRegexError:
                 raise DirectiveError(f"invalid regular expression '{rule_def.pattern}'") from None
-            if not pattern.search(value):
+            if not matched:
                 raise DirectiveError(f"argument '{key}' invalid string '{value}'")
     elif kind == "list-of-string":
         words = value.split(",")
@@ -255,11 +255,10 @@ def _check_value(rule_def: RuleDef, key: str, value: str) -> None:
             for word in words:
                 for source in rule_def.patterns:
                     try:
-                        pattern = _compile_go(source)
+                        if _match_string(source, word):
+                            break
                     except _GoRegexError:
                         raise DirectiveError(f"invalid regular expression '{source}'") from None
-                    if pattern.search(word):
-                        break
                 else:
                     raise DirectiveError(f"argument '{key}' invalid string '{word}' in list '{value}'")
         seen: set[str] = set()
@@ -433,412 +432,93 @@ def tester_rules() -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------------------
-# Go RE2 syntax -> Python re
+# Go regular expressions (RE2)
 # --------------------------------------------------------------------------------------
 
 
 class _GoRegexError(Exception):
-    """The expression would not compile with Go's regexp.Compile."""
+    """The expression would not compile with Go's ``regexp.Compile``."""
 
 
-_Ranges = list[tuple[int, int]]
-_MAX_RUNE = 0x10FFFF
-_MAX_REPEAT = 1000
-_MAX_DEPTH = 1000
-
-_WORD: _Ranges = [(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)]
-_PERL_CLASSES: dict[str, _Ranges] = {
-    "d": [(0x30, 0x39)],
-    "s": [(0x09, 0x0A), (0x0C, 0x0D), (0x20, 0x20)],
-    "w": _WORD,
-}
-_POSIX_CLASSES: dict[str, _Ranges] = {
-    "alnum": [(0x30, 0x39), (0x41, 0x5A), (0x61, 0x7A)],
-    "alpha": [(0x41, 0x5A), (0x61, 0x7A)],
-    "ascii": [(0x00, 0x7F)],
-    "blank": [(0x09, 0x09), (0x20, 0x20)],
-    "cntrl": [(0x00, 0x1F), (0x7F, 0x7F)],
-    "digit": [(0x30, 0x39)],
-    "graph": [(0x21, 0x7E)],
-    "lower": [(0x61, 0x7A)],
-    "print": [(0x20, 0x7E)],
-    "punct": [(0x21, 0x2F), (0x3A, 0x40), (0x5B, 0x60), (0x7B, 0x7E)],
-    "space": [(0x09, 0x0D), (0x20, 0x20)],
-    "upper": [(0x41, 0x5A)],
-    "word": _WORD,
-    "xdigit": [(0x30, 0x39), (0x41, 0x46), (0x61, 0x66)],
-}
-# Go's \b is ASCII and never case-folded.
-_ASCII_WORD = "[0-9A-Za-z_]"
-_WORD_BOUNDARY = f"(?-i:(?<={_ASCII_WORD})(?!{_ASCII_WORD})|(?<!{_ASCII_WORD})(?={_ASCII_WORD}))"
-_NOT_WORD_BOUNDARY = f"(?-i:(?<={_ASCII_WORD})(?={_ASCII_WORD})|(?<!{_ASCII_WORD})(?!{_ASCII_WORD}))"
-_CAPTURE_NAME = re.compile(r"[A-Za-z0-9_]+")
-_REPEAT = re.compile(r"\{([0-9]+)(?:(,)([0-9]*))?\}")
+class _Regexp(Protocol):
+    def search(self, text: bytes) -> object | None: ...
 
 
-def _complement(ranges: _Ranges) -> _Ranges:
-    out: _Ranges = []
-    nxt = 0
-    for lo, hi in sorted(ranges):
-        if lo > nxt:
-            out.append((nxt, lo - 1))
-        nxt = max(nxt, hi + 1)
-    if nxt <= _MAX_RUNE:
-        out.append((nxt, _MAX_RUNE))
-    return out
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a bad rule pattern is reported to the user, not on stderr
+_NAMED_GROUP = re.compile(r"\(\?P?<([^>]*)>")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-@lru_cache(maxsize=1)
-def _category_table() -> dict[str, _Ranges]:
-    """Code-point ranges per Unicode general category (one pass, cached)."""
-    table: dict[str, _Ranges] = {}
-    for cp in range(_MAX_RUNE + 1):
-        cat = unicodedata.category(chr(cp))
-        ranges = table.setdefault(cat, [])
-        if ranges and ranges[-1][1] == cp - 1:
-            ranges[-1] = (ranges[-1][0], cp)
-        else:
-            ranges.append((cp, cp))
-    return table
+def _utf8(text: str) -> bytes:
+    """Text as the UTF-8 a Go string holds; a lone surrogate becomes U+FFFD, as Go's JSON decoder makes it."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text).encode()
 
 
-def _unicode_class(name: str) -> _Ranges:
-    if name == "Any":
-        return [(0, _MAX_RUNE)]
-    table = _category_table()
-    # Go has no Cn (unassigned) table, and its one-letter classes exclude it too.
-    if len(name) == 2 and name != "Cn" and name in table:
-        return list(table[name])
-    if len(name) == 1:
-        found = [r for cat, rs in table.items() if cat[0] == name and cat != "Cn" for r in rs]
-        if found:
-            return found
-    raise _GoRegexError(f"invalid character class range: \\p{{{name}}}")
+def _go_only_rejects(source: str) -> bool:
+    """Whether ``source``, which C++ RE2 accepted, holds what Go's regexp alone refuses.
 
-
-def _esc(cp: int) -> str:
-    ch = chr(cp)
-    return ch if cp < 0x80 and ch.isalnum() else f"\\U{cp:08x}"
-
-
-def _emit_class(ranges: _Ranges, negate: bool) -> str:
-    merged: _Ranges = []
-    for lo, hi in sorted(ranges):
-        if merged and lo <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
-        else:
-            merged.append((lo, hi))
-    body = "".join(_esc(lo) if lo == hi else f"{_esc(lo)}-{_esc(hi)}" for lo, hi in merged)
-    return f"[{'^' if negate else ''}{body}]"
-
-
-class _GoRegexTranslator:
-    """Single-pass rewrite of Go ``regexp/syntax`` (Perl flags) into an equivalent Python pattern.
-
-    Only whether a match exists matters here, so capture groups become non-capturing and
-    the ungreedy flag ``U`` is dropped. Mid-group ``(?flags)`` is turned into scoped
-    ``(?flags:...)`` wrappers that are closed and reopened around each ``|`` of that group.
+    Go's parser is a port of RE2's and accepts the same language but for two things: the
+    ``\\C`` escape (any byte) and a capture-group name used twice. Finding them needs only
+    skipping escapes, ``\\Q...\\E`` quotes and bracket expressions.
     """
-
-    def __init__(self, source: str) -> None:
-        self.s = source
-        self.i = 0
-        self.out: list[str] = []
-        self.frames: list[list[str]] = [[]]  # per open group: active flag wrappers
-        self.multiline: list[bool] = [False]  # per open group: Go's m flag at this point
-        self.group_starts: list[int] = []
-        self.names: set[str] = set()
-        self.atom: int | None = None  # index in out where the last repeatable item starts
-        self.last_repeat = False
-
-    def translate(self) -> str:
-        s = self.s
-        while self.i < len(s):
-            c = s[self.i]
-            repeated = False
-            if c == "(":
-                self._open_group()
-            elif c == ")":
-                self._close_group()
-            elif c == "|":
-                wrappers = self.frames[-1]
-                self.out.append(")" * len(wrappers) + "|" + "".join(wrappers))
-                self.atom = None
-                self.i += 1
-            elif c in "*+?":
-                self._repeat(c, 1)
-                repeated = True
-            elif c == "{":
-                m = _REPEAT.match(s, self.i)
-                if m is None or self._leading_zero(m):
-                    self._literal(ord("{"))
-                    self.i += 1
-                else:
-                    lo = int(m.group(1))
-                    hi = lo if m.group(2) is None else (int(m.group(3)) if m.group(3) else -1)
-                    if lo > _MAX_REPEAT or hi > _MAX_REPEAT or (hi >= 0 and lo > hi):
-                        raise _GoRegexError("invalid repeat count")
-                    self._repeat(m.group(0), len(m.group(0)))
-                    repeated = True
-            elif c == "[":
-                self._class()
-            elif c == "$":
-                # Without m, Go's $ is end of text only; Python's would also match before a final \n.
-                self._atom("$" if self.multiline[-1] else r"\Z")
-                self.i += 1
-            elif c in ".^":
-                self._atom(c)
-                self.i += 1
-            elif c == "\\":
-                self._escape()
-            else:
-                self._literal(ord(c))
-                self.i += 1
-            self.last_repeat = repeated
-        if len(self.frames) > 1:
-            raise _GoRegexError("missing closing )")
-        self.out.append(")" * len(self.frames[0]))
-        return "".join(self.out)
-
-    @staticmethod
-    def _leading_zero(m: re.Match[str]) -> bool:
-        # Go's parseRepeat refuses numbers with leading zeros; the brace is then literal.
-        return any(g and len(g) > 1 and g[0] == "0" for g in (m.group(1), m.group(3)))
-
-    def _atom(self, text: str) -> None:
-        self.atom = len(self.out)
-        self.out.append(text)
-
-    def _literal(self, cp: int) -> None:
-        self._atom(re.escape(chr(cp)))
-
-    def _repeat(self, op: str, width: int) -> None:
-        j = self.i + width
-        lazy = j < len(self.s) and self.s[j] == "?"
-        if lazy:
-            j += 1
-        if self.last_repeat:
-            raise _GoRegexError("invalid nested repetition operator")
-        if self.atom is None:
-            raise _GoRegexError("missing argument to repetition operator")
-        body = "".join(self.out[self.atom :])
-        del self.out[self.atom :]
-        self.out.append(f"(?:{body}){op}{'?' if lazy else ''}")
-        self.i = j
-
-    def _push_group(self, text: str, next_i: int, multiline: bool | None = None) -> None:
-        if len(self.frames) > _MAX_DEPTH:
-            raise _GoRegexError("expression nests too deeply")
-        self.group_starts.append(len(self.out))
-        self.out.append(text)
-        self.frames.append([])
-        self.multiline.append(self.multiline[-1] if multiline is None else multiline)
-        self.atom = None
-        self.i = next_i
-
-    def _open_group(self) -> None:
-        s, i = self.s, self.i
-        if not s.startswith("(?", i):
-            self._push_group("(?:", i + 1)
-            return
-        if s.startswith("(?P<", i) or s.startswith("(?<", i):
-            start = i + (4 if s[i + 2] == "P" else 3)
-            end = s.find(">", start)
-            name = s[start:end] if end >= 0 else ""
-            if end < 0 or not _CAPTURE_NAME.fullmatch(name):
-                raise _GoRegexError("invalid named capture")
-            if name in self.names:
-                raise _GoRegexError("duplicate capture group name")
-            self.names.add(name)
-            self._push_group("(?:", end + 1)
-            return
-        state: dict[str, bool] = {}
-        negative = False
-        saw_flag = False
-        j = i + 2
-        while j < len(s):
-            c = s[j]
-            if c in "imsU":
-                state[c] = not negative
-                saw_flag = True
-            elif c == "-":
-                if negative:
-                    break
-                negative = True
-                saw_flag = False
-            elif c in ":)":
-                if negative and not saw_flag:
-                    break
-                on = "".join(f for f, v in state.items() if v and f != "U")
-                off = "".join(f for f, v in state.items() if not v and f != "U")
-                flags = on + (f"-{off}" if off else "")
-                multiline = state.get("m", self.multiline[-1])
-                if c == ":":
-                    self._push_group(f"(?{flags}:", j + 1, multiline)
-                else:
-                    self.multiline[-1] = multiline
-                    if flags:
-                        opener = f"(?{flags}:"
-                        self.frames[-1].append(opener)
-                        self.out.append(opener)
-                    self.atom = None
-                    self.i = j + 1
-                return
-            else:
-                break
-            j += 1
-        raise _GoRegexError("invalid or unsupported Perl syntax")
-
-    def _close_group(self) -> None:
-        if len(self.frames) == 1:
-            raise _GoRegexError("unexpected )")
-        wrappers = self.frames.pop()
-        self.multiline.pop()
-        self.out.append(")" * len(wrappers) + ")")
-        self.atom = self.group_starts.pop()
-        self.i += 1
-
-    def _parse_escape(self, i: int) -> tuple[int, int]:
-        """Go's parseEscape: a single escaped character starting at the backslash at ``i``."""
-        s = self.s
-        if i + 1 >= len(s):
-            raise _GoRegexError("trailing backslash at end of expression")
-        c = s[i + 1]
-        j = i + 2
-        if c in "1234567" and not (j < len(s) and s[j] in "01234567"):
-            raise _GoRegexError("invalid escape sequence (backreference)")
-        if c in "01234567":
-            value = int(c)
-            for _ in range(2):
-                if j < len(s) and s[j] in "01234567":
-                    value = value * 8 + int(s[j])
-                    j += 1
-            return value, j
-        if c == "x":
-            if j < len(s) and s[j] == "{":
-                end = s.find("}", j + 1)
-                digits = s[j + 1 : end] if end >= 0 else ""
-                if not digits or not all(d in "0123456789abcdefABCDEF" for d in digits):
-                    raise _GoRegexError("invalid escape sequence")
-                value = int(digits, 16)
-                if value > _MAX_RUNE:
-                    raise _GoRegexError("invalid escape sequence")
-                return value, end + 1
-            pair = s[j : j + 2]
-            if len(pair) == 2 and all(d in "0123456789abcdefABCDEF" for d in pair):
-                return int(pair, 16), j + 2
-            raise _GoRegexError("invalid escape sequence")
-        simple = {"a": 7, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11}
-        if c in simple:
-            return simple[c], j
-        if ord(c) < 0x80 and not c.isalnum():
-            return ord(c), j
-        raise _GoRegexError("invalid escape sequence")
-
-    def _unicode_escape(self, i: int) -> tuple[_Ranges, int]:
-        s = self.s
-        negate = s[i + 1] == "P"
-        if i + 2 >= len(s):
-            raise _GoRegexError("invalid character class range")
-        if s[i + 2] == "{":
-            end = s.find("}", i + 3)
-            if end < 0:
-                raise _GoRegexError("invalid character class range")
-            name, nxt = s[i + 3 : end], end + 1
-            if name.startswith("^"):
-                negate, name = not negate, name[1:]
-        else:
-            name, nxt = s[i + 2], i + 3
-        ranges = _unicode_class(name)
-        return (_complement(ranges) if negate else ranges), nxt
-
-    def _escape(self) -> None:
-        s, i = self.s, self.i
-        c = s[i + 1] if i + 1 < len(s) else ""
-        if c == "A":
-            self._atom(r"\A")
-            self.i = i + 2
-        elif c == "z":
-            self._atom(r"\Z")
-            self.i = i + 2
-        elif c == "b":
-            self._atom(_WORD_BOUNDARY)
-            self.i = i + 2
-        elif c == "B":
-            self._atom(_NOT_WORD_BOUNDARY)
-            self.i = i + 2
-        elif c == "C":
-            raise _GoRegexError("invalid escape sequence: \\C")
-        elif c == "Q":
-            rest = s[i + 2 :]
-            end = rest.find("\\E")
-            text = rest if end < 0 else rest[:end]
-            for ch in text:
-                self._literal(ord(ch))
-            self.i = i + 2 + len(text) + (0 if end < 0 else 2)
-        elif c and c in "pP":
-            ranges, self.i = self._unicode_escape(i)
-            self._atom(_emit_class(ranges, False))
-        elif c and c in "dDsSwW":
-            ranges = _PERL_CLASSES[c.lower()]
-            self._atom(_emit_class(ranges, c.isupper()))
-            self.i = i + 2
-        else:
-            cp, self.i = self._parse_escape(i)
-            self._literal(cp)
-
-    def _class_char(self, i: int) -> tuple[int, int]:
-        if i >= len(self.s):
-            raise _GoRegexError("missing closing ]")
-        if self.s[i] == "\\":
-            return self._parse_escape(i)
-        return ord(self.s[i]), i + 1
-
-    def _class(self) -> None:
-        s = self.s
-        i = self.i + 1
-        negate = i < len(s) and s[i] == "^"
-        if negate:
+    names: set[str] = set()
+    i, end = 0, len(source)
+    while i < end:
+        c = source[i]
+        if c == "\\":
+            escaped = source[i + 1 : i + 2]
+            if escaped == "C":
+                return True
+            if escaped == "Q":
+                close = source.find("\\E", i + 2)
+                i = end if close < 0 else close + 2
+                continue
+            i += 2
+        elif c == "[":
             i += 1
-        ranges: _Ranges = []
-        first = True  # a leading ']' is a literal
-        while i >= len(s) or s[i] != "]" or first:
-            first = False
-            if len(s) - i > 2 and s[i] == "[" and s[i + 1] == ":":
-                end = s.find(":]", i + 2)
-                if end >= 0:
-                    name = s[i + 2 : end]
-                    inverted = name.startswith("^")
-                    base = _POSIX_CLASSES.get(name[1:] if inverted else name)
-                    if base is None:
-                        raise _GoRegexError("invalid character class range")
-                    ranges.extend(_complement(base) if inverted else base)
-                    i = end + 2
-                    continue
-            if i + 1 < len(s) and s[i] == "\\" and s[i + 1] in "pP":
-                extra, i = self._unicode_escape(i)
-                ranges.extend(extra)
-                continue
-            if i + 1 < len(s) and s[i] == "\\" and s[i + 1] in "dDsSwW":
-                base = _PERL_CLASSES[s[i + 1].lower()]
-                ranges.extend(_complement(base) if s[i + 1].isupper() else base)
-                i += 2
-                continue
-            lo, i = self._class_char(i)
-            hi = lo
-            if i + 1 < len(s) and s[i] == "-" and s[i + 1] != "]":
-                hi, i = self._class_char(i + 1)
-                if hi < lo:
-                    raise _GoRegexError("invalid character class range")
-            ranges.append((lo, hi))
-        self._atom(_emit_class(ranges, negate))
-        self.i = i + 1
+            if source.startswith("^", i):
+                i += 1
+            if source.startswith("]", i):  # a leading ']' is a literal
+                i += 1
+            while i < end and source[i] != "]":
+                if source[i] == "\\":
+                    i += 2
+                elif source.startswith("[:", i) and (close := source.find(":]", i + 2)) >= 0:
+                    i = close + 2
+                else:
+                    i += 1
+            i += 1
+        else:
+            if c == "(" and (named := _NAMED_GROUP.match(source, i)):
+                if named[1] in names:
+                    return True
+                names.add(named[1])
+            i += 1
+    return False
 
 
 @lru_cache(maxsize=1024)
-def _compile_go(source: str) -> re.Pattern[str]:
-    """Compile a Go RE2 expression for use with ``search`` (Go's unanchored MatchString)."""
+def _compile_go(source: str) -> _Regexp | None:
+    """Compile a Go regular expression with RE2, the engine Go's ``regexp`` package reimplements.
+
+    None when Go would refuse it; that is cached too, so a bad rule costs one compile, not one per
+    directive. RE2's default memory budget (8 MiB) also refuses what would take a second and hundreds
+    of MiB to compile, such as ``\\pL{1000}``, which Go accepts: rules are checked while slurmctld waits.
+    """
     try:
-        return re.compile(_GoRegexTranslator(source).translate())
-    except (re.error, RecursionError, OverflowError) as exc:
-        raise _GoRegexError(str(exc)) from exc
+        compiled: _Regexp = re2.compile(_utf8(source), _RE2_OPTIONS)
+    except re2.error:
+        return None
+    return None if _go_only_rejects(source) else compiled
+
+
+def _match_string(source: str, text: str) -> bool:
+    """Go's ``regexp.MatchString``: whether ``source`` matches anywhere in ``text`` (unanchored)."""
+    compiled = _compile_go(source)
+    if compiled is None:
+        raise _GoRegexError(source)
+    return compiled.search(_utf8(text)) is not None
