@@ -23,7 +23,6 @@ from slurmlink.resources import errors
 from slurmlink.resources.catalog import default_registry
 from slurmlink.store.sql import SqlStore
 
-
 pytestmark = pytest.mark.anyio
 
 
