@@ -3,7 +3,6 @@ pruning of unknown fields and ``fieldValidation``, and ``/status`` served only w
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 
-from slurmlink.auth.kubeconfig import load_kubeconfig
 from support.kubectl import run_kubectl
 from support.server import ServerProcess
 from support.waiting import wait_for
@@ -25,24 +23,8 @@ pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("strategies") / "state")
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture(scope="module")
 def api(server: ServerProcess) -> Iterator[httpx.Client]:
-    creds = load_kubeconfig(server.kubeconfig)
-    ctx = ssl.create_default_context(cadata=creds.ca_pem.decode())
-    cert, key = server.state_dir.parent / "admin.crt", server.state_dir.parent / "admin.key"
-    cert.write_bytes(creds.cert_pem or b"")
-    key.write_bytes(creds.key_pem or b"")
-    ctx.load_cert_chain(str(cert), str(key))
-    with httpx.Client(base_url=creds.server, verify=ctx, timeout=30) as client:
+    with server.client() as client:
         yield client
 
 

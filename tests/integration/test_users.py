@@ -7,7 +7,6 @@ over HTTP and with the real kubectl 1.32.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 
-from slurmlink.auth.kubeconfig import load_kubeconfig
 from support.kubectl import run_kubectl
 from support.server import ServerProcess
 from support.unix_users import ensure_unix_user
@@ -28,28 +26,6 @@ OWNER_UID = "slurmlink.io/owner-uid"
 OWNER = "slurmlink.io/owner"
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("users") / "state")
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-def _client(kubeconfig: Path) -> httpx.Client:
-    creds = load_kubeconfig(kubeconfig)
-    ctx = ssl.create_default_context(cadata=creds.ca_pem.decode())
-    if creds.cert_pem and creds.key_pem:
-        cert, key = kubeconfig.with_suffix(".crt"), kubeconfig.with_suffix(".key")
-        cert.write_bytes(creds.cert_pem)
-        key.write_bytes(creds.key_pem)
-        ctx.load_cert_chain(str(cert), str(key))
-    headers = {"Authorization": f"Bearer {creds.token}"} if creds.token else {}
-    return httpx.Client(base_url=creds.server, verify=ctx, headers=headers, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +44,8 @@ def kubeconfigs(server: ServerProcess, accounts: dict[str, int]) -> dict[str, Pa
 
 
 @pytest.fixture(scope="module")
-def clients(kubeconfigs: dict[str, Path]) -> Iterator[dict[str, httpx.Client]]:
-    made = {who: _client(path) for who, path in kubeconfigs.items()}
+def clients(server: ServerProcess, kubeconfigs: dict[str, Path]) -> Iterator[dict[str, httpx.Client]]:
+    made = {who: server.client(path) for who, path in kubeconfigs.items()}
     try:
         yield made
     finally:

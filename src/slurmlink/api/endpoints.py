@@ -92,8 +92,12 @@ class ResourceEndpoints:
         method = request.method
         query = request.query_params
         dry_run = _dry_run(query.getlist("dryRun")) if method in ("POST", "PUT", "PATCH", "DELETE") else False
-        validation = pruning.field_validation(query.get("fieldValidation"))
         warnings: list[str] = []
+        writes: dict[str, Any] = {
+            "dry_run": dry_run,
+            "field_validation": pruning.field_validation(query.get("fieldValidation")),
+            "warnings": warnings,
+        }
         if name is None and namespace is None and kind.namespaced and method != "GET":
             # Across all namespaces a namespaced kind can only be listed and watched.
             raise errors.method_not_allowed(f"{method} is not supported on {kind.plural} across namespaces")
@@ -108,13 +112,7 @@ class ResourceEndpoints:
                 scope = authorize(identity, kind, "create", namespace, None)
                 body = await _body(request)
                 obj = await self._run(
-                    functools.partial(
-                        self.service.create,
-                        dry_run=dry_run,
-                        scope=scope,
-                        field_validation=validation,
-                        warnings=warnings,
-                    ),
+                    functools.partial(self.service.create, scope=scope, **writes),
                     kind,
                     version,
                     namespace,
@@ -142,14 +140,7 @@ class ResourceEndpoints:
             scope = authorize(identity, kind, "update", namespace, name)
             body = await _body(request)
             obj = await self._run(
-                functools.partial(
-                    self.service.replace,
-                    subresource=subresource,
-                    dry_run=dry_run,
-                    scope=scope,
-                    field_validation=validation,
-                    warnings=warnings,
-                ),
+                functools.partial(self.service.replace, subresource=subresource, scope=scope, **writes),
                 kind,
                 version,
                 namespace,
@@ -165,14 +156,7 @@ class ResourceEndpoints:
                 raise errors.unsupported_media_type(content_type)
             body = _parse(await request.body())
             obj = await self._run(
-                functools.partial(
-                    self.service.patch,
-                    subresource=subresource,
-                    dry_run=dry_run,
-                    scope=scope,
-                    field_validation=validation,
-                    warnings=warnings,
-                ),
+                functools.partial(self.service.patch, subresource=subresource, scope=scope, **writes),
                 kind,
                 version,
                 namespace,
