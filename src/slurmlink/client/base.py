@@ -33,7 +33,12 @@ class Client(Protocol):
     async def delete(self, kind: Kind, namespace: str | None, name: str) -> Obj: ...
 
     async def watch(
-        self, kind: Kind, namespace: str | None = None, resource_version: str | None = None
+        self,
+        kind: Kind,
+        namespace: str | None = None,
+        resource_version: str | None = None,
+        *,
+        label_selector: str | None = None,
     ) -> AsyncIterator[WatchEvent]: ...
 
     async def aclose(self) -> None: ...

@@ -295,7 +295,12 @@ class HttpClient:
         return obj
 
     async def watch(
-        self, kind: Kind, namespace: str | None = None, resource_version: str | None = None
+        self,
+        kind: Kind,
+        namespace: str | None = None,
+        resource_version: str | None = None,
+        *,
+        label_selector: str | None = None,
     ) -> AsyncIterator[WatchEvent]:
         """Open the watch (raising ApiError now if the server refuses it) and return its events.
 
@@ -306,6 +311,8 @@ class HttpClient:
         params = {"watch": "1", "allowWatchBookmarks": "true"}
         if resource_version:
             params["resourceVersion"] = resource_version
+        if label_selector:
+            params["labelSelector"] = label_selector
         request = self._http.build_request(
             "GET", self.path(kind, namespace), params=params, timeout=self._watch_timeout
         )

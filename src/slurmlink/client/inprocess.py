@@ -64,10 +64,15 @@ class InProcessClient:
         return obj
 
     async def watch(
-        self, kind: Kind, namespace: str | None = None, resource_version: str | None = None
+        self,
+        kind: Kind,
+        namespace: str | None = None,
+        resource_version: str | None = None,
+        *,
+        label_selector: str | None = None,
     ) -> AsyncIterator[WatchEvent]:
         return await self.service.watch(
-            kind, kind.storage_version, namespace, resource_version, bookmark_interval=30.0
+            kind, kind.storage_version, namespace, resource_version, label_selector, bookmark_interval=30.0
         )
 
     async def aclose(self) -> None:
