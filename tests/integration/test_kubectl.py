@@ -309,3 +309,38 @@ def test_unknown_namespace_and_no_resources(kc: Kubectl, server: ServerProcess) 
     assert "No resources found in default namespace." in kc("get", "workflow", "-n", "default").stderr
     missing = kc("get", "workflow", "bb1", "-n", "nons", ok=False)
     assert missing.stderr.strip() == 'Error from server (NotFound): namespaces "nons" not found'
+
+
+LEASE_YAML = """\
+apiVersion: coordination.k8s.io/v1
+kind: Lease
+metadata:
+  name: {name}
+  namespace: dws-system
+spec:
+  holderIdentity: {holder}
+  leaseDurationSeconds: 15
+  acquireTime: "2026-01-02T03:04:05.123456Z"
+  renewTime: "2026-01-02T03:04:05.123456Z"
+  leaseTransitions: 0
+"""
+
+
+def test_leases_are_served_like_kubernetes(kubectl_bin: Path, server: ServerProcess, tmp_path: Path) -> None:
+    """``kubectl api-resources`` lists leases; ``kubectl get leases -A`` shows the holder (admin only)."""
+    kc = Kubectl(kubectl_bin, server.kubeconfig, tmp_path)
+    resources = kc("api-resources", "--api-group=coordination.k8s.io").stdout.splitlines()
+    assert resources[0].split() == ["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"]
+    assert [line.split() for line in resources[1:]] == [["leases", "coordination.k8s.io/v1", "true", "Lease"]]
+    name = f"lease{next(_ids)}"
+    path = tmp_path / "lease.yaml"
+    path.write_text(LEASE_YAML.format(name=name, holder="host-a_42_x"))
+    assert kc("create", "-f", str(path)).stdout.strip() == f"lease.coordination.k8s.io/{name} created"
+    out = kc("get", "leases", "-A").stdout.splitlines()
+    assert out[0].split() == ["NAMESPACE", "NAME", "HOLDER", "AGE"]
+    row = next(line.split() for line in out[1:] if line.split()[1] == name)
+    assert row[0] == "dws-system" and row[2] == "host-a_42_x"
+    path.write_text(LEASE_YAML.format(name=name, holder="x").replace("15", "0"))
+    bad = kc("apply", "-f", str(path), ok=False)
+    assert bad.returncode != 0 and "leaseDurationSeconds" in bad.stderr
+    kc("delete", "lease", "-n", "dws-system", name)
