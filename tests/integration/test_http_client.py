@@ -585,7 +585,7 @@ def test_remote_controller_survives_an_api_restart(tmp_path: Path) -> None:
     try:
         _wait_for_log(controller, log_path, "controllers synced")
         api.stop()
-        _wait_for_log(controller, log_path, "watch failed (cannot reach the slurmlink API at")
+        _wait_for_log(controller, log_path, "list/watch failed: cannot reach the slurmlink API at")
         api.start()
 
         async def body() -> None:
