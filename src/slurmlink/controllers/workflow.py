@@ -12,7 +12,7 @@ import decimal
 
 from slurmlink import jsonutil
 from slurmlink.client.base import Client
-from slurmlink.controllers.runtime import Reconciler, Result
+from slurmlink.controllers.runtime import Reconciler, Result, Watch, owns
 from slurmlink.resources import errors
 from slurmlink.resources.dws.computes import COMPUTES
 from slurmlink.resources.dws.group import GROUP, WORKFLOW_FINALIZER
@@ -117,6 +117,10 @@ def roll_up(status: dict[str, object], drivers: list[dict[str, object]]) -> None
 class WorkflowReconciler(Reconciler):
     name = "workflow"
     kind = WORKFLOW
+
+    def secondary(self) -> tuple[Watch, ...]:
+        # A Computes' change or deletion reconciles its Workflow (deletion waits on its children).
+        return (owns(COMPUTES),)
 
     async def reconcile(self, client: Client, obj: Obj) -> Result | None:
         wf = jsonutil.clone(obj)
@@ -230,7 +234,9 @@ class WorkflowReconciler(Reconciler):
             if gone.get("metadata", {}).get("deletionTimestamp"):
                 remaining += 1
         if remaining:
-            return Result(requeue_after=1.0)
+            # Children with ownerReferences re-trigger us when they go (Owns); the requeue covers
+            # children found by their labels alone.
+            return Result(requeue_after=5.0)
         m["finalizers"] = [f for f in finalizers if f != WORKFLOW_FINALIZER]
         await client.update(WORKFLOW, wf)
         return None
