@@ -344,3 +344,51 @@ def test_leases_are_served_like_kubernetes(kubectl_bin: Path, server: ServerProc
     bad = kc("apply", "-f", str(path), ok=False)
     assert bad.returncode != 0 and "leaseDurationSeconds" in bad.stderr
     kc("delete", "lease", "-n", "dws-system", name)
+
+
+DEPENDENT_LEASE_YAML = """\
+apiVersion: coordination.k8s.io/v1
+kind: Lease
+metadata:
+  name: {name}
+  namespace: dws-system
+  ownerReferences:
+  - apiVersion: coordination.k8s.io/v1
+    kind: Lease
+    name: {owner}
+    uid: {uid}
+    blockOwnerDeletion: true
+spec: {{}}
+"""
+
+
+@pytest.mark.parametrize("cascade", ["background", "foreground", "orphan"])
+def test_delete_cascade_follows_owner_references(
+    kubectl_bin: Path, server: ServerProcess, tmp_path: Path, cascade: str
+) -> None:
+    """``kubectl delete --cascade=...`` sends propagationPolicy; the garbage collector honours it."""
+    kc = Kubectl(kubectl_bin, server.kubeconfig, tmp_path)
+    owner, dependent = f"owner{next(_ids)}", f"dependent{next(_ids)}"
+    path = tmp_path / "owner.yaml"
+    path.write_text(LEASE_YAML.format(name=owner, holder="h"))
+    kc("create", "-f", str(path))
+    uid = kc("get", "lease", "-n", "dws-system", owner, "-o", "jsonpath={.metadata.uid}").stdout
+    path.write_text(DEPENDENT_LEASE_YAML.format(name=dependent, owner=owner, uid=uid))
+    kc("create", "-f", str(path))
+    # kubectl waits until the owner is gone: for foreground, only after its dependent went first.
+    out = kc("delete", "lease", "-n", "dws-system", owner, f"--cascade={cascade}", timeout=60).stdout
+    assert out.strip() == f'lease.coordination.k8s.io "{owner}" deleted'
+
+    def dependent_state() -> str:
+        got = kc("get", "lease", "-n", "dws-system", dependent, "-o", "json", "--ignore-not-found")
+        if not got.stdout.strip():
+            return "gone"
+        refs = yaml.safe_load(got.stdout)["metadata"].get("ownerReferences")
+        return "orphaned" if not refs else "owned"
+
+    if cascade == "foreground":
+        assert dependent_state() == "gone"
+    expected = "orphaned" if cascade == "orphan" else "gone"
+    wait_for(lambda: dependent_state() == expected, 20, interval=0.2, message=f"dependent {expected}")
+    if cascade == "orphan":
+        kc("delete", "lease", "-n", "dws-system", dependent)

@@ -152,9 +152,11 @@ class SwitchableClient:
         self._check()
         return await self.inner.patch(kind, namespace, name, patch, content_type)
 
-    async def delete(self, kind: Kind, namespace: str | None, name: str) -> Obj:
+    async def delete(
+        self, kind: Kind, namespace: str | None, name: str, *, propagation_policy: str | None = None
+    ) -> Obj:
         self._check()
-        return await self.inner.delete(kind, namespace, name)
+        return await self.inner.delete(kind, namespace, name, propagation_policy=propagation_policy)
 
     async def watch(
         self,

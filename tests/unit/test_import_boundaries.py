@@ -42,6 +42,7 @@ CLIENT_SIDE_MODULES = [
     "slurmlink.controllers.registry",
     "slurmlink.controllers.leaderelection",
     "slurmlink.controllers.manager",
+    "slurmlink.controllers.gc",
     "slurmlink.slurm.gateway",
     "slurmlink.slurm.gateway.front",
     "slurmlink.slurm.gateway.operations",

@@ -30,7 +30,9 @@ class Client(Protocol):
         self, kind: Kind, namespace: str | None, name: str, patch: Any, content_type: str = MERGE
     ) -> Obj: ...
 
-    async def delete(self, kind: Kind, namespace: str | None, name: str) -> Obj: ...
+    async def delete(
+        self, kind: Kind, namespace: str | None, name: str, *, propagation_policy: str | None = None
+    ) -> Obj: ...
 
     async def watch(
         self,

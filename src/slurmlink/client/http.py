@@ -290,8 +290,13 @@ class HttpClient:
         )
         return patched
 
-    async def delete(self, kind: Kind, namespace: str | None, name: str) -> Obj:
-        obj: Obj = await self._request("DELETE", self.path(kind, namespace, name))
+    async def delete(
+        self, kind: Kind, namespace: str | None, name: str, *, propagation_policy: str | None = None
+    ) -> Obj:
+        body = None
+        if propagation_policy:
+            body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation_policy}
+        obj: Obj = await self._request("DELETE", self.path(kind, namespace, name), body=body)
         return obj
 
     async def watch(

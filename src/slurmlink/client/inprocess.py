@@ -57,9 +57,12 @@ class InProcessClient:
             self.identity,
         )
 
-    async def delete(self, kind: Kind, namespace: str | None, name: str) -> Obj:
+    async def delete(
+        self, kind: Kind, namespace: str | None, name: str, *, propagation_policy: str | None = None
+    ) -> Obj:
+        options = {"propagationPolicy": propagation_policy} if propagation_policy else None
         obj, _ = await self._run(
-            self.service.delete, kind, kind.storage_version, namespace, name, self.identity
+            self.service.delete, kind, kind.storage_version, namespace, name, self.identity, options
         )
         return obj
 
