@@ -112,6 +112,18 @@ class OwnerGraph:
                     break
         return out
 
+    def deleting_or_gone(self, obj: Obj) -> bool:
+        """Whether ``obj`` is being deleted, or its kind's cache no longer holds it (handlers run
+        after the cache is updated, so a DELETED event's object is already gone from it)."""
+        m = obj.get("metadata") or {}
+        if m.get("deletionTimestamp"):
+            return True
+        kind = self.owner_kind(obj)
+        if kind is None:
+            return False
+        current = self.informers.informer(kind).get(*object_key(obj))
+        return current is None or current["metadata"].get("uid") != m.get("uid")
+
     def owner_key(self, dependent: Obj, ref: Obj, owner: Kind) -> Key:
         namespace = (dependent.get("metadata") or {}).get("namespace") or ""
         return (namespace if owner.namespaced else "", str(ref.get("name") or ""))
@@ -164,12 +176,27 @@ class GarbageCollector(Reconciler):
 
         return [watches(kind, related) for kind in self.all_kinds]
 
+    def wants(self, obj: Obj) -> bool:
+        """Only dependents and owners being deleted with a cascade finalizer have anything to collect."""
+        m = obj.get("metadata") or {}
+        cascading = bool(m.get("deletionTimestamp")) and bool(
+            {ORPHAN, FOREGROUND} & set(m.get("finalizers") or [])
+        )
+        return cascading or bool(_refs(obj))
+
     def _related(self, graph: OwnerGraph, obj: Obj) -> list[Key]:
-        """Objects of our kind that own ``obj`` or that ``obj`` owns."""
-        keys = [
-            graph.owner_key(obj, ref, self.kind) for ref in _refs(obj) if graph.owner_kind(ref) is self.kind
-        ]
-        keys += [object_key(d.obj) for d in graph.dependents(obj) if d.kind is self.kind]
+        """Objects of our kind that matter after a change of ``obj``: its owners that are being
+        deleted (they may be waiting for it), and its dependents once it is deleting or gone."""
+        keys: list[Key] = []
+        informer = graph.informers.informer(self.kind)
+        for ref in _refs(obj):
+            if graph.owner_kind(ref) is self.kind:
+                key = graph.owner_key(obj, ref, self.kind)
+                owner = informer.get(*key)
+                if owner is not None and owner["metadata"].get("deletionTimestamp"):
+                    keys.append(key)
+        if graph.deleting_or_gone(obj):
+            keys += [object_key(d.obj) for d in graph.dependents(obj) if d.kind is self.kind]
         return keys
 
     async def reconcile(self, client: Client, obj: Obj) -> Result | None:

@@ -94,6 +94,10 @@ class Reconciler:
     def secondary(self) -> Sequence[Watch]:
         return ()
 
+    def wants(self, obj: Obj) -> bool:
+        """A predicate on primary objects (controller-runtime's predicates): others are not queued."""
+        return True
+
     async def reconcile(self, client: Client, obj: Obj) -> Result | None:
         raise NotImplementedError
 
@@ -175,7 +179,8 @@ class ControllerRunner:
         if self._prepared:
             return
         self._prepared = True
-        self._watch(self.primary, lambda obj: [object_key(obj)])
+        wants = self.reconciler.wants
+        self._watch(self.primary, lambda obj: [object_key(obj)] if wants(obj) else [])
         primary = self.reconciler.kind
         for spec in self.reconciler.secondary():
             informer = self.informers.informer(spec.kind, spec.namespace, spec.label_selector)
@@ -201,8 +206,9 @@ class ControllerRunner:
     def start_workers(self) -> None:
         if self._tasks:
             return
-        for key in list(self.primary.cache):  # a resync: work missed while not running
-            self._queue.add(key)
+        for key, obj in list(self.primary.cache.items()):  # a resync: work missed while not running
+            if self.reconciler.wants(obj):
+                self._queue.add(key)
         name = self.reconciler.name
         for i in range(self.workers):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"{name}-worker-{i}"))
