@@ -1,4 +1,4 @@
-"""``slurmlink controller``: the controllers as a separate process, one of them leading at a time."""
+"""``slurmlink controller``: the registered controllers as a separate process; one instance leads."""
 
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ def controller(
     log_level: str,
     log_format: str,
 ) -> None:
-    """Run the controllers (Workflow controller and test driver) against a remote slurmlink API.
+    """Run the controllers (Workflow, test driver, garbage collector) against a remote slurmlink API.
 
     `slurmlink serve` runs these controllers in-process, which is all a single server needs. Use
     this command to scale out instead: run several API replicas on one PostgreSQL store with
