@@ -186,3 +186,44 @@ def test_expiry_is_judged_on_the_observers_clock(tmp_path: Path) -> None:
         await c.stop()
 
     run(body, tmp_path)
+
+
+def test_only_the_leading_manager_runs_its_controllers(tmp_path: Path) -> None:
+    """Two managers (as two servers with controllers on one database): one acts, then the other."""
+    from slurmlink.controllers.manager import Manager
+    from slurmlink.resources.dws.workflow import WORKFLOW
+
+    def config(identity: str) -> LeaderElectionConfig:
+        return LeaderElectionConfig("ctl", NS, identity, **FAST)
+
+    def working(manager: Manager) -> bool:
+        return any(runner._tasks for runner in manager.runners)
+
+    async def body(svc: ResourceService, client: Client) -> None:
+        a = Manager(client, test_driver=True, election=config("a"))
+        a.start()
+        await eventually(lambda: a.leading and working(a), "a to lead and work")
+        b = Manager(client, test_driver=True, election=config("b"))
+        b.start()
+        await b.wait_synced(10)
+        assert not b.leading and not working(b)
+        wf = {
+            "apiVersion": "dataworkflowservices.github.io/v1alpha2",
+            "kind": "Workflow",
+            "metadata": {"name": "w1"},
+            "spec": {"desiredState": "Proposal", "dwDirectives": ["#DW Proposal action=complete"],
+                     "wlmID": "slurm", "jobID": "1", "userID": 990, "groupID": 990},
+        }  # fmt: skip
+        svc.create(WORKFLOW, "v1alpha2", "slurm", wf, SYSTEM)
+
+        def ready(name: str) -> bool:
+            return bool((svc.get(WORKFLOW, "v1alpha2", "slurm", name).get("status") or {}).get("ready"))
+
+        await eventually(lambda: ready("w1"), "the leader to drive w1")
+        await a.stop()
+        await eventually(lambda: b.leading and working(b), "b to take over")
+        svc.create(WORKFLOW, "v1alpha2", "slurm", {**wf, "metadata": {"name": "w2"}}, SYSTEM)
+        await eventually(lambda: ready("w2"), "the new leader to drive w2")
+        await b.stop()
+
+    run(body, tmp_path)
