@@ -21,9 +21,8 @@ from slurmlink.auth.pki import CertificateAuthority, ensure_server_credentials
 from slurmlink.auth.tokens import TokenStore
 from slurmlink.client.inprocess import InProcessClient
 from slurmlink.config import ServerConfig
-from slurmlink.controllers.runtime import ControllerRunner
-from slurmlink.controllers.testdriver import TestDriverReconciler
-from slurmlink.controllers.workflow import WorkflowReconciler
+from slurmlink.controllers.leaderelection import LEASE_NAME, LeaderElectionConfig, default_identity
+from slurmlink.controllers.manager import Manager
 from slurmlink.cpu_priority import lower_cpu_priority
 from slurmlink.resources import errors
 from slurmlink.resources.catalog import default_registry
@@ -96,7 +95,7 @@ class Server:
     store: SqlStore = field(init=False)
     hub: WatchHub = field(init=False)
     service: ResourceService = field(init=False)
-    runners: list[ControllerRunner] = field(default_factory=list)
+    manager: Manager | None = None
 
     def prepare(self) -> None:
         cfg = self.config
@@ -118,14 +117,13 @@ class Server:
         await self.hub.start()
         client = InProcessClient(self.service)
         if cfg.controllers:
-            self.runners.append(ControllerRunner(client, WorkflowReconciler(), workers=4))
-            if cfg.test_driver:
-                self.runners.append(ControllerRunner(client, TestDriverReconciler(), workers=2))
-        for runner in self.runners:
-            runner.start()
+            self.manager = Manager(
+                client, test_driver=cfg.test_driver, workers=4, election=election_config(cfg)
+            )
+            self.manager.start()
 
         async def ready() -> bool:
-            return all(r.synced for r in self.runners)
+            return self.manager is None or self.manager.synced
 
         tokens = TokenStore(cfg.state_dir / "tokens.json")
         auth = Authenticator(tokens, open_access=cfg.insecure_http)
@@ -158,8 +156,8 @@ class Server:
         finally:
             compactor.cancel()
             await asyncio.wait({compactor})
-            for runner in self.runners:
-                await runner.stop()
+            if self.manager is not None:
+                await self.manager.stop()
             await self.hub.stop()
             self.store.close()
 
@@ -170,6 +168,15 @@ class Server:
                 await anyio.to_thread.run_sync(self.store.compact, self.config.compaction_retain)
             except Exception:
                 log.exception("compaction failed")
+
+
+def election_config(cfg: ServerConfig) -> LeaderElectionConfig | None:
+    """In-process controllers elect a leader when the store is shared (PostgreSQL), so several
+    ``serve`` processes on one database never act twice. On SQLite there is one server per state
+    directory, and electing would only make a restarted server wait out its predecessor's lease."""
+    if cfg.store_url.startswith("sqlite"):
+        return None
+    return LeaderElectionConfig(LEASE_NAME, cfg.system_namespace, default_identity())
 
 
 def _redacted(url: str) -> str:

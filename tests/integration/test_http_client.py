@@ -585,7 +585,7 @@ def test_remote_controller_survives_an_api_restart(tmp_path: Path) -> None:
     try:
         _wait_for_log(controller, log_path, "controllers synced")
         api.stop()
-        _wait_for_log(controller, log_path, "watch failed (cannot reach the slurmlink API at")
+        _wait_for_log(controller, log_path, "list/watch failed: cannot reach the slurmlink API at")
         api.start()
 
         async def body() -> None:
@@ -646,3 +646,39 @@ def test_a_burst_of_requests_shares_a_few_kept_alive_connections(server: ServerP
         assert reused == opened  # the second burst opened no connection (and no TLS handshake)
 
     asyncio.run(body())
+
+
+def test_list_and_watch_with_a_label_selector(server: ServerProcess) -> None:
+    """``labelSelector`` reaches the server on list and watch: only matching objects come back."""
+
+    def labelled(name: str, pick: str) -> Obj:
+        obj = workflow(name, "slurm")
+        obj["metadata"]["labels"] = {"pick": pick}
+        return obj
+
+    async def body() -> None:
+        async with client_for(server) as client:
+            _, revision = await client.list(WORKFLOW, "slurm")
+            events = await client.watch(WORKFLOW, "slurm", revision, label_selector="pick=yes")
+            async with contextlib.aclosing(events):  # type: ignore[type-var]
+                for name, pick in (
+                    ("sel-no1", "no"),
+                    ("sel-yes1", "yes"),
+                    ("sel-no2", "no"),
+                    ("sel-yes2", "yes"),
+                ):
+                    await client.create(WORKFLOW, labelled(name, pick))
+                seen: list[str] = []
+                async with asyncio.timeout(10):
+                    async for event in events:
+                        if event.type != "BOOKMARK":
+                            seen.append(event.object["metadata"]["name"])
+                        if len(seen) == 2:
+                            break
+            assert seen == ["sel-yes1", "sel-yes2"]
+            items, _ = await client.list(WORKFLOW, "slurm", "pick=yes")
+            assert sorted(o["metadata"]["name"] for o in items) == ["sel-yes1", "sel-yes2"]
+            for name in ("sel-no1", "sel-yes1", "sel-no2", "sel-yes2"):
+                await client.delete(WORKFLOW, "slurm", name)
+
+    run(body())

@@ -309,3 +309,86 @@ def test_unknown_namespace_and_no_resources(kc: Kubectl, server: ServerProcess) 
     assert "No resources found in default namespace." in kc("get", "workflow", "-n", "default").stderr
     missing = kc("get", "workflow", "bb1", "-n", "nons", ok=False)
     assert missing.stderr.strip() == 'Error from server (NotFound): namespaces "nons" not found'
+
+
+LEASE_YAML = """\
+apiVersion: coordination.k8s.io/v1
+kind: Lease
+metadata:
+  name: {name}
+  namespace: dws-system
+spec:
+  holderIdentity: {holder}
+  leaseDurationSeconds: 15
+  acquireTime: "2026-01-02T03:04:05.123456Z"
+  renewTime: "2026-01-02T03:04:05.123456Z"
+  leaseTransitions: 0
+"""
+
+
+def test_leases_are_served_like_kubernetes(kubectl_bin: Path, server: ServerProcess, tmp_path: Path) -> None:
+    """``kubectl api-resources`` lists leases; ``kubectl get leases -A`` shows the holder (admin only)."""
+    kc = Kubectl(kubectl_bin, server.kubeconfig, tmp_path)
+    resources = kc("api-resources", "--api-group=coordination.k8s.io").stdout.splitlines()
+    assert resources[0].split() == ["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"]
+    assert [line.split() for line in resources[1:]] == [["leases", "coordination.k8s.io/v1", "true", "Lease"]]
+    name = f"lease{next(_ids)}"
+    path = tmp_path / "lease.yaml"
+    path.write_text(LEASE_YAML.format(name=name, holder="host-a_42_x"))
+    assert kc("create", "-f", str(path)).stdout.strip() == f"lease.coordination.k8s.io/{name} created"
+    out = kc("get", "leases", "-A").stdout.splitlines()
+    assert out[0].split() == ["NAMESPACE", "NAME", "HOLDER", "AGE"]
+    row = next(line.split() for line in out[1:] if line.split()[1] == name)
+    assert row[0] == "dws-system" and row[2] == "host-a_42_x"
+    path.write_text(LEASE_YAML.format(name=name, holder="x").replace("15", "0"))
+    bad = kc("apply", "-f", str(path), ok=False)
+    assert bad.returncode != 0 and "leaseDurationSeconds" in bad.stderr
+    kc("delete", "lease", "-n", "dws-system", name)
+
+
+DEPENDENT_LEASE_YAML = """\
+apiVersion: coordination.k8s.io/v1
+kind: Lease
+metadata:
+  name: {name}
+  namespace: dws-system
+  ownerReferences:
+  - apiVersion: coordination.k8s.io/v1
+    kind: Lease
+    name: {owner}
+    uid: {uid}
+    blockOwnerDeletion: true
+spec: {{}}
+"""
+
+
+@pytest.mark.parametrize("cascade", ["background", "foreground", "orphan"])
+def test_delete_cascade_follows_owner_references(
+    kubectl_bin: Path, server: ServerProcess, tmp_path: Path, cascade: str
+) -> None:
+    """``kubectl delete --cascade=...`` sends propagationPolicy; the garbage collector honours it."""
+    kc = Kubectl(kubectl_bin, server.kubeconfig, tmp_path)
+    owner, dependent = f"owner{next(_ids)}", f"dependent{next(_ids)}"
+    path = tmp_path / "owner.yaml"
+    path.write_text(LEASE_YAML.format(name=owner, holder="h"))
+    kc("create", "-f", str(path))
+    uid = kc("get", "lease", "-n", "dws-system", owner, "-o", "jsonpath={.metadata.uid}").stdout
+    path.write_text(DEPENDENT_LEASE_YAML.format(name=dependent, owner=owner, uid=uid))
+    kc("create", "-f", str(path))
+    # kubectl waits until the owner is gone: for foreground, only after its dependent went first.
+    out = kc("delete", "lease", "-n", "dws-system", owner, f"--cascade={cascade}", timeout=60).stdout
+    assert out.strip() == f'lease.coordination.k8s.io "{owner}" deleted'
+
+    def dependent_state() -> str:
+        got = kc("get", "lease", "-n", "dws-system", dependent, "-o", "json", "--ignore-not-found")
+        if not got.stdout.strip():
+            return "gone"
+        refs = yaml.safe_load(got.stdout)["metadata"].get("ownerReferences")
+        return "orphaned" if not refs else "owned"
+
+    if cascade == "foreground":
+        assert dependent_state() == "gone"
+    expected = "orphaned" if cascade == "orphan" else "gone"
+    wait_for(lambda: dependent_state() == expected, 20, interval=0.2, message=f"dependent {expected}")
+    if cascade == "orphan":
+        kc("delete", "lease", "-n", "dws-system", dependent)

@@ -152,15 +152,23 @@ class SwitchableClient:
         self._check()
         return await self.inner.patch(kind, namespace, name, patch, content_type)
 
-    async def delete(self, kind: Kind, namespace: str | None, name: str) -> Obj:
+    async def delete(
+        self, kind: Kind, namespace: str | None, name: str, *, propagation_policy: str | None = None
+    ) -> Obj:
         self._check()
-        return await self.inner.delete(kind, namespace, name)
+        return await self.inner.delete(kind, namespace, name, propagation_policy=propagation_policy)
 
     async def watch(
-        self, kind: Kind, namespace: str | None = None, resource_version: str | None = None
+        self,
+        kind: Kind,
+        namespace: str | None = None,
+        resource_version: str | None = None,
+        *,
+        label_selector: str | None = None,
     ) -> AsyncIterator[WatchEvent]:
         self._check()
-        return self._guarded(await self.inner.watch(kind, namespace, resource_version))
+        stream = await self.inner.watch(kind, namespace, resource_version, label_selector=label_selector)
+        return self._guarded(stream)
 
     async def _guarded(self, stream: AsyncIterator[WatchEvent]) -> AsyncIterator[WatchEvent]:
         """Pass events through until the API is cut off, then fail like a broken connection."""

@@ -429,6 +429,11 @@ class ResourceService:
         """
         ns = self._ns(kind, namespace)
         pre = (options or {}).get("preconditions") or {}
+        # Foreground and Orphan propagation: a finalizer the garbage collector acts on and removes.
+        policy = (options or {}).get("propagationPolicy") or "Background"
+        if policy not in _PROPAGATION_FINALIZERS:
+            raise errors.bad_request(f"unsupported propagationPolicy {policy!r}")
+        cascade = _PROPAGATION_FINALIZERS[policy]
         deadline = time.monotonic() + _CONFLICT_RETRY_SECONDS
         while time.monotonic() < deadline:
             old = self.get_storage(kind, ns, name)
@@ -440,11 +445,15 @@ class ResourceService:
                 raise errors.conflict(kind.group, kind.plural, name)
             if pre.get("resourceVersion") and str(pre["resourceVersion"]) != str(m.get("resourceVersion")):
                 raise errors.conflict(kind.group, kind.plural, name)
+            finalizers = list(m.get("finalizers") or [])
+            if cascade and not m.get("deletionTimestamp") and cascade not in finalizers:
+                finalizers.append(cascade)
             try:
-                if m.get("finalizers"):
+                if finalizers:
                     if m.get("deletionTimestamp"):
                         return self.to_version(kind, old, version), False
                     new = jsonutil.clone(old)
+                    meta(new)["finalizers"] = finalizers
                     meta(new)["deletionTimestamp"] = now_rfc3339()
                     meta(new)["deletionGracePeriodSeconds"] = 0
                     if dry_run:
@@ -558,6 +567,8 @@ class ResourceService:
         finally:
             sub.close()
 
+
+_PROPAGATION_FINALIZERS = {"Background": "", "Foreground": "foregroundDeletion", "Orphan": "orphan"}
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")

@@ -1,4 +1,4 @@
-"""``slurmlink controller``: the Workflow controller (and test driver) as a separate process."""
+"""``slurmlink controller``: the registered controllers as a separate process; one instance leads."""
 
 from __future__ import annotations
 
@@ -19,36 +19,48 @@ from slurmlink.cli.resources_cmd import (
     open_client,
     setup_client_logging,
 )
+from slurmlink.controllers import leaderelection as le
 from slurmlink.resources.errors import ApiError
 
 if TYPE_CHECKING:
     from slurmlink.client.base import Client
-    from slurmlink.controllers.runtime import ControllerRunner
+    from slurmlink.controllers.manager import Manager
 
 log = logging.getLogger("slurmlink.controller")
 
 
 async def run_controllers(
-    client: Client, *, test_driver: bool, workers: int, stop: asyncio.Event, server: str = ""
+    client: Client,
+    *,
+    test_driver: bool,
+    workers: int,
+    stop: asyncio.Event,
+    server: str = "",
+    election: le.LeaderElectionConfig | None = None,
 ) -> None:
-    """Run the reconcilers against ``client`` (any ``Client``) until ``stop`` is set."""
-    from slurmlink.controllers.runtime import ControllerRunner
-    from slurmlink.controllers.testdriver import TestDriverReconciler
-    from slurmlink.controllers.workflow import WorkflowReconciler
+    """Run the registered controllers against ``client`` (any ``Client``) until ``stop`` is set."""
+    from slurmlink.controllers.manager import Manager
 
-    runners = [ControllerRunner(client, WorkflowReconciler(), workers=workers)]
-    if test_driver:
-        runners.append(ControllerRunner(client, TestDriverReconciler(), workers=max(1, workers // 2)))
-    for runner in runners:
-        runner.start()
-    names = [r.reconciler.name for r in runners]
-    log.info("controllers started: %s against %s", ", ".join(names), server)
+    manager = Manager(client, test_driver=test_driver, workers=workers, election=election)
+    manager.start()
+    names = ", ".join(manager.names)
+    if election is None:
+        log.info("controllers started: %s against %s (no leader election)", names, server)
+    else:
+        log.info(
+            "controllers %s against %s: campaigning for lease %s/%s as %s",
+            names,
+            server,
+            election.namespace,
+            election.name,
+            election.identity,
+        )
     try:
-        synced: asyncio.Future[Any] = asyncio.ensure_future(_all_synced(runners))
+        synced: asyncio.Future[Any] = asyncio.ensure_future(_all_synced(manager))
         stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait({synced, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if synced in done:
-            log.info("controllers synced: %s", ", ".join(names))
+            log.info("controllers synced: %s", names)
         else:
             synced.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -56,13 +68,12 @@ async def run_controllers(
         await stopped
     finally:
         log.info("stopping controllers")
-        for runner in runners:
-            await runner.stop()
+        await manager.stop()
 
 
-async def _all_synced(runners: list[ControllerRunner]) -> None:
-    """Wait until every runner has listed its kind, saying so every minute while it has not."""
-    for runner in runners:
+async def _all_synced(manager: Manager) -> None:
+    """Wait until every runner has listed its kinds, saying so every minute while it has not."""
+    for runner in manager.runners:
         while True:
             try:
                 await runner.wait_synced(timeout=60.0)
@@ -73,7 +84,13 @@ async def _all_synced(runners: list[ControllerRunner]) -> None:
                 )
 
 
-async def _main(kubeconfig: Path | None, context: str | None, test_driver: bool, workers: int) -> None:
+async def _main(
+    kubeconfig: Path | None,
+    context: str | None,
+    test_driver: bool,
+    workers: int,
+    election: le.LeaderElectionConfig | None,
+) -> None:
     from slurmlink.resources.dws.workflow import WORKFLOW
 
     client = open_client(kubeconfig, context)
@@ -90,7 +107,12 @@ async def _main(kubeconfig: Path | None, context: str | None, test_driver: bool,
                 raise CliError(error_text(exc)) from exc
             log.warning("%s; retrying", exc.message)
         await run_controllers(
-            client, test_driver=test_driver, workers=workers, stop=stop, server=client.server
+            client,
+            test_driver=test_driver,
+            workers=workers,
+            stop=stop,
+            server=client.server,
+            election=election,
         )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -113,25 +135,88 @@ async def _main(kubeconfig: Path | None, context: str | None, test_driver: bool,
     show_default=True,
     help="Concurrent reconciles of the Workflow controller (the test driver gets half, at least 1).",
 )
+@click.option(
+    "--leader-elect/--no-leader-elect",
+    default=True,
+    show_default=True,
+    help="Act only while holding the leader Lease, so several instances can run as standbys.",
+)
+@click.option("--lease-name", default=le.LEASE_NAME, show_default=True, help="Name of the leader Lease.")
+@click.option(
+    "--lease-namespace",
+    default=le.LEASE_NAMESPACE,
+    show_default=True,
+    help="Namespace of the leader Lease (the server's system namespace).",
+)
+@click.option(
+    "--identity",
+    default=None,
+    help="This instance's holder identity in the Lease (default: HOSTNAME_PID_UUID).",
+)
+@click.option(
+    "--leader-elect-lease-duration",
+    type=click.FloatRange(1, None),
+    default=le.LEASE_DURATION,
+    show_default=True,
+    help="Seconds a standby waits, after it last saw the Lease renewed, before taking it over.",
+)
+@click.option(
+    "--leader-elect-renew-deadline",
+    type=click.FloatRange(0.5, None),
+    default=le.RENEW_DEADLINE,
+    show_default=True,
+    help="Seconds the leader keeps trying to renew before it stops acting (less than the duration).",
+)
+@click.option(
+    "--leader-elect-retry-period",
+    type=click.FloatRange(0.1, None),
+    default=le.RETRY_PERIOD,
+    show_default=True,
+    help="Seconds between renewals (and acquisition attempts).",
+)
 @log_options
 def controller(
     kubeconfig: Path | None,
     context: str | None,
     no_test_driver: bool,
     workers: int,
+    leader_elect: bool,
+    lease_name: str,
+    lease_namespace: str,
+    identity: str | None,
+    leader_elect_lease_duration: float,
+    leader_elect_renew_deadline: float,
+    leader_elect_retry_period: float,
     log_level: str,
     log_format: str,
 ) -> None:
-    """Run the Workflow controller (and the test driver) against a remote slurmlink API.
+    """Run the controllers (Workflow, test driver, garbage collector) against a remote slurmlink API.
 
     `slurmlink serve` runs these controllers in-process, which is all a single server needs. Use
     this command to scale out instead: run several API replicas on one PostgreSQL store with
-    `slurmlink serve --no-controllers`, and the controllers here as a separate process using a
-    kubeconfig with the admin role. Run one instance: there is no leader election, so a second
-    one only duplicates work. It is the same controller code as in serve, over the HTTP client.
-    Runs until SIGINT or SIGTERM, then shuts down cleanly. Pass --no-test-driver when the API
-    servers run with --no-test-driver (then no test driver rules exist).
+    `slurmlink serve --no-controllers`, and the controllers here as separate processes using a
+    kubeconfig with the admin role. Run two or more for availability: they elect a leader through
+    a coordination.k8s.io/v1 Lease (`kubectl get leases -A` shows the holder) and only the leader
+    acts; the others keep their caches warm and take over once the leader's lease expires (15 s
+    by default), or at once when it shuts down cleanly and releases it. A leader that cannot renew
+    within the renew deadline stops acting and campaigns again. It is the same controller code as
+    in serve, over the HTTP client. Runs until SIGINT or SIGTERM, then shuts down cleanly. Pass
+    --no-test-driver when the API servers run with --no-test-driver (then no test driver rules
+    exist).
     """
     setup_client_logging(log_level, log_format)
+    election = None
+    if leader_elect:
+        try:
+            election = le.LeaderElectionConfig(
+                lease_name,
+                lease_namespace,
+                identity or le.default_identity(),
+                lease_duration=leader_elect_lease_duration,
+                renew_deadline=leader_elect_renew_deadline,
+                retry_period=leader_elect_retry_period,
+            )
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
     with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C during shutdown
-        asyncio.run(_main(kubeconfig, context, not no_test_driver, workers))
+        asyncio.run(_main(kubeconfig, context, not no_test_driver, workers, election))

@@ -34,10 +34,17 @@ class Client(Protocol):
         self, kind: Kind, namespace: str | None, name: str, patch: Any, content_type: str = MERGE
     ) -> Obj: ...
 
-    async def delete(self, kind: Kind, namespace: str | None, name: str) -> Obj: ...
+    async def delete(
+        self, kind: Kind, namespace: str | None, name: str, *, propagation_policy: str | None = None
+    ) -> Obj: ...
 
     async def watch(
-        self, kind: Kind, namespace: str | None = None, resource_version: str | None = None
+        self,
+        kind: Kind,
+        namespace: str | None = None,
+        resource_version: str | None = None,
+        *,
+        label_selector: str | None = None,
     ) -> AsyncIterator[WatchEvent]: ...
 
     async def aclose(self) -> None: ...

@@ -299,12 +299,22 @@ class HttpClient:
         )
         return patched
 
-    async def delete(self, kind: Kind, namespace: str | None, name: str) -> Obj:
-        obj: Obj = await self._request("DELETE", self.path(kind, namespace, name))
+    async def delete(
+        self, kind: Kind, namespace: str | None, name: str, *, propagation_policy: str | None = None
+    ) -> Obj:
+        body = None
+        if propagation_policy:
+            body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation_policy}
+        obj: Obj = await self._request("DELETE", self.path(kind, namespace, name), body=body)
         return obj
 
     async def watch(
-        self, kind: Kind, namespace: str | None = None, resource_version: str | None = None
+        self,
+        kind: Kind,
+        namespace: str | None = None,
+        resource_version: str | None = None,
+        *,
+        label_selector: str | None = None,
     ) -> AsyncIterator[WatchEvent]:
         """Open the watch (raising ApiError now if the server refuses it) and return its events.
 
@@ -315,6 +325,8 @@ class HttpClient:
         params = {"watch": "1", "allowWatchBookmarks": "true"}
         if resource_version:
             params["resourceVersion"] = resource_version
+        if label_selector:
+            params["labelSelector"] = label_selector
         request = self._http.build_request(
             "GET", self.path(kind, namespace), params=params, timeout=self._watch_timeout
         )

@@ -63,17 +63,25 @@ class InProcessClient:
             self.identity,
         )
 
-    async def delete(self, kind: Kind, namespace: str | None, name: str) -> Obj:
+    async def delete(
+        self, kind: Kind, namespace: str | None, name: str, *, propagation_policy: str | None = None
+    ) -> Obj:
+        options = {"propagationPolicy": propagation_policy} if propagation_policy else None
         obj, _ = await self._run(
-            self.service.delete, kind, kind.storage_version, namespace, name, self.identity
+            self.service.delete, kind, kind.storage_version, namespace, name, self.identity, options
         )
         return obj
 
     async def watch(
-        self, kind: Kind, namespace: str | None = None, resource_version: str | None = None
+        self,
+        kind: Kind,
+        namespace: str | None = None,
+        resource_version: str | None = None,
+        *,
+        label_selector: str | None = None,
     ) -> AsyncIterator[WatchEvent]:
         return await self.service.watch(
-            kind, kind.storage_version, namespace, resource_version, bookmark_interval=30.0
+            kind, kind.storage_version, namespace, resource_version, label_selector, bookmark_interval=30.0
         )
 
     async def aclose(self) -> None:

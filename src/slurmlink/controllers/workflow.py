@@ -12,7 +12,8 @@ import decimal
 
 from slurmlink import jsonutil
 from slurmlink.client.base import Client
-from slurmlink.controllers.runtime import Reconciler, Result
+from slurmlink.controllers.gc import delete_dependents, owner_graph
+from slurmlink.controllers.runtime import Reconciler, Result, Watch, owns
 from slurmlink.resources import errors
 from slurmlink.resources.dws.computes import COMPUTES
 from slurmlink.resources.dws.group import GROUP, WORKFLOW_FINALIZER
@@ -118,6 +119,10 @@ class WorkflowReconciler(Reconciler):
     name = "workflow"
     kind = WORKFLOW
 
+    def secondary(self) -> tuple[Watch, ...]:
+        # A Computes' change or deletion reconciles its Workflow (deletion waits on its children).
+        return (owns(COMPUTES),)
+
     async def reconcile(self, client: Client, obj: Obj) -> Result | None:
         wf = jsonutil.clone(obj)
         m = wf["metadata"]
@@ -209,28 +214,15 @@ class WorkflowReconciler(Reconciler):
             return None
         if len(finalizers) != 1:
             return None  # other finalizers (drivers) go first; their removal re-triggers us
-        m = wf["metadata"]
-        # Children are found by the owner labels alone, in any namespace, as upstream's DeleteChildren.
-        selector = (
-            f"{OWNER_LABELS[0]}=Workflow,{OWNER_LABELS[1]}={m['name']},{OWNER_LABELS[2]}={m['namespace']}"
-        )
-        children, _ = await client.list(COMPUTES, None, selector)
-        remaining = 0
-        for child in children:
-            if (child["metadata"].get("labels") or {}).get(OWNER_LABELS[3]) not in ("", m.get("uid")):
-                continue
-            try:
-                gone = await client.delete(
-                    COMPUTES, child["metadata"].get("namespace"), child["metadata"]["name"]
-                )
-            except errors.ApiError as exc:
-                if exc.code == 404:
-                    continue
-                raise
-            if gone.get("metadata", {}).get("deletionTimestamp"):
-                remaining += 1
-        if remaining:
-            return Result(requeue_after=1.0)
-        m["finalizers"] = [f for f in finalizers if f != WORKFLOW_FINALIZER]
+        # Children (any kind with an ownerReference to this Workflow) are deleted, and the finalizer
+        # stays until they are gone, as upstream's DeleteChildren; the garbage collector's graph
+        # finds them, and each child's deletion re-triggers us (Owns).
+        graph = owner_graph(self.informers)
+        graph.track(COMPUTES)
+        if not graph.synced():
+            return Result(requeue_after=0.5)
+        if await delete_dependents(client, graph, wf, "Background"):
+            return Result(requeue_after=5.0)
+        wf["metadata"]["finalizers"] = [f for f in finalizers if f != WORKFLOW_FINALIZER]
         await client.update(WORKFLOW, wf)
         return None
