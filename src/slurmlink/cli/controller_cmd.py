@@ -197,7 +197,7 @@ def controller(
     `slurmlink serve --no-controllers`, and the controllers here as separate processes using a
     kubeconfig with the admin role. Run two or more for availability: they elect a leader through
     a coordination.k8s.io/v1 Lease (`kubectl get leases -A` shows the holder) and only the leader
-    acts; the others keep their caches warm and take over once the leader's lease expires (15 s
+    acts; the others keep their caches warm and take over once the leader's lease expires (12 s
     by default), or at once when it shuts down cleanly and releases it. A leader that cannot renew
     within the renew deadline stops acting and campaigns again. It is the same controller code as
     in serve, over the HTTP client. Runs until SIGINT or SIGTERM, then shuts down cleanly. Pass

@@ -38,9 +38,10 @@ log = logging.getLogger(__name__)
 #: The Lease ``serve`` and ``slurmlink controller`` campaign for, in the system namespace.
 LEASE_NAME = "slurmlink-controllers"
 LEASE_NAMESPACE = "dws-system"
-#: kube-controller-manager's defaults.
-LEASE_DURATION = 15.0
-RENEW_DEADLINE = 10.0
+#: Shorter than kube-controller-manager's 15/10/2 s, so that a standby takes over within 15 s of the
+#: leader's death (the lease less the time since the last renewal, plus the watch and one write).
+LEASE_DURATION = 12.0
+RENEW_DEADLINE = 8.0
 RETRY_PERIOD = 2.0
 
 
