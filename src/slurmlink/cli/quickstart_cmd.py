@@ -23,11 +23,11 @@ import shutil
 import socket
 import ssl
 import sys
-import time
 from pathlib import Path
 
 import click
 
+from slurmlink import supervise
 from slurmlink.cpu_priority import COLOCATED_SERVE_NICE
 from slurmlink.slurm.devcluster import (
     DEFAULT_CTLD_PORT,
@@ -36,10 +36,8 @@ from slurmlink.slurm.devcluster import (
     DevClusterError,
     GatewaySetup,
     gateway_healthy,
-    running_pid,
-    spawn_detached,
-    stop_pid,
 )
+from slurmlink.supervise import running_pid, spawn_detached, stop_pid
 
 DEFAULT_DIR = Path("/var/tmp/slurmlink/quickstart")
 DEFAULT_LISTEN = "127.0.0.1:8443"
@@ -195,28 +193,39 @@ class Quickstart:
         except OSError:
             return "(no log output)"
 
-    def ensure_server(self, listen: str, timeout: float) -> str:
-        """Start ``slurmlink serve`` detached (or keep the running one) and wait for /readyz; the URL."""
+    def ensure_server(self, listen: str, timeout: float) -> tuple[str, int | None]:
+        """Start ``slurmlink serve`` detached (or keep the running one) and wait for /readyz.
+
+        Returns the URL and the pid if this call started the server (so a later failure can stop it).
+        """
         pid = self.server_pid()
         if pid is not None and self.server_listen(pid) != listen:
             _progress(f"server listens on {self.server_listen(pid)}, wanted {listen}; restarting it")
             stop_pid(pid, "slurmlink serve", 10, _progress)
             pid = None
+        started: int | None = None
         if pid is None:
-            pid = self._start_server(listen)
+            pid = started = self._start_server(listen)
+            check = supervise.died_check(pid, f"slurmlink serve (pid {pid})", self._log_tail)
         else:
             _progress(f"slurmlink serve already running (pid {pid})")
-        deadline = time.monotonic() + timeout
-        while not self.server_ready(listen):
-            if self.server_pid() is None:
-                raise QuickstartError(f"slurmlink serve (pid {pid}) exited:\n{self._log_tail()}")
-            if time.monotonic() > deadline:
+
+            def check() -> None:
+                if self.server_pid() is None:
+                    raise QuickstartError(f"slurmlink serve (pid {pid}) exited:\n{self._log_tail()}")
+
+        try:
+            supervise.wait_until(lambda: self.server_ready(listen), timeout, "/readyz", check)
+        except supervise.SupervisionError as exc:
+            if started is not None:
+                self.stop_server()
+            if isinstance(exc, supervise.WaitTimeout):
                 raise QuickstartError(
                     f"slurmlink serve (pid {pid}) did not answer /readyz within {timeout:g} s:\n"
                     f"{self._log_tail()}"
-                )
-            time.sleep(0.1)
-        return self.server_url(listen)
+                ) from None
+            raise QuickstartError(str(exc)) from None
+        return self.server_url(listen), started
 
     def _start_server(self, listen: str) -> int:
         host, port = _split_listen(listen)
@@ -233,7 +242,7 @@ class Quickstart:
         _progress(f"starting slurmlink serve on {listen} (log {self.server_log})")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         pid = spawn_detached(self.server_argv(listen), self.server_log, env=env, cwd=self.dir)
-        self.server_pid_file.write_text(f"{pid}\n")
+        supervise.write_pid(self.server_pid_file, pid)
         return pid
 
     def stop_server(self, timeout: float = 10) -> None:
@@ -279,14 +288,20 @@ class Quickstart:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)  # the job user must reach DIR/cluster
         self._save_settings(listen)
-        url = self.ensure_server(listen, timeout)
+        url, started_server = self.ensure_server(listen, timeout)
         _progress(f"API server ready at {url}")
-        kubeconfig = self.ensure_plugin_kubeconfig()
-        cluster = self.cluster(ctld_port, slurmd_port)
         try:
+            kubeconfig = self.ensure_plugin_kubeconfig()
+            cluster = self.cluster(ctld_port, slurmd_port)
+            # On failure the cluster stops the daemons it started itself.
             cluster.up(wait_timeout=timeout, gateway=GatewaySetup(kubeconfig=kubeconfig))
-        except DevClusterError as exc:
-            raise QuickstartError(str(exc)) from exc
+        except BaseException as exc:
+            if started_server is not None:
+                _progress("up failed; stopping the slurmlink serve it started")
+                self.stop_server()
+            if isinstance(exc, DevClusterError):
+                raise QuickstartError(str(exc)) from exc
+            raise
         job = cluster.jobs_dir / EXAMPLE_JOB_NAME
         if not job.exists() or job.read_text() != EXAMPLE_JOB:
             job.write_text(EXAMPLE_JOB)

@@ -21,7 +21,6 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +29,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from slurmlink import supervise
+from slurmlink.supervise import running_pid as running_pid
+from slurmlink.supervise import spawn_detached as spawn_detached
+from slurmlink.supervise import stop_pid as stop_pid
 
 #: Under /var/tmp, not the invoking user's home: the unprivileged job user must reach slurm.conf, the
 #: munge socket and the spool directory, and root's home is private.
@@ -69,9 +73,6 @@ _READY_STATES = frozenset({"idle", "mixed", "allocated", "completing"})
 
 LogFn = Callable[[str], None]
 _T = TypeVar("_T")
-
-# Popen objects of daemons started by this process, so they can be reaped (no zombies, no ResourceWarning).
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 class DevClusterError(RuntimeError):
@@ -232,48 +233,6 @@ def gateway_healthy(socket_path: Path) -> bool:
     return status == 200
 
 
-def running_pid(pid_file: Path, matches: Callable[[list[str]], bool]) -> int | None:
-    """The pid in ``pid_file`` if that process is alive and its /proc cmdline ``matches``."""
-    pid = _read_pid(pid_file)
-    if pid is None or not _process_alive(pid):
-        return None
-    return pid if matches(_cmdline(pid)) else None
-
-
-def spawn_detached(argv: Sequence[str], log_file: Path, *, env: Mapping[str, str], cwd: Path) -> int:
-    """Start a daemon in its own session with output appended to ``log_file``; returns its pid.
-
-    It outlives this process; while this process lives, it is reaped as soon as it exits (no zombies).
-    """
-    with open(log_file, "ab") as out:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            cwd=cwd,
-            start_new_session=True,
-            close_fds=True,
-        )
-    _CHILDREN[proc.pid] = proc
-    return proc.pid
-
-
-def stop_pid(pid: int, name: str, timeout: float, log: LogFn) -> None:
-    """SIGTERM ``pid``, then SIGKILL after ``timeout`` seconds; returns once it is gone."""
-    log(f"stopping {name} (pid {pid})")
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    try:
-        _wait_until(lambda: not _process_alive(pid), timeout, f"{name} to exit")
-    except DevClusterError:
-        log(f"{name} ignored SIGTERM for {timeout:g} s; sending SIGKILL")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        _wait_until(lambda: not _process_alive(pid), 10, f"{name} to die")
-
-
 def _stderr_log(message: str) -> None:
     print(f"[dev-cluster] {message}", file=sys.stderr, flush=True)
 
@@ -281,46 +240,11 @@ def _stderr_log(message: str) -> None:
 def _wait_until(
     probe: Callable[[], _T | None], timeout: float, what: str, check: Callable[[], None] | None = None
 ) -> _T:
-    """Poll ``probe`` until it returns something truthy; ``check`` may raise early (e.g. a daemon died)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if check is not None:
-            check()
-        if time.monotonic() >= deadline:
-            raise DevClusterError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(_POLL_INTERVAL)
-
-
-def _read_pid(pid_file: Path) -> int | None:
+    """:func:`slurmlink.supervise.wait_until`, failing with :class:`DevClusterError`."""
     try:
-        text = pid_file.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def _process_alive(pid: int) -> bool:
-    """True for a live (non-zombie) process; reaps it first if this process started it."""
-    child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:
-        del _CHILDREN[pid]
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2 :].split()[0] not in ("Z", "X")
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+        return supervise.wait_until(probe, timeout, what, check)
+    except supervise.SupervisionError as exc:
+        raise DevClusterError(str(exc)) from None
 
 
 def _memory_mib() -> int:
@@ -405,6 +329,8 @@ class DevCluster:
         self.log: LogFn = log or _stderr_log
         #: Pids this object started, by daemon name: alive even while the daemon rewrites its pid file.
         self._spawned: dict[str, int] = {}
+        #: Every daemon this object started, in order, so a failed ``up`` can stop what it started.
+        self._start_order: list[tuple[_Daemon, int]] = []
 
     @classmethod
     def from_state_dir(
@@ -771,34 +697,49 @@ class DevCluster:
         self.log(f"starting {daemon.name}")
         env = dict(os.environ, SLURM_CONF=str(self.slurm_conf), PYTHONUNBUFFERED="1")
         pid = spawn_detached(daemon.argv, daemon.log_file, env=env, cwd=self.state_dir)
-        # Written right away so "down" can find it even if the daemon dies before writing its own.
-        daemon.pid_file.write_text(f"{pid}\n")
         self._spawned[daemon.name] = pid
+        self._start_order.append((daemon, pid))
+        # Written right away so "down" can find it even if the daemon dies before writing its own.
+        supervise.write_pid(daemon.pid_file, pid)
         return pid
 
     def _died_check(self, daemon: _Daemon) -> Callable[[], None]:
-        def alive() -> bool:
-            if self._pid(daemon) is not None:
-                return True
-            # munged truncates and rewrites the pid file at start-up: between the two it reads empty.
-            spawned = self._spawned.get(daemon.name)
-            return spawned is not None and _process_alive(spawned) and daemon.matches(_cmdline(spawned))
+        """Fails once ``daemon`` has exited: by its process handle if this object started it.
+
+        A daemon rewrites its pid file at start-up (munged unlinks it, then writes it) and its /proc
+        cmdline reads empty until the kernel has finished exec, so neither says "dead" reliably.
+        """
+        spawned = self._spawned.get(daemon.name)
+        if spawned is not None and supervise.is_child(spawned):
+            return supervise.died_check(spawned, daemon.name, lambda: self._log_tail(daemon))
 
         def check() -> None:
-            if not alive():
+            if self._pid(daemon) is None:
                 raise DevClusterError(f"{daemon.name} exited during startup:\n{self._log_tail(daemon)}")
 
         return check
 
+    def _stop_started_since(self, first: int) -> None:
+        """Stop the daemons started since ``_start_order[first]``, newest first (after a failed ``up``)."""
+        started = self._start_order[first:]
+        if started:
+            self.log(f"stopping what this 'up' started: {', '.join(d.name for d, _ in started)}")
+        for daemon, pid in reversed(started):
+            if supervise.process_alive(pid):
+                try:
+                    stop_pid(pid, daemon.name, 10, self.log)
+                except supervise.SupervisionError as exc:
+                    self.log(f"could not stop {daemon.name} (pid {pid}): {exc}")
+                    continue
+            if supervise.read_pid(daemon.pid_file) in (pid, None):
+                with contextlib.suppress(FileNotFoundError):
+                    daemon.pid_file.unlink()
+        if any(d.name == "gateway" for d, _ in started):
+            with contextlib.suppress(FileNotFoundError):
+                self.gateway_socket.unlink()
+
     def _log_tail(self, daemon: _Daemon, lines: int = 15) -> str:
-        texts = []
-        logs = list(dict.fromkeys([daemon.log_file, self.log_dir / f"{daemon.name}.log"]))
-        for log_file in logs:
-            with contextlib.suppress(OSError):
-                tail = log_file.read_text(errors="replace").splitlines()[-lines:]
-                if tail:
-                    texts.append(f"--- {log_file}\n" + "\n".join(tail))
-        return "\n".join(texts) or "(no log output)"
+        return supervise.log_tail([daemon.log_file, self.log_dir / f"{daemon.name}.log"], lines)
 
     def _stop(self, daemon: _Daemon, timeout: float) -> None:
         pid = self._pid(daemon)
@@ -870,6 +811,20 @@ class DevCluster:
             changed.add("*")
         self._save_settings()
 
+        first_new = len(self._start_order)
+        try:
+            self._start_daemons(changed, gateway, wait_timeout)
+        except BaseException:
+            # A failed up leaves nothing of its own behind; the exception carries the reason.
+            self._stop_started_since(first_new)
+            raise
+        self.log(
+            f"node {NODE_NAME} ready after {time.monotonic() - started:.1f} s; SLURM_CONF={self.slurm_conf}"
+        )
+        return self.status()
+
+    def _start_daemons(self, changed: set[str], gateway: GatewaySetup | None, wait_timeout: float) -> None:
+        """Restart or reconfigure what runs, start what does not, and wait until the node is idle."""
         daemons = {d.name: d for d in self._daemons()}
         running = {name: self._pid(d) is not None for name, d in daemons.items()}
         if changed & _RESTART_KEYS and (running["slurmctld"] or running["slurmd"]):
@@ -907,10 +862,6 @@ class DevCluster:
         if gateway_daemon is not None:
             watched.append(gateway_daemon)
         self._wait_idle(wait_timeout, watched)
-        self.log(
-            f"node {NODE_NAME} ready after {time.monotonic() - started:.1f} s; SLURM_CONF={self.slurm_conf}"
-        )
-        return self.status()
 
     # ----------------------------------------------------------------- gateway
 
@@ -968,7 +919,9 @@ class DevCluster:
             "kubeconfig_sha256": hashlib.sha256(self.plugin_kubeconfig.read_bytes()).hexdigest(),
         }
         pid = self._pid(daemon)
-        if pid is not None and (self._gateway_state() != wanted or _cmdline(pid) != list(daemon.argv)):
+        if pid is not None and (
+            self._gateway_state() != wanted or supervise.cmdline(pid) != list(daemon.argv)
+        ):
             self.log("gateway kubeconfig or options changed; restarting it")
             self._stop(daemon, 10)
             pid = None
