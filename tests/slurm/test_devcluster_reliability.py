@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,7 @@ def _assert_nothing_left(directory: Path, started: dict[int, int | None] | None 
 
 
 @pytest.mark.slurm
+@pytest.mark.timeout(120 + 120 * CYCLES)
 def test_quickstart_up_down_cycles_start_every_time_and_leave_nothing_behind() -> None:
     skip_unless_possible()
     for cycle in range(CYCLES):
@@ -46,6 +48,7 @@ def test_quickstart_up_down_cycles_start_every_time_and_leave_nothing_behind() -
         where = ["--state-dir", str(directory)]
         ports = ["--ctld-port", str(ctld_port), "--slurmd-port", str(slurmd_port)]
         started: dict[int, int | None] = {}
+        began = time.monotonic()
         try:
             up = quickstart_cli("up", *where, "--listen", f"127.0.0.1:{free_port()}", *ports)
             assert up.returncode == 0, f"cycle {cycle}: {up.stderr}"
@@ -58,6 +61,7 @@ def test_quickstart_up_down_cycles_start_every_time_and_leave_nothing_behind() -
         assert down.returncode == 0, f"cycle {cycle}: {down.stderr}"
         assert not directory.exists()
         _assert_nothing_left(directory, started)
+        print(f"cycle {cycle + 1}/{CYCLES}: up and down in {time.monotonic() - began:.1f} s")
 
 
 @pytest.mark.slurm
