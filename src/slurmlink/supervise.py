@@ -65,6 +65,13 @@ def spawn_detached(argv: Sequence[str], log_file: Path, *, env: Mapping[str, str
 
     It outlives this process; while this process lives, it is reaped as soon as it exits (no zombies).
     """
+    return spawn(argv, log_file, env=env, cwd=cwd).pid
+
+
+def spawn(
+    argv: Sequence[str], log_file: Path, *, env: Mapping[str, str], cwd: Path
+) -> subprocess.Popen[bytes]:
+    """:func:`spawn_detached`, returning the process handle (for callers that want its exit status)."""
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(
             list(argv),
@@ -77,7 +84,7 @@ def spawn_detached(argv: Sequence[str], log_file: Path, *, env: Mapping[str, str
             close_fds=True,
         )
     _CHILDREN[proc.pid] = proc
-    return proc.pid
+    return proc
 
 
 def is_child(pid: int) -> bool:
