@@ -1,7 +1,9 @@
 """Supervising local daemons: spawn detached, pid files, liveness, wait until ready, stop.
 
-Used by the dev cluster (munged, slurmctld, slurmd, the gateway), the quick start (``slurmlink serve``) and
-the tests' server process. Two ways to know whether a daemon lives:
+Used by the dev cluster (munged, slurmctld, slurmd, the gateway), ``slurmlink serve`` as a subprocess
+(quick start, tests, benchmarks), and the gateway's front, which shares only the stop (:func:`stop_child`):
+its worker is an asyncio child it awaits, restarts, and cues to shut down through a stdin pipe.
+Two ways to know whether a daemon lives:
 
 * one this process spawned is judged by its :class:`subprocess.Popen` handle. Its pid cannot be reused
   before this process reaps it, so neither a pid file (which the daemon may be rewriting) nor its
@@ -12,6 +14,7 @@ the tests' server process. Two ways to know whether a daemon lives:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -174,6 +177,19 @@ def stop_pid(pid: int, name: str, timeout: float, log: LogFn) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not process_alive(pid), 10, f"{name} to die")
+
+
+async def stop_child(proc: asyncio.subprocess.Process, timeout: float) -> int:
+    """:func:`stop_pid` for an asyncio child (whose supervisor awaits it): TERM, then KILL; its status."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+    return await proc.wait()
 
 
 def log_tail(paths: Iterable[Path], lines: int = 15) -> str:
