@@ -43,23 +43,22 @@ import re
 import shutil
 import signal
 import socket
-import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import FrameType, ModuleType
-from typing import Any, cast
+from typing import Any, Self, cast
 
 from slurmlink.cpu_priority import COLOCATED_SERVE_NICE
+from slurmlink.serve_process import ServeError, ServeProcess
 from slurmlink.slurm.devcluster import (
     BurstBufferSetup,
     DevCluster,
@@ -169,82 +168,34 @@ def wait_until(probe: Callable[[], bool], timeout: float, what: str, interval: f
 # ---------------------------------------------------------------------------------------------- slurmlink
 
 
-class ApiServer:
+class ApiServer(ServeProcess):
     """``slurmlink serve`` as a subprocess, as an operator runs it (embedded SQLite, test driver on)."""
 
     def __init__(self, root: Path, port: int, log_level: str) -> None:
-        self.state_dir = root / "api"
-        self.port = port
-        self.log_level = log_level
-        self.log_path = root / "serve.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            root / "api",
+            port,
+            log_path=root / "serve.log",
+            # As the quick start runs it next to slurmctld (slurmlink.cpu_priority).
+            extra_args=("--log-level", log_level, "--nice", str(COLOCATED_SERVE_NICE)),
+        )
 
     @property
     def admin_kubeconfig(self) -> Path:
-        return self.state_dir / "admin.kubeconfig"
+        return self.kubeconfig
 
-    def start(self, timeout: float = 60.0) -> None:
-        argv = [
-            sys.executable,
-            "-m",
-            "slurmlink.cli.main",
-            "serve",
-            "--state-dir",
-            str(self.state_dir),
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            "--log-level",
-            self.log_level,
-            # As the quick start runs it next to slurmctld (slurmlink.cpu_priority).
-            "--nice",
-            str(COLOCATED_SERVE_NICE),
-        ]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("SLURMLINK_CONFIG", None)  # a host config must not change what is measured
-        with open(self.log_path, "ab") as out:
-            # Own session: a Ctrl-C in the terminal must reach only this script, which then stops it.
-            self.proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-        wait_until(self._ready, timeout, f"slurmlink serve on port {self.port} (log: {self.log_path})")
-
-    def _ready(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise BenchError(f"slurmlink serve exited with {self.proc.returncode}; see {self.log_path}")
-        ca = self.state_dir / "pki" / "ca.crt"
-        if not self.admin_kubeconfig.exists() or not ca.exists():
-            return False
+    def start(self, timeout: float = 60.0) -> Self:
         try:
-            context = ssl.create_default_context(cafile=str(ca))
-            with urllib.request.urlopen(
-                f"https://127.0.0.1:{self.port}/readyz", context=context, timeout=2
-            ) as resp:
-                return bool(resp.status == 200)
-        except (OSError, ValueError):
-            return False
+            return super().start(timeout)
+        except ServeError as exc:
+            raise BenchError(str(exc)) from None
 
-    def issue_kubeconfig(self, out: Path) -> Path:
+    def issue_plugin_kubeconfig(self, out: Path) -> Path:
         """The plugin's credentials (role workload-manager), as 'slurmlink slurm install' would use."""
-        argv = [
-            sys.executable,
-            "-m",
-            "slurmlink.cli.main",
-            "kubeconfig",
-            "--state-dir",
-            str(self.state_dir),
-            "--user",
-            "slurm-dws",
-            "--role",
-            "workload-manager",
-            "--namespace",
-            NAMESPACE,
-            "--out",
-            str(out),
-        ]
-        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
-        if result.returncode != 0:
-            raise BenchError(f"slurmlink kubeconfig failed: {result.stderr.strip()}")
-        return out
+        try:
+            return self.issue_kubeconfig("slurm-dws", "workload-manager", NAMESPACE, out=out)
+        except ServeError as exc:
+            raise BenchError(str(exc)) from None
 
     def workflow_names(self) -> list[str]:
         """The Workflows that exist now, with one ``slurmlink get`` (cheap next to a watch of all events)."""
@@ -265,9 +216,6 @@ class ApiServer:
         if result.returncode != 0:
             raise BenchError(f"slurmlink get workflows failed: {result.stderr.strip()}")
         return [line.rsplit("/", 1)[-1] for line in result.stdout.split() if line.strip()]
-
-    def stop(self) -> None:
-        stop_process(self.proc, "slurmlink serve")
 
 
 class GatewayProcess:
@@ -1049,7 +997,7 @@ def start_slurmlink(
     stack.callback(api.stop)
     log(f"starting slurmlink serve on 127.0.0.1:{api.port}")
     api.start()
-    kubeconfig = api.issue_kubeconfig(root / "wlm.kubeconfig")
+    kubeconfig = api.issue_plugin_kubeconfig(root / "wlm.kubeconfig")
     gateway = GatewayProcess(root, kubeconfig, cluster.slurm_conf, args.log_level)
     stack.callback(gateway.stop)
     log("starting slurmlink slurm gateway")

@@ -27,7 +27,7 @@ from slurmlink.slurm.devcluster import (
     parse_scontrol_record,
 )
 from slurmlink.slurm.plugin import lua_string_literal
-from support.devcluster import make_state_dir, skip_unless_possible
+from support.devcluster import make_state_dir, quickstart_cli, skip_unless_possible
 from support.postgres import free_port
 from support.server import ServerProcess
 from support.waiting import wait_for
@@ -146,6 +146,7 @@ def test_a_daemon_rewriting_its_pid_file_is_not_taken_for_dead(dev_cluster: DevC
         munged.pid_file.write_text(saved)
 
 
+@pytest.mark.slurm
 def test_plain_job_completes_and_writes_hostname(dev_cluster: DevCluster) -> None:
     out = dev_cluster.jobs_dir / "plain-%j.out"
     job_id = _sbatch_as_job_user(dev_cluster, "-o", str(out), "--wrap", "hostname")
@@ -398,16 +399,6 @@ def test_cli_up_gateway_option_conflicts(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ quick start
 
 
-def _quickstart(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "slurmlink.cli.main", "quickstart", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 @pytest.mark.slurm
 def test_quickstart_up_runs_the_seed_job_then_down_purges() -> None:
     skip_unless_possible()
@@ -416,7 +407,7 @@ def test_quickstart_up_runs_the_seed_job_then_down_purges() -> None:
     listen = f"127.0.0.1:{free_port()}"
     where = ["--state-dir", str(directory)]
     try:
-        up = _quickstart(
+        up = quickstart_cli(
             "up", *where, "--listen", listen, "--ctld-port", str(ctld_port), "--slurmd-port", str(slurmd_port)
         )
         if "not implemented yet" in up.stderr:
@@ -453,17 +444,17 @@ def test_quickstart_up_runs_the_seed_job_then_down_purges() -> None:
         output = _wait_for_file(cluster.jobs_dir / f"slurm-{job_id}.out")
         assert f"0: {socket.gethostname()}" in output
 
-        status = _quickstart("status", *where, timeout=60)
+        status = quickstart_cli("status", *where, timeout=60)
         assert status.returncode == 0, status.stdout + status.stderr
         pids = cluster.status().pids
         server_pid = int((directory / "run" / "server.pid").read_text())
 
-        again = _quickstart("up", *where)  # idempotent: same listen address and ports remembered
+        again = quickstart_cli("up", *where)  # idempotent: same listen address and ports remembered
         assert again.returncode == 0, again.stderr
         assert f"slurmlink serve already running (pid {server_pid})" in again.stderr
         assert cluster.status().pids == pids
     finally:
-        down = _quickstart("down", *where, "--purge", timeout=120)
+        down = quickstart_cli("down", *where, "--purge", timeout=120)
     assert down.returncode == 0, down.stderr
     assert not directory.exists()
     for pid in [server_pid, *(p for p in pids.values() if p is not None)]:

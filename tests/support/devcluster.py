@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -43,3 +45,14 @@ def teardown_cluster(cluster: DevCluster) -> None:
     cluster.down(purge=not keep)
     if not keep:
         shutil.rmtree(cluster.state_dir, ignore_errors=True)
+
+
+def quickstart_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``slurmlink quickstart ARGS`` in a subprocess (this interpreter, so this source tree)."""
+    return subprocess.run(
+        [sys.executable, "-m", "slurmlink.cli.main", "quickstart", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -1,22 +1,18 @@
-"""A real ``slurmlink serve`` process for tests: free port, private state dir, readiness wait."""
+"""A real ``slurmlink serve`` process for tests (:mod:`slurmlink.serve_process`) on a free port."""
 
 from __future__ import annotations
 
-import os
-import signal
 import ssl
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from slurmlink.serve_process import ServeProcess
 from support.postgres import free_port
 
 
-class ServerProcess:
+class ServerProcess(ServeProcess):
     """Starts ``slurmlink serve`` and stops it; ``kill()`` simulates a crash (SIGKILL)."""
 
     def __init__(
@@ -27,85 +23,14 @@ class ServerProcess:
         port: int | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> None:
-        self.state_dir = state_dir
-        self.store = store
-        self.port = port or free_port()
-        self.extra_args = extra_args
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = state_dir.parent / f"{state_dir.name}-serve.log"
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    @property
-    def kubeconfig(self) -> Path:
-        return self.state_dir / "admin.kubeconfig"
-
-    @property
-    def ca_file(self) -> Path:
-        return self.state_dir / "pki" / "ca.crt"
-
-    def start(self, timeout: float = 30.0) -> ServerProcess:
-        args = [
-            sys.executable,
-            "-m",
-            "slurmlink.cli.main",
-            "serve",
-            "--state-dir",
-            str(self.state_dir),
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            "--log-level",
-            "info",
-            *self.extra_args,
-        ]
-        if self.store:
-            args += ["--store", self.store]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("SLURMLINK_CONFIG", None)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        args = ("--log-level", "info", *extra_args, *(("--store", store) if store else ()))
+        super().__init__(
+            state_dir,
+            port or free_port(),
+            log_path=state_dir.parent / f"{state_dir.name}-serve.log",
+            extra_args=args,
         )
-        self.wait_ready(timeout)
-        return self
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"slurmlink serve exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                r = httpx.get(f"{self.url}/readyz", verify=False, timeout=1.0)
-                if r.status_code == 200 and self.kubeconfig.exists():
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"slurmlink serve not ready after {timeout}s:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL: no clean shutdown, as in a crash."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        self.store = store
 
     def ssl_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
@@ -127,30 +52,6 @@ class ServerProcess:
         if creds.token:
             headers["Authorization"] = f"Bearer {creds.token}"
         return httpx.Client(base_url=self.url, verify=ctx, headers=headers, timeout=30.0, **kw)
-
-    def issue_kubeconfig(
-        self, user: str, role: str, namespace: str = "default", *, token: bool = False
-    ) -> Path:
-        """Credentials from this server's CA via ``slurmlink kubeconfig``, written beside the state dir."""
-        out = self.state_dir.parent / f"{user}-{role}.kubeconfig"
-        args = [
-            sys.executable,
-            "-m",
-            "slurmlink.cli.main",
-            "kubeconfig",
-            "--user",
-            user,
-            "--role",
-            role,
-            "--namespace",
-            namespace,
-            "--state-dir",
-            str(self.state_dir),
-            "--out",
-            str(out),
-        ]
-        subprocess.run([*args, "--token"] if token else args, check=True, capture_output=True)
-        return out
 
     def __enter__(self) -> ServerProcess:
         return self.start()

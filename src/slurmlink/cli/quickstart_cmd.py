@@ -21,14 +21,13 @@ import os
 import shlex
 import shutil
 import socket
-import ssl
-import sys
-import time
 from pathlib import Path
 
 import click
 
+from slurmlink import supervise
 from slurmlink.cpu_priority import COLOCATED_SERVE_NICE
+from slurmlink.serve_process import ServeError, ServeProcess
 from slurmlink.slurm.devcluster import (
     DEFAULT_CTLD_PORT,
     DEFAULT_SLURMD_PORT,
@@ -36,10 +35,8 @@ from slurmlink.slurm.devcluster import (
     DevClusterError,
     GatewaySetup,
     gateway_healthy,
-    running_pid,
-    spawn_detached,
-    stop_pid,
 )
+from slurmlink.supervise import running_pid, stop_pid
 
 DEFAULT_DIR = Path("/var/tmp/slurmlink/quickstart")
 DEFAULT_LISTEN = "127.0.0.1:8443"
@@ -130,22 +127,19 @@ class Quickstart:
 
     # ----------------------------------------------------------------- server
 
-    def server_argv(self, listen: str) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "slurmlink.cli.main",
-            "serve",
-            "--state-dir",
-            str(self.server_dir),
-            "--listen",
-            listen,
-            "--log-format",
-            "console",
+    def server(self, listen: str) -> ServeProcess:
+        """``slurmlink serve`` on DIR/server, listening on ``listen``; detached, with a pid file."""
+        host, port = _split_listen(listen)
+        return ServeProcess(
+            self.server_dir,
+            port,
+            host=host,
+            log_path=self.server_log,
             # It shares the host with slurmctld: stage-in waves must not slow down submissions.
-            "--nice",
-            str(COLOCATED_SERVE_NICE),
-        ]
+            extra_args=("--log-format", "console", "--nice", str(COLOCATED_SERVE_NICE)),
+            pid_file=self.server_pid_file,
+            ignore_host_config=False,
+        )
 
     def _is_our_server(self, argv: list[str]) -> bool:
         """A reused pid is never mistaken for our server: python, ``serve``, and our state dir."""
@@ -159,66 +153,58 @@ class Quickstart:
         return running_pid(self.server_pid_file, self._is_our_server)
 
     def server_listen(self, pid: int) -> str | None:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        argv = supervise.cmdline(pid)
         with contextlib.suppress(ValueError, IndexError):
             return argv[argv.index("--listen") + 1]
         return None
 
     def server_url(self, listen: str) -> str:
-        host, port = _split_listen(listen)
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
-        return f"https://{f'[{host}]' if ':' in host else host}:{port}"
+        return self.server(listen).url
 
     def server_ready(self, listen: str) -> bool:
         """/readyz answers 200, verified with the CA of the admin kubeconfig written for ``listen``."""
-        from slurmlink.auth.kubeconfig import load_kubeconfig
-
-        try:
-            creds = load_kubeconfig(self.admin_kubeconfig)
-        except (OSError, ValueError):
-            return False
-        if creds.server != self.server_url(listen) or not creds.ca_pem:
-            return False  # written by an earlier run on another address; the new server rewrites it
-        import httpx
-
-        try:
-            ctx = ssl.create_default_context(cadata=creds.ca_pem.decode("ascii"))
-            response = httpx.get(f"{creds.server}/readyz", verify=ctx, timeout=2.0, trust_env=False)
-        except (httpx.HTTPError, ssl.SSLError, ValueError):
-            return False
-        return response.status_code == 200
+        return self.server(listen).ready()
 
     def _log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.server_log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log output)"
+        return supervise.log_tail([self.server_log], lines)
 
-    def ensure_server(self, listen: str, timeout: float) -> str:
-        """Start ``slurmlink serve`` detached (or keep the running one) and wait for /readyz; the URL."""
+    def ensure_server(self, listen: str, timeout: float) -> tuple[str, ServeProcess | None]:
+        """Start ``slurmlink serve`` detached (or keep the running one) and wait for /readyz.
+
+        Returns the URL and the server if this call started it (so that a later failure can stop it).
+        """
         pid = self.server_pid()
         if pid is not None and self.server_listen(pid) != listen:
             _progress(f"server listens on {self.server_listen(pid)}, wanted {listen}; restarting it")
             stop_pid(pid, "slurmlink serve", 10, _progress)
             pid = None
+        server = self.server(listen)
         if pid is None:
-            pid = self._start_server(listen)
-        else:
-            _progress(f"slurmlink serve already running (pid {pid})")
-        deadline = time.monotonic() + timeout
-        while not self.server_ready(listen):
+            self._check_listen(listen)
+            _progress(f"starting slurmlink serve on {listen} (log {self.server_log})")
+            try:
+                server.start(timeout)  # stops it again if it does not become ready
+            except ServeError as exc:
+                raise QuickstartError(str(exc)) from None
+            return server.url, server
+        _progress(f"slurmlink serve already running (pid {pid})")
+
+        def check() -> None:
             if self.server_pid() is None:
                 raise QuickstartError(f"slurmlink serve (pid {pid}) exited:\n{self._log_tail()}")
-            if time.monotonic() > deadline:
-                raise QuickstartError(
-                    f"slurmlink serve (pid {pid}) did not answer /readyz within {timeout:g} s:\n"
-                    f"{self._log_tail()}"
-                )
-            time.sleep(0.1)
-        return self.server_url(listen)
 
-    def _start_server(self, listen: str) -> int:
+        try:
+            supervise.wait_until(server.ready, timeout, "/readyz", check)
+        except supervise.WaitTimeout:
+            raise QuickstartError(
+                f"slurmlink serve (pid {pid}) did not answer /readyz within {timeout:g} s:\n"
+                f"{self._log_tail()}"
+            ) from None
+        return server.url, None
+
+    @staticmethod
+    def _check_listen(listen: str) -> None:
+        """Fail before starting anything if the address is taken (the server would only log it)."""
         host, port = _split_listen(listen)
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -228,13 +214,6 @@ class Quickstart:
                 raise QuickstartError(
                     f"cannot listen on {listen}: {exc.strerror}; pick another address with --listen"
                 ) from exc
-        for path in (self.server_pid_file.parent, self.server_log.parent):
-            path.mkdir(parents=True, exist_ok=True)
-        _progress(f"starting slurmlink serve on {listen} (log {self.server_log})")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        pid = spawn_detached(self.server_argv(listen), self.server_log, env=env, cwd=self.dir)
-        self.server_pid_file.write_text(f"{pid}\n")
-        return pid
 
     def stop_server(self, timeout: float = 10) -> None:
         pid = self.server_pid()
@@ -279,14 +258,20 @@ class Quickstart:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)  # the job user must reach DIR/cluster
         self._save_settings(listen)
-        url = self.ensure_server(listen, timeout)
+        url, started_server = self.ensure_server(listen, timeout)
         _progress(f"API server ready at {url}")
-        kubeconfig = self.ensure_plugin_kubeconfig()
-        cluster = self.cluster(ctld_port, slurmd_port)
         try:
+            kubeconfig = self.ensure_plugin_kubeconfig()
+            cluster = self.cluster(ctld_port, slurmd_port)
+            # On failure the cluster stops the daemons it started itself.
             cluster.up(wait_timeout=timeout, gateway=GatewaySetup(kubeconfig=kubeconfig))
-        except DevClusterError as exc:
-            raise QuickstartError(str(exc)) from exc
+        except BaseException as exc:
+            if started_server is not None:
+                _progress(f"up failed; stopping the slurmlink serve it started (pid {started_server.pid})")
+                started_server.stop()
+            if isinstance(exc, DevClusterError):
+                raise QuickstartError(str(exc)) from exc
+            raise
         job = cluster.jobs_dir / EXAMPLE_JOB_NAME
         if not job.exists() or job.read_text() != EXAMPLE_JOB:
             job.write_text(EXAMPLE_JOB)

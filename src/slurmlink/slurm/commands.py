@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from slurmlink import jsonutil
+from slurmlink.slurm import slurmconf
 
 #: Slurm's compiled-in default StateSaveLocation.
 DEFAULT_STATE_SAVE_LOCATION = Path("/var/spool/slurmctld")
@@ -88,21 +89,8 @@ def _job_id(job_id: str) -> str:
 
 
 def read_conf_value(slurm_conf: Path, key: str) -> str | None:
-    """The value of ``key`` (case-insensitive) in slurm.conf, or None."""
-    wanted = key.lower()
-    try:
-        lines = slurm_conf.read_text().splitlines()
-    except OSError:
-        return None
-    value = None
-    for line in lines:
-        text = line.split("#", 1)[0].strip()
-        if "=" not in text:
-            continue
-        name, _, rest = text.partition("=")
-        if name.strip().lower() == wanted:
-            value = rest.strip()
-    return value
+    """The value of ``key`` (case-insensitive) in slurm.conf (and its Includes), or None."""
+    return slurmconf.read_value(slurm_conf, key)
 
 
 class SlurmCommands:

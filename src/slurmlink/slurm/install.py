@@ -33,6 +33,7 @@ import yaml
 from slurmlink.auth.issue import IssueError, issue_kubeconfig, kubeconfig_is_current
 from slurmlink.auth.kubeconfig import KubeconfigError, load_kubeconfig
 from slurmlink.auth.pki import atomic_write_bytes
+from slurmlink.slurm import slurmconf
 
 LUA_NAME = "burst_buffer.lua"
 CONF_NAME = "burst_buffer.conf"
@@ -137,19 +138,6 @@ def _read_bytes(path: Path) -> bytes | None:
         return None
     except OSError as exc:
         raise InstallError(f"cannot read {path}: {exc.strerror}") from exc
-
-
-def _conf_lines(text: str, key: str) -> list[tuple[int, str]]:
-    """``(index, value)`` of every non-comment ``key=value`` line (key case-insensitive, as Slurm reads)."""
-    found = []
-    for index, line in enumerate(text.splitlines()):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#") or "=" not in stripped:
-            continue
-        name, _, value = stripped.partition("=")
-        if name.strip().lower() == key.lower():
-            found.append((index, value.split("#", 1)[0].strip()))
-    return found
 
 
 def detect_slurm_api(log: LogFn = _stderr_log) -> str:
@@ -277,11 +265,7 @@ class _Installer:
 
 def _slurm_user(conf_dir: Path) -> str:
     """SlurmUser from slurm.conf (Slurm's default is root)."""
-    with contextlib.suppress(OSError):
-        values = _conf_lines((conf_dir / "slurm.conf").read_text(errors="replace"), "SlurmUser")
-        if values and values[-1][1]:
-            return values[-1][1]
-    return "root"
+    return slurmconf.read_value(conf_dir / "slurm.conf", "SlurmUser") or "root"
 
 
 def _enable(conf_dir: Path, installer: _Installer) -> tuple[bool, bool]:
@@ -301,9 +285,11 @@ def _enable(conf_dir: Path, installer: _Installer) -> tuple[bool, bool]:
         ) from None
     except OSError as exc:
         raise InstallError(f"cannot read {slurm_conf}: {exc.strerror}") from exc
-    existing = _conf_lines(text, "BurstBufferType")
-    if existing:
-        value = existing[-1][1]
+    try:
+        value = slurmconf.value(slurmconf.parse(text, source=slurm_conf), "BurstBufferType")
+    except slurmconf.SlurmConfError as exc:
+        raise InstallError(str(exc)) from exc
+    if value is not None:
         if value == BURST_BUFFER_TYPE:
             return True, False
         installer.notes.append(
@@ -325,10 +311,7 @@ def _enable(conf_dir: Path, installer: _Installer) -> tuple[bool, bool]:
 
 
 def _is_enabled(conf_dir: Path) -> bool:
-    with contextlib.suppress(OSError):
-        values = _conf_lines((conf_dir / "slurm.conf").read_text(errors="replace"), "BurstBufferType")
-        return bool(values) and values[-1][1] == BURST_BUFFER_TYPE
-    return False
+    return slurmconf.read_value(conf_dir / "slurm.conf", "BurstBufferType") == BURST_BUFFER_TYPE
 
 
 def _install_kubeconfig(

@@ -18,10 +18,10 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 from collections.abc import Sequence
 from pathlib import Path
 
+from slurmlink import supervise
 from slurmlink.client.base import Client
 from slurmlink.resources.dws.directiverule import DW_DIRECTIVE_RULE
 from slurmlink.resources.dws.workflow import WORKFLOW
@@ -167,14 +167,7 @@ class WorkerProcess:
         if proc is not None and proc.returncode is None:
             if proc.stdin is not None:
                 proc.stdin.close()  # the worker's cue to shut down cleanly
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), timeout)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+            await supervise.stop_child(proc, timeout)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,0 +1,507 @@
+"""The dev cluster's lifecycle: ``up`` (idempotent), ``down``, ``status``, and the gateway it may run.
+
+With a :class:`GatewaySetup` the cluster runs slurmlink's real burst buffer plugin: ``burst_buffer.lua`` and
+the plugin kubeconfig are installed into ``state_dir/etc`` (:func:`slurmlink.slurm.install.install_plugin`)
+and a fourth daemon, ``slurmlink slurm gateway``, is started before slurmctld, because slurmctld calls
+``slurm_bb_pools`` through it as soon as it starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slurmlink import supervise
+from slurmlink.slurm.devcluster import host
+from slurmlink.slurm.devcluster.config import RESTART_KEYS, BurstBufferSetup, SlurmConfig
+from slurmlink.slurm.devcluster.daemons import Daemon, DaemonSpecs, gateway_healthy, port_free
+from slurmlink.slurm.devcluster.errors import DevClusterError, LogFn, stderr_log, wait_until
+from slurmlink.slurm.devcluster.jobs import SlurmClients
+from slurmlink.slurm.devcluster.layout import (
+    DEFAULT_CLUSTER_NAME,
+    DEFAULT_CTLD_PORT,
+    DEFAULT_JOB_UID,
+    DEFAULT_JOB_USER,
+    DEFAULT_SLURMD_PORT,
+    GATEWAY_STATE_FILE,
+    KUBECONFIG_REF_FILE,
+    NODE_NAME,
+    SETTINGS_FILE,
+)
+from slurmlink.supervise import running_pid, spawn_detached, stop_pid
+
+_READY_STATES = frozenset({"idle", "mixed", "allocated", "completing"})
+
+
+@dataclass(frozen=True)
+class GatewaySetup:
+    """slurmlink's real plugin: install it with this kubeconfig and run ``slurmlink slurm gateway``.
+
+    ``extra_args`` are appended to the gateway's command line (e.g. ``("--transient-grace", "5")``);
+    ``slurm_api`` None means: detect it with ``slurmctld -V``.
+    """
+
+    kubeconfig: Path
+    extra_args: tuple[str, ...] = ()
+    slurm_api: str | None = None
+
+
+@dataclass(frozen=True)
+class DevClusterStatus:
+    """What is running, so callers (CLI, tests) need not probe pid files themselves."""
+
+    state_dir: Path
+    ctld_port: int
+    slurmd_port: int
+    munged: bool
+    slurmctld: bool
+    slurmd: bool
+    node_state: str | None
+    pids: dict[str, int | None] = field(default_factory=dict)
+    #: The gateway daemon is alive.
+    gateway: bool = False
+    #: The last ``up`` installed slurmlink's plugin, so the gateway should be running.
+    gateway_enabled: bool = False
+
+    @property
+    def running(self) -> bool:
+        """All daemons are alive (the node may still be coming up); the gateway only if it is enabled."""
+        return self.munged and self.slurmctld and self.slurmd and (self.gateway or not self.gateway_enabled)
+
+
+class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
+    """One single-node Slurm cluster living entirely in ``state_dir``.
+
+    Settings given at ``up`` are saved in ``state_dir/devcluster.json`` so that later ``status``/``down``/
+    ``env`` calls (other processes, the CLI) find the same ports via :meth:`from_state_dir`.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        ctld_port: int = DEFAULT_CTLD_PORT,
+        slurmd_port: int = DEFAULT_SLURMD_PORT,
+        job_user: str = DEFAULT_JOB_USER,
+        job_uid: int = DEFAULT_JOB_UID,
+        cluster_name: str = DEFAULT_CLUSTER_NAME,
+        log: LogFn | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir).expanduser().absolute()
+        self.ctld_port = ctld_port
+        self.slurmd_port = slurmd_port
+        self.job_user = job_user
+        self.job_uid = job_uid
+        self.cluster_name = cluster_name.lower()
+        self.log: LogFn = log or stderr_log
+        #: Pids this object started, by daemon name: alive even while the daemon rewrites its pid file.
+        self._spawned: dict[str, int] = {}
+        #: Every daemon this object started, in order, so a failed ``up`` can stop what it started.
+        self._start_order: list[tuple[Daemon, int]] = []
+
+    @classmethod
+    def from_state_dir(
+        cls,
+        state_dir: Path,
+        *,
+        log: LogFn | None = None,
+        **overrides: Any,
+    ) -> DevCluster:
+        """Rebuild the cluster object from the settings saved by an earlier ``up``; ``overrides`` win.
+
+        ``None`` overrides are ignored, so CLI options that were not given fall back to the saved values.
+        """
+        state_dir = Path(state_dir).expanduser().absolute()
+        settings: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            settings = dict(json.loads((state_dir / SETTINGS_FILE).read_text()))
+        known = {"ctld_port", "slurmd_port", "job_user", "job_uid", "cluster_name"}
+        settings = {key: value for key, value in settings.items() if key in known}
+        settings.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(state_dir, log=log, **settings)
+
+    # ------------------------------------------------------------- host setup
+
+    @staticmethod
+    def missing_packages() -> list[str]:
+        """Packages of :data:`host.PACKAGES` that dpkg does not report as installed."""
+        return host.missing_packages()
+
+    def ensure_packages(self) -> None:
+        """Install the Debian Slurm + munge packages if any is missing (needs root and apt)."""
+        host.ensure_packages(self.log)
+
+    def ensure_job_user(self) -> pwd.struct_passwd:
+        """Create the unprivileged job user (root may not use burst buffers) with a home, if missing."""
+        return host.ensure_job_user(self.job_user, self.job_uid, self.log)
+
+    def _save_settings(self) -> None:
+        settings = {
+            "ctld_port": self.ctld_port,
+            "slurmd_port": self.slurmd_port,
+            "job_user": self.job_user,
+            "job_uid": self.job_uid,
+            "cluster_name": self.cluster_name,
+        }
+        self._write(self.state_dir / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
+
+    def record_kubeconfig(self, kubeconfig: Path) -> Path:
+        """Remember the plugin's kubeconfig, so a later ``dev-cluster up`` without one keeps using it."""
+        kubeconfig = Path(kubeconfig).expanduser().absolute()
+        if not kubeconfig.is_file():
+            raise DevClusterError(f"kubeconfig {kubeconfig} does not exist")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        target = self.state_dir / KUBECONFIG_REF_FILE
+        self._write(target, f"{kubeconfig}\n")
+        return target
+
+    def recorded_kubeconfig(self) -> Path | None:
+        """The kubeconfig path recorded by :meth:`record_kubeconfig`, if any."""
+        with contextlib.suppress(OSError):
+            text = (self.state_dir / KUBECONFIG_REF_FILE).read_text().strip()
+            return Path(text) if text else None
+        return None
+
+    # ----------------------------------------------------------- processes
+
+    def _pid(self, daemon: Daemon) -> int | None:
+        """Pid of ``daemon`` if its pid file names a live process that really is our daemon."""
+        return running_pid(daemon.pid_file, daemon.matches)
+
+    def _start(self, daemon: Daemon) -> int:
+        self.log(f"starting {daemon.name}")
+        env = dict(os.environ, SLURM_CONF=str(self.slurm_conf), PYTHONUNBUFFERED="1")
+        pid = spawn_detached(daemon.argv, daemon.log_file, env=env, cwd=self.state_dir)
+        self._spawned[daemon.name] = pid
+        self._start_order.append((daemon, pid))
+        # Written right away so "down" can find it even if the daemon dies before writing its own.
+        supervise.write_pid(daemon.pid_file, pid)
+        return pid
+
+    def _died_check(self, daemon: Daemon) -> Callable[[], None]:
+        """Fails once ``daemon`` has exited: by its process handle if this object started it.
+
+        A daemon rewrites its pid file at start-up (munged unlinks it, then writes it) and its /proc
+        cmdline reads empty until the kernel has finished exec, so neither says "dead" reliably.
+        """
+        spawned = self._spawned.get(daemon.name)
+        if spawned is not None and supervise.is_child(spawned):
+            return supervise.died_check(spawned, daemon.name, lambda: self._log_tail(daemon))
+
+        def check() -> None:
+            if self._pid(daemon) is None:
+                raise DevClusterError(f"{daemon.name} exited during startup:\n{self._log_tail(daemon)}")
+
+        return check
+
+    def _stop_started_since(self, first: int) -> None:
+        """Stop the daemons started since ``_start_order[first]``, newest first (after a failed ``up``)."""
+        started = self._start_order[first:]
+        if started:
+            self.log(f"stopping what this 'up' started: {', '.join(d.name for d, _ in started)}")
+        for daemon, pid in reversed(started):
+            if supervise.process_alive(pid):
+                try:
+                    stop_pid(pid, daemon.name, 10, self.log)
+                except supervise.SupervisionError as exc:
+                    self.log(f"could not stop {daemon.name} (pid {pid}): {exc}")
+                    continue
+            if supervise.read_pid(daemon.pid_file) in (pid, None):
+                with contextlib.suppress(FileNotFoundError):
+                    daemon.pid_file.unlink()
+        if any(d.name == "gateway" for d, _ in started):
+            with contextlib.suppress(FileNotFoundError):
+                self.gateway_socket.unlink()
+
+    def _log_tail(self, daemon: Daemon, lines: int = 15) -> str:
+        return supervise.log_tail([daemon.log_file, self.log_dir / f"{daemon.name}.log"], lines)
+
+    def _stop(self, daemon: Daemon, timeout: float) -> None:
+        pid = self._pid(daemon)
+        if pid is None:
+            if daemon.pid_file.exists():
+                daemon.pid_file.unlink()
+            return
+        stop_pid(pid, daemon.name, timeout, self.log)
+        with contextlib.suppress(FileNotFoundError):
+            daemon.pid_file.unlink()
+
+    def _prepare_dirs(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.chmod(0o755)
+        for path, mode in [
+            (self.etc_dir, 0o755),
+            (self.munge_dir, 0o755),  # munged: socket dir must be executable by all
+            (self.log_dir, 0o755),
+            (self.run_dir, 0o755),
+            (self.state_dir / "state", 0o700),
+            (self.state_dir / "spool", 0o755),
+            (self.state_dir / "spool" / f"slurmd.{NODE_NAME}", 0o755),
+            (self.jobs_dir, 0o1777),
+        ]:
+            path.mkdir(exist_ok=True)
+            path.chmod(mode)
+        if not self.munge_key.exists():
+            fd = os.open(self.munge_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as key:
+                key.write(os.urandom(1024))
+        self.munge_key.chmod(0o600)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def up(
+        self,
+        burst_buffer: BurstBufferSetup | None = None,
+        wait_timeout: float = 60,
+        *,
+        extra_lines: Iterable[str] = (),
+        extra_files: Mapping[str, str] | None = None,
+        gateway: GatewaySetup | None = None,
+    ) -> DevClusterStatus:
+        """Start the cluster (or refresh a running one) and wait until the node is idle.
+
+        ``gateway`` installs slurmlink's real plugin (instead of ``burst_buffer``) and runs its gateway,
+        started before slurmctld and waited for until it reports healthy. Without it a gateway left by an
+        earlier ``up`` is stopped.
+
+        Idempotent: daemons that are already running are kept; if the rendered configuration changed they
+        get ``scontrol reconfigure`` (or a restart, for keys such as ports or BurstBufferType that need
+        one). An unchanged config is not reconfigured, because a reconfigure delays the next burst buffer
+        job's stage-in by 10+ s. The gateway is restarted only when its kubeconfig or options changed.
+        """
+        started = time.monotonic()
+        if gateway is not None and burst_buffer is not None:
+            raise DevClusterError("give either a burst_buffer plugin or a gateway setup, not both")
+        if os.geteuid() != 0:
+            raise DevClusterError("the dev cluster runs slurmctld/slurmd as root: run 'up' as root")
+        self.ensure_packages()
+        self.ensure_job_user()
+        host.check_reachable_by(self.state_dir, self.job_user)
+        self._prepare_dirs()
+        plugin_conf_changed = False
+        if gateway is not None:
+            burst_buffer, plugin_conf_changed = self._install_plugin(gateway)
+        changed = self.render_config(burst_buffer, extra_lines=extra_lines, extra_files=extra_files)
+        if plugin_conf_changed:
+            changed.add("*")
+        self._save_settings()
+
+        first_new = len(self._start_order)
+        try:
+            self._start_daemons(changed, gateway, wait_timeout)
+        except BaseException:
+            # A failed up leaves nothing of its own behind; the exception carries the reason.
+            self._stop_started_since(first_new)
+            raise
+        self.log(
+            f"node {NODE_NAME} ready after {time.monotonic() - started:.1f} s; SLURM_CONF={self.slurm_conf}"
+        )
+        return self.status()
+
+    def _start_daemons(self, changed: set[str], gateway: GatewaySetup | None, wait_timeout: float) -> None:
+        """Restart or reconfigure what runs, start what does not, and wait until the node is idle."""
+        daemons = {d.name: d for d in self._daemons()}
+        running = {name: self._pid(d) is not None for name, d in daemons.items()}
+        if changed & RESTART_KEYS and (running["slurmctld"] or running["slurmd"]):
+            self.log(f"restarting Slurm for changed {', '.join(sorted(changed & RESTART_KEYS))}")
+            for name in ("slurmd", "slurmctld"):
+                self._stop(daemons[name], 10)
+                running[name] = False
+        elif changed and running["slurmctld"]:
+            self.log("configuration changed; running scontrol reconfigure")
+            result = self.run_slurm(["scontrol", "reconfigure"], timeout=30)
+            if result.returncode != 0:
+                raise DevClusterError(f"scontrol reconfigure failed: {result.stderr.strip()}")
+        elif running["munged"] and running["slurmctld"] and running["slurmd"]:
+            self.log("already running; configuration unchanged")
+
+        if not running["munged"]:
+            self._check_ports()  # before anything starts, so a clash fails cleanly
+            stale = [self.munge_socket, self.munge_socket.with_name(self.munge_socket.name + ".lock")]
+            for path in stale:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            self._start(daemons["munged"])
+            wait_until(
+                self.munge_socket.exists, 20, "the munge socket", check=self._died_check(daemons["munged"])
+            )
+        elif not running["slurmctld"] or not running["slurmd"]:
+            self._check_ports()
+        # slurmctld calls slurm_bb_pools through the gateway as soon as it starts.
+        gateway_daemon = self._ensure_gateway(gateway, wait_timeout)
+        for name in ("slurmctld", "slurmd"):
+            if not running[name]:
+                self._start(daemons[name])
+
+        watched = [daemons["slurmctld"], daemons["slurmd"]]
+        if gateway_daemon is not None:
+            watched.append(gateway_daemon)
+        self._wait_idle(wait_timeout, watched)
+
+    # ----------------------------------------------------------------- gateway
+
+    def _install_plugin(self, gateway: GatewaySetup) -> tuple[BurstBufferSetup, bool]:
+        """Install slurmlink's plugin into etc/; returns it as a setup and whether burst_buffer.conf changed.
+
+        install_plugin writes the files itself; the returned setup carries the same texts so that
+        render_config leaves them alone.
+        """
+        from slurmlink.slurm.install import CONF_NAME, LUA_NAME, InstallError, install_plugin
+
+        kubeconfig = Path(gateway.kubeconfig).expanduser().absolute()
+        if not kubeconfig.is_file():
+            raise DevClusterError(f"kubeconfig {kubeconfig} does not exist")
+        if len(os.fsencode(str(self.gateway_socket))) > 107:
+            raise DevClusterError(
+                f"the gateway socket {self.gateway_socket} would exceed the 107-byte limit of Unix socket "
+                "paths; use a shorter --state-dir"
+            )
+        if kubeconfig != self.plugin_kubeconfig:
+            self.record_kubeconfig(kubeconfig)
+        try:
+            result = install_plugin(
+                self.etc_dir,
+                socket_path=self.gateway_socket,
+                kubeconfig_source=kubeconfig,
+                slurm_api=gateway.slurm_api,
+                backup_foreign=False,  # etc/ belongs to the dev cluster: nothing foreign to keep
+                log=self.log,
+            )
+        except InstallError as exc:
+            raise DevClusterError(f"cannot install slurmlink's burst buffer plugin: {exc}") from exc
+        setup = BurstBufferSetup(
+            lua_source=(self.etc_dir / LUA_NAME).read_text(), conf_text=(self.etc_dir / CONF_NAME).read_text()
+        )
+        return setup, self.etc_dir / CONF_NAME in result.written
+
+    def _gateway_state(self) -> dict[str, Any] | None:
+        with contextlib.suppress(OSError, ValueError):
+            state = json.loads((self.run_dir / GATEWAY_STATE_FILE).read_text())
+            return state if isinstance(state, dict) else None
+        return None
+
+    def _ensure_gateway(self, gateway: GatewaySetup | None, timeout: float) -> Daemon | None:
+        """Start, keep, restart or stop the gateway so that it matches ``gateway``; wait until healthy."""
+        state_file = self.run_dir / GATEWAY_STATE_FILE
+        if gateway is None:
+            self._stop(self._gateway_daemon(), 10)
+            with contextlib.suppress(FileNotFoundError):
+                state_file.unlink()
+            return None
+        daemon = self._gateway_daemon(gateway.extra_args)
+        wanted = {
+            "argv": list(daemon.argv),
+            "kubeconfig_sha256": hashlib.sha256(self.plugin_kubeconfig.read_bytes()).hexdigest(),
+        }
+        pid = self._pid(daemon)
+        if pid is not None and (
+            self._gateway_state() != wanted or supervise.cmdline(pid) != list(daemon.argv)
+        ):
+            self.log("gateway kubeconfig or options changed; restarting it")
+            self._stop(daemon, 10)
+            pid = None
+        if pid is None:
+            # No gateway of ours runs, so a socket file left by one that was killed is stale.
+            with contextlib.suppress(FileNotFoundError):
+                self.gateway_socket.unlink()
+            self._start(daemon)
+            self._write(state_file, json.dumps(wanted, indent=2) + "\n")
+        try:
+            wait_until(
+                lambda: gateway_healthy(self.gateway_socket),
+                timeout,
+                f"the gateway to answer GET /v1/healthz on {self.gateway_socket}",
+                check=self._died_check(daemon),
+            )
+        except DevClusterError as exc:
+            if "timed out" not in str(exc):
+                raise
+            raise DevClusterError(
+                f"{exc}; it reports healthy once it has synced with the slurmlink API, so check that the "
+                f"API in {self.plugin_kubeconfig} is reachable:\n{self._log_tail(daemon)}"
+            ) from None
+        return daemon
+
+    def _check_ports(self) -> None:
+        wanted = []
+        if self._pid(self._daemon("slurmctld")) is None:
+            wanted.append(("SlurmctldPort", self.ctld_port))
+        if self._pid(self._daemon("slurmd")) is None:
+            wanted.append(("SlurmdPort", self.slurmd_port))
+        busy = [f"{name} {port}" for name, port in wanted if not port_free(port)]
+        if busy:
+            raise DevClusterError(
+                f"port(s) already in use: {', '.join(busy)}; pick others with --ctld-port/--slurmd-port"
+            )
+
+    def _wait_idle(self, timeout: float, daemons: Sequence[Daemon]) -> None:
+        checks = [self._died_check(d) for d in daemons]
+        last_resume = [-1e9]
+
+        def probe() -> bool:
+            state = self.node_state()
+            if state is None:
+                return False
+            base = state.split("+")[0].rstrip("*~#!%$@^-").lower()
+            # A fresh node comes up idle; on a re-run it may be busy with jobs, which is just as ready.
+            if base in _READY_STATES and not state.endswith("*"):
+                return True
+            if base.startswith(("down", "drain", "fail")) and time.monotonic() - last_resume[0] > 2:
+                # Left over from an unclean stop; ReturnToService=2 does not undo an admin "down".
+                self.log(f"node state {state}; resuming")
+                self.run_slurm(["scontrol", "update", f"nodename={NODE_NAME}", "state=resume"], timeout=10)
+                last_resume[0] = time.monotonic()
+            return False
+
+        def check() -> None:
+            for check_one in checks:
+                check_one()
+
+        wait_until(probe, timeout, f"node {NODE_NAME} to become idle", check=check)
+
+    def down(self, purge: bool = False, timeout: float = 10) -> None:
+        """Stop the daemons this cluster started (by pid file, after checking /proc cmdline).
+
+        State, logs and config stay unless ``purge``, which deletes the whole state dir.
+        """
+        # slurmscriptd exits with slurmctld; the gateway outlives slurmctld's last callbacks.
+        for name in ("slurmd", "slurmctld", "gateway", "munged"):
+            self._stop(self._daemon(name), timeout)
+        with contextlib.suppress(FileNotFoundError):
+            self.gateway_socket.unlink()
+        if purge and self.state_dir.exists():
+            if not (self.state_dir / SETTINGS_FILE).exists() and not self.slurm_conf.exists():
+                raise DevClusterError(
+                    f"refusing to purge {self.state_dir}: it does not look like a dev cluster"
+                )
+            self.log(f"purging {self.state_dir}")
+            shutil.rmtree(self.state_dir)
+
+    def status(self) -> DevClusterStatus:
+        """Which daemons run, and the node state as slurmctld sees it (None if it cannot be asked)."""
+        pids = {d.name: self._pid(d) for d in self._daemons()}
+        node_state = self.node_state() if pids["slurmctld"] and pids["munged"] else None
+        return DevClusterStatus(
+            state_dir=self.state_dir,
+            ctld_port=self.ctld_port,
+            slurmd_port=self.slurmd_port,
+            munged=pids["munged"] is not None,
+            slurmctld=pids["slurmctld"] is not None,
+            slurmd=pids["slurmd"] is not None,
+            node_state=node_state,
+            pids=pids,
+            gateway=pids["gateway"] is not None,
+            gateway_enabled=(self.run_dir / GATEWAY_STATE_FILE).exists(),
+        )
+
+    def env(self) -> dict[str, str]:
+        """Environment for Slurm clients talking to this cluster."""
+        return {"SLURM_CONF": str(self.slurm_conf), "SLURMLINK_JOB_USER": self.job_user}

@@ -1,0 +1,106 @@
+"""Slurm clients against a dev cluster, for tests: run commands (as root or the job user), follow jobs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import subprocess
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from slurmlink.slurm.devcluster.errors import DevClusterError, wait_until
+from slurmlink.slurm.devcluster.layout import NODE_NAME, Layout
+
+
+def parse_scontrol_record(text: str) -> dict[str, str]:
+    """Parse ``scontrol show job|node`` output into ``{Key: value}``.
+
+    Values may contain spaces (``BurstBuffer=#DW jobdw capacity=1``, ``Reason=...``); a new field starts only
+    at a space followed by a capitalised ``Key=``, which is how scontrol spells its own keys.
+    """
+    record: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        starts = [m.start(1) for m in re.finditer(r"(?:^|\s)([A-Z][A-Za-z0-9_:/]*=)", line)]
+        for index, start in enumerate(starts):
+            end = starts[index + 1] if index + 1 < len(starts) else len(line)
+            key, _, value = line[start:end].partition("=")
+            record.setdefault(key, value.strip())
+    return record
+
+
+class SlurmClients(Layout):
+    """Slurm clients with this cluster's SLURM_CONF; burst buffer jobs must run as ``job_user``."""
+
+    job_user: str
+
+    def run_slurm(self, args: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        """Run a Slurm client command as the current user (root) against this cluster."""
+        kw.setdefault("capture_output", True)
+        kw.setdefault("text", True)
+        kw.setdefault("check", False)
+        env = dict(kw.pop("env", None) or os.environ)
+        env["SLURM_CONF"] = str(self.slurm_conf)
+        result: subprocess.CompletedProcess[str] = subprocess.run(list(args), env=env, **kw)
+        return result
+
+    def run_as_job_user(self, args: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        """Run ``args`` as the job user via ``runuser`` (no shell), with SLURM_CONF set.
+
+        Keyword arguments go to :func:`subprocess.run`; output is captured as text and the working
+        directory defaults to the job user's home, since root's cwd is usually not writable for it.
+        """
+        kw.setdefault("capture_output", True)
+        kw.setdefault("text", True)
+        kw.setdefault("check", False)
+        if "cwd" not in kw:
+            with contextlib.suppress(KeyError):
+                kw["cwd"] = pwd.getpwnam(self.job_user).pw_dir
+        argv = ["runuser", "-u", self.job_user, "--", "env", f"SLURM_CONF={self.slurm_conf}", *args]
+        result: subprocess.CompletedProcess[str] = subprocess.run(argv, **kw)
+        return result
+
+    def node_state(self) -> str | None:
+        """``sinfo``'s state of the node (e.g. ``idle``, ``down*``), None while slurmctld does not answer."""
+        try:
+            result = self.run_slurm(["sinfo", "-h", "-n", NODE_NAME, "-o", "%T"], timeout=10)
+        except subprocess.TimeoutExpired:
+            return None
+        state = result.stdout.strip()
+        return state if result.returncode == 0 and state else None
+
+    def job_info(self, job_id: int | str) -> dict[str, str] | None:
+        """``scontrol show job`` as a dict, None once the job is unknown (e.g. purged after MinJobAge)."""
+        result = self.run_slurm(["scontrol", "show", "job", str(job_id)], timeout=10)
+        if result.returncode != 0:
+            return None
+        return parse_scontrol_record(result.stdout)
+
+    def wait_for_job(
+        self, job_id: int | str, states: Iterable[str] = ("COMPLETED",), timeout: float = 60
+    ) -> dict[str, str]:
+        """Poll until the job reaches one of ``states``; fails fast if it ends in another final state."""
+        wanted = {s.upper() for s in states}
+        final = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"}
+        last: dict[str, str] = {}
+
+        def probe() -> dict[str, str] | None:
+            nonlocal last
+            last = self.job_info(job_id) or last
+            state = last.get("JobState", "")
+            if state in wanted:
+                return last
+            if state in final:
+                raise DevClusterError(f"job {job_id} ended {state}, wanted {sorted(wanted)}: {last}")
+            return None
+
+        try:
+            return wait_until(probe, timeout, f"job {job_id} to reach {sorted(wanted)}")
+        except DevClusterError as exc:
+            if "timed out" in str(exc):
+                raise DevClusterError(f"{exc}; last seen: {last}") from None
+            raise
