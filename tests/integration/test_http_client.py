@@ -218,6 +218,17 @@ def test_crud_round_trip_in_storage_version(server: ServerProcess) -> None:
             assert wf["spec"]["forceReady"] is False
             assert [d["driverID"] for d in wf["status"]["drivers"]] == ["tester"]
 
+            # A status write changes status only; kinds without /status refuse it.
+            wf = await client.get(WORKFLOW, "crud", "crud-wf")
+            wf["spec"]["wlmID"] = "ignored"
+            wf["status"]["message"] = "from update_status"
+            written = await client.update_status(WORKFLOW, wf)
+            assert written["status"]["message"] == "from update_status"
+            assert written["spec"]["wlmID"] == "slurm"
+            with pytest.raises(ApiError) as info:
+                await client.update_status(COMPUTES, await client.get(COMPUTES, "crud", "c2"))
+            assert info.value.code == 404
+
     run(body())
 
 
