@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from slurmlink.serve_process import ServeError
 from support.kubectl import run_kubectl
 from support.server import ServerProcess
 from support.unix_users import ensure_unix_user
@@ -234,6 +235,6 @@ def test_kubectl_as_a_user(
 
 
 def test_a_user_credential_needs_a_unix_account(server: ServerProcess) -> None:
-    with pytest.raises(Exception) as info:
+    with pytest.raises(ServeError) as info:
         server.issue_kubeconfig("no-such-login-here", "user")
-    assert 'no Unix user "no-such-login-here"' in str(getattr(info.value, "stderr", b""), "utf-8", "replace")
+    assert 'no Unix user "no-such-login-here"' in str(info.value)
