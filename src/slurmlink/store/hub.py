@@ -216,15 +216,18 @@ class WatchHub:
                 await self._catch_up()
             except ExpiredError:
                 log.warning("watch hub fell behind compaction; resetting watchers")
-                for sub in list(self._subs):
-                    self._unsubscribe(sub)
-                # The ring must stay one contiguous run of revisions: a watch served from it after
-                # the jump would otherwise silently miss the events in between.
-                self._ring.clear()
                 try:
-                    self._last = await anyio.to_thread.run_sync(self.store.current_revision)
+                    current = await anyio.to_thread.run_sync(self.store.current_revision)
                 except Exception:  # the next round meets ExpiredError again and retries
                     log.exception("watch hub could not read the current revision; retrying")
+                    continue
+                # All at once (no await in between), so nobody sees closed watchers with the old
+                # revision. The ring must stay one contiguous run of revisions: a watch served from it
+                # after the jump would otherwise silently miss the events in between.
+                for sub in list(self._subs):
+                    self._unsubscribe(sub)
+                self._ring.clear()
+                self._last = max(self._last, current)
             except Exception:
                 log.exception("watch hub could not read the event log; retrying")
 

@@ -1,0 +1,53 @@
+"""SQLAlchemy engines for the store's two databases, tuned for its access pattern."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+
+#: Execution option naming the statement that opens an SQLite transaction (``BEGIN IMMEDIATE`` for
+#: writers takes the write lock up front, so a transaction that reads before it writes cannot fail
+#: with SQLITE_BUSY halfway when another process wrote in between).
+SQLITE_BEGIN = "slurmlink_sqlite_begin"
+
+
+def redact(url: str) -> str:
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url
+
+
+def make_engine(url: str, *, echo: bool = False) -> sa.Engine:
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = sa.create_engine(
+            url,
+            echo=echo,
+            connect_args={"check_same_thread": False, "timeout": 30, "isolation_level": None},
+            pool_size=8,
+            max_overflow=8,
+        )
+
+        @sa_event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @sa_event.listens_for(engine, "begin")
+        def _begin(conn: sa.Connection) -> None:
+            # The driver's own transaction handling is off (isolation_level=None); an explicit
+            # BEGIN makes multi-statement reads one consistent WAL snapshot.
+            conn.exec_driver_sql(conn.get_execution_options().get(SQLITE_BEGIN, "BEGIN"))
+
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return sa.create_engine(parsed, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    raise ValueError(f"unsupported store URL {redact(url)!r}: use sqlite:///PATH or postgresql://...")

@@ -1,0 +1,73 @@
+"""Hot-path statements, compiled once per dialect and run as driver SQL.
+
+Building and compiling SQLAlchemy constructs per call cost more than SQLite's own work; these
+statements are fixed, so they are rendered once with named bind parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from slurmlink.store import schema
+
+
+class Prepared:
+    """One statement rendered for a dialect; ``run`` binds values by name."""
+
+    def __init__(self, statement: sa.ClauseElement, dialect: sa.Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        self.sql = str(compiled)
+        self.constants = {k: v for k, v in compiled.params.items() if v is not None}
+        self.order = list(compiled.positiontup or []) if compiled.positional else None
+
+    def run(self, conn: sa.Connection, **values: Any) -> sa.CursorResult[Any]:
+        merged = {**self.constants, **values}
+        params: Any = tuple(merged[k] for k in self.order) if self.order is not None else merged
+        return conn.exec_driver_sql(self.sql, params)
+
+
+def _insert_new(dialect: sa.Dialect) -> sa.ClauseElement:
+    """INSERT that does nothing (rowcount 0) when the key exists: no error, so no savepoint needed."""
+    o, b = schema.objects, sa.bindparam
+    values: dict[str, Any] = {
+        "resource": b("k_resource"),
+        "namespace": b("k_namespace"),
+        "name": b("k_name"),
+        "revision": b("v_revision"),
+        "data": b("v_data"),
+    }
+    if dialect.name == "postgresql":
+        return postgresql.insert(o).values(**values).on_conflict_do_nothing()
+    return sqlite.insert(o).values(**values).on_conflict_do_nothing()
+
+
+def build(dialect: sa.Dialect) -> dict[str, Prepared]:
+    o, e, c, b = schema.objects, schema.events, schema.counters, sa.bindparam
+    key = (o.c.resource == b("k_resource"), o.c.namespace == b("k_namespace"), o.c.name == b("k_name"))
+    statements: dict[str, sa.ClauseElement] = {
+        "get": sa.select(o.c.data).where(*key),
+        "get_row": sa.select(o.c.revision, o.c.data).where(*key),
+        "get_revision": sa.select(o.c.revision).where(*key),
+        "bump": c.update().where(c.c.id == 1).values(revision=c.c.revision + 1).returning(c.c.revision),
+        "unbump": c.update().where(c.c.id == 1).values(revision=c.c.revision - 1),
+        "current": sa.select(c.c.revision),
+        "insert": _insert_new(dialect),
+        "update": o.update()
+        .where(*key, o.c.revision == b("k_expected"))
+        .values(revision=b("v_revision"), data=b("v_data")),
+        "delete": o.delete().where(*key),
+        "event": e.insert().values(
+            revision=b("e_revision"),
+            type=b("e_type"),
+            resource=b("e_resource"),
+            namespace=b("e_namespace"),
+            name=b("e_name"),
+            data=b("e_data"),
+        ),
+    }
+    return {name: Prepared(stmt, dialect) for name, stmt in statements.items()}
