@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -49,5 +50,37 @@ def make_engine(url: str, *, echo: bool = False) -> sa.Engine:
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return sa.create_engine(parsed, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        engine = sa.create_engine(parsed, echo=echo, pool_size=10, max_overflow=10)
+        _ping_when_idle(engine)
+        return engine
     raise ValueError(f"unsupported store URL {redact(url)!r}: use sqlite:///PATH or postgresql://...")
+
+
+#: A pooled connection idle for longer than this is pinged before use.
+IDLE_PING_SECONDS = 1.0
+
+
+def _ping_when_idle(engine: sa.Engine) -> None:
+    """Check a pooled connection before use only if it sat idle (e.g. across a database restart).
+
+    ``pool_pre_ping`` pings on every checkout: one more round trip per statement under load, where
+    connections come back within milliseconds. A connection found dead here is replaced by the pool.
+    """
+
+    @sa_event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @sa_event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < IDLE_PING_SECONDS:
+            return
+        try:
+            if dbapi_conn.autocommit:
+                dbapi_conn.execute("SELECT 1")
+            else:
+                dbapi_conn.execute("SELECT 1")
+                dbapi_conn.rollback()
+        except Exception as exc:
+            raise sa.exc.DisconnectionError(f"stale pooled connection: {exc}") from exc

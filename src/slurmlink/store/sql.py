@@ -34,7 +34,7 @@ from slurmlink.store.errors import (
 )
 from slurmlink.store.events import Event
 from slurmlink.store.migrations import migrate
-from slurmlink.store.transaction import Transaction, is_retryable
+from slurmlink.store.transaction import NotOneStatementError, Transaction, is_retryable
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,11 @@ class SqlStore:
         self._write_lock = threading.Lock()
         self._sql = statements.build(self.engine.dialect)
         self._listeners: list[CommitListener] = []
+        # PostgreSQL: single statements (reads, the write functions) run without BEGIN/COMMIT round
+        # trips; one statement sees one snapshot and commits atomically by itself.
+        self._single = (
+            self.engine.execution_options(isolation_level="AUTOCOMMIT") if self.is_postgres else self.engine
+        )
         try:
             migrate(self.engine)
         except BaseException as exc:
@@ -102,15 +107,20 @@ class SqlStore:
 
     def list(self, resource: str, namespace: str | None = None) -> tuple[list[dict[str, Any]], int]:
         """All objects of a resource (in one namespace or all) and the revision they are consistent with."""
-        t = schema.objects
-        query = sa.select(t.c.data).where(t.c.resource == resource)
+        c, o = schema.counters, schema.objects
+        on = o.c.resource == resource
         if namespace is not None:
-            query = query.where(t.c.namespace == namespace)
-        query = query.order_by(t.c.namespace, t.c.name)
+            on = sa.and_(on, o.c.namespace == namespace)
+        # One statement (one snapshot): the counter row, outer-joined with the matching objects.
+        query = (
+            sa.select(c.c.revision, o.c.data)
+            .select_from(c.outerjoin(o, on))
+            .where(c.c.id == 1)
+            .order_by(o.c.namespace, o.c.name)
+        )
         with self._read() as conn:
-            revision = self._current_revision(conn)
             rows = conn.execute(query).all()
-        return [jsonutil.loads(r[0]) for r in rows], revision
+        return [jsonutil.loads(r[1]) for r in rows if r[1] is not None], int(rows[0][0])
 
     def current_revision(self) -> int:
         with self._read() as conn:
@@ -123,7 +133,7 @@ class SqlStore:
     def events_after(self, revision: int, limit: int = 10_000) -> builtins.list[Event]:
         """Events with revision > ``revision``; ExpiredError if compaction removed some of them."""
         t = schema.events
-        with self._read() as conn:
+        with self._read(snapshot=True) as conn:
             compacted = int(conn.execute(sa.select(schema.counters.c.compacted)).scalar_one())
             if revision < compacted:
                 raise ExpiredError(revision, compacted)
@@ -144,33 +154,11 @@ class SqlStore:
         Commits when the block ends, rolls everything back if it raises; commit listeners hear of
         the transaction's events after commit, in revision order. No retries: on PostgreSQL a
         serialization failure or deadlock surfaces as SerializationError (prefer ``run_transaction``).
-        Do not nest transactions.
+        Do not nest transactions. ``isolation`` applies to PostgreSQL (default READ COMMITTED; the
+        counter's row lock already orders object writes); SQLite transactions are serialisable.
         """
-        lock = self._write_lock if not self.is_postgres else contextlib.nullcontext()
-        try:
-            with lock:
-                with self.engine.connect() as conn:
-                    if self.is_postgres:
-                        if isolation is not None:
-                            conn.execution_options(isolation_level=isolation)
-                    else:
-                        conn.execution_options(**{SQLITE_BEGIN: "BEGIN IMMEDIATE"})
-                    with conn.begin():
-                        tx = Transaction(conn, self._sql)
-                        yield tx
-                        if tx.changes and self.is_postgres:
-                            conn.execute(
-                                sa.text("SELECT pg_notify(:c, :r)"),
-                                {"c": NOTIFY_CHANNEL, "r": str(tx.changes[-1].revision)},
-                            )
-                # Inside the lock on SQLite, so local listeners hear of commits in revision order.
-                self._publish(tx)
-        except sa.exc.DBAPIError as exc:
-            if is_retryable(exc):
-                raise SerializationError(f"transaction aborted, run it again: {exc.orig}") from exc
-            if isinstance(exc, sa.exc.OperationalError):
-                raise UnavailableError(f"store unavailable: {exc.orig}") from exc
-            raise
+        with self._transaction(isolation, one_statement=False) as tx:
+            yield tx
 
     def run_transaction(
         self, fn: Callable[[Transaction], T], *, isolation: Isolation | None = None, attempts: int = 20
@@ -181,25 +169,16 @@ class SqlStore:
         (or they must be safe to repeat), and must recompute everything from what it reads through
         ``tx``. Other errors, and the last SerializationError, propagate with nothing committed.
         """
-        for attempt in itertools.count(1):
-            try:
-                with self.transaction(isolation=isolation) as tx:
-                    return fn(tx)
-            except SerializationError:
-                if attempt >= attempts:
-                    raise
-                # Jittered back-off, so the transactions that collided do not collide again in step.
-                time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
-        raise AssertionError("unreachable")
+        return self._retrying(fn, isolation, attempts, one_statement=False)
 
     def create(self, resource: str, namespace: str, name: str, obj: dict[str, Any]) -> dict[str, Any]:
-        return self.run_transaction(lambda tx: tx.create(resource, namespace, name, obj))
+        return self._write_one(lambda tx: tx.create(resource, namespace, name, obj))
 
     def update(
         self, resource: str, namespace: str, name: str, obj: dict[str, Any], expected_revision: int
     ) -> dict[str, Any]:
         """Replace the object if its stored revision is still ``expected_revision``."""
-        return self.run_transaction(lambda tx: tx.update(resource, namespace, name, obj, expected_revision))
+        return self._write_one(lambda tx: tx.update(resource, namespace, name, obj, expected_revision))
 
     def delete(
         self, resource: str, namespace: str, name: str, expected_revision: int | None = None
@@ -232,15 +211,75 @@ class SqlStore:
     # ---- internals ---------------------------------------------------------------------------
 
     @contextmanager
-    def _read(self) -> Iterator[sa.Connection]:
+    def _read(self, *, snapshot: bool = False) -> Iterator[sa.Connection]:
+        """A connection for reading; ``snapshot``: several statements see one state (PostgreSQL)."""
         try:
-            with self.engine.connect() as conn:
-                if self.is_postgres:
+            with (self.engine if snapshot else self._single).connect() as conn:
+                if snapshot and self.is_postgres:
                     conn = conn.execution_options(isolation_level="REPEATABLE READ")
                 with conn.begin():
                     yield conn
         except sa.exc.OperationalError as exc:
             raise UnavailableError(f"store unavailable: {exc.orig}") from exc
+
+    def _write_one(self, fn: Callable[[Transaction], T]) -> T:
+        """A single-object write: on PostgreSQL one autocommitted call of a write function.
+
+        Falls back to a whole transaction when the write cannot be one statement.
+        """
+        if self.is_postgres:
+            try:
+                return self._retrying(fn, None, 20, one_statement=True)
+            except NotOneStatementError:
+                pass
+        return self.run_transaction(fn)
+
+    def _retrying(
+        self,
+        fn: Callable[[Transaction], T],
+        isolation: Isolation | None,
+        attempts: int,
+        *,
+        one_statement: bool,
+    ) -> T:
+        for attempt in itertools.count(1):
+            try:
+                with self._transaction(isolation, one_statement=one_statement) as tx:
+                    return fn(tx)
+            except SerializationError:
+                if attempt >= attempts:
+                    raise
+                # Jittered back-off, so the transactions that collided do not collide again in step.
+                time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def _transaction(self, isolation: Isolation | None, *, one_statement: bool) -> Iterator[Transaction]:
+        """See ``transaction``. ``one_statement``: PostgreSQL autocommit, for one atomic statement."""
+        lock = self._write_lock if not self.is_postgres else contextlib.nullcontext()
+        try:
+            with lock:
+                with (self._single if one_statement else self.engine).connect() as conn:
+                    if not self.is_postgres:
+                        conn.execution_options(**{SQLITE_BEGIN: "BEGIN IMMEDIATE"})
+                    elif isolation is not None:
+                        conn.execution_options(isolation_level=isolation)
+                    with conn.begin():
+                        tx = Transaction(conn, self._sql, one_statement=one_statement)
+                        yield tx
+                        if tx.notify_at_commit and self.is_postgres:
+                            conn.execute(
+                                sa.text("SELECT pg_notify(:c, :r)"),
+                                {"c": NOTIFY_CHANNEL, "r": str(tx.changes[-1].revision)},
+                            )
+                # Inside the lock on SQLite, so local listeners hear of commits in revision order.
+                self._publish(tx)
+        except sa.exc.DBAPIError as exc:
+            if is_retryable(exc):
+                raise SerializationError(f"transaction aborted, run it again: {exc.orig}") from exc
+            if isinstance(exc, sa.exc.OperationalError):
+                raise UnavailableError(f"store unavailable: {exc.orig}") from exc
+            raise
 
     def _publish(self, tx: Transaction) -> None:
         """Tell listeners of a committed transaction's events.

@@ -9,6 +9,7 @@ events only after commit.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 #: PostgreSQL SQLSTATEs after which running the whole transaction again may succeed.
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 
+#: Stands in for the revision while an object is serialised for a server-side write function.
+_PLACEHOLDER = f"slurmlink-revision-{uuid.uuid4().hex}"
+
 
 def stamp(obj: dict[str, Any], revision: int) -> dict[str, Any]:
     """A copy of ``obj`` (top level and metadata) carrying ``resourceVersion == revision``.
@@ -31,7 +35,24 @@ def stamp(obj: dict[str, Any], revision: int) -> dict[str, Any]:
     The caller's dict is left alone, so a write that fails (conflict, rollback) does not leave a
     revision that never committed in the caller's object.
     """
-    return {**obj, "metadata": {**(obj.get("metadata") or {}), "resourceVersion": str(revision)}}
+    return stamp_raw(obj, str(revision))
+
+
+def split_at_revision(obj: dict[str, Any]) -> tuple[str, str] | None:
+    """``obj`` as JSON text cut where its resourceVersion goes, for ``head + str(revision) + tail``.
+
+    None if the placeholder occurs elsewhere in the object too (the caller then takes the general path).
+    """
+    parts = jsonutil.dumps_str(stamp_raw(obj, _PLACEHOLDER)).split(_PLACEHOLDER)
+    return (parts[0], parts[1]) if len(parts) == 2 else None
+
+
+def stamp_raw(obj: dict[str, Any], revision: str) -> dict[str, Any]:
+    return {**obj, "metadata": {**(obj.get("metadata") or {}), "resourceVersion": revision}}
+
+
+class NotOneStatementError(Exception):
+    """A write that needs several statements was tried where only one atomic statement may run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +80,18 @@ class Transaction:
     write changed nothing and took no revision.
     """
 
-    def __init__(self, connection: sa.Connection, sql: dict[str, Prepared]) -> None:
+    def __init__(
+        self, connection: sa.Connection, sql: dict[str, Prepared], *, one_statement: bool = False
+    ) -> None:
         #: The transaction's connection: statements on relational tables commit or roll back with it.
         self.connection = connection
         self._sql = sql
+        #: PostgreSQL: create and update are one call of a server-side function that also notifies.
+        self._functions = "fn_update" in sql
+        self._one_statement = one_statement
         self.changes: list[_Change] = []
+        #: Whether a write went the general way, which leaves notifying other replicas to the commit.
+        self.notify_at_commit = False
 
     # ---- reads -------------------------------------------------------------------------------
 
@@ -76,6 +104,13 @@ class Transaction:
 
     def create(self, resource: str, namespace: str, name: str, obj: dict[str, Any]) -> dict[str, Any]:
         """Insert a new object; AlreadyExistsError if the key is taken."""
+        parts = split_at_revision(obj) if self._functions else None
+        if parts is not None:
+            key = {"k_resource": resource, "k_namespace": namespace, "k_name": name}
+            revision = int(self._run("fn_create", **key, v_head=parts[0], v_tail=parts[1]).scalar_one())
+            if revision <= 0:
+                raise AlreadyExistsError(f"{resource} {namespace}/{name} already exists")
+            return self._done(revision, "ADDED", resource, namespace, name, obj, parts)
         revision = self._bump()
         stamped = stamp(obj, revision)
         data = jsonutil.dumps_str(stamped)
@@ -97,6 +132,19 @@ class Transaction:
         self, resource: str, namespace: str, name: str, obj: dict[str, Any], expected_revision: int
     ) -> dict[str, Any]:
         """Replace the object if its stored revision is still ``expected_revision``."""
+        parts = split_at_revision(obj) if self._functions else None
+        if parts is not None:
+            key = {"k_resource": resource, "k_namespace": namespace, "k_name": name}
+            revision = int(
+                self._run(
+                    "fn_update", **key, k_expected=expected_revision, v_head=parts[0], v_tail=parts[1]
+                ).scalar_one()
+            )
+            if revision < 0:
+                raise NotFoundError(f"{resource} {namespace}/{name} not found")
+            if revision == 0:
+                raise ConflictError(f"{resource} {namespace}/{name} changed")
+            return self._done(revision, "MODIFIED", resource, namespace, name, obj, parts)
         revision = self._bump()
         stamped = stamp(obj, revision)
         data = jsonutil.dumps_str(stamped)
@@ -137,11 +185,28 @@ class Transaction:
 
     # ---- internals ---------------------------------------------------------------------------
 
+    def _done(
+        self,
+        revision: int,
+        kind: EventType,
+        resource: str,
+        namespace: str,
+        name: str,
+        obj: dict[str, Any],
+        parts: tuple[str, str],
+    ) -> dict[str, Any]:
+        """Record a write a server-side function made (object, event and notification)."""
+        data = f"{parts[0]}{revision}{parts[1]}"
+        self.changes.append(_Change(revision, kind, resource, namespace, name, data))
+        return stamp(obj, revision)
+
     def _run(self, statement: str, **values: Any) -> sa.CursorResult[Any]:
         return self._sql[statement].run(self.connection, **values)
 
     def _bump(self) -> int:
         """The next revision. Its row lock is held to commit, serialising object-writing transactions."""
+        if self._one_statement:
+            raise NotOneStatementError  # the general way takes several statements: not in autocommit
         return int(self._run("bump").scalar_one())
 
     def _unbump(self) -> None:
@@ -161,6 +226,7 @@ class Transaction:
             e_data=data,
         )
         self.changes.append(_Change(revision, kind, resource, namespace, name, data))
+        self.notify_at_commit = True
 
 
 def is_retryable(exc: BaseException) -> bool:
