@@ -256,3 +256,36 @@ def test_postgres_deadlock_is_retried(postgres_dsn: str) -> None:
         assert [e.revision for e in store.events_after(0)] == [1, 2]
     finally:
         store.close()
+
+
+def test_hub_delivers_concurrent_local_commits_in_revision_order(store: SqlStore) -> None:
+    """Writers in parallel threads (PostgreSQL commits them concurrently): watchers get 1..N in order."""
+    writers, per_writer = 6, 20
+
+    async def scenario() -> list[Event]:
+        hub = WatchHub(store)
+        await hub.start()
+        try:
+            sub = await hub.subscribe(0, lambda e: True)
+
+            def write(index: int) -> None:
+                for i in range(per_writer):
+                    store.create("things", NS, f"w{index}-{i}", thing(f"w{index}-{i}"))
+
+            threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+            for t in threads:
+                t.start()
+            events: list[Event] = []
+            while len(events) < writers * per_writer:
+                event = await sub.next(timeout=30)
+                assert event is not None, f"stopped after {len(events)} events"
+                events.append(event)
+            for t in threads:
+                t.join(30)
+            return events
+        finally:
+            await hub.stop()
+
+    events = asyncio.run(asyncio.wait_for(scenario(), 120))
+    assert [e.revision for e in events] == list(range(1, writers * per_writer + 1))
+    assert [e.object for e in events] == [e.object for e in store.events_after(0)]

@@ -17,6 +17,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
@@ -55,6 +56,8 @@ class SqlStore:
         self._write_lock = threading.Lock()
         self._sql = statements.build(self.engine.dialect)
         self._listeners: list[CommitListener] = []
+        #: Names this store in its notifications, so its own watch hub can tell them from others'.
+        self.origin = uuid.uuid4().hex[:16]
         # PostgreSQL: single statements (reads, the write functions) run without BEGIN/COMMIT round
         # trips; one statement sees one snapshot and commits atomically by itself.
         self._single = (
@@ -132,18 +135,24 @@ class SqlStore:
 
     def events_after(self, revision: int, limit: int = 10_000) -> builtins.list[Event]:
         """Events with revision > ``revision``; ExpiredError if compaction removed some of them."""
-        t = schema.events
-        with self._read(snapshot=True) as conn:
-            compacted = int(conn.execute(sa.select(schema.counters.c.compacted)).scalar_one())
-            if revision < compacted:
-                raise ExpiredError(revision, compacted)
-            rows = conn.execute(
-                sa.select(t.c.revision, t.c.type, t.c.resource, t.c.namespace, t.c.name, t.c.data)
-                .where(t.c.revision > revision)
-                .order_by(t.c.revision)
-                .limit(limit)
-            ).all()
-        return [Event(int(r[0]), r[1], r[2], r[3], r[4], jsonutil.loads(r[5])) for r in rows]
+        c, e = schema.counters, schema.events
+        # One statement (one snapshot, one round trip): the compaction point outer-joined with the
+        # events after ``revision``.
+        query = (
+            sa.select(c.c.compacted, e.c.revision, e.c.type, e.c.resource, e.c.namespace, e.c.name, e.c.data)
+            .select_from(c.outerjoin(e, e.c.revision > revision))
+            .where(c.c.id == 1)
+            .order_by(e.c.revision)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        compacted = int(rows[0][0])
+        if revision < compacted:
+            raise ExpiredError(revision, compacted)
+        return [
+            Event(int(r[1]), r[2], r[3], r[4], r[5], jsonutil.loads(r[6])) for r in rows if r[1] is not None
+        ]
 
     # ---- writes ------------------------------------------------------------------------------
 
@@ -211,14 +220,11 @@ class SqlStore:
     # ---- internals ---------------------------------------------------------------------------
 
     @contextmanager
-    def _read(self, *, snapshot: bool = False) -> Iterator[sa.Connection]:
-        """A connection for reading; ``snapshot``: several statements see one state (PostgreSQL)."""
+    def _read(self) -> Iterator[sa.Connection]:
+        """A connection for one read statement (on PostgreSQL without BEGIN/COMMIT round trips)."""
         try:
-            with (self.engine if snapshot else self._single).connect() as conn:
-                if snapshot and self.is_postgres:
-                    conn = conn.execution_options(isolation_level="REPEATABLE READ")
-                with conn.begin():
-                    yield conn
+            with self._single.connect() as conn, conn.begin():
+                yield conn
         except sa.exc.OperationalError as exc:
             raise UnavailableError(f"store unavailable: {exc.orig}") from exc
 
@@ -265,12 +271,12 @@ class SqlStore:
                     elif isolation is not None:
                         conn.execution_options(isolation_level=isolation)
                     with conn.begin():
-                        tx = Transaction(conn, self._sql, one_statement=one_statement)
+                        tx = Transaction(conn, self._sql, origin=self.origin, one_statement=one_statement)
                         yield tx
                         if tx.notify_at_commit and self.is_postgres:
                             conn.execute(
                                 sa.text("SELECT pg_notify(:c, :r)"),
-                                {"c": NOTIFY_CHANNEL, "r": str(tx.changes[-1].revision)},
+                                {"c": NOTIFY_CHANNEL, "r": f"{tx.changes[-1].revision} {self.origin}"},
                             )
                 # Inside the lock on SQLite, so local listeners hear of commits in revision order.
                 self._publish(tx)

@@ -71,7 +71,7 @@ def build(dialect: sa.Dialect) -> dict[str, Prepared]:
         ),
     }
     if dialect.name == "postgresql":  # server-side functions (migration objects_0003)
-        k, v = ("k_resource", "k_namespace", "k_name"), ("v_head", "v_tail")
+        k, v = ("k_resource", "k_namespace", "k_name"), ("v_head", "v_tail", "v_origin")
         statements["fn_create"] = sa.select(sa.func.slurmlink_create(*map(b, (*k, *v))))
         statements["fn_update"] = sa.select(sa.func.slurmlink_update(*map(b, (*k, "k_expected", *v))))
     return {name: Prepared(stmt, dialect) for name, stmt in statements.items()}

@@ -81,7 +81,12 @@ class Transaction:
     """
 
     def __init__(
-        self, connection: sa.Connection, sql: dict[str, Prepared], *, one_statement: bool = False
+        self,
+        connection: sa.Connection,
+        sql: dict[str, Prepared],
+        *,
+        origin: str = "",
+        one_statement: bool = False,
     ) -> None:
         #: The transaction's connection: statements on relational tables commit or roll back with it.
         self.connection = connection
@@ -89,6 +94,7 @@ class Transaction:
         #: PostgreSQL: create and update are one call of a server-side function that also notifies.
         self._functions = "fn_update" in sql
         self._one_statement = one_statement
+        self._origin = origin
         self.changes: list[_Change] = []
         #: Whether a write went the general way, which leaves notifying other replicas to the commit.
         self.notify_at_commit = False
@@ -107,7 +113,11 @@ class Transaction:
         parts = split_at_revision(obj) if self._functions else None
         if parts is not None:
             key = {"k_resource": resource, "k_namespace": namespace, "k_name": name}
-            revision = int(self._run("fn_create", **key, v_head=parts[0], v_tail=parts[1]).scalar_one())
+            revision = int(
+                self._run(
+                    "fn_create", **key, v_head=parts[0], v_tail=parts[1], v_origin=self._origin
+                ).scalar_one()
+            )
             if revision <= 0:
                 raise AlreadyExistsError(f"{resource} {namespace}/{name} already exists")
             return self._done(revision, "ADDED", resource, namespace, name, obj, parts)
@@ -137,7 +147,12 @@ class Transaction:
             key = {"k_resource": resource, "k_namespace": namespace, "k_name": name}
             revision = int(
                 self._run(
-                    "fn_update", **key, k_expected=expected_revision, v_head=parts[0], v_tail=parts[1]
+                    "fn_update",
+                    **key,
+                    k_expected=expected_revision,
+                    v_head=parts[0],
+                    v_tail=parts[1],
+                    v_origin=self._origin,
                 ).scalar_one()
             )
             if revision < 0:

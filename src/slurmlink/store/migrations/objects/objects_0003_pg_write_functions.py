@@ -5,7 +5,9 @@ replicas, all in one statement, so a single-object write needs no BEGIN/COMMIT r
 JSON arrives split around its resourceVersion (``head || revision || tail``), since the revision is
 only known inside the database. A write that fails gives its revision back (the caller still holds the
 counter's row lock, so nobody else took a revision in between) and returns 0 (conflict, or the key
-exists) or -1 (not found). Nothing to do on SQLite, which runs in-process.
+exists) or -1 (not found). The notification carries the writing store's origin, so that store's own
+watch hub can skip it (its commit listener already has the event). Nothing to do on SQLite, which
+runs in-process.
 
 Revision ID: objects_0003
 Revises: objects_0002
@@ -22,7 +24,7 @@ depends_on = None
 
 CREATE = """
 CREATE OR REPLACE FUNCTION slurmlink_create(
-    p_resource text, p_namespace text, p_name text, p_head text, p_tail text
+    p_resource text, p_namespace text, p_name text, p_head text, p_tail text, p_origin text
 ) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     rev bigint;
@@ -42,7 +44,7 @@ BEGIN
     END IF;
     INSERT INTO events (revision, type, resource, namespace, name, data)
         VALUES (rev, 'ADDED', p_resource, p_namespace, p_name, body);
-    PERFORM pg_notify('slurmlink_events', rev::text);
+    PERFORM pg_notify('slurmlink_events', rev::text || ' ' || p_origin);
     RETURN rev;
 END
 $$;
@@ -50,7 +52,8 @@ $$;
 
 UPDATE = """
 CREATE OR REPLACE FUNCTION slurmlink_update(
-    p_resource text, p_namespace text, p_name text, p_expected bigint, p_head text, p_tail text
+    p_resource text, p_namespace text, p_name text, p_expected bigint, p_head text, p_tail text,
+    p_origin text
 ) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     rev bigint;
@@ -77,7 +80,7 @@ BEGIN
     END IF;
     INSERT INTO events (revision, type, resource, namespace, name, data)
         VALUES (rev, 'MODIFIED', p_resource, p_namespace, p_name, body);
-    PERFORM pg_notify('slurmlink_events', rev::text);
+    PERFORM pg_notify('slurmlink_events', rev::text || ' ' || p_origin);
     RETURN rev;
 END
 $$;
@@ -92,5 +95,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP FUNCTION slurmlink_update(text, text, text, bigint, text, text)")
-        op.execute("DROP FUNCTION slurmlink_create(text, text, text, text, text)")
+        op.execute("DROP FUNCTION slurmlink_update(text, text, text, bigint, text, text, text)")
+        op.execute("DROP FUNCTION slurmlink_create(text, text, text, text, text, text)")
