@@ -35,7 +35,7 @@ from slurmlink.store.errors import (
 )
 from slurmlink.store.events import Event
 from slurmlink.store.migrations import migrate
-from slurmlink.store.transaction import NotOneStatementError, Transaction, is_retryable
+from slurmlink.store.transaction import RETRYABLE_SQLSTATES, NotOneStatementError, Transaction, is_retryable
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,13 @@ class SqlStore:
     # ---- reads -------------------------------------------------------------------------------
 
     def get(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
-        with self._read() as conn:
-            row = self._sql["get"].run(conn, k_resource=resource, k_namespace=namespace, k_name=name).first()
+        key = {"k_resource": resource, "k_namespace": namespace, "k_name": name}
+        if self.is_postgres:  # the hottest read: below SQLAlchemy's per-call overhead
+            with self._driver() as driver:
+                row = self._sql["get"].run_driver(driver, **key).fetchone()
+        else:
+            with self._read() as conn:
+                row = self._sql["get"].run(conn, **key).first()
         return jsonutil.loads(row[0]) if row else None
 
     def list(self, resource: str, namespace: str | None = None) -> tuple[list[dict[str, Any]], int]:
@@ -262,10 +267,16 @@ class SqlStore:
     @contextmanager
     def _transaction(self, isolation: Isolation | None, *, one_statement: bool) -> Iterator[Transaction]:
         """See ``transaction``. ``one_statement``: PostgreSQL autocommit, for one atomic statement."""
+        if one_statement and self.is_postgres:
+            with self._driver() as driver:
+                tx = Transaction(None, self._sql, origin=self.origin, one_statement=True, driver=driver)
+                yield tx
+            self._publish(tx)
+            return
         lock = self._write_lock if not self.is_postgres else contextlib.nullcontext()
         try:
             with lock:
-                with (self._single if one_statement else self.engine).connect() as conn:
+                with self.engine.connect() as conn:
                     if not self.is_postgres:
                         conn.execution_options(**{SQLITE_BEGIN: "BEGIN IMMEDIATE"})
                     elif isolation is not None:
@@ -286,6 +297,39 @@ class SqlStore:
             if isinstance(exc, sa.exc.OperationalError):
                 raise UnavailableError(f"store unavailable: {exc.orig}") from exc
             raise
+
+    @contextmanager
+    def _driver(self) -> Iterator[Any]:
+        """A pooled psycopg connection in autocommit, used directly (PostgreSQL hot paths).
+
+        SQLAlchemy's Connection, transaction and result layers cost more per call than the database
+        round trip of these single statements. Errors are mapped as SQLAlchemy's would be, and a
+        connection that failed is dropped from the pool.
+        """
+        import psycopg
+
+        try:
+            fairy = self.engine.raw_connection()
+        except sa.exc.OperationalError as exc:
+            raise UnavailableError(f"store unavailable: {exc.orig}") from exc
+        try:
+            driver = fairy.driver_connection
+            assert driver is not None
+            driver.autocommit = True
+            try:
+                yield driver
+            finally:
+                with contextlib.suppress(psycopg.Error):
+                    driver.autocommit = False  # the pool's other users expect the default
+        except psycopg.Error as exc:
+            if getattr(exc, "sqlstate", None) in RETRYABLE_SQLSTATES:
+                raise SerializationError(f"transaction aborted, run it again: {exc}") from exc
+            if isinstance(exc, psycopg.OperationalError):
+                fairy.invalidate(exc)
+                raise UnavailableError(f"store unavailable: {exc}") from exc
+            raise
+        finally:
+            fairy.close()
 
     def _publish(self, tx: Transaction) -> None:
         """Tell listeners of a committed transaction's events.

@@ -25,10 +25,16 @@ class Prepared:
         self.constants = {k: v for k, v in compiled.params.items() if v is not None}
         self.order = list(compiled.positiontup or []) if compiled.positional else None
 
-    def run(self, conn: sa.Connection, **values: Any) -> sa.CursorResult[Any]:
+    def params(self, values: dict[str, Any]) -> Any:
         merged = {**self.constants, **values}
-        params: Any = tuple(merged[k] for k in self.order) if self.order is not None else merged
-        return conn.exec_driver_sql(self.sql, params)
+        return tuple(merged[k] for k in self.order) if self.order is not None else merged
+
+    def run(self, conn: sa.Connection, **values: Any) -> sa.CursorResult[Any]:
+        return conn.exec_driver_sql(self.sql, self.params(values))
+
+    def run_driver(self, driver: Any, **values: Any) -> Any:
+        """Run on a psycopg connection directly (prepared server-side after a few uses); a cursor."""
+        return driver.execute(self.sql, self.params(values), prepare=True)
 
 
 def _insert_new(dialect: sa.Dialect) -> sa.ClauseElement:

@@ -82,14 +82,16 @@ class Transaction:
 
     def __init__(
         self,
-        connection: sa.Connection,
+        connection: sa.Connection | None,
         sql: dict[str, Prepared],
         *,
         origin: str = "",
         one_statement: bool = False,
+        driver: Any = None,
     ) -> None:
-        #: The transaction's connection: statements on relational tables commit or roll back with it.
-        self.connection = connection
+        self._connection = connection
+        #: A psycopg connection in autocommit, for a lone write below SQLAlchemy's per-call overhead.
+        self._driver = driver
         self._sql = sql
         #: PostgreSQL: create and update are one call of a server-side function that also notifies.
         self._functions = "fn_update" in sql
@@ -98,6 +100,13 @@ class Transaction:
         self.changes: list[_Change] = []
         #: Whether a write went the general way, which leaves notifying other replicas to the commit.
         self.notify_at_commit = False
+
+    @property
+    def connection(self) -> sa.Connection:
+        """The transaction's connection: statements on relational tables commit or roll back with it."""
+        if self._connection is None:
+            raise RuntimeError("a single-write transaction has no connection")
+        return self._connection
 
     # ---- reads -------------------------------------------------------------------------------
 
@@ -114,9 +123,7 @@ class Transaction:
         if parts is not None:
             key = {"k_resource": resource, "k_namespace": namespace, "k_name": name}
             revision = int(
-                self._run(
-                    "fn_create", **key, v_head=parts[0], v_tail=parts[1], v_origin=self._origin
-                ).scalar_one()
+                self._scalar("fn_create", **key, v_head=parts[0], v_tail=parts[1], v_origin=self._origin)
             )
             if revision <= 0:
                 raise AlreadyExistsError(f"{resource} {namespace}/{name} already exists")
@@ -146,14 +153,14 @@ class Transaction:
         if parts is not None:
             key = {"k_resource": resource, "k_namespace": namespace, "k_name": name}
             revision = int(
-                self._run(
+                self._scalar(
                     "fn_update",
                     **key,
                     k_expected=expected_revision,
                     v_head=parts[0],
                     v_tail=parts[1],
                     v_origin=self._origin,
-                ).scalar_one()
+                )
             )
             if revision < 0:
                 raise NotFoundError(f"{resource} {namespace}/{name} not found")
@@ -217,6 +224,11 @@ class Transaction:
 
     def _run(self, statement: str, **values: Any) -> sa.CursorResult[Any]:
         return self._sql[statement].run(self.connection, **values)
+
+    def _scalar(self, statement: str, **values: Any) -> Any:
+        if self._driver is not None:
+            return self._sql[statement].run_driver(self._driver, **values).fetchone()[0]
+        return self._run(statement, **values).scalar_one()
 
     def _bump(self) -> int:
         """The next revision. Its row lock is held to commit, serialising object-writing transactions."""
