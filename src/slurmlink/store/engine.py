@@ -13,6 +13,9 @@ from sqlalchemy import event as sa_event
 #: with SQLITE_BUSY halfway when another process wrote in between).
 SQLITE_BEGIN = "slurmlink_sqlite_begin"
 
+#: PostgreSQL connections per store (half kept in the pool, half opened under load).
+POOL_CONNECTIONS = 20
+
 
 def redact(url: str) -> str:
     try:
@@ -50,7 +53,9 @@ def make_engine(url: str, *, echo: bool = False) -> sa.Engine:
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        engine = sa.create_engine(parsed, echo=echo, pool_size=10, max_overflow=10)
+        engine = sa.create_engine(
+            parsed, echo=echo, pool_size=POOL_CONNECTIONS // 2, max_overflow=POOL_CONNECTIONS // 2
+        )
         _ping_when_idle(engine)
         return engine
     raise ValueError(f"unsupported store URL {redact(url)!r}: use sqlite:///PATH or postgresql://...")

@@ -305,6 +305,7 @@ class WatchHub:
         """
         import psycopg
 
+        own = f" {self.store.origin}"
         dsn = self.store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         while not self._listen_stop.is_set():
             try:
@@ -314,7 +315,8 @@ class WatchHub:
                     self._call_in_loop(self._on_notify, None)
                     while not self._listen_stop.is_set():
                         for note in conn.notifies(timeout=0.25, stop_after=1):
-                            self._call_in_loop(self._on_notify, note.payload)
+                            if not note.payload.endswith(own):  # own writes: not worth a loop wake-up
+                                self._call_in_loop(self._on_notify, note.payload)
             except Exception as exc:  # reconnect after a database restart
                 log.warning("LISTEN connection lost (%s); reconnecting", exc)
                 self._listen_stop.wait(1.0)
