@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from slurmlink import jsonutil
 from slurmlink.store import schema, statements
-from slurmlink.store.engine import POOL_CONNECTIONS, SQLITE_BEGIN, make_engine, redact
+from slurmlink.store.engine import SQLITE_BEGIN, make_engine, redact
 from slurmlink.store.errors import (
     ExpiredError,
     SerializationError,
@@ -41,6 +41,11 @@ from slurmlink.store.transaction import RETRYABLE_SQLSTATES, NotOneStatementErro
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "slurmlink_events"
+
+#: Worker threads for ``call`` on PostgreSQL. Few: each call waits well under a millisecond for the
+#: database, and every further thread that wakes up competes with the event loop for the GIL (the
+#: workflow benchmark ran faster with 4 than with 2 or 20).
+CALL_THREADS = 4
 
 CommitListener = Callable[[Event], None]
 Isolation = Literal["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"]
@@ -57,8 +62,7 @@ class SqlStore:
         self._write_lock = threading.Lock()
         self._sql = statements.build(self.engine.dialect)
         self._listeners: list[CommitListener] = []
-        #: Worker threads for ``call`` on PostgreSQL, as many as the pool has connections.
-        self._executor = concurrent.futures.ThreadPoolExecutor(POOL_CONNECTIONS, thread_name_prefix="store")
+        self._executor = concurrent.futures.ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="store")
         #: Names this store in its notifications, so its own watch hub can tell them from others'.
         self.origin = uuid.uuid4().hex[:16]
         # PostgreSQL: single statements (reads, the write functions) run without BEGIN/COMMIT round
