@@ -302,3 +302,18 @@ def test_writes_of_an_object_that_cannot_be_cut_at_its_revision_take_the_general
     assert store.get("things", NS, "odd") == updated
     assert updated["spec"]["text"] == f"x{_PLACEHOLDER}"
     assert [(e.revision, e.object) for e in store.events_after(0)] == [(1, created), (2, updated)]
+
+
+def test_delete_of_an_object_the_database_cannot_parse_as_jsonb_still_works(store: SqlStore) -> None:
+    """PostgreSQL stamps a deleted object in SQL (jsonb), which rejects \\u0000; such a delete still works."""
+    created = store.create("things", NS, "nul", thing("nul", text="a\u0000b"))
+    deleted = store.delete("things", NS, "nul", rv(created))
+    assert rv(deleted) == 2 and deleted["spec"]["text"] == "a\u0000b"
+    assert store.get("things", NS, "nul") is None
+    assert [(e.revision, e.type, e.object) for e in store.events_after(1)] == [(2, "DELETED", deleted)]
+    plain = store.create("things", NS, "plain", thing("plain", n=1))
+    gone = store.delete("things", NS, "plain")
+    assert gone == {**plain, "metadata": {**plain["metadata"], "resourceVersion": "4"}}
+    assert store.events_after(3)[0].object == gone
+    with pytest.raises(NotFoundError):
+        store.delete("things", NS, "plain")

@@ -216,7 +216,7 @@ class SqlStore:
         self, resource: str, namespace: str, name: str, expected_revision: int | None = None
     ) -> dict[str, Any]:
         """Remove the object; returns its last state stamped with the deleting revision."""
-        return self.run_transaction(lambda tx: tx.delete(resource, namespace, name, expected_revision))
+        return self._write_one(lambda tx: tx.delete(resource, namespace, name, expected_revision))
 
     def compact(self, retain: int) -> int:
         """Drop events older than the newest ``retain`` revisions; returns the compaction point.

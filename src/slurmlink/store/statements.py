@@ -80,4 +80,6 @@ def build(dialect: sa.Dialect) -> dict[str, Prepared]:
         k, v = ("k_resource", "k_namespace", "k_name"), ("v_head", "v_tail", "v_origin")
         statements["fn_create"] = sa.select(sa.func.slurmlink_create(*map(b, (*k, *v))))
         statements["fn_update"] = sa.select(sa.func.slurmlink_update(*map(b, (*k, "k_expected", *v))))
+        delete_args: list[Any] = [b(name) for name in (*k, "k_expected", "v_origin")]
+        statements["fn_delete"] = sa.select(sa.text("*")).select_from(sa.func.slurmlink_delete(*delete_args))
     return {name: Prepared(stmt, dialect) for name, stmt in statements.items()}

@@ -1,4 +1,4 @@
-"""PostgreSQL: create and compare-and-swap update as server-side functions, one round trip each.
+"""PostgreSQL: create, compare-and-swap update and delete as server-side functions, one round trip each.
 
 Each function takes the next revision, writes the object and its event and notifies the other
 replicas, all in one statement, so a single-object write needs no BEGIN/COMMIT round trips. The object's
@@ -87,13 +87,60 @@ $$;
 """
 
 
+DELETE = """
+CREATE OR REPLACE FUNCTION slurmlink_delete(
+    p_resource text, p_namespace text, p_name text, p_expected bigint, p_origin text
+) RETURNS TABLE (out_revision bigint, out_data text) LANGUAGE plpgsql AS $$
+DECLARE
+    rev bigint;
+    stored bigint;
+    old text;
+BEGIN
+    SELECT o.revision INTO stored FROM objects o
+        WHERE o.resource = p_resource AND o.namespace = p_namespace AND o.name = p_name;
+    IF NOT FOUND THEN
+        out_revision := -1;
+        RETURN NEXT;
+        RETURN;
+    ELSIF p_expected IS NOT NULL AND stored <> p_expected THEN
+        out_revision := 0;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    UPDATE counters c SET revision = c.revision + 1 WHERE c.id = 1 RETURNING c.revision INTO rev;
+    DELETE FROM objects o
+        WHERE o.resource = p_resource AND o.namespace = p_namespace AND o.name = p_name
+        AND (p_expected IS NULL OR o.revision = p_expected)
+        RETURNING o.data INTO old;
+    IF NOT FOUND THEN  -- changed or deleted while this waited for the counter
+        UPDATE counters c SET revision = c.revision - 1 WHERE c.id = 1;
+        PERFORM 1 FROM objects o
+            WHERE o.resource = p_resource AND o.namespace = p_namespace AND o.name = p_name;
+        out_revision := CASE WHEN FOUND THEN 0 ELSE -1 END;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    -- The event carries the last state stamped with the deleting revision.
+    out_data := jsonb_set(old::jsonb, '{metadata,resourceVersion}', to_jsonb(rev::text))::text;
+    INSERT INTO events (revision, type, resource, namespace, name, data)
+        VALUES (rev, 'DELETED', p_resource, p_namespace, p_name, out_data);
+    PERFORM pg_notify('slurmlink_events', rev::text || ' ' || p_origin);
+    out_revision := rev;
+    RETURN NEXT;
+END
+$$;
+"""
+
+
 def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute(CREATE)
         op.execute(UPDATE)
+        op.execute(DELETE)
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP FUNCTION slurmlink_delete(text, text, text, bigint, text)")
         op.execute("DROP FUNCTION slurmlink_update(text, text, text, bigint, text, text, text)")
         op.execute("DROP FUNCTION slurmlink_create(text, text, text, text, text, text)")
