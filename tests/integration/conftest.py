@@ -1,4 +1,4 @@
-"""Fixtures for tests against a real ``slurmlink serve`` process."""
+"""Fixtures for tests against a real ``slurmlink serve`` process and against the store itself."""
 
 from __future__ import annotations
 
@@ -7,7 +7,23 @@ from pathlib import Path
 
 import pytest
 
+from slurmlink.store.sql import SqlStore
 from support.server import ServerProcess
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """SQLAlchemy URL of an empty store: an SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return str(request.getfixturevalue("postgres_dsn"))
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[SqlStore]:
+    s = SqlStore(store_url)
+    yield s
+    s.close()
 
 
 @pytest.fixture(scope="module")

@@ -12,44 +12,26 @@ import copy
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
-from slurmlink.store import schema
 from slurmlink.store.errors import (
     AlreadyExistsError,
     ConflictError,
     ExpiredError,
     NotFoundError,
-    SchemaVersionError,
 )
 from slurmlink.store.events import Event
 from slurmlink.store.hub import Subscription, WatchHub
-from slurmlink.store.sql import SqlStore, migrate
+from slurmlink.store.sql import SqlStore
 from support.server import ServerProcess
 
 NS = "default"
 
 # ---- fixtures and helpers ------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """SQLAlchemy URL of an empty store: an SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'store.db'}"
-    return str(request.getfixturevalue("postgres_dsn"))
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[SqlStore]:
-    s = SqlStore(store_url)
-    yield s
-    s.close()
 
 
 def thing(name: str, namespace: str = NS, **spec: Any) -> dict[str, Any]:
@@ -311,44 +293,6 @@ def test_committed_write_survives_a_failing_commit_listener(store: SqlStore) -> 
     assert seen[0].object["spec"] == {}
     store.remove_commit_listener(broken)
     store.remove_commit_listener(seen.append)
-
-
-# ---- migrations ----------------------------------------------------------------------------------
-
-
-def _versions(store: SqlStore) -> list[int]:
-    with store.engine.connect() as conn:
-        return [int(v) for v in conn.execute(sa.select(schema.schema_version.c.version)).scalars()]
-
-
-def test_migrations_are_versioned_and_idempotent(store: SqlStore) -> None:
-    assert _versions(store) == [v for v, _ in schema.MIGRATIONS]
-    assert _versions(store)[-1] == schema.LATEST_VERSION
-    created = store.create("things", NS, "a", thing("a"))
-    assert migrate(store.engine) == schema.LATEST_VERSION
-    assert migrate(store.engine) == schema.LATEST_VERSION
-    assert _versions(store) == [v for v, _ in schema.MIGRATIONS]
-    reopened = SqlStore(store.url)
-    try:
-        assert reopened.get("things", NS, "a") == created
-        assert reopened.current_revision() == 1
-        assert _versions(reopened) == [v for v, _ in schema.MIGRATIONS]
-        assert rv(reopened.create("things", NS, "b", thing("b"))) == 2
-    finally:
-        reopened.close()
-
-
-def test_a_newer_schema_is_refused_untouched(store: SqlStore) -> None:
-    store.create("things", NS, "a", thing("a"))
-    newer = schema.LATEST_VERSION + 1
-    with store.engine.begin() as conn:
-        conn.execute(schema.schema_version.insert().values(version=newer, applied_at="the future"))
-    with pytest.raises(SchemaVersionError) as info:
-        SqlStore(store.url)
-    assert (info.value.found, info.value.supported) == (newer, schema.LATEST_VERSION)
-    assert "upgrade slurmlink" in str(info.value)
-    assert store.get("things", NS, "a") is not None
-    assert store.current_revision() == 1
 
 
 # ---- concurrency ---------------------------------------------------------------------------------

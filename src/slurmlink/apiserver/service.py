@@ -9,7 +9,6 @@ Methods are synchronous (the store is); the HTTP layer calls them from worker th
 from __future__ import annotations
 
 import builtins
-import functools
 import json
 import re
 import time
@@ -17,8 +16,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-
-import anyio
 
 from slurmlink import jsonutil
 from slurmlink.auth import roles
@@ -60,7 +57,6 @@ class ResourceService:
         self.registry = registry
         self.hub = hub
         self.system_namespace = system_namespace
-        self.inline = not store.is_postgres
 
     # ---- conversion --------------------------------------------------------------------------
 
@@ -73,14 +69,8 @@ class ResourceService:
         return kind.strategy.convert(obj, version, kind.api_version(version))
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Call a synchronous service method from async code.
-
-        On SQLite a call takes tens of microseconds, so it runs right on the event loop (no thread
-        hop, no GIL hand-off); on PostgreSQL, which waits on the network, it runs in a worker thread.
-        """
-        if self.inline:
-            return fn(*args, **kwargs)
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+        """Call a synchronous service method from async code; the store decides where it runs."""
+        return await self.store.call(fn, *args, **kwargs)
 
     def _to_storage(self, kind: Kind, obj: Obj, version: str, old: Obj | None) -> Obj:
         out = kind.strategy.convert(obj, kind.storage_version, kind.api_version(kind.storage_version))

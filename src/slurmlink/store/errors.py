@@ -19,6 +19,14 @@ class ConflictError(StoreError):
     """Compare-and-swap failed: the object changed since the caller read it."""
 
 
+class SerializationError(ConflictError):
+    """PostgreSQL aborted the transaction (serialization failure or deadlock, SQLSTATE 40001/40P01).
+
+    Nothing of it committed; running the whole transaction again may succeed, which is what
+    ``SqlStore.run_transaction`` does.
+    """
+
+
 class ExpiredError(StoreError):
     """A watch asked for history that compaction has removed (HTTP 410 Gone)."""
 

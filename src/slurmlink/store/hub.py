@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 EventFilter = Callable[[Event], bool]
 
+#: How long a local event may wait for a missing earlier revision before the log is read.
+GAP_WAIT_SECONDS = 0.1
+
 
 class Subscription:
     """A live stream of events after a start revision, as an async iterator."""
@@ -93,6 +96,9 @@ class WatchHub:
         self._task: asyncio.Task[None] | None = None
         self._listen_stop = threading.Event()
         self._listen_thread: threading.Thread | None = None
+        #: Local events that arrived ahead of a missing revision (PostgreSQL), by revision.
+        self._pending: dict[int, Event] = {}
+        self._gap_timer: asyncio.TimerHandle | None = None
         #: Set while the PostgreSQL LISTEN connection is established (tests and health checks).
         self.listening = threading.Event()
 
@@ -124,6 +130,9 @@ class WatchHub:
 
     async def stop(self) -> None:
         self.store.remove_commit_listener(self._on_local_commit)
+        if self._gap_timer is not None:
+            self._gap_timer.cancel()
+            self._gap_timer = None
         self._listen_stop.set()
         task, self._task = self._task, None
         if task is not None:
@@ -192,16 +201,43 @@ class WatchHub:
             loop.call_soon_threadsafe(self._accept, event)
 
     def _accept(self, event: Event) -> None:
+        if event.revision <= self._last:
+            return
         if event.revision == self._last + 1:
             self._dispatch(event)
-        elif event.revision > self._last + 1 and self._wake is not None:
-            self._wake.set()  # a gap: another replica wrote; read it from the log
+            self._drain()
+            return
+        # A gap. On PostgreSQL, local writers commit in parallel threads and their events may arrive
+        # out of order: hold this one until the missing ones arrive. Another replica's write in the
+        # gap is announced by its NOTIFY; the timer only guards against a notification that is lost.
+        self._pending[event.revision] = event
+        if not self.store.is_postgres:
+            self.poke()  # SQLite: local commits arrive in order, so another process wrote
+        elif self._gap_timer is None and self._loop is not None:
+            self._gap_timer = self._loop.call_later(GAP_WAIT_SECONDS, self._gap_expired)
+
+    def _gap_expired(self) -> None:
+        self._gap_timer = None
+        if self._pending:
+            self.poke()
 
     def _dispatch(self, event: Event) -> None:
         self._last = event.revision
         self._ring.append(event)
         for sub in list(self._subs):
             sub._offer(event)
+
+    def _drain(self) -> None:
+        """Dispatch held events that are now next in line; drop those the log already delivered."""
+        pending = self._pending
+        while pending:
+            event = pending.pop(self._last + 1, None)
+            if event is None:
+                break
+            self._dispatch(event)
+        if pending:
+            for revision in [r for r in pending if r <= self._last]:
+                del pending[revision]
 
     async def _run(self) -> None:
         assert self._wake is not None
@@ -216,15 +252,19 @@ class WatchHub:
                 await self._catch_up()
             except ExpiredError:
                 log.warning("watch hub fell behind compaction; resetting watchers")
-                for sub in list(self._subs):
-                    self._unsubscribe(sub)
-                # The ring must stay one contiguous run of revisions: a watch served from it after
-                # the jump would otherwise silently miss the events in between.
-                self._ring.clear()
                 try:
-                    self._last = await anyio.to_thread.run_sync(self.store.current_revision)
+                    current = await anyio.to_thread.run_sync(self.store.current_revision)
                 except Exception:  # the next round meets ExpiredError again and retries
                     log.exception("watch hub could not read the current revision; retrying")
+                    continue
+                # All at once (no await in between), so nobody sees closed watchers with the old
+                # revision. The ring must stay one contiguous run of revisions: a watch served from it
+                # after the jump would otherwise silently miss the events in between.
+                for sub in list(self._subs):
+                    self._unsubscribe(sub)
+                self._ring.clear()
+                self._last = max(self._last, current)
+                self._drain()
             except Exception:
                 log.exception("watch hub could not read the event log; retrying")
 
@@ -234,12 +274,28 @@ class WatchHub:
             for event in batch:
                 if event.revision > self._last:
                     self._dispatch(event)
+            self._drain()
             if len(batch) < 10_000:
                 return
 
-    def _on_notify(self, revision: int | None) -> None:
-        if self._wake is not None and (revision is None or revision > self._last):
-            self._wake.set()
+    def _on_notify(self, payload: str | None) -> None:
+        """A NOTIFY (``"<revision> <origin>"``) or a (re)connection (None): read the log if needed.
+
+        Writes of this process's own store are skipped: its commit listener hands them over already.
+        """
+        if payload is None:
+            self.poke()
+            return
+        text, _, origin = payload.partition(" ")
+        if origin and origin == self.store.origin:
+            return
+        try:
+            revision = int(text)
+        except ValueError:
+            self.poke()
+            return
+        if revision > self._last and revision not in self._pending:
+            self.poke()
 
     def _listen_postgres(self) -> None:
         """Blocking LISTEN loop in a thread; each NOTIFY (a revision) wakes the hub.
@@ -249,6 +305,7 @@ class WatchHub:
         """
         import psycopg
 
+        own = f" {self.store.origin}"
         dsn = self.store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         while not self._listen_stop.is_set():
             try:
@@ -258,18 +315,15 @@ class WatchHub:
                     self._call_in_loop(self._on_notify, None)
                     while not self._listen_stop.is_set():
                         for note in conn.notifies(timeout=0.25, stop_after=1):
-                            try:
-                                revision: int | None = int(note.payload)
-                            except ValueError:
-                                revision = None
-                            self._call_in_loop(self._on_notify, revision)
+                            if not note.payload.endswith(own):  # own writes: not worth a loop wake-up
+                                self._call_in_loop(self._on_notify, note.payload)
             except Exception as exc:  # reconnect after a database restart
                 log.warning("LISTEN connection lost (%s); reconnecting", exc)
                 self._listen_stop.wait(1.0)
             finally:
                 self.listening.clear()
 
-    def _call_in_loop(self, fn: Callable[[int | None], None], arg: int | None) -> None:
+    def _call_in_loop(self, fn: Callable[[str | None], None], arg: str | None) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
