@@ -8,8 +8,10 @@ whatever it holds (``x-kubernetes-preserve-unknown-fields``).
 
 from __future__ import annotations
 
+import functools
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -53,8 +55,7 @@ def prune(obj: Obj, structure: type[BaseModel] | None) -> list[str]:
     if structure is None:
         return found
     top = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
-    for path in _prune_model(top, structure, ""):
-        found.append(path)
+    found.extend(_model_pruner(structure)(top, ""))
     for key in list(obj):
         if key not in ("apiVersion", "kind", "metadata") and key not in top:
             del obj[key]
@@ -80,44 +81,89 @@ def strict_error(kind: str, version: str, unknown: list[str]) -> errors.ApiError
     )
 
 
-def _prune_model(value: Obj, model: type[BaseModel], prefix: str) -> list[str]:
-    found: list[str] = []
-    fields = {(f.alias or name): f.annotation for name, f in model.model_fields.items()}
-    for key in list(value):
-        path = f"{prefix}.{key}" if prefix else key
-        if key not in fields:
-            del value[key]
-            found.append(path)
-            continue
-        found.extend(_prune_value(value[key], fields[key], path))
-    return found
+#: A compiled pruner: prunes a value in place and returns the unknown paths under ``path``.
+_Pruner = Callable[[Any, str], list[str]]
 
 
-def _prune_value(value: Any, annotation: Any, path: str) -> list[str]:
-    if value is None or annotation is None or annotation is Any:
-        return []
+def _keep(_value: Any, _path: str) -> list[str]:
+    return []
+
+
+@functools.cache
+def _model_pruner(model: type[BaseModel]) -> _Pruner:
+    """The pruner of one model, compiled once: the walk over type annotations is not redone per write."""
+    fields: dict[str, _Pruner] = {}
+
+    def prune_model(value: Any, prefix: str) -> list[str]:
+        if not isinstance(value, dict):
+            return []
+        found: list[str] = []
+        for key in list(value):
+            sub = fields.get(key)
+            path = f"{prefix}.{key}" if prefix else key
+            if sub is None:
+                del value[key]
+                found.append(path)
+            elif sub is not _keep and value[key] is not None:
+                found.extend(sub(value[key], path))
+        return found
+
+    # Filled after the function exists, so self-referencing models compile without recursing forever.
+    for name, info in model.model_fields.items():
+        fields[info.alias or name] = _compile(info.annotation)
+    return prune_model
+
+
+def _compile(annotation: Any) -> _Pruner:
+    if annotation is None or annotation is Any:
+        return _keep
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is typing.Annotated:
-        return _prune_value(value, args[0], path)
+        return _compile(args[0])
     if origin in (typing.Union, types.UnionType):
-        for arg in args:
-            if _fits(value, arg):
-                return _prune_value(value, arg, path)
-        return []
+        branches = [(arg, _compile(arg)) for arg in args if arg is not type(None)]
+        if all(branch is _keep for _, branch in branches):
+            return _keep
+
+        def prune_union(value: Any, path: str) -> list[str]:
+            for arg, branch in branches:
+                if _fits(value, arg):
+                    return branch(value, path)
+            return []
+
+        return prune_union
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return _prune_model(value, annotation, path) if isinstance(value, dict) else []
-    if origin is list and args and isinstance(value, list):
-        found: list[str] = []
-        for index, item in enumerate(value):
-            found.extend(_prune_value(item, args[0], f"{path}[{index}]"))
-        return found
-    if origin is dict and len(args) == 2 and isinstance(value, dict):
-        found = []
-        for key, item in value.items():
-            found.extend(_prune_value(item, args[1], f"{path}.{key}"))
-        return found
-    return []
+        return _model_pruner(annotation)
+    if origin is list and args:
+        item = _compile(args[0])
+        if item is _keep:
+            return _keep
+
+        def prune_list(value: Any, path: str) -> list[str]:
+            found: list[str] = []
+            if isinstance(value, list):
+                for index, element in enumerate(value):
+                    if element is not None:
+                        found.extend(item(element, f"{path}[{index}]"))
+            return found
+
+        return prune_list
+    if origin is dict and len(args) == 2:
+        entry = _compile(args[1])
+        if entry is _keep:
+            return _keep
+
+        def prune_dict(value: Any, path: str) -> list[str]:
+            found: list[str] = []
+            if isinstance(value, dict):
+                for key, element in value.items():
+                    if element is not None:
+                        found.extend(entry(element, f"{path}.{key}"))
+            return found
+
+        return prune_dict
+    return _keep
 
 
 def _fits(value: Any, annotation: Any) -> bool:
