@@ -22,10 +22,10 @@ import pytest
 from support.kubectl import run_kubectl
 from support.server import ServerProcess
 from support.waiting import wait_for
+from support.workflows import GROUP_VERSION, workflow
 
 pytestmark = pytest.mark.postgres
 
-GROUP_VERSION = "dataworkflowservices.github.io/v1alpha2"
 WORKFLOWS = f"/apis/{GROUP_VERSION}/namespaces/slurm/workflows"
 LEASE = "/apis/coordination.k8s.io/v1/namespaces/dws-system/leases/slurmlink-controllers"
 MERGE = {"content-type": "application/merge-patch+json"}
@@ -94,22 +94,6 @@ def replicas(postgres_dsn: str, tmp_path: Path) -> Iterator[list[ServerProcess]]
     finally:
         for server in servers:
             server.stop()
-
-
-def workflow(name: str, directives: list[str]) -> dict[str, Any]:
-    return {
-        "apiVersion": GROUP_VERSION,
-        "kind": "Workflow",
-        "metadata": {"name": name, "namespace": "slurm"},
-        "spec": {
-            "desiredState": "Proposal",
-            "wlmID": "slurm",
-            "jobID": 4242,
-            "userID": 1000,
-            "groupID": 1000,
-            "dwDirectives": directives,
-        },
-    }
 
 
 def holder(client: httpx.Client) -> str:

@@ -21,10 +21,10 @@ import httpx
 import pytest
 
 from support.server import ServerProcess
+from support.workflows import GROUP_VERSION, workflow
 
 pytestmark = pytest.mark.postgres
 
-GROUP_VERSION = "dataworkflowservices.github.io/v1alpha2"
 WORKFLOWS = f"/apis/{GROUP_VERSION}/namespaces/slurm/workflows"
 MERGE = {"content-type": "application/merge-patch+json"}
 JSON_PATCH = {"content-type": "application/json-patch+json"}
@@ -38,22 +38,6 @@ STATES = ["Proposal", "Setup", "DataIn", "PreRun", "PostRun", "DataOut", "Teardo
 MAX_DELIVERY = 1.0
 
 Frame = dict[str, Any]
-
-
-def workflow(name: str, directives: list[str]) -> dict[str, Any]:
-    return {
-        "apiVersion": GROUP_VERSION,
-        "kind": "Workflow",
-        "metadata": {"name": name, "namespace": "slurm"},
-        "spec": {
-            "desiredState": "Proposal",
-            "wlmID": "slurm",
-            "jobID": 4242,
-            "userID": 1000,
-            "groupID": 1000,
-            "dwDirectives": directives,
-        },
-    }
 
 
 def rv(obj: dict[str, Any]) -> int:
