@@ -6,7 +6,9 @@ data in it, and checks that the store adopts that database and serves the data u
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +186,37 @@ def test_replicas_starting_at_once_migrate_once(store_url: str) -> None:
     finally:
         for s in opened:
             s.close()
+
+
+def test_a_store_opens_while_another_connection_creates_the_database(tmp_path: Path) -> None:
+    """A fresh SQLite file is switched to WAL by whoever opens it first; a writer committing at that
+    moment makes SQLite refuse the switch at once ("database is locked"): the store tries again."""
+    path = tmp_path / "fresh.db"
+    creator = sqlite3.connect(path, isolation_level=None, timeout=30)
+    creator.execute("BEGIN IMMEDIATE")
+    creator.execute("CREATE TABLE unrelated (x)")
+    opened: list[SqlStore] = []
+    failed: list[BaseException] = []
+
+    def open_store() -> None:
+        try:
+            opened.append(SqlStore(f"sqlite:///{path}"))
+        except BaseException as exc:
+            failed.append(exc)
+
+    opener = threading.Thread(target=open_store)
+    opener.start()
+    # Let the opener reach the lock before the commit (the assertions hold whatever the timing; without
+    # the retry, this order failed every time).
+    time.sleep(1.0)
+    creator.execute("COMMIT")
+    creator.close()
+    opener.join(60)
+    assert not failed, failed
+    (store,) = opened
+    try:
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert store.current_revision() == 0
+    finally:
+        store.close()

@@ -276,7 +276,7 @@ class ResourceEndpoints:
                 f'timeoutSeconds: Invalid value: "{q["timeoutSeconds"]}": must be an integer'
             ) from exc
         try:
-            events = await self.service.watch(
+            batches = await self.service.watch_batches(
                 kind,
                 version,
                 namespace,
@@ -301,12 +301,15 @@ class ResourceEndpoints:
             metrics.WATCHES.labels(kind.plural).inc()
             first = True
             try:
-                async for event in events:
-                    yield _line(_watch_frame(kind, event, as_table, include, first))
-                    first = False
+                async for batch in batches:
+                    lines = []
+                    for event in batch:
+                        lines.append(_line(_watch_frame(kind, event, as_table, include, first)))
+                        first = False
+                    yield b"".join(lines)
             finally:
                 metrics.WATCHES.labels(kind.plural).dec()
-                await events.aclose()  # type: ignore[attr-defined]
+                await batches.aclose()  # type: ignore[attr-defined]
 
         return StreamingResponse(stream(), media_type="application/json")
 

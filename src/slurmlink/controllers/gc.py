@@ -112,6 +112,10 @@ class OwnerGraph:
                     break
         return out
 
+    def has_dependents(self, owner: Obj) -> bool:
+        """Whether some tracked object names ``owner`` in its ownerReferences (one dict lookup)."""
+        return str((owner.get("metadata") or {}).get("uid") or "") in self._dependents
+
     def deleting_or_gone(self, obj: Obj) -> bool:
         """Whether ``obj`` is being deleted, or its kind's cache no longer holds it (handlers run
         after the cache is updated, so a DELETED event's object is already gone from it)."""
@@ -195,7 +199,7 @@ class GarbageCollector(Reconciler):
                 owner = informer.get(*key)
                 if owner is not None and owner["metadata"].get("deletionTimestamp"):
                     keys.append(key)
-        if graph.deleting_or_gone(obj):
+        if graph.has_dependents(obj) and graph.deleting_or_gone(obj):
             keys += [object_key(d.obj) for d in graph.dependents(obj) if d.kind is self.kind]
         return keys
 

@@ -20,7 +20,6 @@ class AdmissionContext:
     system_namespace: str
 
     def list_storage(self, group: str, kind: str, namespace: str | None) -> list[dict[str, Any]]:
-        """Objects of another kind, in storage version (e.g. the DWDirectiveRules)."""
+        """Objects of another kind, in storage version (e.g. the DWDirectiveRules); read-only."""
         target = self.service.registry.by_kind(group, kind)
-        items, _ = self.service.store.list(target.key, namespace)
-        return items
+        return self.service.list_cached(target, namespace)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from typing import Any
 
@@ -38,9 +39,9 @@ def make_engine(url: str, *, echo: bool = False) -> sa.Engine:
         @sa_event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
+            _enter_wal(cur)
+            cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 
         @sa_event.listens_for(engine, "begin")
@@ -59,6 +60,30 @@ def make_engine(url: str, *, echo: bool = False) -> sa.Engine:
         _ping_when_idle(engine)
         return engine
     raise ValueError(f"unsupported store URL {redact(url)!r}: use sqlite:///PATH or postgresql://...")
+
+
+#: How long a new SQLite connection keeps trying to switch a fresh database to WAL.
+WAL_SWITCH_SECONDS = 30.0
+
+
+def _enter_wal(cur: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another connection holds the database.
+
+    On a fresh database (still in rollback-journal mode) the switch needs an exclusive lock. When
+    another process is migrating at that moment, SQLite answers "database is locked" at once instead
+    of waiting (it would deadlock against that writer's commit), so the switch is tried again.
+    """
+    deadline = time.monotonic() + WAL_SWITCH_SECONDS
+    delay = 0.005
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 #: A pooled connection idle for longer than this is pinged before use.

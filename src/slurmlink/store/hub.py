@@ -14,6 +14,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import anyio
 
@@ -68,6 +69,16 @@ class Subscription:
             self.closed = True
         return event
 
+    def next_nowait(self) -> Event | None:
+        """The next event if one is queued already, else None (``closed`` is set once it ended)."""
+        try:
+            event = self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+        if event is None:
+            self.closed = True
+        return event
+
     def close(self) -> None:
         self._hub._unsubscribe(self)
 
@@ -101,11 +112,39 @@ class WatchHub:
         self._gap_timer: asyncio.TimerHandle | None = None
         #: Set while the PostgreSQL LISTEN connection is established (tests and health checks).
         self.listening = threading.Event()
+        self._loaded = False
+        #: The newest dispatched state of every object, by resource, then (namespace, name): loaded
+        #: when the hub starts and kept by the events it dispatches. The API server's first guess at an
+        #: object it is about to change (a stale guess costs a failed compare-and-swap and a read) and
+        #: its view for admission lookups, as Kubernetes' watch cache and admission informers are.
+        self._latest: dict[str, dict[tuple[str, str], Event]] = {}
 
     @property
     def revision(self) -> int:
         """Newest revision this hub has dispatched."""
         return self._last
+
+    def latest(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object as of the newest event this hub dispatched for it; None if gone or not seen.
+
+        Shared with watchers: read-only. Safe to call from any thread (one dict lookup).
+        """
+        event = self._latest.get(resource, {}).get((namespace, name))
+        return event.object if event is not None else None
+
+    def objects(self, resource: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Every object of ``resource`` (in ``namespace``) as of this hub's revision; read-only."""
+        by_key = self._latest.get(resource, {})
+        return [e.object for key, e in sorted(by_key.items()) if namespace is None or key[0] == namespace]
+
+    def current(self, resource: str) -> bool:
+        """Whether ``objects`` and ``latest`` of ``resource`` include every write of it this
+        process's store made.
+
+        Writes of other processes (replicas) arrive a moment later: callers accept that, as
+        Kubernetes' admission plugins do with their informers.
+        """
+        return self._loaded and self._last >= self.store.local_revisions.get(resource, 0)
 
     def poke(self) -> None:
         """Read the event log now rather than at the next poll (call on the hub's event loop)."""
@@ -119,7 +158,10 @@ class WatchHub:
         # Listen before reading the starting revision: a commit in between then arrives as an
         # event (dispatched or seen as a gap that wakes a catch-up) instead of waiting for a poll.
         self.store.add_commit_listener(self._on_local_commit)
-        start = await anyio.to_thread.run_sync(self.store.current_revision)
+        objects, start = await anyio.to_thread.run_sync(self.store.snapshot)
+        for event in objects:
+            self._remember(event)
+        self._loaded = True
         self._last = max(self._last, start)
         self._task = asyncio.create_task(self._run(), name="watch-hub")
         if self.store.is_postgres:
@@ -224,8 +266,19 @@ class WatchHub:
     def _dispatch(self, event: Event) -> None:
         self._last = event.revision
         self._ring.append(event)
+        self._remember(event)
         for sub in list(self._subs):
             sub._offer(event)
+
+    def _remember(self, event: Event) -> None:
+        by_key = self._latest.setdefault(event.resource, {})
+        key = (event.namespace, event.name)
+        if event.type == "DELETED":
+            by_key.pop(key, None)
+            return
+        known = by_key.get(key)
+        if known is None or known.revision < event.revision:
+            by_key[key] = event
 
     def _drain(self) -> None:
         """Dispatch held events that are now next in line; drop those the log already delivered."""
@@ -253,7 +306,7 @@ class WatchHub:
             except ExpiredError:
                 log.warning("watch hub fell behind compaction; resetting watchers")
                 try:
-                    current = await anyio.to_thread.run_sync(self.store.current_revision)
+                    objects, current = await anyio.to_thread.run_sync(self.store.snapshot)
                 except Exception:  # the next round meets ExpiredError again and retries
                     log.exception("watch hub could not read the current revision; retrying")
                     continue
@@ -263,6 +316,9 @@ class WatchHub:
                 for sub in list(self._subs):
                     self._unsubscribe(sub)
                 self._ring.clear()
+                self._latest.clear()  # events were skipped: start again from the snapshot
+                for event in objects:
+                    self._remember(event)
                 self._last = max(self._last, current)
                 self._drain()
             except Exception:

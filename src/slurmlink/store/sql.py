@@ -17,6 +17,7 @@ import functools
 import itertools
 import logging
 import random
+import sqlite3
 import threading
 import time
 import uuid
@@ -62,7 +63,13 @@ class SqlStore:
         self._write_lock = threading.Lock()
         self._sql = statements.build(self.engine.dialect)
         self._listeners: list[CommitListener] = []
+        #: Per resource, the newest revision this store object committed (read-your-writes checks
+        #: for caches fed by its events).
+        self.local_revisions: dict[str, int] = {}
+        self._local_revision_lock = threading.Lock()
         self._executor = concurrent.futures.ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="store")
+        #: SQLite: the pooled connection single writes keep (see ``_sqlite_write``).
+        self._writer: Any = None
         #: Names this store in its notifications, so its own watch hub can tell them from others'.
         self.origin = uuid.uuid4().hex[:16]
         # PostgreSQL: single statements (reads, the write functions) run without BEGIN/COMMIT round
@@ -109,6 +116,10 @@ class SqlStore:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)
+        with self._write_lock:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                writer.close()
         self.engine.dispose()
 
     def add_commit_listener(self, listener: CommitListener) -> None:
@@ -123,12 +134,9 @@ class SqlStore:
 
     def get(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
         key = {"k_resource": resource, "k_namespace": namespace, "k_name": name}
-        if self.is_postgres:  # the hottest read: below SQLAlchemy's per-call overhead
-            with self._driver() as driver:
-                row = self._sql["get"].run_driver(driver, **key).fetchone()
-        else:
-            with self._read() as conn:
-                row = self._sql["get"].run(conn, **key).first()
+        # The hottest read: one statement (its own snapshot) below SQLAlchemy's per-call overhead.
+        with self._driver() as driver:
+            row = self._sql["get"].run_driver(driver, **key).fetchone()
         return jsonutil.loads(row[0]) if row else None
 
     def list(self, resource: str, namespace: str | None = None) -> tuple[list[dict[str, Any]], int]:
@@ -147,6 +155,20 @@ class SqlStore:
         with self._read() as conn:
             rows = conn.execute(query).all()
         return [jsonutil.loads(r[1]) for r in rows if r[1] is not None], int(rows[0][0])
+
+    def snapshot(self) -> tuple[builtins.list[Event], int]:
+        """Every object (as an ADDED event at its own revision) and the revision they are consistent with."""
+        c, o = schema.counters, schema.objects
+        query = (
+            sa.select(c.c.revision, o.c.resource, o.c.namespace, o.c.name, o.c.revision, o.c.data)
+            .select_from(c.outerjoin(o, sa.true()))
+            .where(c.c.id == 1)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        live = [r for r in rows if r[1] is not None]
+        objects = [Event(int(r[4]), "ADDED", r[1], r[2], r[3], jsonutil.loads(r[5])) for r in live]
+        return objects, int(rows[0][0])
 
     def current_revision(self) -> int:
         with self._read() as conn:
@@ -261,7 +283,48 @@ class SqlStore:
                 return self._retrying(fn, None, 20, one_statement=True)
             except NotOneStatementError:
                 pass
-        return self.run_transaction(fn)
+            return self.run_transaction(fn)
+        return self._sqlite_write(fn)
+
+    def _sqlite_write(self, fn: Callable[[Transaction], T]) -> T:
+        """A single-object write on SQLite: BEGIN IMMEDIATE ... COMMIT on the sqlite3 connection.
+
+        The statements are the general way's; only SQLAlchemy's connection, transaction and result
+        layers are skipped, which cost more than SQLite's own work here. Writes are serialised by the
+        write lock, so one connection serves them all.
+        """
+        with self._write_lock:
+            try:
+                driver = self._sqlite_writer()
+                driver.execute("BEGIN IMMEDIATE")
+                try:
+                    tx = Transaction(None, self._sql, origin=self.origin, driver=driver)
+                    result = fn(tx)
+                    driver.execute("COMMIT")
+                except BaseException:
+                    if driver.in_transaction:
+                        driver.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                self._drop_sqlite_writer()
+                raise UnavailableError(f"store unavailable: {exc}") from exc
+            # Inside the lock, so local listeners hear of commits in revision order.
+            self._publish(tx)
+            return result
+
+    def _sqlite_writer(self) -> sqlite3.Connection:
+        """The connection single writes use, checked out of the pool once and kept."""
+        if self._writer is None:
+            self._writer = self.engine.raw_connection()
+        driver = self._writer.driver_connection
+        assert isinstance(driver, sqlite3.Connection)
+        return driver
+
+    def _drop_sqlite_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.invalidate()
 
     def _retrying(
         self,
@@ -318,14 +381,13 @@ class SqlStore:
 
     @contextmanager
     def _driver(self) -> Iterator[Any]:
-        """A pooled psycopg connection in autocommit, used directly (PostgreSQL hot paths).
+        """A pooled DB-API connection used directly for one statement (the hot paths).
 
-        SQLAlchemy's Connection, transaction and result layers cost more per call than the database
-        round trip of these single statements. Errors are mapped as SQLAlchemy's would be, and a
-        connection that failed is dropped from the pool.
+        SQLAlchemy's Connection, transaction and result layers cost more per call than the statement
+        itself. PostgreSQL's connection is put in autocommit for the call; sqlite3's always is
+        (``isolation_level=None``). Errors are mapped as SQLAlchemy's would be, and a connection that
+        failed is dropped from the pool.
         """
-        import psycopg
-
         try:
             fairy = self.engine.raw_connection()
         except sa.exc.OperationalError as exc:
@@ -333,13 +395,27 @@ class SqlStore:
         try:
             driver = fairy.driver_connection
             assert driver is not None
+            if not self.is_postgres:
+                yield driver
+                return
+            import psycopg
+
             driver.autocommit = True
             try:
                 yield driver
             finally:
                 with contextlib.suppress(psycopg.Error):
                     driver.autocommit = False  # the pool's other users expect the default
-        except psycopg.Error as exc:
+        except sqlite3.OperationalError as exc:
+            fairy.invalidate(exc)
+            raise UnavailableError(f"store unavailable: {exc}") from exc
+        except Exception as exc:
+            if not self.is_postgres:
+                raise
+            import psycopg
+
+            if not isinstance(exc, psycopg.Error):
+                raise
             if getattr(exc, "sqlstate", None) in RETRYABLE_SQLSTATES:
                 raise SerializationError(f"transaction aborted, run it again: {exc}") from exc
             if isinstance(exc, psycopg.OperationalError):
@@ -356,7 +432,13 @@ class SqlStore:
         watchers; the caller may go on mutating what it gets back), and a failing listener must not
         turn a committed write into an error for the caller.
         """
-        if not tx.changes or not self._listeners:
+        if not tx.changes:
+            return
+        with self._local_revision_lock:
+            for change in tx.changes:
+                if change.revision > self.local_revisions.get(change.resource, 0):
+                    self.local_revisions[change.resource] = change.revision
+        if not self._listeners:
             return
         for change in tx.changes:
             event = change.event()

@@ -24,6 +24,8 @@ class Prepared:
         self.sql = str(compiled)
         self.constants = {k: v for k, v in compiled.params.items() if v is not None}
         self.order = list(compiled.positiontup or []) if compiled.positional else None
+        #: psycopg prepares server-side when asked; sqlite3 caches prepared statements by itself.
+        self._driver_options: dict[str, Any] = {"prepare": True} if dialect.name == "postgresql" else {}
 
     def params(self, values: dict[str, Any]) -> Any:
         merged = {**self.constants, **values}
@@ -33,8 +35,8 @@ class Prepared:
         return conn.exec_driver_sql(self.sql, self.params(values))
 
     def run_driver(self, driver: Any, **values: Any) -> Any:
-        """Run on a psycopg connection directly (prepared server-side after a few uses); a cursor."""
-        return driver.execute(self.sql, self.params(values), prepare=True)
+        """Run on the DB-API connection directly (psycopg or sqlite3, below SQLAlchemy); a cursor."""
+        return driver.execute(self.sql, self.params(values), **self._driver_options)
 
 
 def _insert_new(dialect: sa.Dialect) -> sa.ClauseElement:

@@ -90,7 +90,8 @@ class Transaction:
         driver: Any = None,
     ) -> None:
         self._connection = connection
-        #: A psycopg connection in autocommit, for a lone write below SQLAlchemy's per-call overhead.
+        #: The DB-API connection of a lone write, below SQLAlchemy's per-call overhead: psycopg in
+        #: autocommit (one function call) or sqlite3 inside the store's BEGIN IMMEDIATE.
         self._driver = driver
         self._sql = sql
         #: PostgreSQL: create and update are one call of a server-side function that also notifies.
@@ -112,7 +113,7 @@ class Transaction:
 
     def get(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object as this transaction sees it (its own writes included)."""
-        row = self._run("get", k_resource=resource, k_namespace=namespace, k_name=name).first()
+        row = self._first("get", k_resource=resource, k_namespace=namespace, k_name=name)
         return jsonutil.loads(row[0]) if row else None
 
     # ---- writes ------------------------------------------------------------------------------
@@ -131,7 +132,7 @@ class Transaction:
         revision = self._bump()
         stamped = stamp(obj, revision)
         data = jsonutil.dumps_str(stamped)
-        inserted = self._run(
+        inserted = self._count(
             "insert",
             k_resource=resource,
             k_namespace=namespace,
@@ -139,7 +140,7 @@ class Transaction:
             v_revision=revision,
             v_data=data,
         )
-        if inserted.rowcount == 0:
+        if inserted == 0:
             self._unbump()
             raise AlreadyExistsError(f"{resource} {namespace}/{name} already exists")
         self._log(revision, "ADDED", resource, namespace, name, data)
@@ -170,7 +171,7 @@ class Transaction:
         revision = self._bump()
         stamped = stamp(obj, revision)
         data = jsonutil.dumps_str(stamped)
-        result = self._run(
+        updated = self._count(
             "update",
             k_resource=resource,
             k_namespace=namespace,
@@ -179,10 +180,10 @@ class Transaction:
             v_revision=revision,
             v_data=data,
         )
-        if result.rowcount == 0:
+        if updated == 0:
             self._unbump()
-            exists = self._run("get_revision", k_resource=resource, k_namespace=namespace, k_name=name)
-            if exists.first() is None:
+            exists = self._first("get_revision", k_resource=resource, k_namespace=namespace, k_name=name)
+            if exists is None:
                 raise NotFoundError(f"{resource} {namespace}/{name} not found")
             raise ConflictError(f"{resource} {namespace}/{name} changed")
         self._log(revision, "MODIFIED", resource, namespace, name, data)
@@ -193,7 +194,7 @@ class Transaction:
     ) -> dict[str, Any]:
         """Remove the object; returns its last state stamped with the deleting revision."""
         key = {"k_resource": resource, "k_namespace": namespace, "k_name": name}
-        if self._driver is not None:  # a lone delete: one call (the event is stamped by the database)
+        if self._driver is not None and self._functions:  # a lone delete: one call (stamped by the database)
             try:
                 found = (
                     self._sql["fn_delete"]
@@ -214,13 +215,13 @@ class Transaction:
             stamped: dict[str, Any] = jsonutil.loads(found[1])
             return stamped
         revision = self._bump()
-        row: Any = self._run("get_row", **key).first()
+        row: Any = self._first("get_row", **key)
         if row is None or (expected_revision is not None and int(row[0]) != expected_revision):
             self._unbump()
             if row is None:
                 raise NotFoundError(f"{resource} {namespace}/{name} not found")
             raise ConflictError(f"{resource} {namespace}/{name} changed")
-        self._run("delete", **key)
+        self._count("delete", **key)
         stamped = stamp(jsonutil.loads(row[1]), revision)
         self._log(revision, "DELETED", resource, namespace, name, jsonutil.dumps_str(stamped))
         return stamped
@@ -242,28 +243,38 @@ class Transaction:
         self.changes.append(_Change(revision, kind, resource, namespace, name, data))
         return stamp(obj, revision)
 
-    def _run(self, statement: str, **values: Any) -> sa.CursorResult[Any]:
-        return self._sql[statement].run(self.connection, **values)
+    def _first(self, statement: str, **values: Any) -> Any:
+        """The first row of a statement's result, or None."""
+        if self._driver is not None:
+            return self._sql[statement].run_driver(self._driver, **values).fetchone()
+        return self._sql[statement].run(self.connection, **values).first()
+
+    def _count(self, statement: str, **values: Any) -> int:
+        """Run a statement that changes rows; how many it changed."""
+        if self._driver is not None:
+            return int(self._sql[statement].run_driver(self._driver, **values).rowcount)
+        return int(self._sql[statement].run(self.connection, **values).rowcount)
 
     def _scalar(self, statement: str, **values: Any) -> Any:
-        if self._driver is not None:
-            return self._sql[statement].run_driver(self._driver, **values).fetchone()[0]
-        return self._run(statement, **values).scalar_one()
+        row = self._first(statement, **values)
+        if row is None:
+            raise RuntimeError(f"statement {statement} returned no row")
+        return row[0]
 
     def _bump(self) -> int:
         """The next revision. Its row lock is held to commit, serialising object-writing transactions."""
         if self._one_statement:
             raise NotOneStatementError  # the general way takes several statements: not in autocommit
-        return int(self._run("bump").scalar_one())
+        return int(self._scalar("bump"))
 
     def _unbump(self) -> None:
         """Give back a revision a failed write took: this transaction still holds the counter's lock."""
-        self._run("unbump")
+        self._count("unbump")
 
     def _log(
         self, revision: int, kind: EventType, resource: str, namespace: str, name: str, data: str
     ) -> None:
-        self._run(
+        self._count(
             "event",
             e_revision=revision,
             e_type=kind,
