@@ -21,7 +21,7 @@ from slurmlink import jsonutil
 from slurmlink.auth import roles
 from slurmlink.auth.identity import Identity
 from slurmlink.resources import errors, pruning, selectors
-from slurmlink.resources.access import OwnerScope, keep_owner
+from slurmlink.resources.access import Scope, keep_owner
 from slurmlink.resources.admission import AdmissionContext
 from slurmlink.resources.kind import Kind, Obj
 from slurmlink.resources.meta import meta, now_rfc3339, revision_of, same_except_revision
@@ -77,6 +77,7 @@ class ResourceService:
         if old is not None and version != kind.storage_version:
             for path in kind.strategy.storage_only_paths:
                 _copy_path(old, out, path)
+            kind.strategy.restore_storage_only(out, old)
         return out
 
     def _ns(self, kind: Kind, namespace: str | None) -> str:
@@ -101,7 +102,7 @@ class ResourceService:
         return obj
 
     def get(
-        self, kind: Kind, version: str, namespace: str | None, name: str, *, scope: OwnerScope | None = None
+        self, kind: Kind, version: str, namespace: str | None, name: str, *, scope: Scope | None = None
     ) -> Obj:
         obj = self.get_storage(kind, namespace, name)
         if scope is not None and not scope.may_read(obj):
@@ -116,7 +117,7 @@ class ResourceService:
         label_selector: str | None = None,
         field_selector: str | None = None,
         *,
-        scope: OwnerScope | None = None,
+        scope: Scope | None = None,
     ) -> tuple[list[Obj], int]:
         match_labels = selectors.parse_label_selector(label_selector)
         match_fields = selectors.parse_field_selector(field_selector, kind.strategy.field_labels)
@@ -139,7 +140,7 @@ class ResourceService:
         identity: Identity | None,
         *,
         dry_run: bool = False,
-        scope: OwnerScope | None = None,
+        scope: Scope | None = None,
         field_validation: str = "Ignore",
         warnings: builtins.list[str] | None = None,
     ) -> Obj:
@@ -194,8 +195,12 @@ class ResourceService:
         m["generation"] = 1
         obj = self._to_storage(kind, obj, version, None)
         strategy = kind.strategy
+        if strategy.status_subresource:
+            obj.pop("status", None)  # as the API server: a create cannot set what /status owns
         _prune(kind, version, obj, field_validation, warnings)
         if scope is not None:
+            if not scope.may_create(obj):
+                raise _denied(scope, kind, "create", namespace, name)
             scope.stamp(obj)
         ctx = self._ctx(identity)
         strategy.default(obj)
@@ -227,7 +232,7 @@ class ResourceService:
         *,
         subresource: str | None = None,
         dry_run: bool = False,
-        scope: OwnerScope | None = None,
+        scope: Scope | None = None,
         field_validation: str = "Ignore",
         warnings: builtins.list[str] | None = None,
     ) -> Obj:
@@ -276,7 +281,7 @@ class ResourceService:
         *,
         subresource: str | None = None,
         dry_run: bool = False,
-        scope: OwnerScope | None = None,
+        scope: Scope | None = None,
         field_validation: str = "Ignore",
         warnings: builtins.list[str] | None = None,
     ) -> Obj:
@@ -349,6 +354,8 @@ class ResourceService:
                     new["status"] = jsonutil.clone(old["status"])
                 else:
                     new.pop("status", None)
+            if scope is not None and not scope.may_write(new):
+                raise _denied(scope, kind, "update", namespace, name)
             strategy.default(new)
             ctx = self._ctx(identity)
             strategy.mutate_update(new, old, ctx)
@@ -411,7 +418,7 @@ class ResourceService:
         options: Obj | None = None,
         *,
         dry_run: bool = False,
-        scope: OwnerScope | None = None,
+        scope: Scope | None = None,
     ) -> tuple[Obj, bool]:
         """Delete, or mark for deletion while finalizers remain. Returns (object, gone_now).
 
@@ -473,7 +480,7 @@ class ResourceService:
         *,
         bookmark_interval: float | None = None,
         timeout: float | None = None,
-        scope: OwnerScope | None = None,
+        scope: Scope | None = None,
     ) -> AsyncIterator[WatchEvent]:
         """Kubernetes watch semantics: rv ""/"0" starts with synthetic ADDED events.
 
@@ -570,7 +577,7 @@ class _WriteOptions:
 
     subresource: str | None = None
     dry_run: bool = False
-    scope: OwnerScope | None = None
+    scope: Scope | None = None
     field_validation: str = "Ignore"
     warnings: builtins.list[str] | None = None
 
@@ -588,9 +595,9 @@ def _prune(
         warnings.extend(f'unknown field "{path}"' for path in unknown)
 
 
-def _denied(scope: OwnerScope, kind: Kind, verb: str, namespace: str | None, name: str) -> errors.ApiError:
-    """Kubernetes' Forbidden for a user acting on an object that is not theirs."""
-    identity = Identity(scope.account.login)
+def _denied(scope: Scope, kind: Kind, verb: str, namespace: str | None, name: str) -> errors.ApiError:
+    """Kubernetes' Forbidden for a caller acting on an object outside its scope."""
+    identity = Identity(scope.user)
     return errors.forbidden(
         roles.forbidden_message(identity, kind.group, kind.plural, verb, namespace, name),
         kind.group,
