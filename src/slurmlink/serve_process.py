@@ -154,7 +154,7 @@ class ServeProcess:
 
     def issue_kubeconfig(
         self,
-        user: str,
+        user: str | None,
         role: str,
         namespace: str = "default",
         *,

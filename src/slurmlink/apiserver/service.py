@@ -299,7 +299,7 @@ class ResourceService:
             build,
             identity,
             precondition or None,
-            _WriteOptions(subresource, dry_run, scope, field_validation, warnings),
+            _WriteOptions(subresource, dry_run, scope, field_validation, warnings, "patch"),
         )
 
     def update_storage(
@@ -331,7 +331,7 @@ class ResourceService:
         while True:
             old = self.get_storage(kind, ns, name)
             if scope is not None and not scope.may_write(old):
-                raise _denied(scope, kind, "update", namespace, name)
+                raise _denied(scope, kind, options.verb, namespace, name)
             old_rev = revision_of(old)
             if expected_revision and expected_revision != old_rev:
                 raise errors.conflict(kind.group, kind.plural, name)
@@ -355,7 +355,7 @@ class ResourceService:
                 else:
                     new.pop("status", None)
             if scope is not None and not scope.may_write(new):
-                raise _denied(scope, kind, "update", namespace, name)
+                raise _denied(scope, kind, options.verb, namespace, name)
             strategy.default(new)
             ctx = self._ctx(identity)
             strategy.mutate_update(new, old, ctx)
@@ -580,6 +580,8 @@ class _WriteOptions:
     scope: Scope | None = None
     field_validation: str = "Ignore"
     warnings: builtins.list[str] | None = None
+    #: The request's verb, for a scope's refusal.
+    verb: str = "update"
 
 
 def _prune(
