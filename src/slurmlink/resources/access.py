@@ -183,7 +183,11 @@ class NodeScope:
         return self.may_write(obj)
 
     def stamp(self, obj: Obj) -> None:
-        """Node agents leave no mark: the object's name or fields say which node it is for."""
+        """Node agents leave no mark (the object's name or fields say which node it is for), and may
+        not set a user's owner marks, which would make the object that user's to read."""
+        m = obj.get("metadata") or {}
+        if OWNER_UID_LABEL in (m.get("labels") or {}) or OWNER_ANNOTATION in (m.get("annotations") or {}):
+            raise owner_forbidden()
 
 
 def set_owner(obj: Obj, account: UnixAccount) -> None:
@@ -225,5 +229,5 @@ def owner_forbidden() -> errors.ApiError:
         "Forbidden",
         f"metadata: Forbidden: the owner ({json.dumps(OWNER_UID_LABEL)} label and "
         f"{json.dumps(OWNER_ANNOTATION)} annotation) is set by the server from the credential that "
-        "creates the object and cannot be set or changed by a user",
+        "creates the object and cannot be set or changed by a user or a node agent",
     )
