@@ -135,3 +135,14 @@ def test_ownership_labels_and_references() -> None:
     assert ownership.label_owner_key(other_ns, "Workflow") == ("slurm", "bb1")
     ownership.disown(same_ns, workflow)
     assert "ownerReferences" not in same_ns["metadata"] and not ownership.owned_by_labels(same_ns, workflow)
+
+
+def test_the_oldest_default_profile_wins() -> None:
+    from slurmlink.resources.storage.storageprofile import default_profile
+
+    def prof(name: str, created: str, default: bool) -> dict[str, Any]:
+        return {"metadata": {"name": name, "creationTimestamp": created}, "spec": {"default": default}}
+
+    assert default_profile([prof("a", "2026-01-02T00:00:00Z", False)]) is None
+    both = [prof("b", "2026-01-03T00:00:00Z", True), prof("a", "2026-01-02T00:00:00Z", True)]
+    assert default_profile(both) is both[1]

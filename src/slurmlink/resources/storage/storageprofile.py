@@ -8,8 +8,8 @@ One section per file-system type (``xfs``, ``gluster``, ``raw``, ``dir``), each 
 
 A pool names its profile (``StoragePool.spec.profile``); one without uses the profile marked
 ``spec.default: true``. At most one profile is the default: making a second one the default is
-refused, naming the current one. (Two creates racing on PostgreSQL could both pass that check; the
-driver then takes the oldest default.)
+refused, naming the current one. (Two creates racing on PostgreSQL could both pass that check;
+:func:`default_profile` then picks the oldest.)
 
 Cluster-scoped, like the pools that use it: a site has one set of profiles, not one per namespace.
 Read by the workload manager and viewers, written by the admin.
@@ -66,6 +66,16 @@ class StorageProfileObject(BaseModel):
 def is_default(obj: Obj) -> bool:
     spec = obj.get("spec")
     return isinstance(spec, dict) and spec.get("default") is True
+
+
+def default_profile(profiles: list[Obj]) -> Obj | None:
+    """The default profile among ``profiles``: the one marked default (the oldest, should there be two)."""
+    marked = [p for p in profiles if is_default(p)]
+    if not marked:
+        return None
+    return min(
+        marked, key=lambda p: (str(p["metadata"].get("creationTimestamp") or ""), p["metadata"]["name"])
+    )
 
 
 def _option_causes(spec: Obj) -> list[Cause]:
