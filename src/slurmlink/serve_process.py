@@ -154,22 +154,26 @@ class ServeProcess:
 
     def issue_kubeconfig(
         self,
-        user: str,
+        user: str | None,
         role: str,
         namespace: str = "default",
         *,
         out: Path | None = None,
         token: bool = False,
+        node: str | None = None,
     ) -> Path:
         """Credentials from this server's CA via ``slurmlink kubeconfig``, written to ``out``.
 
-        ``out`` defaults to ``USER-ROLE.kubeconfig`` beside the state dir.
+        ``out`` defaults to ``USER-ROLE.kubeconfig`` beside the state dir. ``node`` is the node of a
+        ``node-agent`` (whose ``user`` is then ``system:node:NODE`` or empty).
         """
-        out = out or self.state_dir.parent / f"{user}-{role}.kubeconfig"
+        out = out or self.state_dir.parent / f"{(user or node or '').replace(':', '_')}-{role}.kubeconfig"
         argv = [
             sys.executable,
             *("-m", "slurmlink.cli.main", "kubeconfig"),
-            *("--user", user, "--role", role, "--namespace", namespace),
+            *(("--user", user) if user else ()),
+            *(("--node", node) if node else ()),
+            *("--role", role, "--namespace", namespace),
             *("--state-dir", str(self.state_dir), "--out", str(out)),
         ]
         result = subprocess.run(

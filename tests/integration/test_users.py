@@ -118,7 +118,7 @@ def test_bob_cannot_touch_alices_object(
     bob, path = clients[BOB], f"{CM}/alice-params"
     forbidden(bob.get(path), BOB, "get", "alice-params")
     forbidden(
-        bob.patch(path, json={"data": {"k": "bob was here"}}, headers=MERGE), BOB, "update", "alice-params"
+        bob.patch(path, json={"data": {"k": "bob was here"}}, headers=MERGE), BOB, "patch", "alice-params"
     )
     forbidden(bob.delete(path), BOB, "delete", "alice-params")
     assert clients[ALICE].get(path).json()["data"] == {"k": "alice-params"}

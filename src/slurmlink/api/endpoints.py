@@ -20,7 +20,7 @@ from slurmlink.api.status import json_response as _json
 from slurmlink.apiserver.service import ResourceService
 from slurmlink.auth.identity import Identity
 from slurmlink.resources import errors, patching, pruning
-from slurmlink.resources.access import OwnerScope
+from slurmlink.resources.access import Scope
 from slurmlink.resources.kind import Kind, Obj
 from slurmlink.resources.watch import WatchEvent
 
@@ -186,7 +186,7 @@ class ResourceEndpoints:
         raise errors.method_not_allowed(f"{method} is not supported")
 
     async def _list(
-        self, request: Request, kind: Kind, version: str, namespace: str | None, scope: OwnerScope | None
+        self, request: Request, kind: Kind, version: str, namespace: str | None, scope: Scope | None
     ) -> Response:
         q = request.query_params
         if (
@@ -226,7 +226,7 @@ class ResourceEndpoints:
         namespace: str | None,
         identity: Identity,
         dry_run: bool,
-        scope: OwnerScope | None,
+        scope: Scope | None,
     ) -> Response:
         q = request.query_params
         items, revision = await self._run(
@@ -263,7 +263,7 @@ class ResourceEndpoints:
         )
 
     async def _watch(
-        self, request: Request, kind: Kind, version: str, namespace: str | None, scope: OwnerScope | None
+        self, request: Request, kind: Kind, version: str, namespace: str | None, scope: Scope | None
     ) -> Response:
         q = request.query_params
         as_table = tables.wants_table(request.headers.get("accept"))

@@ -9,7 +9,7 @@ from slurmlink.auth import roles, unix
 from slurmlink.auth.identity import Identity
 from slurmlink.auth.tokens import TokenStore
 from slurmlink.resources import access, errors
-from slurmlink.resources.access import OwnerScope
+from slurmlink.resources.access import Scope
 from slurmlink.resources.kind import Kind
 
 #: The only paths served without credentials (health checks); see ``api.app``.
@@ -43,11 +43,11 @@ class Authenticator:
 
 def authorize(
     identity: Identity, kind: Kind, verb: str, namespace: str | None, name: str | None
-) -> OwnerScope | None:
-    """Refuse what the identity's roles do not grant on ``kind``; for a ``user``, the scope it acts in.
+) -> Scope | None:
+    """Refuse what the identity's roles do not grant on ``kind``; otherwise the scope it acts in.
 
     None means the verb reaches every object; an ``OwnerScope`` limits it to the user's own (and, for
-    reads, the kind's ``user_reads``).
+    reads, the kind's ``user_reads``); a ``NodeScope`` to the objects of the agent's node.
     """
     reach = access.decide(kind.access, roles.roles_of(identity), verb)
     if reach is None:
@@ -59,6 +59,17 @@ def authorize(
         )
     if reach is access.Reach.ALL:
         return None
+    if reach is access.Reach.NODE:
+        node = roles.node_of(identity)
+        if node is None:
+            raise errors.forbidden(
+                f"{roles.forbidden_message(identity, kind.group, kind.plural, verb, namespace, name)}: "
+                f"a node-agent credential's user name must be {roles.NODE_USER_PREFIX}<node>",
+                kind.group,
+                kind.plural,
+                name,
+            )
+        return access.NodeScope(node, identity.user, kind.access)
     try:
         account = unix.account(identity.user)
     except unix.NoSuchUser as exc:

@@ -27,6 +27,8 @@ async def _whoami(_request: Request, identity: Identity) -> dict[str, Any]:
             out["unix"] = {"login": account.login, "uid": account.uid, "gid": account.gid}
         except unix.NoSuchUser as exc:
             out["unix"] = {"error": str(exc)}
+    if "node-agent" in held:
+        out["node"] = roles.node_of(identity)
     return out
 
 
@@ -37,6 +39,11 @@ _WHOAMI_SCHEMA = {
         "user": {"type": "string", "description": "The authenticated user name"},
         "groups": {"type": "array", "items": {"type": "string"}},
         "roles": {"type": "array", "items": {"type": "string", "enum": list(roles.ROLES)}},
+        "node": {
+            "type": "string",
+            "nullable": True,
+            "description": "For the node-agent role: its node (null if the user name breaks the rule)",
+        },
         "unix": {
             "type": "object",
             "description": "For the user role: the Unix account the server resolved",

@@ -21,7 +21,7 @@ from slurmlink import jsonutil
 from slurmlink.auth import roles
 from slurmlink.auth.identity import Identity
 from slurmlink.resources import errors, pruning, selectors
-from slurmlink.resources.access import OwnerScope, keep_owner
+from slurmlink.resources.access import Scope, keep_owner
 from slurmlink.resources.admission import AdmissionContext
 from slurmlink.resources.kind import Kind, Obj
 from slurmlink.resources.meta import meta, now_rfc3339, revision_of, same_except_revision
@@ -77,6 +77,7 @@ class ResourceService:
         if old is not None and version != kind.storage_version:
             for path in kind.strategy.storage_only_paths:
                 _copy_path(old, out, path)
+            kind.strategy.restore_storage_only(out, old)
         return out
 
     def _ns(self, kind: Kind, namespace: str | None) -> str:
@@ -134,7 +135,7 @@ class ResourceService:
         return None if revision_of(stored) == revision_of(guessed) else stored  # revisions are global
 
     def get(
-        self, kind: Kind, version: str, namespace: str | None, name: str, *, scope: OwnerScope | None = None
+        self, kind: Kind, version: str, namespace: str | None, name: str, *, scope: Scope | None = None
     ) -> Obj:
         obj = self.get_storage(kind, namespace, name)
         if scope is not None and not scope.may_read(obj):
@@ -149,7 +150,7 @@ class ResourceService:
         label_selector: str | None = None,
         field_selector: str | None = None,
         *,
-        scope: OwnerScope | None = None,
+        scope: Scope | None = None,
     ) -> tuple[list[Obj], int]:
         match_labels = selectors.parse_label_selector(label_selector)
         match_fields = selectors.parse_field_selector(field_selector, kind.strategy.field_labels)
@@ -172,7 +173,7 @@ class ResourceService:
         identity: Identity | None,
         *,
         dry_run: bool = False,
-        scope: OwnerScope | None = None,
+        scope: Scope | None = None,
         field_validation: str = "Ignore",
         warnings: builtins.list[str] | None = None,
     ) -> Obj:
@@ -227,8 +228,12 @@ class ResourceService:
         m["generation"] = 1
         obj = self._to_storage(kind, obj, version, None)
         strategy = kind.strategy
+        if strategy.status_subresource:
+            obj.pop("status", None)  # as the API server: a create cannot set what /status owns
         _prune(kind, version, obj, field_validation, warnings)
         if scope is not None:
+            if not scope.may_create(obj):
+                raise _denied(scope, kind, "create", namespace, name)
             scope.stamp(obj)
         ctx = self._ctx(identity)
         strategy.default(obj)
@@ -260,7 +265,7 @@ class ResourceService:
         *,
         subresource: str | None = None,
         dry_run: bool = False,
-        scope: OwnerScope | None = None,
+        scope: Scope | None = None,
         field_validation: str = "Ignore",
         warnings: builtins.list[str] | None = None,
     ) -> Obj:
@@ -309,7 +314,7 @@ class ResourceService:
         *,
         subresource: str | None = None,
         dry_run: bool = False,
-        scope: OwnerScope | None = None,
+        scope: Scope | None = None,
         field_validation: str = "Ignore",
         warnings: builtins.list[str] | None = None,
     ) -> Obj:
@@ -327,7 +332,7 @@ class ResourceService:
             build,
             identity,
             precondition or None,
-            _WriteOptions(subresource, dry_run, scope, field_validation, warnings),
+            _WriteOptions(subresource, dry_run, scope, field_validation, warnings, "patch"),
         )
 
     def update_storage(
@@ -402,7 +407,7 @@ class ResourceService:
         """The object ``build`` makes of ``old``, admitted and validated; None if nothing changes."""
         subresource, scope, strategy = options.subresource, options.scope, kind.strategy
         if scope is not None and not scope.may_write(old):
-            raise _denied(scope, kind, "update", ns or None, name)
+            raise _denied(scope, kind, options.verb, ns or None, name)
         if expected_revision and expected_revision != revision_of(old):
             raise errors.conflict(kind.group, kind.plural, name)
         new_v = build(self.to_version(kind, old, version))
@@ -424,6 +429,8 @@ class ResourceService:
                 new["status"] = jsonutil.clone(old["status"])
             else:
                 new.pop("status", None)
+        if scope is not None and not scope.may_write(new):
+            raise _denied(scope, kind, options.verb, ns or None, name)
         strategy.default(new)
         ctx = self._ctx(identity)
         strategy.mutate_update(new, old, ctx)
@@ -473,7 +480,7 @@ class ResourceService:
         options: Obj | None = None,
         *,
         dry_run: bool = False,
-        scope: OwnerScope | None = None,
+        scope: Scope | None = None,
     ) -> tuple[Obj, bool]:
         """Delete, or mark for deletion while finalizers remain. Returns (object, gone_now).
 
@@ -546,7 +553,7 @@ class ResourceService:
         *,
         bookmark_interval: float | None = None,
         timeout: float | None = None,
-        scope: OwnerScope | None = None,
+        scope: Scope | None = None,
     ) -> AsyncIterator[WatchEvent]:
         """``watch_batches`` one event at a time (the in-process client's view)."""
         batches = await self.watch_batches(
@@ -582,7 +589,7 @@ class ResourceService:
         *,
         bookmark_interval: float | None = None,
         timeout: float | None = None,
-        scope: OwnerScope | None = None,
+        scope: Scope | None = None,
     ) -> AsyncIterator[builtins.list[WatchEvent]]:
         """Kubernetes watch semantics: rv ""/"0" starts with synthetic ADDED events.
 
@@ -684,9 +691,11 @@ class _WriteOptions:
 
     subresource: str | None = None
     dry_run: bool = False
-    scope: OwnerScope | None = None
+    scope: Scope | None = None
     field_validation: str = "Ignore"
     warnings: builtins.list[str] | None = None
+    #: The request's verb, for a scope's refusal.
+    verb: str = "update"
 
 
 def _prune(
@@ -702,9 +711,9 @@ def _prune(
         warnings.extend(f'unknown field "{path}"' for path in unknown)
 
 
-def _denied(scope: OwnerScope, kind: Kind, verb: str, namespace: str | None, name: str) -> errors.ApiError:
-    """Kubernetes' Forbidden for a user acting on an object that is not theirs."""
-    identity = Identity(scope.account.login)
+def _denied(scope: Scope, kind: Kind, verb: str, namespace: str | None, name: str) -> errors.ApiError:
+    """Kubernetes' Forbidden for a caller acting on an object outside its scope."""
+    identity = Identity(scope.user)
     return errors.forbidden(
         roles.forbidden_message(identity, kind.group, kind.plural, verb, namespace, name),
         kind.group,

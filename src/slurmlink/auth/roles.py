@@ -7,12 +7,20 @@ token, the way Kubernetes reads groups. What each role may do is declared by eac
 
 from __future__ import annotations
 
+import re
+
 from slurmlink.auth.identity import Identity
 
 ROLE_PREFIX = "slurmlink:"
 #: ``admin`` everything; ``workload-manager`` what DWS's ClusterRole of that name grants (the Slurm
-#: plugin); ``viewer`` read-only; ``user`` an HPC user, acting on their own objects only.
-ROLES = ("admin", "workload-manager", "viewer", "user")
+#: plugin); ``viewer`` read-only; ``user`` an HPC user, acting on their own objects only;
+#: ``node-agent`` the agent on one storage or compute node, writing only that node's objects.
+ROLES = ("admin", "workload-manager", "viewer", "user", "node-agent")
+
+#: The ``node-agent`` role's identity rule: the credential's user name is ``system:node:<node>``
+#: (the Kubernetes kubelet's convention), and the node it may act for is read from it on every request.
+NODE_USER_PREFIX = "system:node:"
+_NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 #: The identity in-process controllers act as.
 SYSTEM = Identity("system:slurmlink", (f"{ROLE_PREFIX}admin",))
@@ -40,3 +48,30 @@ def forbidden_message(
         f'{subject} is forbidden: User "{identity.user}" cannot {verb} resource "{resource}" in API group '
         f'"{group}"{where}'
     )
+
+
+def node_name_error(node: str) -> str | None:
+    """Why ``node`` cannot name a node agent's node (None when it can).
+
+    The name is used as is for the node's ``Storage`` object and for the namespace of its
+    ``ClientMount``s, so it must be a lowercase RFC 1123 label, as a namespace name.
+    """
+    if len(node) <= 63 and _NODE_NAME.match(node):
+        return None
+    return (
+        f"node name {node!r} is not a lowercase RFC 1123 label (lower case letters, digits and '-', "
+        "starting and ending with a letter or digit, at most 63 characters)"
+    )
+
+
+def node_user(node: str) -> str:
+    """The user name of ``node``'s agent."""
+    return f"{NODE_USER_PREFIX}{node}"
+
+
+def node_of(identity: Identity) -> str | None:
+    """The node a ``node-agent`` credential acts for, or None when its user name breaks the rule."""
+    if not identity.user.startswith(NODE_USER_PREFIX):
+        return None
+    node = identity.user[len(NODE_USER_PREFIX) :]
+    return node if node_name_error(node) is None else None

@@ -15,10 +15,11 @@ from slurmlink.config import default_state_dir
 @click.command("kubeconfig")
 @click.option(
     "--user",
-    required=True,
-    help="User name (certificate CN), e.g. slurm-dws; for --role user, the Unix login it acts as.",
+    help="User name (certificate CN), e.g. slurm-dws; for --role user, the Unix login it acts as; "
+    "for --role node-agent, system:node:NODE (the default).",
 )
 @click.option("--role", required=True, type=click.Choice(list(roles.ROLES)), help="What the user may do.")
+@click.option("--node", help="For --role node-agent: the storage or compute node the agent runs on.")
 @click.option(
     "--namespace", default="default", show_default=True, help="Namespace of the kubeconfig's context."
 )
@@ -39,8 +40,9 @@ from slurmlink.config import default_state_dir
     "--token", "use_token", is_flag=True, help="Issue a bearer token instead of a client certificate."
 )
 def kubeconfig(
-    user: str,
+    user: str | None,
     role: str,
+    node: str | None,
     namespace: str,
     out: Path | None,
     state_dir: Path | None,
@@ -55,9 +57,27 @@ def kubeconfig(
 
     Roles: admin (everything), workload-manager (the Slurm plugin), viewer (read-only), user (an HPC
     user: USER is their Unix login, which the server resolves to a uid with its user database; they
-    see and change only their own objects, and read the Workflows of their own jobs).
+    see and change only their own objects, and read the Workflows of their own jobs), node-agent
+    (`--node NAME`: the agent on node NAME, user system:node:NAME; it reads Storage and ClientMounts
+    and writes only the Storage named NAME and the ClientMounts of node NAME).
     """
     state = (state_dir or default_state_dir()).expanduser()
+    if role == "node-agent":
+        if not node:
+            raise click.UsageError("--role node-agent needs --node NAME")
+        problem = roles.node_name_error(node)
+        if problem is not None:
+            raise click.BadParameter(problem, param_hint="--node")
+        if user not in (None, roles.node_user(node)):
+            raise click.BadParameter(
+                f"a node agent's user name is {roles.node_user(node)} (leave --user out)",
+                param_hint="--user",
+            )
+        user = roles.node_user(node)
+    elif node is not None:
+        raise click.UsageError("--node is only for --role node-agent")
+    if not user:
+        raise click.UsageError("Missing option '--user'.")
     if role == "user":
         try:
             unix.account(user)
@@ -73,6 +93,6 @@ def kubeconfig(
         config = issue_kubeconfig(state, user, role, namespace, server_url=server_url, use_token=use_token)
     except IssueError as exc:
         raise click.ClickException(str(exc)) from exc
-    target = out or state / f"{user}.kubeconfig"
+    target = out or state / (f"node-agent-{node}.kubeconfig" if node else f"{user}.kubeconfig")
     write_kubeconfig(target, config)
     click.echo(f"wrote {target} (user {user}, role {role}, namespace {namespace})")

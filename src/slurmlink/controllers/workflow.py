@@ -12,13 +12,19 @@ import decimal
 
 from slurmlink import jsonutil
 from slurmlink.client.base import Client
+from slurmlink.client.informer import Key, object_key
 from slurmlink.controllers.gc import delete_dependents, owner_graph
-from slurmlink.controllers.runtime import Reconciler, Result, Watch, owns
+from slurmlink.controllers.runtime import Reconciler, Result, Watch, owner_keys, watches
 from slurmlink.resources import errors
+from slurmlink.resources.dws import ownership
+from slurmlink.resources.dws.clientmount import CLIENT_MOUNT
 from slurmlink.resources.dws.computes import COMPUTES
-from slurmlink.resources.dws.group import GROUP, WORKFLOW_FINALIZER
+from slurmlink.resources.dws.directivebreakdown import DIRECTIVE_BREAKDOWN
+from slurmlink.resources.dws.group import WORKFLOW_FINALIZER
+from slurmlink.resources.dws.persistentstorageinstance import PERSISTENT_STORAGE_INSTANCE
+from slurmlink.resources.dws.servers import SERVERS
 from slurmlink.resources.dws.workflow import WORKFLOW
-from slurmlink.resources.kind import Obj
+from slurmlink.resources.kind import Kind, Obj
 from slurmlink.resources.meta import now_micro, parse_time
 
 _PRIORITY: dict[str, int] = {
@@ -30,12 +36,25 @@ _PRIORITY: dict[str, int] = {
     "TransientCondition": 3,
     "Error": 4,
 }
-OWNER_LABELS = (
-    f"{GROUP}/owner.kind",
-    f"{GROUP}/owner.name",
-    f"{GROUP}/owner.namespace",
-    f"{GROUP}/owner.uid",
+OWNER_LABELS = ownership.OWNER_LABELS
+#: Kinds whose objects may belong to a Workflow: found at deletion by ownerReference (same
+#: namespace) or by owner labels (any namespace, e.g. ClientMounts in a compute node's namespace).
+CHILD_KINDS: tuple[Kind, ...] = (
+    COMPUTES,
+    DIRECTIVE_BREAKDOWN,
+    SERVERS,
+    CLIENT_MOUNT,
+    PERSISTENT_STORAGE_INSTANCE,
 )
+
+
+def _workflow_keys(obj: Obj) -> list[Key]:
+    """The Workflows a child names: its controlling ownerReference, or its owner labels."""
+    keys = owner_keys(obj, WORKFLOW)
+    labelled = ownership.label_owner_key(obj, WORKFLOW.kind)
+    if labelled is not None and labelled not in keys:
+        keys.append(labelled)
+    return keys
 
 
 def go_duration(elapsed: float | dt.timedelta) -> str:
@@ -120,8 +139,8 @@ class WorkflowReconciler(Reconciler):
     kind = WORKFLOW
 
     def secondary(self) -> tuple[Watch, ...]:
-        # A Computes' change or deletion reconciles its Workflow (deletion waits on its children).
-        return (owns(COMPUTES),)
+        # A child's change or deletion reconciles its Workflow (deletion waits on its children).
+        return tuple(watches(kind, _workflow_keys) for kind in CHILD_KINDS)
 
     async def reconcile(self, client: Client, obj: Obj) -> Result | None:
         wf = jsonutil.clone(obj)
@@ -175,31 +194,19 @@ class WorkflowReconciler(Reconciler):
     async def _ensure_computes(self, client: Client, wf: Obj) -> dict[str, str]:
         m = wf["metadata"]
         ref = {"kind": "Computes", "name": m["name"], "namespace": m["namespace"]}
-        labels = {
-            f"{GROUP}/workflow.name": m["name"],
-            f"{GROUP}/workflow.namespace": m["namespace"],
-            f"{GROUP}/workflow.uid": m.get("uid", ""),
-            OWNER_LABELS[0]: "Workflow",
-            OWNER_LABELS[1]: m["name"],
-            OWNER_LABELS[2]: m["namespace"],
-            OWNER_LABELS[3]: m.get("uid", ""),
-        }
         owner = {
+            **wf,
             "apiVersion": wf.get("apiVersion", WORKFLOW.api_version(WORKFLOW.storage_version)),
             "kind": "Workflow",
-            "name": m["name"],
-            "uid": m.get("uid", ""),
-            "controller": True,
-            "blockOwnerDeletion": True,
         }
-        computes = {
+        computes: Obj = {
             "apiVersion": COMPUTES.api_version(COMPUTES.storage_version),
             "kind": "Computes",
             "metadata": {
                 "name": m["name"],
                 "namespace": m["namespace"],
-                "labels": labels,
-                "ownerReferences": [owner],
+                "labels": {**ownership.workflow_labels(owner), **ownership.owner_labels(owner)},
+                "ownerReferences": [ownership.owner_reference(owner)],
             },
         }
         try:
@@ -214,15 +221,39 @@ class WorkflowReconciler(Reconciler):
             return None
         if len(finalizers) != 1:
             return None  # other finalizers (drivers) go first; their removal re-triggers us
-        # Children (any kind with an ownerReference to this Workflow) are deleted, and the finalizer
-        # stays until they are gone, as upstream's DeleteChildren; the garbage collector's graph
-        # finds them, and each child's deletion re-triggers us (Owns).
+        # Children are deleted, and the finalizer stays until they are gone, as upstream's
+        # DeleteChildren: those with an ownerReference to this Workflow (any kind, found through
+        # the garbage collector's graph) and those with its owner labels (in any namespace, where
+        # an ownerReference cannot point). Each child's deletion re-triggers us (``secondary``).
         graph = owner_graph(self.informers)
-        graph.track(COMPUTES)
+        for kind in CHILD_KINDS:
+            graph.track(kind)
         if not graph.synced():
             return Result(requeue_after=0.5)
-        if await delete_dependents(client, graph, wf, "Background"):
+        remaining = bool(await delete_dependents(client, graph, wf, "Background"))
+        if await self._delete_labelled_children(client, wf):
+            remaining = True
+        if remaining:
             return Result(requeue_after=5.0)
         wf["metadata"]["finalizers"] = [f for f in finalizers if f != WORKFLOW_FINALIZER]
         await client.update(WORKFLOW, wf)
         return None
+
+    async def _delete_labelled_children(self, client: Client, wf: Obj) -> bool:
+        """Delete the children that carry this Workflow's owner labels; whether any are left."""
+        owner = {**wf, "kind": WORKFLOW.kind}
+        left = False
+        for kind in CHILD_KINDS:
+            for child in self.informers.informer(kind).list():
+                if not ownership.owned_by_labels(child, owner):
+                    continue
+                left = True
+                if child["metadata"].get("deletionTimestamp"):
+                    continue
+                ns, name = object_key(child)
+                try:
+                    await client.delete(kind, ns or None, name, propagation_policy="Background")
+                except errors.ApiError as exc:
+                    if exc.code != 404:
+                        raise
+        return left

@@ -3,8 +3,10 @@
 Roles travel as groups (``slurmlink:<role>``, see ``auth.roles``). Each kind declares the verbs each
 role has on all of its objects, and what the ``user`` role may do: users act only on objects they own
 (stamped with their Unix uid and login at creation), plus, where the kind says so, read objects that
-concern them (a Workflow whose ``spec.userID`` is their uid). There is no central table: a new kind
-states its own policy next to its schema.
+concern them (a Workflow whose ``spec.userID`` is their uid). A kind may also let the ``node-agent``
+role write the objects of its own node (``node_verbs`` on the objects ``node_writes`` accepts), e.g.
+the DWS ``Storage`` named after the node. There is no central table: a new kind states its own
+policy next to its schema.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from slurmlink.resources import errors
 
@@ -51,6 +53,9 @@ def owner_login(obj: Obj) -> str | None:
     return ((obj.get("metadata") or {}).get("annotations") or {}).get(OWNER_ANNOTATION)
 
 
+#: The role of the agent on a storage or compute node (see ``auth.roles``).
+NODE_AGENT = "node-agent"
+
 #: What every kind grants unless it says otherwise.
 _BASE_ROLES: Mapping[str, frozenset[str]] = {"admin": ALL, "workload-manager": READ, "viewer": READ}
 
@@ -62,30 +67,65 @@ class AccessPolicy:
     ``roles`` maps a role to the verbs it has on every object of the kind. ``user_verbs`` are the
     verbs the ``user`` role has on objects it owns (``create`` among them makes the kind
     user-creatable). ``user_reads`` names further objects a user may get, list and watch.
+    ``node_verbs`` are the verbs the ``node-agent`` role has on the objects ``node_writes(obj,
+    node)`` accepts for its node (checked on the object before and after the write).
     """
 
     roles: Mapping[str, frozenset[str]] = field(default_factory=lambda: dict(_BASE_ROLES))
     user_verbs: frozenset[str] = frozenset()
     user_reads: Callable[[Obj, UnixAccount], bool] | None = None
+    node_verbs: frozenset[str] = frozenset()
+    node_writes: Callable[[Obj, str], bool] | None = None
 
     def user_may(self, verb: str) -> bool:
         return verb in self.user_verbs or (verb in READ and self.user_reads is not None)
 
+    def node_may(self, verb: str) -> bool:
+        return verb in self.node_verbs and self.node_writes is not None
 
-def default_policy(**role_verbs: frozenset[str]) -> AccessPolicy:
+
+def base_roles(**role_verbs: frozenset[str]) -> dict[str, frozenset[str]]:
     """Admin everything, viewer and workload-manager read; ``role_verbs`` (``workload_manager=...``) adds."""
     roles = dict(_BASE_ROLES)
     for role, verbs in role_verbs.items():
         name = role.replace("_", "-")
         roles[name] = roles.get(name, frozenset()) | verbs
-    return AccessPolicy(roles=roles)
+    return roles
+
+
+def default_policy(**role_verbs: frozenset[str]) -> AccessPolicy:
+    """The policy of :func:`base_roles`, with nothing for the ``user`` and ``node-agent`` roles."""
+    return AccessPolicy(roles=base_roles(**role_verbs))
 
 
 class Reach(Enum):
-    """How far a granted verb reaches: every object, or only the caller's own (and readable) ones."""
+    """How far a granted verb reaches: every object, the caller's own (and readable) ones, or the
+    objects of the caller's node."""
 
     ALL = "all"
     OWN = "own"
+    NODE = "node"
+
+
+class Scope(Protocol):
+    """The objects a request may touch when its verb does not reach every object of the kind."""
+
+    @property
+    def user(self) -> str:
+        """The caller's user name, for Forbidden messages."""
+        ...
+
+    def may_read(self, obj: Obj) -> bool: ...
+
+    def may_write(self, obj: Obj) -> bool:
+        """Whether the caller may change or delete ``obj`` (checked before and after an update)."""
+        ...
+
+    def may_create(self, obj: Obj) -> bool: ...
+
+    def stamp(self, obj: Obj) -> None:
+        """Mark a new object as created in this scope; raise an ApiError to refuse it."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -94,6 +134,13 @@ class OwnerScope:
 
     account: UnixAccount
     policy: AccessPolicy
+
+    @property
+    def user(self) -> str:
+        return self.account.login
+
+    def may_create(self, obj: Obj) -> bool:
+        return True  # the new object becomes the caller's (``stamp``)
 
     def owns(self, obj: Obj) -> bool:
         return owner_uid(obj) == self.account.uid
@@ -116,6 +163,31 @@ class OwnerScope:
         ):
             raise owner_forbidden()
         set_owner(obj, self.account)
+
+
+@dataclass(frozen=True)
+class NodeScope:
+    """What a ``node-agent`` request may write: the objects the kind assigns to ``node``."""
+
+    node: str
+    user: str
+    policy: AccessPolicy
+
+    def may_read(self, obj: Obj) -> bool:
+        return self.may_write(obj)
+
+    def may_write(self, obj: Obj) -> bool:
+        return self.policy.node_writes is not None and self.policy.node_writes(obj, self.node)
+
+    def may_create(self, obj: Obj) -> bool:
+        return self.may_write(obj)
+
+    def stamp(self, obj: Obj) -> None:
+        """Node agents leave no mark (the object's name or fields say which node it is for), and may
+        not set a user's owner marks, which would make the object that user's to read."""
+        m = obj.get("metadata") or {}
+        if OWNER_UID_LABEL in (m.get("labels") or {}) or OWNER_ANNOTATION in (m.get("annotations") or {}):
+            raise owner_forbidden()
 
 
 def set_owner(obj: Obj, account: UnixAccount) -> None:
@@ -146,6 +218,8 @@ def decide(policy: AccessPolicy, roles: list[str], verb: str) -> Reach | None:
         return Reach.ALL
     if "user" in roles and policy.user_may(verb):
         return Reach.OWN
+    if NODE_AGENT in roles and policy.node_may(verb):
+        return Reach.NODE
     return None
 
 
@@ -155,5 +229,5 @@ def owner_forbidden() -> errors.ApiError:
         "Forbidden",
         f"metadata: Forbidden: the owner ({json.dumps(OWNER_UID_LABEL)} label and "
         f"{json.dumps(OWNER_ANNOTATION)} annotation) is set by the server from the credential that "
-        "creates the object and cannot be set or changed by a user",
+        "creates the object and cannot be set or changed by a user or a node agent",
     )

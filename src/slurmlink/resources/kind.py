@@ -125,6 +125,10 @@ class Strategy:
         out["apiVersion"] = api_version
         return out
 
+    def restore_storage_only(self, new: Obj, old: Obj) -> None:
+        """After a write in an older served version: bring back, from the stored ``old``, values that
+        version cannot express (beyond ``storage_only_paths``), as upstream's conversion annotations do."""
+
     def default(self, obj: Obj) -> None:
         """Fill schema defaults in place (storage version)."""
 

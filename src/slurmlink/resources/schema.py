@@ -114,6 +114,15 @@ def causes_from(error: ValidationError, prefix: tuple[str, ...] = ()) -> list[Ca
             causes.append(
                 Cause(path, f"Invalid value: {_quote(value)}: {path} in body should be {words} {bound}")
             )
+        elif kind == "too_short":
+            ctx = err.get("ctx") or {}
+            causes.append(
+                Cause(
+                    path,
+                    f"Invalid value: {ctx.get('actual_length', 0)}: {path} in body should have at least "
+                    f"{ctx.get('min_length', 0)} items",
+                )
+            )
         elif kind == "extra_forbidden":
             causes.append(Cause(path, f'unknown field "{path}"', "FieldValueInvalid"))
         else:
