@@ -531,6 +531,9 @@ def test_hub_that_falls_behind_compaction_resets_and_keeps_no_stale_ring(tmp_pat
             hub.poke()
             await wait_until(lambda: sub.closed, what="watchers reset after the hub fell behind")
             assert hub.revision == 8
+            # Its copy of every object starts again from the store: the other store's writes included.
+            assert hub.latest("things", NS, "t4") == theirs.get("things", NS, "t4")
+            assert [o["metadata"]["name"] for o in hub.objects("things")][-2:] == ["t3", "t4"]
             # Revision 1..3 are still in memory, 4..8 are gone: a watch from 1 must not get 2, 3 and
             # then silently continue after 8.
             with pytest.raises(ExpiredError):
@@ -648,6 +651,50 @@ def test_postgres_replica_hub_is_woken_by_notify(postgres_dsn: str) -> None:
         first.close()
         second.close()
     assert max(latencies) < 1.0, latencies
+
+
+@pytest.mark.postgres
+def test_postgres_writes_notify_only_while_another_hub_watches(postgres_dsn: str) -> None:
+    """A lone server's writes send no NOTIFY (its hub has them from the commit listener); once a
+    second hub registers, they do, and after it stops they no longer do."""
+    import psycopg
+
+    writer, other = SqlStore(postgres_dsn), SqlStore(postgres_dsn)
+    listener = psycopg.connect(postgres_dsn.replace("postgresql+psycopg", "postgresql"), autocommit=True)
+    listener.execute("LISTEN slurmlink_events")
+
+    def heard() -> list[str]:
+        return [n.payload for n in listener.notifies(timeout=0.5)]
+
+    async def main() -> None:
+        own_hub = WatchHub(writer, poll_interval=3600)
+        await own_hub.start()
+        await wait_until(own_hub.listening.is_set, what="the writer's hub listening")
+        try:
+            lone = await asyncio.to_thread(writer.create, "things", NS, "alone", thing("alone"))
+            assert await asyncio.to_thread(heard) == []
+            other_hub = WatchHub(other, poll_interval=3600)
+            await other_hub.start()
+            await wait_until(other_hub.listening.is_set, what="the second hub listening")
+            sub = await other_hub.subscribe(rv(lone), everything)
+            seen = await asyncio.to_thread(writer.create, "things", NS, "watched", thing("watched"))
+            assert await asyncio.to_thread(heard) == [f"{rv(seen)} {writer.origin}"]
+            assert [e.object for e in await collect(sub, 1)] == [seen]
+            # The second hub's own writes: the first hub watches too, so they are announced.
+            theirs = await asyncio.to_thread(other.create, "things", NS, "theirs", thing("theirs"))
+            assert await asyncio.to_thread(heard) == [f"{rv(theirs)} {other.origin}"]
+            await other_hub.stop()
+            await asyncio.to_thread(writer.create, "things", NS, "alone-again", thing("alone-again"))
+            assert await asyncio.to_thread(heard) == []
+        finally:
+            await own_hub.stop()
+
+    try:
+        run(main())
+    finally:
+        listener.close()
+        writer.close()
+        other.close()
 
 
 # ---- through the API -----------------------------------------------------------------------------

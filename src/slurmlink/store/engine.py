@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -114,3 +117,77 @@ def _ping_when_idle(engine: sa.Engine) -> None:
                 dbapi_conn.rollback()
         except Exception as exc:
             raise sa.exc.DisconnectionError(f"stale pooled connection: {exc}") from exc
+
+
+def libpq_dsn(url: sa.URL) -> str:
+    """A PostgreSQL URL as libpq takes it (for connections made without SQLAlchemy)."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class AutocommitPool:
+    """psycopg connections kept in autocommit, for single statements on the hot paths.
+
+    SQLAlchemy's pool switches a connection into autocommit and back and rolls it back on every
+    check-in: three more passes through psycopg per statement, more than the statement's own client
+    cost. These connections stay in autocommit. One that failed with a connection error is closed;
+    one idle for longer than ``IDLE_PING_SECONDS`` is pinged before use (e.g. across a database
+    restart), as the engine's pool does.
+    """
+
+    def __init__(self, dsn: str, *, keep: int = POOL_CONNECTIONS // 2) -> None:
+        self.dsn = dsn
+        self.keep = keep
+        self._idle: list[tuple[Any, float]] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        import psycopg
+
+        conn = self._take()
+        try:
+            yield conn
+        except psycopg.OperationalError:
+            conn.close()
+            raise
+        except BaseException:
+            self._give(conn)  # a failed statement leaves an autocommit connection usable
+            raise
+        self._give(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            conn.close()
+
+    def _take(self) -> Any:
+        import psycopg
+
+        while True:
+            with self._lock:
+                if not self._idle:
+                    break
+                conn, since = self._idle.pop()
+            if conn.closed:
+                continue
+            if time.monotonic() - since < IDLE_PING_SECONDS:
+                return conn
+            try:
+                conn.execute("SELECT 1")
+                return conn
+            except psycopg.Error:
+                conn.close()
+        return psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
+
+    def _give(self, conn: Any) -> None:
+        if conn.closed or conn.info.transaction_status != 0:  # not idle: do not hand it out again
+            conn.close()
+            return
+        with self._lock:
+            if not self._closed and len(self._idle) < self.keep:
+                self._idle.append((conn, time.monotonic()))
+                return
+        conn.close()

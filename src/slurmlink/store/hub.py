@@ -13,18 +13,23 @@ import collections
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
 
+from slurmlink.store.engine import libpq_dsn
 from slurmlink.store.errors import ExpiredError
 from slurmlink.store.events import Event
-from slurmlink.store.sql import NOTIFY_CHANNEL, SqlStore
+from slurmlink.store.sql import NOTIFY_CHANNEL, WATCHERS_TABLE, SqlStore
 
 log = logging.getLogger(__name__)
 
 EventFilter = Callable[[Event], bool]
+
+#: How often a listening hub refreshes its watcher registration (writers ignore one unseen for 60 s).
+WATCHER_REFRESH_SECONDS = 10.0
 
 #: How long a local event may wait for a missing earlier revision before the log is read.
 GAP_WAIT_SECONDS = 0.1
@@ -356,28 +361,47 @@ class WatchHub:
     def _listen_postgres(self) -> None:
         """Blocking LISTEN loop in a thread; each NOTIFY (a revision) wakes the hub.
 
-        On every (re)connection the hub is woken once too, to read what was committed while no
-        LISTEN was in place (before the first connection, or while the database was away).
+        The hub registers its store's origin as a watcher and refreshes the registration while it
+        listens: writers notify only when a watcher other than themselves is registered
+        (objects_0004). On every (re)connection the hub is woken once too, to read what was committed
+        while no LISTEN was in place (before the first connection, or while the database was away).
         """
         import psycopg
 
         own = f" {self.store.origin}"
-        dsn = self.store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        dsn = libpq_dsn(self.store.engine.url)
         while not self._listen_stop.is_set():
             try:
                 with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+                    self._register(conn, first=True)
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     self.listening.set()
                     self._call_in_loop(self._on_notify, None)
+                    registered = time.monotonic()
                     while not self._listen_stop.is_set():
-                        for note in conn.notifies(timeout=0.25, stop_after=1):
+                        for note in conn.notifies(timeout=0.25):
                             if not note.payload.endswith(own):  # own writes: not worth a loop wake-up
                                 self._call_in_loop(self._on_notify, note.payload)
+                        if time.monotonic() - registered >= WATCHER_REFRESH_SECONDS:
+                            self._register(conn, first=False)
+                            registered = time.monotonic()
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute(f"DELETE FROM {WATCHERS_TABLE} WHERE origin = %s", (self.store.origin,))
             except Exception as exc:  # reconnect after a database restart
                 log.warning("LISTEN connection lost (%s); reconnecting", exc)
                 self._listen_stop.wait(1.0)
             finally:
                 self.listening.clear()
+
+    def _register(self, conn: Any, *, first: bool) -> None:
+        """Say (again) that this store's origin watches; on connecting, drop long-dead watchers."""
+        conn.execute(
+            f"INSERT INTO {WATCHERS_TABLE} (origin, seen) VALUES (%s, now()) "
+            "ON CONFLICT (origin) DO UPDATE SET seen = now()",
+            (self.store.origin,),
+        )
+        if first:
+            conn.execute(f"DELETE FROM {WATCHERS_TABLE} WHERE seen < now() - interval '1 hour'")
 
     def _call_in_loop(self, fn: Callable[[str | None], None], arg: str | None) -> None:
         loop = self._loop

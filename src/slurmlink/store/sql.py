@@ -3,8 +3,8 @@
 Writes go through the unit of work (``transaction.py``): each object write takes the next global
 revision (row lock on the counter, so object-writing transactions are serialised and commit in revision
 order), changes the object row with a compare-and-swap on its revision and appends to the event log.
-PostgreSQL transactions also ``pg_notify`` so other replicas' watch hubs wake up; in-process listeners
-are told directly after commit.
+PostgreSQL transactions also notify, when another process's watch hub is registered, so other
+replicas' watch hubs wake up; in-process listeners are told directly after commit.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from slurmlink import jsonutil
 from slurmlink.store import schema, statements
-from slurmlink.store.engine import SQLITE_BEGIN, make_engine, redact
+from slurmlink.store.engine import SQLITE_BEGIN, AutocommitPool, libpq_dsn, make_engine, redact
 from slurmlink.store.errors import (
     ExpiredError,
     SerializationError,
@@ -42,6 +42,8 @@ from slurmlink.store.transaction import RETRYABLE_SQLSTATES, NotOneStatementErro
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "slurmlink_events"
+#: Where watch hubs register, so writers notify only when someone else listens (objects_0004).
+WATCHERS_TABLE = "slurmlink_watchers"
 
 #: Worker threads for ``call`` on PostgreSQL. Few: each call waits well under a millisecond for the
 #: database, and every further thread that wakes up competes with the event loop for the GIL (the
@@ -70,6 +72,8 @@ class SqlStore:
         self._executor = concurrent.futures.ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="store")
         #: SQLite: the pooled connection single writes keep (see ``_sqlite_write``).
         self._writer: Any = None
+        #: PostgreSQL: connections for single statements (see ``_driver``).
+        self._autocommit = AutocommitPool(libpq_dsn(self.engine.url)) if self.is_postgres else None
         #: Names this store in its notifications, so its own watch hub can tell them from others'.
         self.origin = uuid.uuid4().hex[:16]
         # PostgreSQL: single statements (reads, the write functions) run without BEGIN/COMMIT round
@@ -120,6 +124,8 @@ class SqlStore:
             writer, self._writer = self._writer, None
             if writer is not None:
                 writer.close()
+        if self._autocommit is not None:
+            self._autocommit.close()
         self.engine.dispose()
 
     def add_commit_listener(self, listener: CommitListener) -> None:
@@ -367,8 +373,8 @@ class SqlStore:
                         yield tx
                         if tx.notify_at_commit and self.is_postgres:
                             conn.execute(
-                                sa.text("SELECT pg_notify(:c, :r)"),
-                                {"c": NOTIFY_CHANNEL, "r": f"{tx.changes[-1].revision} {self.origin}"},
+                                sa.text("SELECT slurmlink_notify(:r, :o)"),
+                                {"r": tx.changes[-1].revision, "o": self.origin},
                             )
                 # Inside the lock on SQLite, so local listeners hear of commits in revision order.
                 self._publish(tx)
@@ -381,47 +387,35 @@ class SqlStore:
 
     @contextmanager
     def _driver(self) -> Iterator[Any]:
-        """A pooled DB-API connection used directly for one statement (the hot paths).
+        """A DB-API connection used directly for one statement (the hot paths).
 
         SQLAlchemy's Connection, transaction and result layers cost more per call than the statement
-        itself. PostgreSQL's connection is put in autocommit for the call; sqlite3's always is
-        (``isolation_level=None``). Errors are mapped as SQLAlchemy's would be, and a connection that
-        failed is dropped from the pool.
+        itself. On PostgreSQL it is one of the store's autocommit connections, on SQLite a pooled
+        sqlite3 connection (always in autocommit: ``isolation_level=None``). Errors are mapped as
+        SQLAlchemy's would be, and a connection that failed is dropped.
         """
+        if self._autocommit is not None:
+            import psycopg
+
+            try:
+                with self._autocommit.connection() as conn:
+                    yield conn
+            except psycopg.Error as exc:
+                if getattr(exc, "sqlstate", None) in RETRYABLE_SQLSTATES:
+                    raise SerializationError(f"transaction aborted, run it again: {exc}") from exc
+                if isinstance(exc, psycopg.OperationalError):
+                    raise UnavailableError(f"store unavailable: {exc}") from exc
+                raise
+            return
         try:
             fairy = self.engine.raw_connection()
         except sa.exc.OperationalError as exc:
             raise UnavailableError(f"store unavailable: {exc.orig}") from exc
         try:
-            driver = fairy.driver_connection
-            assert driver is not None
-            if not self.is_postgres:
-                yield driver
-                return
-            import psycopg
-
-            driver.autocommit = True
-            try:
-                yield driver
-            finally:
-                with contextlib.suppress(psycopg.Error):
-                    driver.autocommit = False  # the pool's other users expect the default
+            yield fairy.driver_connection
         except sqlite3.OperationalError as exc:
             fairy.invalidate(exc)
             raise UnavailableError(f"store unavailable: {exc}") from exc
-        except Exception as exc:
-            if not self.is_postgres:
-                raise
-            import psycopg
-
-            if not isinstance(exc, psycopg.Error):
-                raise
-            if getattr(exc, "sqlstate", None) in RETRYABLE_SQLSTATES:
-                raise SerializationError(f"transaction aborted, run it again: {exc}") from exc
-            if isinstance(exc, psycopg.OperationalError):
-                fairy.invalidate(exc)
-                raise UnavailableError(f"store unavailable: {exc}") from exc
-            raise
         finally:
             fairy.close()
 
