@@ -366,9 +366,18 @@ def ensure_ns_dir(ns_dir: Path) -> None:
 def release_ns_dir(ns_dir: Path) -> None:
     """Unmount everything at or under ``ns_dir`` (pins, then the directory itself) and remove it."""
     for point in mounts_under(ns_dir):
-        _run(["umount", point], f"unmounting {point}")
+        _unmount(point)
     if ns_dir.exists():
         shutil.rmtree(ns_dir)
+
+
+def _unmount(point: str) -> None:
+    """Unmount ``point``; detach it lazily if it is busy (e.g. someone holds a namespace pin open: the
+    namespace then lives on with that file, but nothing is left in the mount table)."""
+    try:
+        _run(["umount", point], f"unmounting {point}")
+    except DevClusterError:
+        _run(["umount", "--lazy", point], f"unmounting {point}")
 
 
 # ----------------------------------------------------------------------------------------- nodes
@@ -428,12 +437,14 @@ def create_node(node: Node, network: Network, hosts_file: Path) -> None:
 
 
 def remove_node(node: Node, timeout: float, log: LogFn) -> None:
-    """Stop every process inside ``node``, delete its veth, unpin its namespaces, remove its directory."""
-    kill_node_processes(node, timeout, log)
+    """Stop every process inside ``node`` (SIGKILL after ``timeout`` seconds, at most 3: what is left once
+    its daemons have stopped are job steps, and slurmstepd ignores SIGTERM), delete its veth, unpin its
+    namespaces, remove its directory."""
+    kill_node_processes(node, min(timeout, 3.0), log)
     if node.host_veth in links():
         _run(["ip", "link", "del", node.host_veth], f"deleting {node.host_veth}")
     for point in mounts_under(node.ns_dir):
-        _run(["umount", point], f"unmounting {point}")
+        _unmount(point)
     if node.ns_dir.exists():
         shutil.rmtree(node.ns_dir)
 
