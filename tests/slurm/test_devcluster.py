@@ -201,6 +201,7 @@ def test_status_and_env_of_running_cluster(dev_cluster: DevCluster) -> None:
         "SLURMLINK_JOB_USER": dev_cluster.job_user,
         "SLURMLINK_COMPUTE_NODES": "compute1",
         "SLURMLINK_STORAGE_NODES": "storage1",
+        "SLURMLINK_CONTROLLER_ADDRESS": dev_cluster.controller_address,
     }
 
     runner = CliRunner()

@@ -330,8 +330,9 @@ def node_rows(st: DevClusterStatus) -> list[tuple[str, str, str]]:
 def env(state_dir: Path, ctld_port: int | None, slurmd_port: int | None, job_user: str | None) -> None:
     """Print shell 'export' lines for Slurm clients: eval "$(slurmlink dev-cluster env)".
 
-    SLURM_CONF, SLURMLINK_JOB_USER (who submits burst buffer jobs), and the nodes by role
-    (SLURMLINK_COMPUTE_NODES, SLURMLINK_STORAGE_NODES: comma-separated names).
+    SLURM_CONF, SLURMLINK_JOB_USER (who submits burst buffer jobs), the nodes by role
+    (SLURMLINK_COMPUTE_NODES, SLURMLINK_STORAGE_NODES: comma-separated names) and, once 'up' has made the
+    network, SLURMLINK_CONTROLLER_ADDRESS (the bridge's address, where nodes reach the host's services).
     """
     cluster = _cluster(state_dir, ctld_port, slurmd_port, job_user)
     if not cluster.slurm_conf.exists():

@@ -315,13 +315,15 @@ class Quickstart:
         conf = shlex.quote(str(cluster.slurm_conf))
         jobs = shlex.quote(str(cluster.jobs_dir))
         script = "\n".join(f"      {line}" for line in EXAMPLE_JOB.splitlines())
+        cluster_dir = shlex.quote(str(cluster.state_dir))
+        controller = cluster.network.controller_address if cluster.network else "(no network yet)"
         dir_opt = "" if self.dir == DEFAULT_DIR else f" --state-dir {shlex.quote(str(self.dir))}"
         return f"""\
 slurmlink quick start is up ({self.dir}).
   API server   {self.server_url(self.saved_listen() or DEFAULT_LISTEN)}   log {self.server_log}
   Slurm        SLURM_CONF={cluster.slurm_conf}   job user {cluster.job_user}
-  nodes        {", ".join(cluster.node_names())}   (run a command on one: slurmlink dev-cluster exec \
-               --state-dir {shlex.quote(str(cluster.state_dir))} NODE -- COMMAND)
+  nodes        {", ".join(cluster.node_names())}   controller (as nodes see it) {controller}
+               a shell on one: slurmlink dev-cluster exec --state-dir {cluster_dir} NODE -- bash
   gateway      {cluster.gateway_socket}   log {cluster.gateway_log}
 
 Submit the DWS install guide's test job ({job}):

@@ -768,10 +768,14 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         )
 
     def env(self) -> dict[str, str]:
-        """Environment for Slurm clients talking to this cluster, and the nodes by role (comma-separated)."""
-        return {
+        """Environment for Slurm clients talking to this cluster, the nodes by role (comma-separated) and,
+        once the cluster has a network, the controller's address as the nodes see it."""
+        env = {
             "SLURM_CONF": str(self.slurm_conf),
             "SLURMLINK_JOB_USER": self.job_user,
             "SLURMLINK_COMPUTE_NODES": ",".join(self.node_names(COMPUTE)),
             "SLURMLINK_STORAGE_NODES": ",".join(self.node_names(STORAGE)),
         }
+        if self.network is not None:
+            env["SLURMLINK_CONTROLLER_ADDRESS"] = self.network.controller_address
+        return env
