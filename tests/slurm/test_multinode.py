@@ -256,32 +256,10 @@ def test_a_killed_slurmd_fails_two_node_jobs_and_slurm_notices(cluster: DevClust
     assert sorted(out.split()) == ["compute1", "compute2"]
 
 
-def test_down_purge_removes_every_process_namespace_and_interface(cluster: DevCluster) -> None:
-    """Last in the module: it takes the shared cluster down."""
-    network = cluster.network
-    assert network is not None
-    # A job process left running inside a node, and a mount inside a node: down removes both with it.
-    code, _, err = _job_user_run(cluster, "sbatch", "-w", "compute1", "--wrap", "sleep 300")
-    assert code == 0, err
-    wait_for(
-        lambda: any(
-            b"sleep" in Path(f"/proc/{p}/cmdline").read_bytes() for p in node_pids(cluster.node("compute1"))
-        ),
-        timeout=60,
-        message="the job's sleep on compute1",
-    )
-    with held_namespaces(cluster) as ns_ids:
-        assert len(ns_ids) == 15
-        result = CliRunner().invoke(
-            main, ["dev-cluster", "down", "--state-dir", str(cluster.state_dir), "--purge"]
-        )
-        assert result.exit_code == 0, result.output
-        assert not cluster.state_dir.exists()
-        assert cluster_leftovers(cluster.state_dir, network, ns_ids) == []
-
-
-def test_failed_up_leaves_nothing_behind() -> None:
-    skip_unless_possible()
+def test_failed_up_leaves_nothing_behind_and_a_second_cluster_gets_its_own_network(
+    cluster: DevCluster,
+) -> None:
+    running = cluster
     cluster = new_cluster("slurmlink-multinode-failed-", compute_nodes=2, storage_nodes=2)
     try:
         with socket.socket() as taken:
@@ -291,8 +269,38 @@ def test_failed_up_leaves_nothing_behind() -> None:
             with pytest.raises(DevClusterError, match=f"SlurmctldPort {cluster.ctld_port}"):
                 cluster.up(wait_timeout=60)
         # The network and the nodes were made before the port check failed, and are gone again.
-        assert cluster.network is not None
+        assert cluster.network is not None and running.network is not None
+        assert not cluster.network.subnet.overlaps(running.network.subnet)
+        assert cluster.network.cluster_id != running.network.cluster_id
         assert cluster_leftovers(cluster.state_dir, cluster.network, set()) == []
         assert not Path(cluster.ns_dir).exists()
     finally:
         teardown_cluster(cluster)
+
+
+def test_down_purge_removes_every_process_namespace_and_interface(cluster: DevCluster) -> None:
+    """Last in the module: it takes the shared cluster down."""
+    network = cluster.network
+    assert network is not None
+    # A job process left running inside a node, and a mount inside a node: down removes both with it.
+    code, _, err = _job_user_run(cluster, "sbatch", "-w", "compute1", "--wrap", "sleep 300")
+    assert code == 0, err
+
+    def sleeping() -> bool:
+        for pid in node_pids(cluster.node("compute1")):
+            with contextlib.suppress(OSError):
+                if b"sleep" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return True
+        return False
+
+    wait_for(sleeping, timeout=60, message="the job's sleep on compute1")
+    mount = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(cluster.jobs_dir)]
+    assert cluster.run_in_node("storage1", mount).returncode == 0
+    with held_namespaces(cluster) as ns_ids:
+        assert len(ns_ids) == 15
+        result = CliRunner().invoke(
+            main, ["dev-cluster", "down", "--state-dir", str(cluster.state_dir), "--purge"]
+        )
+        assert result.exit_code == 0, result.output
+        assert not cluster.state_dir.exists()
+        assert cluster_leftovers(cluster.state_dir, network, ns_ids) == []

@@ -29,8 +29,10 @@ MAX_COMPUTE_NODES = 99
 MAX_STORAGE_NODES = 50
 #: slurmctld's name in ``SlurmctldHost``: it accepts "localhost" as its own name on any host.
 CONTROLLER_NAME = "localhost"
-#: The /24s of dev clusters are taken from this range, one per cluster, avoiding any network in use.
+#: The /24s of dev clusters are taken from this range, one per cluster, avoiding any network in use
+#: (this environment variable names another range, for hosts that route 10.213/16).
 SUBNET_POOL = ipaddress.IPv4Network("10.213.0.0/16")
+SUBNET_POOL_ENV = "SLURMLINK_DEV_CLUSTER_SUBNETS"
 NETWORK_FILE = "network.json"
 NS_DIR_NAME = "ns"
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from slurmlink import supervise
 from slurmlink.slurm.devcluster.errors import DevClusterError, LogFn
-from slurmlink.slurm.devcluster.layout import NS_KINDS, SUBNET_POOL, Network, Node
+from slurmlink.slurm.devcluster.layout import NS_KINDS, SUBNET_POOL, SUBNET_POOL_ENV, Network, Node
 
 #: nsenter's option for each pin file of a node.
 _NSENTER_FLAGS = (("net", "net"), ("uts", "uts"), ("mount", "mnt"))
@@ -293,13 +293,32 @@ def _pick_network(seed: str, previous: Network | None, names: set[str]) -> Netwo
         counter += 1
     if previous is not None and not any(previous.subnet.overlaps(net) for net in used):
         return Network(cluster_id, previous.subnet)
-    subnets = list(SUBNET_POOL.subnets(new_prefix=24))
+    pool = subnet_pool()
+    subnets = list(pool.subnets(new_prefix=24))
     start = int(hashlib.sha256(seed.encode()).hexdigest(), 16) % len(subnets)
     for offset in range(len(subnets)):
         subnet = subnets[(start + offset) % len(subnets)]
         if not any(subnet.overlaps(net) for net in used):
             return Network(cluster_id, subnet)
-    raise DevClusterError(f"no free /24 left in {SUBNET_POOL} for the dev cluster's network")
+    raise DevClusterError(
+        f"no /24 in {pool} is free of this host's addresses and routes for the dev cluster's network; "
+        f"set {SUBNET_POOL_ENV} to another private range (e.g. 172.30.0.0/16)"
+    )
+
+
+def subnet_pool() -> ipaddress.IPv4Network:
+    """Where clusters' /24s come from: ``$SLURMLINK_DEV_CLUSTER_SUBNETS`` (a /24 or larger), else
+    :data:`SUBNET_POOL`."""
+    text = os.environ.get(SUBNET_POOL_ENV, "").strip()
+    if not text:
+        return SUBNET_POOL
+    try:
+        pool = ipaddress.IPv4Network(text)
+    except ValueError as exc:
+        raise DevClusterError(f"{SUBNET_POOL_ENV}={text!r}: {exc}") from None
+    if pool.prefixlen > 24:
+        raise DevClusterError(f"{SUBNET_POOL_ENV}={text!r}: needs a /24 or larger")
+    return pool
 
 
 def _stable_mac(cluster_id: str) -> str:
