@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shlex
-import socket
 import stat
 import subprocess
 import sys
@@ -22,6 +22,7 @@ from slurmlink.slurm.devcluster import (
     DevCluster,
     DevClusterError,
     GatewaySetup,
+    Network,
     free_port_pair,
     gateway_healthy,
     parse_scontrol_record,
@@ -69,12 +70,23 @@ def _wait_for_file(path: Path, timeout: float = 10) -> str:
 
 
 def test_render_config_burst_buffer_and_extra_lines(tmp_path: Path) -> None:
-    cluster = DevCluster(tmp_path / "dc", ctld_port=7001, slurmd_port=7002)
+    cluster = DevCluster(tmp_path / "dc", ctld_port=7001, slurmd_port=7002, compute_nodes=2, storage_nodes=3)
+    with pytest.raises(DevClusterError, match="no network yet"):
+        cluster.render_config(None)
+    cluster.network = Network("0a0b0c", ipaddress.IPv4Network("10.213.7.0/24"))
     bb = BurstBufferSetup(lua_source="-- lua\n", conf_text="Directive=DW\n")
     changed = cluster.render_config(
         bb, extra_lines=["JobSubmitPlugins=lua", "MinJobAge=60"], extra_files={"job_submit.lua": "-- js\n"}
     )
     conf = cluster.slurm_conf.read_text()
+    assert "SlurmctldHost=localhost(10.213.7.1)" in conf
+    # Compute nodes only (storage nodes run no slurmd), each at its own address.
+    node_lines = [line for line in conf.splitlines() if line.startswith("NodeName=")]
+    assert [line.split()[:3] for line in node_lines] == [
+        ["NodeName=compute1", "NodeAddr=10.213.7.101", "NodeHostname=compute1"],
+        ["NodeName=compute2", "NodeAddr=10.213.7.102", "NodeHostname=compute2"],
+    ]
+    assert f"SlurmdPidFile={cluster.run_dir}/slurmd.%n.pid" in conf
     assert "BurstBufferType=burst_buffer/lua" in conf
     assert "SlurmctldPort=7001" in conf and "SlurmdPort=7002" in conf
     assert f"AuthInfo=socket={cluster.state_dir}/munge/munge.socket.2" in conf
@@ -153,7 +165,7 @@ def test_plain_job_completes_and_writes_hostname(dev_cluster: DevCluster) -> Non
     info = dev_cluster.wait_for_job(job_id, timeout=60)
     assert info["UserId"].startswith(dev_cluster.job_user)
     text = _wait_for_file(dev_cluster.jobs_dir / f"plain-{job_id}.out")
-    assert text.strip() == socket.gethostname()
+    assert text.strip() == "compute1"  # the node's own hostname, not the host's
 
 
 @pytest.mark.slurm
@@ -184,7 +196,13 @@ def test_root_may_not_use_burst_buffers(dev_cluster: DevCluster) -> None:
 @pytest.mark.slurm
 def test_status_and_env_of_running_cluster(dev_cluster: DevCluster) -> None:
     env = dev_cluster.env()
-    assert env == {"SLURM_CONF": str(dev_cluster.slurm_conf), "SLURMLINK_JOB_USER": dev_cluster.job_user}
+    assert env == {
+        "SLURM_CONF": str(dev_cluster.slurm_conf),
+        "SLURMLINK_JOB_USER": dev_cluster.job_user,
+        "SLURMLINK_COMPUTE_NODES": "compute1",
+        "SLURMLINK_STORAGE_NODES": "storage1",
+        "SLURMLINK_CONTROLLER_ADDRESS": dev_cluster.controller_address,
+    }
 
     runner = CliRunner()
     args = ["--state-dir", str(dev_cluster.state_dir)]
@@ -197,6 +215,8 @@ def test_status_and_env_of_running_cluster(dev_cluster: DevCluster) -> None:
     result = runner.invoke(main, ["dev-cluster", "status", *args])
     assert result.exit_code == 0, result.output
     assert "running" in result.output and str(dev_cluster.ctld_port) in result.output
+    assert re.search(r"node compute1 +│ idle", result.output), result.output
+    assert re.search(r"node storage1 +│ present", result.output), result.output
 
 
 @pytest.mark.slurm
@@ -283,7 +303,7 @@ def test_up_with_gateway_runs_it_before_slurmctld_and_down_stops_it(
     assert status.running and status.gateway and status.gateway_enabled, status
     assert status.node_state == "idle"
     pids = {name: pid for name, pid in status.pids.items() if pid is not None}
-    assert set(pids) == {"munged", "gateway", "slurmctld", "slurmd"}
+    assert set(pids) == {"munged", "gateway", "slurmctld", "slurmd@compute1"}
     assert gateway_healthy(cluster.gateway_socket)
     assert stat.S_IMODE(cluster.gateway_socket.stat().st_mode) == 0o600
     # slurmctld calls slurm_bb_pools through the gateway as soon as it starts.
@@ -360,7 +380,7 @@ def test_up_with_placeholder_stops_a_gateway_left_running(
     assert not _alive(gateway_pid)
     assert (cluster.etc_dir / "burst_buffer.lua").read_text() == noop_burst_buffer.lua_source
     # BurstBufferType did not change, so Slurm kept running.
-    for name in ("munged", "slurmctld", "slurmd"):
+    for name in ("munged", "slurmctld", "slurmd@compute1"):
         assert status.pids[name] == before.pids[name], name
 
 
@@ -442,7 +462,7 @@ def test_quickstart_up_runs_the_seed_job_then_down_purges() -> None:
             message=f"job {job_id}'s burst buffer to be torn down",
         )
         output = _wait_for_file(cluster.jobs_dir / f"slurm-{job_id}.out")
-        assert f"0: {socket.gethostname()}" in output
+        assert "0: compute1" in output  # srun ran on the cluster's compute node
 
         status = quickstart_cli("status", *where, timeout=60)
         assert status.returncode == 0, status.stdout + status.stderr

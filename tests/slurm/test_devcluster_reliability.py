@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from slurmlink.slurm.devcluster import DevCluster, DevClusterError, free_port_pair
-from support.devcluster import make_state_dir, quickstart_cli, skip_unless_possible
+from slurmlink.slurm.devcluster import DevCluster, DevClusterError, Network, free_port_pair
+from support.devcluster import cluster_leftovers, make_state_dir, quickstart_cli, skip_unless_possible
 from support.postgres import free_port
-from support.processes import processes_referencing
 
 CYCLES = int(os.environ.get("SLURMLINK_QUICKSTART_CYCLES", "3"))
 
@@ -31,11 +30,18 @@ def _start_ticks(pid: int) -> int | None:
     return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
-def _assert_nothing_left(directory: Path, started: dict[int, int | None] | None = None) -> None:
-    left = processes_referencing(directory)
-    assert not left, f"processes of {directory} still running: {left}"
+def _assert_nothing_left(
+    directory: Path, started: dict[int, int | None] | None = None, network: Network | None = None
+) -> None:
+    """No process, namespace pin (mount) under ``directory``, nor interface or route of ``network``."""
+    left = cluster_leftovers(directory, network, set())
+    assert not left, f"{directory} left behind: {left}"
     for pid, ticks in (started or {}).items():
         assert ticks is None or _start_ticks(pid) != ticks, f"pid {pid} still running"
+
+
+def _recorded_network(directory: Path) -> Network | None:
+    return DevCluster.from_state_dir(directory / "cluster").network
 
 
 @pytest.mark.slurm
@@ -48,9 +54,11 @@ def test_quickstart_up_down_cycles_start_every_time_and_leave_nothing_behind() -
         where = ["--state-dir", str(directory)]
         ports = ["--ctld-port", str(ctld_port), "--slurmd-port", str(slurmd_port)]
         started: dict[int, int | None] = {}
+        network = None
         began = time.monotonic()
         try:
             up = quickstart_cli("up", *where, "--listen", f"127.0.0.1:{free_port()}", *ports)
+            network = _recorded_network(directory)
             assert up.returncode == 0, f"cycle {cycle}: {up.stderr}"
             status = DevCluster.from_state_dir(directory / "cluster").status()
             assert status.running and status.gateway and status.node_state == "idle", (cycle, status)
@@ -60,7 +68,7 @@ def test_quickstart_up_down_cycles_start_every_time_and_leave_nothing_behind() -
             down = quickstart_cli("down", *where, "--purge", timeout=120)
         assert down.returncode == 0, f"cycle {cycle}: {down.stderr}"
         assert not directory.exists()
-        _assert_nothing_left(directory, started)
+        _assert_nothing_left(directory, started, network)
         print(f"cycle {cycle + 1}/{CYCLES}: up and down in {time.monotonic() - began:.1f} s")
 
 
@@ -81,7 +89,8 @@ def test_failed_quickstart_up_stops_the_server_it_started_and_says_why() -> None
             # The API server was up before the dev cluster found its port taken.
             assert "API server ready" in up.stderr, up.stderr
             assert f"port(s) already in use: SlurmctldPort {ctld_port}" in up.stderr, up.stderr
-            _assert_nothing_left(directory)
+            # The dev cluster had made its network and nodes before it found the port taken.
+            _assert_nothing_left(directory, network=_recorded_network(directory))
         finally:
             quickstart_cli("down", *where, "--purge", timeout=120)
 
@@ -96,4 +105,4 @@ def test_failed_up_stops_the_daemons_it_started_and_shows_the_log(scratch_cluste
     assert "exited during startup" in message, message
     assert "no-such-plugin" in message, message  # the daemon's own log line says why
     assert not cluster.status().munged
-    _assert_nothing_left(cluster.state_dir)
+    _assert_nothing_left(cluster.state_dir, network=cluster.network)

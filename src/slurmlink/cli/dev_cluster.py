@@ -1,7 +1,9 @@
-"""``slurmlink dev-cluster``: a local single-node Slurm for tests and the quick start."""
+"""``slurmlink dev-cluster``: a local multi-node Slurm on this host, for tests and the quick start."""
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -10,12 +12,17 @@ from typing import Any, TypeVar
 import click
 
 from slurmlink.slurm.devcluster import (
+    DEFAULT_COMPUTE_NODES,
     DEFAULT_CTLD_PORT,
     DEFAULT_JOB_USER,
     DEFAULT_SLURMD_PORT,
     DEFAULT_STATE_DIR,
+    DEFAULT_STORAGE_NODES,
+    MAX_COMPUTE_NODES,
+    MAX_STORAGE_NODES,
     DevCluster,
     DevClusterError,
+    DevClusterStatus,
     GatewaySetup,
     gateway_healthy,
     placeholder_burst_buffer,
@@ -66,26 +73,66 @@ def _common_options(func: _F) -> _F:
     return func
 
 
+def node_count_options(func: _F) -> _F:
+    """``--compute-nodes`` and ``--storage-nodes`` (for ``up`` here and in the quick start)."""
+    options = [
+        click.option(
+            "--compute-nodes",
+            type=click.IntRange(1, MAX_COMPUTE_NODES),
+            default=None,
+            help="Compute nodes (compute1...), each running slurmd in its own network, UTS and mount "
+            f"namespace (default: the number of the last 'up', else {DEFAULT_COMPUTE_NODES}).",
+        ),
+        click.option(
+            "--storage-nodes",
+            type=click.IntRange(0, MAX_STORAGE_NODES),
+            default=None,
+            help="Storage nodes (storage1...): namespaces like compute nodes', without slurmd "
+            f"(default: the number of the last 'up', else {DEFAULT_STORAGE_NODES}).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def _cluster(
-    state_dir: Path, ctld_port: int | None, slurmd_port: int | None, job_user: str | None
+    state_dir: Path,
+    ctld_port: int | None,
+    slurmd_port: int | None,
+    job_user: str | None,
+    compute_nodes: int | None = None,
+    storage_nodes: int | None = None,
 ) -> DevCluster:
-    return DevCluster.from_state_dir(
-        state_dir, log=_progress, ctld_port=ctld_port, slurmd_port=slurmd_port, job_user=job_user
-    )
+    try:
+        return DevCluster.from_state_dir(
+            state_dir,
+            log=_progress,
+            ctld_port=ctld_port,
+            slurmd_port=slurmd_port,
+            job_user=job_user,
+            compute_nodes=compute_nodes,
+            storage_nodes=storage_nodes,
+        )
+    except DevClusterError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.group("dev-cluster")
 def dev_cluster() -> None:
-    """Run a local single-node Slurm (Debian's 22.05 packages) for tests and the quick start.
+    """Run a local multi-node Slurm (Debian's 22.05 packages) for tests and the quick start.
 
     Everything lives in one state directory: slurm.conf, a private munge daemon and key, Slurm state, spool,
-    logs and pid files. The system's /etc/slurm and munge are left alone. Needs root (the daemons run as
-    root); jobs that use burst buffers are submitted as the unprivileged job user.
+    logs and pid files. The system's /etc/slurm and munge are left alone. Each node (compute1..., running
+    slurmd, and storage1...) has its own network, hostname and mount namespace, on a private /24 whose
+    bridge carries the controller's address. Needs root (the daemons run as root); jobs that use burst
+    buffers are submitted as the unprivileged job user.
     """
 
 
 @dev_cluster.command()
 @_common_options
+@node_count_options
 @click.option(
     "--kubeconfig",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -113,28 +160,31 @@ def dev_cluster() -> None:
     type=click.FloatRange(min=1),
     default=60,
     show_default=True,
-    help="Seconds to wait for the node to become idle.",
+    help="Seconds to wait for the nodes to become idle.",
 )
 def up(
     state_dir: Path,
     ctld_port: int | None,
     slurmd_port: int | None,
     job_user: str | None,
+    compute_nodes: int | None,
+    storage_nodes: int | None,
     kubeconfig: Path | None,
     gateway_args: tuple[str, ...],
     no_burst_buffer: bool,
     wait_timeout: float,
 ) -> None:
-    """Start the cluster, or refresh a running one, and wait until its node is idle.
+    """Start the cluster, or refresh a running one, and wait until its compute nodes are idle.
 
     Installs the Slurm and munge packages with apt-get and creates the job user when missing. Running it
-    again is cheap: running daemons are kept and only reconfigured (or restarted) if the config changed.
+    again is cheap: running daemons are kept and only reconfigured (or restarted) if the config changed;
+    other node counts add or remove nodes (and restart Slurm).
     With --kubeconfig, slurmlink's plugin goes into STATE_DIR/etc and its gateway runs as a fourth daemon
     (log: STATE_DIR/log/gateway.log); a changed kubeconfig restarts the gateway.
     """
     if no_burst_buffer and (kubeconfig is not None or gateway_args):
         raise click.UsageError("--no-burst-buffer cannot be combined with --kubeconfig or --gateway-arg")
-    cluster = _cluster(state_dir, ctld_port, slurmd_port, job_user)
+    cluster = _cluster(state_dir, ctld_port, slurmd_port, job_user, compute_nodes, storage_nodes)
     gateway = None
     if not no_burst_buffer:
         if kubeconfig is None:
@@ -203,9 +253,10 @@ def down(
     purge: bool,
     timeout: float,
 ) -> None:
-    """Stop the cluster's daemons (only those it started, found by pid file).
+    """Stop the cluster's daemons (only those it started, found by pid file) and remove its nodes.
 
-    Keeps the state directory, so the next 'up' finds jobs and config again, unless --purge is given.
+    Every process still inside a node is killed, the nodes' namespaces, veths and the bridge are removed.
+    Keeps the state directory, so the next 'up' finds jobs, config and addresses again, unless --purge.
     """
     cluster = _cluster(state_dir, ctld_port, slurmd_port, job_user)
     purge = purge and cluster.state_dir.exists()
@@ -219,7 +270,7 @@ def down(
 @dev_cluster.command()
 @_common_options
 def status(state_dir: Path, ctld_port: int | None, slurmd_port: int | None, job_user: str | None) -> None:
-    """Show which daemons run and the node state; exit status 1 if the cluster is not running."""
+    """Show which daemons run and each node's state; exit status 1 if the cluster is not running."""
     from rich.console import Console
     from rich.table import Table
 
@@ -231,8 +282,7 @@ def status(state_dir: Path, ctld_port: int | None, slurmd_port: int | None, job_
     table.add_column("detail", overflow="fold")
     for name, alive, detail in [
         ("munged", st.munged, f"socket {cluster.munge_socket}"),
-        ("slurmctld", st.slurmctld, f"port {st.ctld_port}"),
-        ("slurmd", st.slurmd, f"port {st.slurmd_port}"),
+        ("slurmctld", st.slurmctld, f"port {st.ctld_port}; slurmd port {st.slurmd_port} on every node"),
     ]:
         pid = st.pids.get(name)
         state = f"[green]running[/] (pid {pid})" if alive else "[red]stopped[/]"
@@ -245,9 +295,8 @@ def status(state_dir: Path, ctld_port: int | None, slurmd_port: int | None, job_
         table.add_row("gateway", state, f"socket {cluster.gateway_socket}, log {cluster.gateway_log}")
     else:
         table.add_row("gateway", "[dim]not used[/]", "placeholder burst_buffer.lua (no --kubeconfig given)")
-    node = st.node_state or "unknown"
-    node_colour = "green" if node == "idle" or node.startswith(("alloc", "mix")) else "yellow"
-    table.add_row("node localhost", f"[{node_colour}]{node}[/]", "partition debug")
+    for row in node_rows(st):
+        table.add_row(*row)
     table.add_row("SLURM_CONF", "", str(cluster.slurm_conf))
     table.add_row("job user", "", cluster.job_user)
     Console().print(table)
@@ -255,10 +304,36 @@ def status(state_dir: Path, ctld_port: int | None, slurmd_port: int | None, job_
         raise SystemExit(1)
 
 
+def node_rows(st: DevClusterStatus) -> list[tuple[str, str, str]]:
+    """One status-table row per node: component, state (rich markup), detail."""
+    rows = []
+    for node in st.nodes:
+        where = node.address or "no address yet"
+        if not node.exists:
+            rows.append((f"node {node.name}", "[red]absent[/]", f"{node.role}, {where}"))
+            continue
+        if node.role == "storage":
+            rows.append((f"node {node.name}", "[green]present[/]", f"storage, {where}"))
+            continue
+        state = node.state or "unknown"
+        colour = "green" if state == "idle" or state.startswith(("alloc", "mix")) else "yellow"
+        pid = st.pids.get(f"slurmd@{node.name}")
+        slurmd = f"slurmd pid {pid}" if node.slurmd else "[red]slurmd stopped[/]"
+        rows.append((f"node {node.name}", f"[{colour}]{state}[/]", f"compute, {where}, {slurmd}"))
+    if st.controller_address:
+        rows.append(("controller", "", f"{st.controller_address} (the bridge: slurmctld as nodes see it)"))
+    return rows
+
+
 @dev_cluster.command()
 @_common_options
 def env(state_dir: Path, ctld_port: int | None, slurmd_port: int | None, job_user: str | None) -> None:
-    """Print shell 'export' lines for Slurm clients: eval "$(slurmlink dev-cluster env)"."""
+    """Print shell 'export' lines for Slurm clients: eval "$(slurmlink dev-cluster env)".
+
+    SLURM_CONF, SLURMLINK_JOB_USER (who submits burst buffer jobs), the nodes by role
+    (SLURMLINK_COMPUTE_NODES, SLURMLINK_STORAGE_NODES: comma-separated names) and, once 'up' has made the
+    network, SLURMLINK_CONTROLLER_ADDRESS (the bridge's address, where nodes reach the host's services).
+    """
     cluster = _cluster(state_dir, ctld_port, slurmd_port, job_user)
     if not cluster.slurm_conf.exists():
         click.echo(
@@ -266,3 +341,59 @@ def env(state_dir: Path, ctld_port: int | None, slurmd_port: int | None, job_use
         )
     for key, value in cluster.env().items():
         click.echo(f"export {key}={shlex.quote(value)}")
+
+
+@dev_cluster.command()
+@_common_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON list: name, role, address, namespace files.")
+def nodes(
+    state_dir: Path, ctld_port: int | None, slurmd_port: int | None, job_user: str | None, as_json: bool
+) -> None:
+    """List the nodes: name, role, address and the files pinning their namespaces."""
+    cluster = _cluster(state_dir, ctld_port, slurmd_port, job_user)
+    try:
+        listing = cluster.nodes
+    except DevClusterError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps([node.to_json() for node in listing], indent=2))
+        return
+    for node in listing:
+        click.echo(f"{node.name}\t{node.role}\t{node.address}\t{node.ns_dir}")
+
+
+@dev_cluster.command(
+    "exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+@_common_options
+@click.option("--user", "-u", "run_as", default=None, help="Run the command as this user (runuser -u).")
+@click.option(
+    "--cwd", type=click.Path(file_okay=False, path_type=Path), default=None, help="Working directory."
+)
+@click.argument("node")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(
+    state_dir: Path,
+    ctld_port: int | None,
+    slurmd_port: int | None,
+    job_user: str | None,
+    run_as: str | None,
+    cwd: Path | None,
+    node: str,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND inside NODE (its network, hostname and mount namespace), e.g.
+    'slurmlink dev-cluster exec compute1 -- findmnt'. Exits with the command's status."""
+    if command[:1] == ("--",):  # click keeps the "--" that ends our options after NODE
+        command = command[1:]
+    if not command:
+        raise click.UsageError("give the command to run after NODE (and '--')")
+    cluster = _cluster(state_dir, ctld_port, slurmd_port, job_user)
+    try:
+        argv = cluster.node_command(node, list(command), user=run_as, cwd=cwd)
+    except DevClusterError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        raise click.ClickException(f"cannot run {argv[0]}: {exc}") from exc

@@ -7,7 +7,8 @@ how to submit the DWS install guide's test job and watch its Workflow. Everythin
     DIR/quickstart.json         settings of the last 'up' (the --listen address)
     DIR/server/                 the server's state: database, CA, admin.kubeconfig
     DIR/slurm-dws.kubeconfig    the plugin's credentials (role workload-manager, namespace slurm)
-    DIR/cluster/                the dev cluster (slurm.conf, munge, Slurm state, gateway socket, logs)
+    DIR/cluster/                the dev cluster (slurm.conf, munge, Slurm state, gateway socket, logs,
+                                the nodes' namespace pins under ns/)
     DIR/run/server.pid, DIR/log/server.log
 
 Every step is idempotent, so ``up`` can be re-run at any time; it only restarts what changed.
@@ -26,6 +27,7 @@ from pathlib import Path
 import click
 
 from slurmlink import supervise
+from slurmlink.cli.dev_cluster import node_count_options, node_rows
 from slurmlink.cpu_priority import COLOCATED_SERVE_NICE
 from slurmlink.serve_process import ServeError, ServeProcess
 from slurmlink.slurm.devcluster import (
@@ -105,10 +107,22 @@ class Quickstart:
     def server_log(self) -> Path:
         return self.dir / "log" / "server.log"
 
-    def cluster(self, ctld_port: int | None = None, slurmd_port: int | None = None) -> DevCluster:
-        """The dev cluster; ports not given are the ones its last ``up`` saved (else the defaults)."""
+    def cluster(
+        self,
+        ctld_port: int | None = None,
+        slurmd_port: int | None = None,
+        *,
+        compute_nodes: int | None = None,
+        storage_nodes: int | None = None,
+    ) -> DevCluster:
+        """The dev cluster; ports and node counts not given are its last ``up``'s (else the defaults)."""
         return DevCluster.from_state_dir(
-            self.cluster_dir, log=_progress, ctld_port=ctld_port, slurmd_port=slurmd_port
+            self.cluster_dir,
+            log=_progress,
+            ctld_port=ctld_port,
+            slurmd_port=slurmd_port,
+            compute_nodes=compute_nodes,
+            storage_nodes=storage_nodes,
         )
 
     # --------------------------------------------------------------- settings
@@ -250,6 +264,8 @@ class Quickstart:
         *,
         ctld_port: int | None = None,
         slurmd_port: int | None = None,
+        compute_nodes: int | None = None,
+        storage_nodes: int | None = None,
     ) -> None:
         if os.geteuid() != 0:
             raise QuickstartError("the quick start runs Slurm's daemons as root: run it as root (sudo)")
@@ -262,7 +278,9 @@ class Quickstart:
         _progress(f"API server ready at {url}")
         try:
             kubeconfig = self.ensure_plugin_kubeconfig()
-            cluster = self.cluster(ctld_port, slurmd_port)
+            cluster = self.cluster(
+                ctld_port, slurmd_port, compute_nodes=compute_nodes, storage_nodes=storage_nodes
+            )
             # On failure the cluster stops the daemons it started itself.
             cluster.up(wait_timeout=timeout, gateway=GatewaySetup(kubeconfig=kubeconfig))
         except BaseException as exc:
@@ -297,11 +315,15 @@ class Quickstart:
         conf = shlex.quote(str(cluster.slurm_conf))
         jobs = shlex.quote(str(cluster.jobs_dir))
         script = "\n".join(f"      {line}" for line in EXAMPLE_JOB.splitlines())
+        cluster_dir = shlex.quote(str(cluster.state_dir))
+        controller = cluster.network.controller_address if cluster.network else "(no network yet)"
         dir_opt = "" if self.dir == DEFAULT_DIR else f" --state-dir {shlex.quote(str(self.dir))}"
         return f"""\
 slurmlink quick start is up ({self.dir}).
   API server   {self.server_url(self.saved_listen() or DEFAULT_LISTEN)}   log {self.server_log}
   Slurm        SLURM_CONF={cluster.slurm_conf}   job user {cluster.job_user}
+  nodes        {", ".join(cluster.node_names())}   controller (as nodes see it) {controller}
+               a shell on one: slurmlink dev-cluster exec --state-dir {cluster_dir} NODE -- bash
   gateway      {cluster.gateway_socket}   log {cluster.gateway_log}
 
 Submit the DWS install guide's test job ({job}):
@@ -371,8 +393,15 @@ def quickstart() -> None:
     default=None,
     help=f"slurmd port of the dev cluster (default: the last 'up's, else {DEFAULT_SLURMD_PORT}).",
 )
+@node_count_options
 def up(
-    state_dir: Path, listen: str | None, timeout: float, ctld_port: int | None, slurmd_port: int | None
+    state_dir: Path,
+    listen: str | None,
+    timeout: float,
+    ctld_port: int | None,
+    slurmd_port: int | None,
+    compute_nodes: int | None,
+    storage_nodes: int | None,
 ) -> None:
     """Start (or refresh) everything and print how to submit a burst buffer job.
 
@@ -382,7 +411,14 @@ def up(
     """
     qs = Quickstart(state_dir)
     try:
-        qs.up(listen, timeout, ctld_port=ctld_port, slurmd_port=slurmd_port)
+        qs.up(
+            listen,
+            timeout,
+            ctld_port=ctld_port,
+            slurmd_port=slurmd_port,
+            compute_nodes=compute_nodes,
+            storage_nodes=storage_nodes,
+        )
     except QuickstartError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(qs.instructions())
@@ -434,7 +470,6 @@ def status(state_dir: Path) -> None:
         ("munged", st.munged),
         ("gateway", st.gateway),
         ("slurmctld", st.slurmctld),
-        ("slurmd", st.slurmd),
     ]:
         state = f"[green]running[/] (pid {st.pids.get(name)})" if alive else "[red]stopped[/]"
         if name == "gateway" and alive and not gateway_healthy(cluster.gateway_socket):
@@ -442,13 +477,12 @@ def status(state_dir: Path) -> None:
         detail = {
             "gateway": f"socket {cluster.gateway_socket}, log {cluster.gateway_log}",
             "slurmctld": f"port {st.ctld_port}, SLURM_CONF={cluster.slurm_conf}",
-            "slurmd": f"port {st.slurmd_port}",
             "munged": f"socket {cluster.munge_socket}",
         }[name]
         table.add_row(name, state, detail)
-    node = st.node_state or "unknown"
-    colour = "green" if node == "idle" or node.startswith(("alloc", "mix")) else "yellow"
-    table.add_row("node localhost", f"[{colour}]{node}[/]", f"job user {cluster.job_user}")
+    for row in node_rows(st):
+        table.add_row(*row)
+    table.add_row("job user", "", cluster.job_user)
     Console().print(table)
-    if not (ready and st.munged and st.gateway and st.slurmctld and st.slurmd):
+    if not (ready and st.running and st.gateway):
         raise SystemExit(1)

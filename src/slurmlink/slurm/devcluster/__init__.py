@@ -1,55 +1,94 @@
-"""A local single-node Slurm ("dev cluster") for tests and the quick start.
+"""A local multi-node Slurm ("dev cluster") on one host, for tests and the quick start.
 
-Runs Debian's Slurm 22.05 daemons (munged, ``slurmctld -D``, ``slurmd -D -N localhost``) as root with every
-file inside one state directory: its own config, munge key and socket, state, spool, logs and pid files. The
-system's ``/etc/slurm`` and munge are never touched, so a dev cluster can live next to a real installation as
-long as the ports differ. Jobs that use burst buffers must be submitted by an unprivileged user (the lua
-plugin refuses root), hence :meth:`DevCluster.ensure_job_user` and :meth:`DevCluster.run_as_job_user`.
+Runs Debian's Slurm 22.05 daemons as root with every file inside one state directory: its own config, munge
+key and socket, state, spool, logs and pid files. munged and ``slurmctld -D`` run on the host; each compute
+node (``compute1``...) is a set of namespaces (network, UTS, mount) with its own address and hostname, and
+runs ``slurmd -D -N <node>`` inside them; storage nodes (``storage1``...) are the same without slurmd, for
+storage agents and file system servers. So ``srun -N2``, per-node placement, per-node mounts and node
+failures are real. The system's ``/etc/slurm`` and munge are never touched, so a dev cluster can live next
+to a real installation as long as the ports differ. Jobs that use burst buffers must be submitted by an
+unprivileged user (the lua plugin refuses root), hence :meth:`DevCluster.ensure_job_user` and
+:meth:`DevCluster.run_as_job_user`.
 
-One module per job: ``layout`` (paths and defaults), ``host`` (packages, job user), ``config`` (slurm.conf
-rendering), ``daemons`` (what runs and how it is recognised), ``cluster`` (up/down/status), ``jobs``
-(Slurm clients and job helpers for tests). Processes are supervised with :mod:`slurmlink.supervise`.
+Running something on a node: ``cluster.node("storage1")`` (a :class:`Node`), then :func:`node_command`
+(the nsenter argv), :func:`run_in_node`, :func:`popen_in_node` or :func:`spawn_in_node`.
+
+One module per job: ``layout`` (paths, nodes and addresses, defaults), ``nodes`` (namespaces, bridge and
+veths; running programs inside a node), ``host`` (packages, job user), ``config`` (slurm.conf rendering),
+``daemons`` (what runs and how it is recognised), ``cluster`` (up/down/status), ``jobs`` (Slurm clients and
+job helpers for tests). Processes are supervised with :mod:`slurmlink.supervise`.
 """
 
-from slurmlink.slurm.devcluster.cluster import DevCluster, DevClusterStatus, GatewaySetup
+from slurmlink.slurm.devcluster.cluster import DevCluster, DevClusterStatus, GatewaySetup, NodeStatus
 from slurmlink.slurm.devcluster.config import BurstBufferSetup, placeholder_burst_buffer
 from slurmlink.slurm.devcluster.daemons import free_port_pair, gateway_healthy, unix_http_get
 from slurmlink.slurm.devcluster.errors import DevClusterError
 from slurmlink.slurm.devcluster.host import PACKAGES
 from slurmlink.slurm.devcluster.jobs import parse_scontrol_record
 from slurmlink.slurm.devcluster.layout import (
+    COMPUTE,
     DEFAULT_CLUSTER_NAME,
+    DEFAULT_COMPUTE_NODES,
     DEFAULT_CTLD_PORT,
     DEFAULT_JOB_UID,
     DEFAULT_JOB_USER,
     DEFAULT_SLURMD_PORT,
     DEFAULT_STATE_DIR,
-    NODE_NAME,
+    DEFAULT_STORAGE_NODES,
+    MAX_COMPUTE_NODES,
+    MAX_STORAGE_NODES,
     PARTITION,
+    STORAGE,
+    Network,
+    Node,
+    NodeRole,
+)
+from slurmlink.slurm.devcluster.nodes import (
+    node_command,
+    node_exists,
+    node_pids,
+    popen_in_node,
+    run_in_node,
+    spawn_in_node,
 )
 from slurmlink.supervise import running_pid, spawn_detached, stop_pid
 
 __all__ = [
+    "COMPUTE",
     "DEFAULT_CLUSTER_NAME",
+    "DEFAULT_COMPUTE_NODES",
     "DEFAULT_CTLD_PORT",
     "DEFAULT_JOB_UID",
     "DEFAULT_JOB_USER",
     "DEFAULT_SLURMD_PORT",
     "DEFAULT_STATE_DIR",
-    "NODE_NAME",
+    "DEFAULT_STORAGE_NODES",
+    "MAX_COMPUTE_NODES",
+    "MAX_STORAGE_NODES",
     "PACKAGES",
     "PARTITION",
+    "STORAGE",
     "BurstBufferSetup",
     "DevCluster",
     "DevClusterError",
     "DevClusterStatus",
     "GatewaySetup",
+    "Network",
+    "Node",
+    "NodeRole",
+    "NodeStatus",
     "free_port_pair",
     "gateway_healthy",
+    "node_command",
+    "node_exists",
+    "node_pids",
     "parse_scontrol_record",
     "placeholder_burst_buffer",
+    "popen_in_node",
+    "run_in_node",
     "running_pid",
     "spawn_detached",
+    "spawn_in_node",
     "stop_pid",
     "unix_http_get",
 ]

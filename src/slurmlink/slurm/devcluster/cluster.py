@@ -1,4 +1,10 @@
-"""The dev cluster's lifecycle: ``up`` (idempotent), ``down``, ``status``, and the gateway it may run.
+"""The dev cluster's lifecycle: ``up`` (idempotent), ``down``, ``status``, its nodes, and its gateway.
+
+``up`` first makes the network (a bridge on a private /24) and the nodes (namespaces pinned under
+``state_dir/ns``, :mod:`.nodes`), then renders slurm.conf with their addresses and starts munged,
+slurmctld and one slurmd per compute node inside that node. ``down`` stops the daemons and removes the
+nodes and the bridge (every process left inside a node is killed), keeping the network's /24 on record
+for the next ``up``.
 
 With a :class:`GatewaySetup` the cluster runs slurmlink's real burst buffer plugin: ``burst_buffer.lua`` and
 the plugin kubeconfig are installed into ``state_dir/etc`` (:func:`slurmlink.slurm.install.install_plugin`)
@@ -14,6 +20,8 @@ import json
 import os
 import pwd
 import shutil
+import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,21 +29,37 @@ from pathlib import Path
 from typing import Any
 
 from slurmlink import supervise
-from slurmlink.slurm.devcluster import host
+from slurmlink.slurm.devcluster import host, nodes
 from slurmlink.slurm.devcluster.config import RESTART_KEYS, BurstBufferSetup, SlurmConfig
-from slurmlink.slurm.devcluster.daemons import Daemon, DaemonSpecs, gateway_healthy, port_free
+from slurmlink.slurm.devcluster.daemons import (
+    SLURMD_PREFIX,
+    Daemon,
+    DaemonSpecs,
+    gateway_healthy,
+    port_free,
+)
 from slurmlink.slurm.devcluster.errors import DevClusterError, LogFn, stderr_log, wait_until
-from slurmlink.slurm.devcluster.jobs import SlurmClients
+from slurmlink.slurm.devcluster.jobs import SlurmClients, summarize_node_states
 from slurmlink.slurm.devcluster.layout import (
+    COMPUTE,
+    CONTROLLER_NAME,
     DEFAULT_CLUSTER_NAME,
+    DEFAULT_COMPUTE_NODES,
     DEFAULT_CTLD_PORT,
     DEFAULT_JOB_UID,
     DEFAULT_JOB_USER,
     DEFAULT_SLURMD_PORT,
+    DEFAULT_STORAGE_NODES,
     GATEWAY_STATE_FILE,
     KUBECONFIG_REF_FILE,
-    NODE_NAME,
+    MAX_COMPUTE_NODES,
+    MAX_STORAGE_NODES,
     SETTINGS_FILE,
+    STORAGE,
+    Network,
+    Node,
+    NodeRole,
+    parse_node_name,
 )
 from slurmlink.supervise import running_pid, spawn_detached, stop_pid
 
@@ -56,6 +80,22 @@ class GatewaySetup:
 
 
 @dataclass(frozen=True)
+class NodeStatus:
+    """One node as ``status`` sees it."""
+
+    name: str
+    role: NodeRole
+    #: None while the cluster has no network (never up).
+    address: str | None
+    #: Its namespaces are pinned.
+    exists: bool
+    #: Its slurmd runs (compute nodes; always False for storage nodes, which run none).
+    slurmd: bool
+    #: ``sinfo``'s state (compute nodes), None if slurmctld does not answer or does not know it.
+    state: str | None
+
+
+@dataclass(frozen=True)
 class DevClusterStatus:
     """What is running, so callers (CLI, tests) need not probe pid files themselves."""
 
@@ -64,25 +104,40 @@ class DevClusterStatus:
     slurmd_port: int
     munged: bool
     slurmctld: bool
+    #: The slurmd of every compute node is alive.
     slurmd: bool
+    #: The compute nodes' common state (``idle``), or each one's (``compute1=idle compute2=down*``).
     node_state: str | None
+    #: By daemon name: ``munged``, ``slurmctld``, ``gateway``, ``slurmd@<node>`` per compute node.
     pids: dict[str, int | None] = field(default_factory=dict)
     #: The gateway daemon is alive.
     gateway: bool = False
     #: The last ``up`` installed slurmlink's plugin, so the gateway should be running.
     gateway_enabled: bool = False
+    nodes: tuple[NodeStatus, ...] = ()
+    #: The bridge's address (where nodes reach slurmctld), None without a network.
+    controller_address: str | None = None
 
     @property
     def running(self) -> bool:
-        """All daemons are alive (the node may still be coming up); the gateway only if it is enabled."""
-        return self.munged and self.slurmctld and self.slurmd and (self.gateway or not self.gateway_enabled)
+        """All daemons and nodes are there (nodes may still be coming up); the gateway only if enabled."""
+        return (
+            self.munged
+            and self.slurmctld
+            and self.slurmd
+            and all(node.exists for node in self.nodes)
+            and (self.gateway or not self.gateway_enabled)
+        )
 
 
 class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
-    """One single-node Slurm cluster living entirely in ``state_dir``.
+    """One Slurm cluster with ``compute_nodes`` slurmd nodes and ``storage_nodes`` storage nodes, all on
+    this host, living entirely in ``state_dir``.
 
     Settings given at ``up`` are saved in ``state_dir/devcluster.json`` so that later ``status``/``down``/
-    ``env`` calls (other processes, the CLI) find the same ports via :meth:`from_state_dir`.
+    ``env`` calls (other processes, the CLI) find the same ports and nodes via :meth:`from_state_dir`.
+    Its nodes (:attr:`nodes`, :meth:`node`) are where node agents and their file systems run: see
+    :meth:`node_command` and :mod:`slurmlink.slurm.devcluster.nodes`.
     """
 
     def __init__(
@@ -94,8 +149,16 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         job_uid: int = DEFAULT_JOB_UID,
         cluster_name: str = DEFAULT_CLUSTER_NAME,
         log: LogFn | None = None,
+        compute_nodes: int = DEFAULT_COMPUTE_NODES,
+        storage_nodes: int = DEFAULT_STORAGE_NODES,
     ) -> None:
+        if not 1 <= compute_nodes <= MAX_COMPUTE_NODES:
+            raise DevClusterError(f"compute nodes must be 1 to {MAX_COMPUTE_NODES}, got {compute_nodes}")
+        if not 0 <= storage_nodes <= MAX_STORAGE_NODES:
+            raise DevClusterError(f"storage nodes must be 0 to {MAX_STORAGE_NODES}, got {storage_nodes}")
         self.state_dir = Path(state_dir).expanduser().absolute()
+        self.compute_node_count = compute_nodes
+        self.storage_node_count = storage_nodes
         self.ctld_port = ctld_port
         self.slurmd_port = slurmd_port
         self.job_user = job_user
@@ -106,6 +169,10 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         self._spawned: dict[str, int] = {}
         #: Every daemon this object started, in order, so a failed ``up`` can stop what it started.
         self._start_order: list[tuple[Daemon, int]] = []
+        self._created_bridge = False
+        self._created_nodes: list[Node] = []
+        #: The network the last ``up`` recorded (None before the first): the nodes' addresses.
+        self.network: Network | None = self._recorded_network()
 
     @classmethod
     def from_state_dir(
@@ -123,7 +190,15 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         settings: dict[str, Any] = {}
         with contextlib.suppress(OSError, ValueError):
             settings = dict(json.loads((state_dir / SETTINGS_FILE).read_text()))
-        known = {"ctld_port", "slurmd_port", "job_user", "job_uid", "cluster_name"}
+        known = {
+            "ctld_port",
+            "slurmd_port",
+            "job_user",
+            "job_uid",
+            "cluster_name",
+            "compute_nodes",
+            "storage_nodes",
+        }
         settings = {key: value for key, value in settings.items() if key in known}
         settings.update({key: value for key, value in overrides.items() if value is not None})
         return cls(state_dir, log=log, **settings)
@@ -150,6 +225,8 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
             "job_user": self.job_user,
             "job_uid": self.job_uid,
             "cluster_name": self.cluster_name,
+            "compute_nodes": self.compute_node_count,
+            "storage_nodes": self.storage_node_count,
         }
         self._write(self.state_dir / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
 
@@ -169,6 +246,154 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
             text = (self.state_dir / KUBECONFIG_REF_FILE).read_text().strip()
             return Path(text) if text else None
         return None
+
+    # ------------------------------------------------------------------ nodes
+
+    def _recorded_network(self) -> Network | None:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            return Network.from_json(json.loads(self.network_file.read_text()))
+        return None
+
+    @property
+    def nodes(self) -> list[Node]:
+        """Every node (compute nodes first): name, role, address, namespace files.
+
+        Known once an ``up`` has given the cluster its network (raises :class:`DevClusterError` before);
+        whether a node's namespaces exist right now is :func:`nodes.node_exists` (or :meth:`status`).
+        """
+        if self.network is None:
+            raise DevClusterError(f"the dev cluster in {self.state_dir} has no nodes yet: run 'up' first")
+        return self.node_layout(self.network)
+
+    @property
+    def compute_nodes(self) -> list[Node]:
+        """The nodes that run slurmd (``compute1``...), in Slurm's partition."""
+        return [node for node in self.nodes if node.role == COMPUTE]
+
+    @property
+    def storage_nodes(self) -> list[Node]:
+        """The storage nodes (``storage1``...): no slurmd; storage agents and file system servers go there."""
+        return [node for node in self.nodes if node.role == STORAGE]
+
+    def node(self, name: str) -> Node:
+        """The node called ``name``; :class:`DevClusterError` if the cluster has none by that name."""
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise DevClusterError(f"no node {name!r} in the dev cluster (nodes: {', '.join(self.node_names())})")
+
+    @property
+    def controller_address(self) -> str:
+        """The bridge's address in the host namespace: nodes reach slurmctld (and host services) there."""
+        if self.network is None:
+            raise DevClusterError(f"the dev cluster in {self.state_dir} has no network yet: run 'up' first")
+        return self.network.controller_address
+
+    def node_command(
+        self,
+        node: str | Node,
+        argv: Sequence[str],
+        *,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | str | None = None,
+    ) -> list[str]:
+        """The argv running ``argv`` inside ``node`` (a name or a :class:`Node`), as
+        :func:`nodes.node_command`."""
+        return nodes.node_command(
+            self.node(node) if isinstance(node, str) else node, argv, user=user, env=env, cwd=cwd
+        )
+
+    def run_in_node(
+        self,
+        node: str | Node,
+        argv: Sequence[str],
+        *,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | str | None = None,
+        **kw: Any,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` inside ``node`` and wait (:func:`nodes.run_in_node`: text output captured)."""
+        return nodes.run_in_node(
+            self.node(node) if isinstance(node, str) else node, argv, user=user, env=env, cwd=cwd, **kw
+        )
+
+    def _controller_names(self) -> list[str]:
+        """Names of the host in the nodes' /etc/hosts: its hostname, at the bridge's address."""
+        name = socket.gethostname()
+        return [name] if name and name != CONTROLLER_NAME and parse_node_name(name) is None else []
+
+    def _present_node_dirs(self) -> list[str]:
+        """Names of the nodes that have a directory under ``ns_dir`` (made by some earlier ``up``)."""
+        with contextlib.suppress(FileNotFoundError):
+            return sorted(
+                entry.name
+                for entry in self.ns_dir.iterdir()
+                if entry.is_dir() and parse_node_name(entry.name) is not None
+            )
+        return []
+
+    def _ensure_network(self, timeout: float) -> None:
+        """The bridge and every node, made or repaired; nodes beyond the wanted counts removed.
+
+        Records what it creates in ``_created_*`` so that a failed ``up`` can remove it again.
+        """
+        recorded = self._recorded_network()
+        network, created = nodes.ensure_bridge(str(self.state_dir), recorded, self.log)
+        self._created_bridge = created
+        if network != recorded:
+            self._write(self.network_file, json.dumps(network.to_json(), indent=2) + "\n")
+        self.network = network
+        nodes.ensure_ns_dir(self.ns_dir)
+        wanted = self.nodes
+        nodes.write_hosts_file(self.hosts_file, network, wanted, self._controller_names())
+        wanted_names = {node.name for node in wanted}
+        for name in self._present_node_dirs():
+            if name not in wanted_names:
+                self._remove_node(self._node_by_name(name), timeout)
+        host_links = nodes.links()
+        for node in wanted:
+            if nodes.node_healthy(node, network, host_links):
+                continue
+            if node.ns_dir.exists() or node.host_veth in host_links:
+                self.log(f"node {node.name} is incomplete; re-creating it")
+                self._remove_node(node, timeout)
+            self.log(f"creating node {node.name} ({node.role}, {node.address})")
+            self._created_nodes.append(node)
+            nodes.create_node(node, network, self.hosts_file)
+
+    def _node_by_name(self, name: str) -> Node:
+        parsed = parse_node_name(name)
+        if parsed is None or self.network is None:
+            raise DevClusterError(f"{name!r} is not a node of this dev cluster")
+        return self.node_on(self.network, *parsed)
+
+    def _remove_node(self, node: Node, timeout: float) -> None:
+        """Stop the node's slurmd (if any), every other process inside it, and remove the node."""
+        if node.is_compute:
+            self._stop(self._slurmd_daemon(node.name), timeout)
+        self.log(f"removing node {node.name}")
+        nodes.remove_node(node, timeout, self.log)
+
+    def _teardown_network(self, timeout: float) -> None:
+        """Remove every node (any process left inside is killed), the bridge and the pin directory."""
+        if self.network is not None:
+            for name in self._present_node_dirs():
+                self._remove_node(self._node_by_name(name), timeout)
+            nodes.remove_bridge(self.network, self.log)
+        nodes.release_ns_dir(self.ns_dir)
+
+    def _undo_network(self, timeout: float) -> None:
+        """After a failed ``up``: remove the nodes it created, and everything if it created the bridge."""
+        try:
+            if self._created_bridge:
+                self._teardown_network(timeout)
+            else:
+                for node in reversed(self._created_nodes):
+                    self._remove_node(node, timeout)
+        except DevClusterError as exc:
+            self.log(f"could not remove the network this 'up' made: {exc}")
 
     # ----------------------------------------------------------- processes
 
@@ -244,7 +469,7 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
             (self.run_dir, 0o755),
             (self.state_dir / "state", 0o700),
             (self.state_dir / "spool", 0o755),
-            (self.state_dir / "spool" / f"slurmd.{NODE_NAME}", 0o755),
+            *((self.slurmd_spool(node), 0o755) for node in self.node_names(COMPUTE)),
             (self.jobs_dir, 0o1777),
         ]:
             path.mkdir(exist_ok=True)
@@ -266,7 +491,9 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         extra_files: Mapping[str, str] | None = None,
         gateway: GatewaySetup | None = None,
     ) -> DevClusterStatus:
-        """Start the cluster (or refresh a running one) and wait until the node is idle.
+        """Start the cluster (or refresh a running one) and wait until every compute node is idle.
+
+        Makes the network and the nodes first (or repairs them, or removes nodes beyond the counts).
 
         ``gateway`` installs slurmlink's real plugin (instead of ``burst_buffer``) and runs its gateway,
         started before slurmctld and waited for until it reports healthy. Without it a gateway left by an
@@ -289,30 +516,37 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         plugin_conf_changed = False
         if gateway is not None:
             burst_buffer, plugin_conf_changed = self._install_plugin(gateway)
-        changed = self.render_config(burst_buffer, extra_lines=extra_lines, extra_files=extra_files)
-        if plugin_conf_changed:
-            changed.add("*")
-        self._save_settings()
 
         first_new = len(self._start_order)
+        self._created_bridge, self._created_nodes = False, []
         try:
+            self._ensure_network(timeout=10)
+            changed = self.render_config(burst_buffer, extra_lines=extra_lines, extra_files=extra_files)
+            if plugin_conf_changed:
+                changed.add("*")
+            self._save_settings()
             self._start_daemons(changed, gateway, wait_timeout)
         except BaseException:
             # A failed up leaves nothing of its own behind; the exception carries the reason.
             self._stop_started_since(first_new)
+            self._undo_network(timeout=10)
             raise
+        names = self.node_names()
         self.log(
-            f"node {NODE_NAME} ready after {time.monotonic() - started:.1f} s; SLURM_CONF={self.slurm_conf}"
+            f"nodes {', '.join(names)} ready after {time.monotonic() - started:.1f} s; "
+            f"SLURM_CONF={self.slurm_conf}"
         )
         return self.status()
 
     def _start_daemons(self, changed: set[str], gateway: GatewaySetup | None, wait_timeout: float) -> None:
-        """Restart or reconfigure what runs, start what does not, and wait until the node is idle."""
+        """Restart or reconfigure what runs, start what does not, and wait until the nodes are idle."""
         daemons = {d.name: d for d in self._daemons()}
+        slurmds = [name for name in daemons if name.startswith(SLURMD_PREFIX)]
         running = {name: self._pid(d) is not None for name, d in daemons.items()}
-        if changed & RESTART_KEYS and (running["slurmctld"] or running["slurmd"]):
+        self._stop(self._legacy_slurmd(), 10)  # from before nodes had namespaces: not in the config any more
+        if changed & RESTART_KEYS and (running["slurmctld"] or any(running[n] for n in slurmds)):
             self.log(f"restarting Slurm for changed {', '.join(sorted(changed & RESTART_KEYS))}")
-            for name in ("slurmd", "slurmctld"):
+            for name in [*slurmds, "slurmctld"]:
                 self._stop(daemons[name], 10)
                 running[name] = False
         elif changed and running["slurmctld"]:
@@ -320,7 +554,7 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
             result = self.run_slurm(["scontrol", "reconfigure"], timeout=30)
             if result.returncode != 0:
                 raise DevClusterError(f"scontrol reconfigure failed: {result.stderr.strip()}")
-        elif running["munged"] and running["slurmctld"] and running["slurmd"]:
+        elif all(running[name] for name in ("munged", "slurmctld", *slurmds)):
             self.log("already running; configuration unchanged")
 
         if not running["munged"]:
@@ -333,15 +567,15 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
             wait_until(
                 self.munge_socket.exists, 20, "the munge socket", check=self._died_check(daemons["munged"])
             )
-        elif not running["slurmctld"] or not running["slurmd"]:
+        elif not running["slurmctld"]:
             self._check_ports()
         # slurmctld calls slurm_bb_pools through the gateway as soon as it starts.
         gateway_daemon = self._ensure_gateway(gateway, wait_timeout)
-        for name in ("slurmctld", "slurmd"):
+        for name in ("slurmctld", *slurmds):
             if not running[name]:
                 self._start(daemons[name])
 
-        watched = [daemons["slurmctld"], daemons["slurmd"]]
+        watched = [daemons["slurmctld"], *(daemons[name] for name in slurmds)]
         if gateway_daemon is not None:
             watched.append(gateway_daemon)
         self._wait_idle(wait_timeout, watched)
@@ -431,77 +665,117 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         return daemon
 
     def _check_ports(self) -> None:
-        wanted = []
-        if self._pid(self._daemon("slurmctld")) is None:
-            wanted.append(("SlurmctldPort", self.ctld_port))
-        if self._pid(self._daemon("slurmd")) is None:
-            wanted.append(("SlurmdPort", self.slurmd_port))
-        busy = [f"{name} {port}" for name, port in wanted if not port_free(port)]
-        if busy:
+        """SlurmctldPort must be free on the host (slurmds listen in their nodes' own network stacks)."""
+        if self._pid(self._daemon("slurmctld")) is None and not port_free(self.ctld_port):
             raise DevClusterError(
-                f"port(s) already in use: {', '.join(busy)}; pick others with --ctld-port/--slurmd-port"
+                f"port(s) already in use: SlurmctldPort {self.ctld_port}; pick another with --ctld-port"
             )
 
     def _wait_idle(self, timeout: float, daemons: Sequence[Daemon]) -> None:
         checks = [self._died_check(d) for d in daemons]
         last_resume = [-1e9]
 
+        names = self.node_names(COMPUTE)
+
         def probe() -> bool:
-            state = self.node_state()
-            if state is None:
+            states = self.node_states()
+            if states is None:
                 return False
-            base = state.split("+")[0].rstrip("*~#!%$@^-").lower()
-            # A fresh node comes up idle; on a re-run it may be busy with jobs, which is just as ready.
-            if base in _READY_STATES and not state.endswith("*"):
-                return True
-            if base.startswith(("down", "drain", "fail")) and time.monotonic() - last_resume[0] > 2:
+            ready, stuck = True, []
+            for name in names:
+                state = states.get(name, "unknown")
+                base = state.split("+")[0].rstrip("*~#!%$@^-").lower()
+                # A fresh node comes up idle; on a re-run it may be busy with jobs, which is just as ready.
+                if base not in _READY_STATES or state.endswith("*"):
+                    ready = False
+                if base.startswith(("down", "drain", "fail")):
+                    stuck.append(name)
+            if stuck and time.monotonic() - last_resume[0] > 2:
                 # Left over from an unclean stop; ReturnToService=2 does not undo an admin "down".
-                self.log(f"node state {state}; resuming")
-                self.run_slurm(["scontrol", "update", f"nodename={NODE_NAME}", "state=resume"], timeout=10)
+                self.log(f"node state {', '.join(f'{n}={states[n]}' for n in stuck)}; resuming")
+                resume = ["scontrol", "update", f"nodename={','.join(stuck)}", "state=resume"]
+                self.run_slurm(resume, timeout=10)
                 last_resume[0] = time.monotonic()
-            return False
+            return ready
 
         def check() -> None:
             for check_one in checks:
                 check_one()
 
-        wait_until(probe, timeout, f"node {NODE_NAME} to become idle", check=check)
+        wait_until(probe, timeout, f"nodes {', '.join(names)} to become idle", check=check)
 
     def down(self, purge: bool = False, timeout: float = 10) -> None:
-        """Stop the daemons this cluster started (by pid file, after checking /proc cmdline).
+        """Stop the daemons this cluster started (by pid file, after checking /proc cmdline), then remove
+        its nodes (killing whatever still runs inside them) and its bridge.
 
-        State, logs and config stay unless ``purge``, which deletes the whole state dir.
+        State, logs, config and the network's /24 on record stay unless ``purge``, which deletes the whole
+        state dir.
         """
+        if purge and self.state_dir.exists():
+            self._check_purgeable()
         # slurmscriptd exits with slurmctld; the gateway outlives slurmctld's last callbacks.
-        for name in ("slurmd", "slurmctld", "gateway", "munged"):
+        names = {*self._present_node_dirs(), *self.node_names()}
+        slurmds = [self._slurmd_daemon(name) for name in sorted(names) if name.startswith(COMPUTE)]
+        for daemon in [*slurmds, self._legacy_slurmd()]:
+            self._stop(daemon, timeout)
+        for name in ("slurmctld", "gateway", "munged"):
             self._stop(self._daemon(name), timeout)
         with contextlib.suppress(FileNotFoundError):
             self.gateway_socket.unlink()
+        self._teardown_network(timeout)
         if purge and self.state_dir.exists():
-            if not (self.state_dir / SETTINGS_FILE).exists() and not self.slurm_conf.exists():
-                raise DevClusterError(
-                    f"refusing to purge {self.state_dir}: it does not look like a dev cluster"
-                )
             self.log(f"purging {self.state_dir}")
             shutil.rmtree(self.state_dir)
 
+    def _check_purgeable(self) -> None:
+        if not (self.state_dir / SETTINGS_FILE).exists() and not self.slurm_conf.exists():
+            raise DevClusterError(f"refusing to purge {self.state_dir}: it does not look like a dev cluster")
+
     def status(self) -> DevClusterStatus:
-        """Which daemons run, and the node state as slurmctld sees it (None if it cannot be asked)."""
+        """Which daemons run, which nodes exist, and their state as slurmctld sees it."""
         pids = {d.name: self._pid(d) for d in self._daemons()}
-        node_state = self.node_state() if pids["slurmctld"] and pids["munged"] else None
+        asked = pids["slurmctld"] is not None and pids["munged"] is not None
+        states = (self.node_states() if asked else None) or {}
+        node_state = summarize_node_states(self.node_names(COMPUTE), states) if asked and states else None
+        node_rows = []
+        for name in self.node_names():
+            parsed = parse_node_name(name)
+            assert parsed is not None
+            node = self._node_by_name(name) if self.network is not None else None
+            node_rows.append(
+                NodeStatus(
+                    name=name,
+                    role=parsed[0],
+                    address=node.address if node is not None else None,
+                    exists=node is not None and nodes.node_exists(node),
+                    slurmd=pids.get(f"{SLURMD_PREFIX}{name}") is not None,
+                    state=states.get(name),
+                )
+            )
         return DevClusterStatus(
             state_dir=self.state_dir,
             ctld_port=self.ctld_port,
             slurmd_port=self.slurmd_port,
             munged=pids["munged"] is not None,
             slurmctld=pids["slurmctld"] is not None,
-            slurmd=pids["slurmd"] is not None,
+            slurmd=all(pids[f"{SLURMD_PREFIX}{n}"] is not None for n in self.node_names(COMPUTE)),
             node_state=node_state,
             pids=pids,
             gateway=pids["gateway"] is not None,
             gateway_enabled=(self.run_dir / GATEWAY_STATE_FILE).exists(),
+            nodes=tuple(node_rows),
+            controller_address=self.network.controller_address if self.network is not None else None,
         )
 
     def env(self) -> dict[str, str]:
-        """Environment for Slurm clients talking to this cluster."""
-        return {"SLURM_CONF": str(self.slurm_conf), "SLURMLINK_JOB_USER": self.job_user}
+        """Environment for Slurm clients talking to this cluster, the nodes by role (comma-separated) and,
+        once the cluster has a network, the controller's address as the nodes see it."""
+        env = {
+            "SLURM_CONF": str(self.slurm_conf),
+            "SLURMLINK_JOB_USER": self.job_user,
+            "SLURMLINK_COMPUTE_NODES": ",".join(self.node_names(COMPUTE)),
+            "SLURMLINK_STORAGE_NODES": ",".join(self.node_names(STORAGE)),
+        }
+        if self.network is not None:
+            env["SLURMLINK_CONTROLLER_ADDRESS"] = self.network.controller_address
+        return env

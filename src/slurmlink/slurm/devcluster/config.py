@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slurmlink.slurm.devcluster.errors import DevClusterError
-from slurmlink.slurm.devcluster.layout import NODE_NAME, PARTITION, Layout
+from slurmlink.slurm.devcluster.layout import CONTROLLER_NAME, PARTITION, Layout, Network
 from slurmlink.slurm.slurmconf import line_keys
 
 # Keys whose change a running slurmctld/slurmd cannot pick up with "scontrol reconfigure".
@@ -25,6 +25,12 @@ RESTART_KEYS = frozenset(
         "authtype",
         "statesavelocation",
         "burstbuffertype",
+        # Slurm 22.05 adds or removes nodes only on a restart; the rest are read at start-up.
+        "nodename",
+        "slurmctldhost",
+        "slurmdpidfile",
+        "slurmdlogfile",
+        "slurmdspooldir",
     }
 )
 
@@ -105,19 +111,26 @@ def changed_keys(old: str, new: str) -> set[str]:
 
 
 class SlurmConfig(Layout):
-    """Renders and writes this cluster's config files (needs ``cluster_name`` and the two ports)."""
+    """Renders and writes this cluster's config files.
+
+    Needs ``cluster_name``, the two ports and the ``network`` (the nodes' addresses): slurmctld is reached
+    at the bridge's address, each compute node at its own, all on the same SlurmdPort.
+    """
 
     cluster_name: str
     ctld_port: int
     slurmd_port: int
+    network: Network | None
 
     def _base_conf_lines(self, burst_buffer: BurstBufferSetup | None) -> list[str]:
+        if self.network is None:
+            raise DevClusterError("the cluster has no network yet, so its nodes have no addresses")
         cpus = os.cpu_count() or 1
         memory = max(_memory_mib() - 1024, 256)
         sd = self.state_dir
         lines = [
             f"ClusterName={self.cluster_name}",
-            f"SlurmctldHost={NODE_NAME}(127.0.0.1)",
+            f"SlurmctldHost={CONTROLLER_NAME}({self.network.controller_address})",
             "SlurmUser=root",
             "SlurmdUser=root",
             f"SlurmctldPort={self.ctld_port}",
@@ -128,9 +141,10 @@ class SlurmConfig(Layout):
             f"StateSaveLocation={sd / 'state'}",
             f"SlurmdSpoolDir={sd / 'spool'}/slurmd.%n",
             f"SlurmctldPidFile={self.run_dir / 'slurmctld.pid'}",
-            f"SlurmdPidFile={self.run_dir / 'slurmd.pid'}",
+            # One slurmd per compute node: %n is the node's name (as slurmd -N gives it).
+            f"SlurmdPidFile={self.run_dir}/slurmd.%n.pid",
             f"SlurmctldLogFile={self.slurmctld_log}",
-            f"SlurmdLogFile={self.slurmd_log}",
+            f"SlurmdLogFile={self.log_dir}/slurmd.%n.log",
             "SlurmctldDebug=info",
             "SlurmdDebug=info",
             # No cgroups and no systemd: /proc based tracking, no task binding, no accounting daemons.
@@ -153,11 +167,15 @@ class SlurmConfig(Layout):
         ]
         if burst_buffer is not None:
             lines += ["BurstBufferType=burst_buffer/lua", "DebugFlags=BurstBuffer"]
+        # Compute nodes only: storage nodes run no slurmd. Each node sees the whole host, so each may
+        # claim all of its CPUs and memory.
         lines += [
-            f"NodeName={NODE_NAME} NodeAddr=127.0.0.1 NodeHostname={NODE_NAME} CPUs={cpus} "
-            f"RealMemory={memory} State=UNKNOWN",
-            f"PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+            f"NodeName={node.name} NodeAddr={node.address} NodeHostname={node.name} CPUs={cpus} "
+            f"RealMemory={memory} State=UNKNOWN"
+            for node in self.node_layout(self.network)
+            if node.is_compute
         ]
+        lines.append(f"PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP")
         return lines
 
     def render_slurm_conf(

@@ -1,7 +1,9 @@
 """The dev cluster's daemons: how each is started and recognised, and how to tell the gateway is ready.
 
 munged, ``slurmctld -D`` and ``slurmd -D`` run in the foreground (so the pid we spawn is the daemon's) and
-carry this cluster's paths on their command lines; the gateway's ``--socket`` does the same for it.
+carry this cluster's paths on their command lines; the gateway's ``--socket`` does the same for it. Each
+compute node has its own slurmd (``slurmd@<node>``), started inside the node's namespaces by nsenter, which
+execs it: the spawned pid is slurmd's.
 """
 
 from __future__ import annotations
@@ -13,7 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from slurmlink.slurm.devcluster.layout import NODE_NAME, Layout
+from slurmlink.slurm.devcluster.layout import COMPUTE, Layout
+from slurmlink.slurm.devcluster.nodes import ns_command
+
+#: slurmd of a compute node is the daemon ``slurmd@<node>``.
+SLURMD_PREFIX = "slurmd@"
 
 
 @dataclass(frozen=True)
@@ -21,10 +27,13 @@ class Daemon:
     name: str
     pid_file: Path
     log_file: Path
+    #: What is spawned (for a node's slurmd: nsenter ... -- slurmd ...).
     argv: tuple[str, ...]
     #: For a Python daemon (the gateway): the argv after the interpreter that names the program. Its
     #: ``--socket`` value makes the command line unique to this cluster.
     python_prefix: tuple[str, ...] = ()
+    #: The command line the daemon shows once running, when it differs from ``argv`` (nsenter execs it).
+    program: tuple[str, ...] = ()
 
     def matches(self, argv: Sequence[str]) -> bool:
         """Whether a process with command line ``argv`` is this daemon (not a process that reused its pid)."""
@@ -37,8 +46,14 @@ class Daemon:
                 and tuple(args[1 : 1 + len(self.python_prefix)]) == self.python_prefix
                 and _option_value(args, "--socket") == _option_value(list(self.argv), "--socket")
             )
-        # Our Slurm daemons carry this cluster's paths on their command line; a reused pid would not.
-        return Path(argv[0]).name == self.argv[0] and self.argv[-1] in argv
+        # Our Slurm daemons carry this cluster's paths on their command line (a reused pid would not), and
+        # a node's slurmd its node name.
+        program = list(self.program or self.argv)
+        return (
+            Path(argv[0]).name == program[0]
+            and program[-1] in argv
+            and _option_value(list(argv), "-N") == _option_value(program, "-N")
+        )
 
 
 def _option_value(argv: list[str], option: str) -> str | None:
@@ -149,14 +164,29 @@ class DaemonSpecs(Layout):
                 self.log_dir / "slurmctld.stdout",
                 ("slurmctld", "-D", "-f", conf),
             ),
-            Daemon(
-                "slurmd",
-                self.run_dir / "slurmd.pid",
-                self.log_dir / "slurmd.stdout",
-                ("slurmd", "-D", "-N", NODE_NAME, "-f", conf),
-            ),
+            *(self._slurmd_daemon(node) for node in self.node_names(COMPUTE)),
             self._gateway_daemon(),
         ]
+
+    def _slurmd_daemon(self, node: str) -> Daemon:
+        """slurmd of compute node ``node``, inside its namespaces."""
+        program = ("slurmd", "-D", "-N", node, "-f", str(self.slurm_conf))
+        return Daemon(
+            f"{SLURMD_PREFIX}{node}",
+            self.slurmd_pid_file(node),
+            self.log_dir / f"slurmd.{node}.stdout",
+            tuple(ns_command(self.ns_dir / node, program, cwd=self.state_dir)),
+            program=program,
+        )
+
+    def _legacy_slurmd(self) -> Daemon:
+        """The one slurmd of a dev cluster made before nodes had namespaces (node "localhost")."""
+        return Daemon(
+            "slurmd",
+            self.run_dir / "slurmd.pid",
+            self.log_dir / "slurmd.stdout",
+            ("slurmd", "-D", "-N", "localhost", "-f", str(self.slurm_conf)),
+        )
 
     def _daemon(self, name: str) -> Daemon:
         return next(d for d in self._daemons() if d.name == name)

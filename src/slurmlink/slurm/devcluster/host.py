@@ -13,8 +13,17 @@ from pathlib import Path
 from slurmlink.slurm.devcluster.errors import DevClusterError, LogFn
 
 #: Debian packages that provide the daemons, clients, munge and the lua plugins; slurmlink's
-#: burst_buffer.lua talks to its gateway with LuaSocket, loaded inside slurmctld.
-PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge", "slurm-wlm-basic-plugins", "lua-socket")
+#: burst_buffer.lua talks to its gateway with LuaSocket, loaded inside slurmctld. iproute2 (``ip``) makes
+#: the nodes' network; nsenter, unshare, mount and runuser come with util-linux and mount (essential).
+PACKAGES = (
+    "slurmctld",
+    "slurmd",
+    "slurm-client",
+    "munge",
+    "slurm-wlm-basic-plugins",
+    "lua-socket",
+    "iproute2",
+)
 
 
 def missing_packages() -> list[str]:

@@ -7,11 +7,11 @@ import os
 import pwd
 import re
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from slurmlink.slurm.devcluster.errors import DevClusterError, wait_until
-from slurmlink.slurm.devcluster.layout import NODE_NAME, Layout
+from slurmlink.slurm.devcluster.layout import COMPUTE, Layout
 
 
 def parse_scontrol_record(text: str) -> dict[str, str]:
@@ -31,6 +31,15 @@ def parse_scontrol_record(text: str) -> dict[str, str]:
             key, _, value = line[start:end].partition("=")
             record.setdefault(key, value.strip())
     return record
+
+
+def summarize_node_states(names: Sequence[str], states: Mapping[str, str]) -> str:
+    """``idle`` if every node of ``names`` is idle, else ``compute1=idle compute2=down*`` (``unknown``: not
+    in ``states``)."""
+    wanted = [states.get(name, "unknown") for name in names]
+    if len(set(wanted)) == 1:
+        return wanted[0]
+    return " ".join(f"{name}={state}" for name, state in zip(names, wanted, strict=True))
 
 
 class SlurmClients(Layout):
@@ -64,14 +73,31 @@ class SlurmClients(Layout):
         result: subprocess.CompletedProcess[str] = subprocess.run(argv, **kw)
         return result
 
-    def node_state(self) -> str | None:
-        """``sinfo``'s state of the node (e.g. ``idle``, ``down*``), None while slurmctld does not answer."""
+    def node_states(self) -> dict[str, str] | None:
+        """``sinfo``'s state of each compute node (e.g. ``idle``, ``down*``), by node name.
+
+        None while slurmctld does not answer; a node slurmctld does not know is missing.
+        """
         try:
-            result = self.run_slurm(["sinfo", "-h", "-n", NODE_NAME, "-o", "%T"], timeout=10)
+            result = self.run_slurm(["sinfo", "-h", "-N", "-o", "%N %T"], timeout=10)
         except subprocess.TimeoutExpired:
             return None
-        state = result.stdout.strip()
-        return state if result.returncode == 0 and state else None
+        if result.returncode != 0:
+            return None
+        states = {}
+        for line in result.stdout.splitlines():
+            name, _, state = line.strip().partition(" ")
+            if name and state:
+                states[name] = state.strip()
+        return states
+
+    def node_state(self) -> str | None:
+        """The compute nodes' state when they all share it (``idle``), else ``compute1=idle compute2=down*``.
+
+        None while slurmctld does not answer.
+        """
+        states = self.node_states()
+        return None if states is None else summarize_node_states(self.node_names(COMPUTE), states)
 
     def job_info(self, job_id: int | str) -> dict[str, str] | None:
         """``scontrol show job`` as a dict, None once the job is unknown (e.g. purged after MinJobAge)."""
