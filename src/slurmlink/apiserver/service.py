@@ -438,7 +438,7 @@ class ResourceService:
             return None
         if strategy.spec_changed(new, old):
             meta(new)["generation"] = int(meta(old).get("generation") or 1) + 1
-        causes = _metadata_causes(new) + strategy.validate_schema(new)
+        causes = _metadata_causes(new) + strategy.validate_schema_update(new, old)
         if causes:
             raise errors.invalid(kind.group, kind.kind, name, causes)
         strategy.validate_update(new, old, ctx)

@@ -148,10 +148,10 @@ class WorkflowReconciler(Reconciler):
         finalizers = list(m.get("finalizers") or [])
         if m.get("deletionTimestamp"):
             return await self._finalize(client, wf, finalizers)
-        if WORKFLOW_FINALIZER not in finalizers:
+        # A new Workflow gets its finalizer in the same write as its first state (one write less).
+        needs_finalizer = WORKFLOW_FINALIZER not in finalizers
+        if needs_finalizer:
             m["finalizers"] = [*finalizers, WORKFLOW_FINALIZER]
-            await client.update(WORKFLOW, wf)
-            return None
         spec = wf["spec"]
         if not isinstance(wf.get("status"), dict):
             wf["status"] = {}  # a status written as null reads as the zero status, as in Go
@@ -164,6 +164,8 @@ class WorkflowReconciler(Reconciler):
             status["message"] = ""
             status["desiredStateChange"] = now_micro()
             spec["forceReady"] = False
+            if spec["desiredState"] == "Proposal":  # its Computes in the same write
+                status["computes"] = await self._ensure_computes(client, wf)
             await client.update(WORKFLOW, wf)
             return None
         if spec["desiredState"] == "Proposal":
@@ -172,6 +174,9 @@ class WorkflowReconciler(Reconciler):
                 status["computes"] = ref
                 await client.update(WORKFLOW, wf)
                 return None
+        if needs_finalizer and status.get("ready"):
+            await client.update(WORKFLOW, wf)
+            return None
         if status.get("ready"):
             return None
         roll_up(status, list(status.get("drivers") or []))
@@ -183,7 +188,7 @@ class WorkflowReconciler(Reconciler):
             started = status.get("desiredStateChange")
             elapsed = now - parse_time(started) if isinstance(started, str) else dt.timedelta(0)
             status["elapsedTimeLastState"] = go_duration(elapsed)
-        if status != before:
+        if status != before or needs_finalizer:
             try:
                 await client.update(WORKFLOW, wf)
             except errors.ApiError as exc:

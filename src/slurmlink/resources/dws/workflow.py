@@ -209,6 +209,19 @@ class WorkflowStrategy(Strategy):
             spec.setdefault("forceReady", False)
 
     def validate_schema(self, obj: Obj) -> list[Cause]:
+        return self._validate_parts(obj, spec=True, status=True)
+
+    def validate_schema_update(self, new: Obj, old: Obj) -> list[Cause]:
+        # Most updates change only one of the two (the client's desiredState or a controller's status).
+        return self._validate_parts(
+            new, spec=new.get("spec") != old.get("spec"), status=new.get("status") != old.get("status")
+        )
+
+    def _validate_parts(self, obj: Obj, *, spec: bool, status: bool) -> list[Cause]:
+        causes = self._spec_causes(obj) if spec else []
+        return causes + (validate_part(WorkflowStatus, obj.get("status"), "status") if status else [])
+
+    def _spec_causes(self, obj: Obj) -> list[Cause]:
         spec = obj.get("spec")
         if spec is None:
             return [Cause("spec", "Required value", "FieldValueRequired")]
@@ -227,7 +240,7 @@ class WorkflowStrategy(Strategy):
                 causes.extend(_int_or_string_causes(cause.field, spec.get("jobID")))
             else:
                 causes.append(cause)
-        return causes + validate_part(WorkflowStatus, obj.get("status"), "status")
+        return causes
 
     def mutate_create(self, obj: Obj, ctx: AdmissionContext) -> None:
         """Upstream's mutating webhook (``Default()``): register drivers from the rules, set the env.
