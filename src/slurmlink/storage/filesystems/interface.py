@@ -163,9 +163,9 @@ class Rollback:
     """Undo steps of a create, run in reverse order if it fails (best effort, first error kept)."""
 
     def __init__(self) -> None:
-        self._steps: list[tuple[str, Callable[[], None]]] = []
+        self._steps: list[tuple[str, Callable[[], object]]] = []
 
-    def add(self, what: str, step: Callable[[], None]) -> None:
+    def add(self, what: str, step: Callable[[], object]) -> None:
         self._steps.append((what, step))
 
     @contextlib.contextmanager
@@ -190,10 +190,12 @@ class FileSystemDriver(ABC):
     """One file-system type. Subclasses set :attr:`type` and implement the operations."""
 
     type: ClassVar[str]
-    #: What limits a buffer's size: "kernel" (writes fail with ENOSPC) or "accounting" (measured only).
-    enforcement: ClassVar[str] = "kernel"
+    #: What limits a buffer's size: "kernel" (writes past it fail with ENOSPC), "accounting" (use is
+    #: measured and reported, not stopped) or "none".
+    enforcement: str = "kernel"
 
-    def __init__(self, runners: RunnerLookup = local_runners) -> None:
+    def __init__(self, runners: RunnerLookup = local_runners, options: Any = None) -> None:
+        """``options``: the driver's own options dataclass (None: its defaults)."""
         self.runners = runners
 
     # --- the interface -------------------------------------------------------------------------------
@@ -224,13 +226,17 @@ class FileSystemDriver(ABC):
 
     def discover(self, server: StorageNode) -> list[FileSystem]:
         """The file systems of this type recorded on ``server`` (from its on-disk records)."""
+        return [fs for fs in self.all_records(server) if fs.type == self.type]
+
+    def all_records(self, server: StorageNode) -> list[FileSystem]:
+        """Every file-system record in ``server``'s pool directory, whatever its type."""
         runner = self.runner(server.name)
         found = []
         for entry in sorted(nodefs.list_dir(runner, server.pool_dir)):
             if entry.startswith("."):
                 continue
             data = nodefs.read_json(runner, f"{server.allocation_dir(entry)}/{RECORD_FILE}")
-            if data is not None and data.get("type") == self.type:
+            if data is not None:
                 found.append(FileSystem.from_json(data))
         return found
 
@@ -296,7 +302,9 @@ class FileSystemDriver(ABC):
     def only_server(self, fs_or_servers: FileSystem | Sequence[StorageNode]) -> StorageNode:
         servers = fs_or_servers.servers if isinstance(fs_or_servers, FileSystem) else fs_or_servers
         if len(servers) != 1:
-            raise StateError(f"a {self.type} file system lives on exactly one storage node, not {len(servers)}")
+            raise StateError(
+                f"a {self.type} file system lives on exactly one storage node, not {len(servers)}"
+            )
         return servers[0]
 
     def statfs(self, runner: NodeRunner, path: str, timeout: float = 30) -> tuple[int, int, int]:

@@ -68,7 +68,9 @@ class XfsDriver(FileSystemDriver):
         image = fs.details["image"]
         rollback = Rollback()
         with rollback.guard():
-            rollback.add(f"remove {directory} on {server.name}", lambda: nodefs.remove_tree(runner, directory))
+            rollback.add(
+                f"remove {directory} on {server.name}", lambda: nodefs.remove_tree(runner, directory)
+            )
             self.write_record(server, fs)
             loop.make_image(runner, image, size, preallocate=self.options.preallocate)
             rollback.add(f"detach the loop device of {image}", lambda: loop.detach(runner, image))
@@ -177,4 +179,3 @@ def check_tools(runner: NodeRunner) -> None:
     """Fail early, before anything is made, when the node lacks XFS tools (MissingToolError)."""
     runner.run(["mkfs.xfs", "-V"])
     runner.run(["losetup", "--version"])
-
