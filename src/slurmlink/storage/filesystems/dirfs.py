@@ -71,7 +71,7 @@ class QuotaTarget:
     @property
     def project_quota(self) -> bool:
         options = self.options.split(",")
-        return self.fstype == "xfs" and any(opt in ("prjquota", "pquota", "pqnoenforce") for opt in options)
+        return self.fstype == "xfs" and any(opt in ("prjquota", "pquota") for opt in options)
 
 
 class DirDriver(FileSystemDriver):

@@ -208,9 +208,24 @@ class GlusterDriver(FileSystemDriver):
             return
         peers = parse_peers(primary.cli_xml(["pool", "list"]))
         for server in others:
-            assert server.address is not None
-            if server.address not in peers:
-                primary.cli(["peer", "probe", server.address])
+            assert server.address is not None and primary.node.address is not None
+            if server.address in peers:
+                continue
+            probe = primary.cli(["peer", "probe", server.address], check=False)
+            if probe.returncode == 0:
+                continue
+            if "part of another cluster" not in probe.stdout + probe.stderr:
+                primary.cli(["peer", "probe", server.address])  # raises with glusterd's reason
+            # ``server`` is already in a pool and the primary is not (yet): join the primary to it.
+            other = self.glusterd(server)
+            answer = other.cli(["peer", "probe", primary.node.address], check=False)
+            if answer.returncode != 0:
+                raise StateError(
+                    f"storage nodes {primary.node.name} and {server.name} are in different gluster pools "
+                    f"({(answer.stdout + answer.stderr).strip()}); a volume needs its nodes in one pool: "
+                    "detach one of them from its pool (`gluster peer detach`) once it has no volumes"
+                )
+            peers = parse_peers(primary.cli_xml(["pool", "list"]))
 
         def joined() -> bool:
             peers = parse_peers(primary.cli_xml(["pool", "list"]))
@@ -325,6 +340,8 @@ class GlusterDriver(FileSystemDriver):
                     f"mounted, not gluster volume {volume}"
                 )
             if self._responsive(runner, mount.path):
+                # Alive; after bricks restarted, its reconnection to them takes a few seconds.
+                self._wait_connected(runner, fs, mount)
                 self._own(runner, fs, mount)
                 return
             # The client died (or lost the volume): drop the dead mount and mount again.
@@ -347,7 +364,12 @@ class GlusterDriver(FileSystemDriver):
 
         def ready() -> bool:
             info = mounts.mounted_at(runner, mount.path)
-            return info is not None and self._is_ours(fs, info) and self._responsive(runner, mount.path)
+            return (
+                info is not None
+                and self._is_ours(fs, info)
+                and self._responsive(runner, mount.path)
+                and not self._disconnected(runner, fs, mount.path)
+            )
 
         if not nodefs.wait_for(ready, self.options.mount_timeout, interval=0.2):
             runner.run(["umount", "-l", "--", mount.path], check=False)
@@ -362,6 +384,29 @@ class GlusterDriver(FileSystemDriver):
         except Exception:
             mounts.unmount(runner, mount.path, what=f"gluster volume {volume}")
             raise
+
+    def _disconnected(self, runner: NodeRunner, fs: FileSystem, path: str) -> list[str]:
+        """Bricks the client at ``path`` is not connected to (its ``.meta`` view of each client xlator)."""
+        volume = fs.details["volume"]
+        missing = []
+        for index, brick in enumerate(fs.details["bricks"]):
+            state = f"{path}/.meta/graphs/active/{volume}-client-{index}/private"
+            result = runner.run(["cat", "--", state], check=False, timeout=20)
+            if result.returncode == 0 and "connected = 1" not in result.stdout:
+                missing.append(f"{brick['address']}:{brick['path']}")
+        return missing
+
+    def _wait_connected(self, runner: NodeRunner, fs: FileSystem, mount: Mount) -> None:
+        if nodefs.wait_for(
+            lambda: not self._disconnected(runner, fs, mount.path), self.options.mount_timeout, interval=0.3
+        ):
+            return
+        missing = self._disconnected(runner, fs, mount.path)
+        raise StateError(
+            f"on node {mount.node}: gluster volume {fs.details['volume']} is mounted at {mount.path} but "
+            f"not connected to bricks {', '.join(missing)} after {self.options.mount_timeout:g} s; check "
+            "that their brick processes run (restore the file system) and that the node reaches them"
+        )
 
     def _own(self, runner: NodeRunner, fs: FileSystem, mount: Mount) -> None:
         alloc = fs.allocation

@@ -154,6 +154,7 @@ class Glusterd:
                 f"glusterd on node {self.node.name} {state} after start ({timeout:g} s); its log:\n"
                 f"{self.log_tail()}"
             )
+        self.prune()
 
     def stop(self, timeout: float = 30, *, bricks: bool = True) -> None:
         """Stop glusterd (TERM, then KILL after ``timeout``) and, with ``bricks``, the brick processes
@@ -206,6 +207,20 @@ class Glusterd:
             if "-S" in argv[:-1]:
                 sockets.append(argv[argv.index("-S") + 1])
         return sockets
+
+    def prune(self) -> None:
+        """Remove the run directories of volumes this glusterd no longer has.
+
+        Every glusterd of a pool makes one for each started volume, bricks there or not; deleting a
+        volume leaves them (empty) on the nodes that held none of its bricks.
+        """
+        base = f"{self.layout.run_dir}/vols"
+        known = set(self.cli(["volume", "list"], check=False).stdout.split())
+        if "No" in known:  # "No volumes present in cluster"
+            known = set()
+        for name in nodefs.list_dir(self.runner, base):
+            if name not in known and not self.daemon_pids(name):
+                nodefs.remove_tree(self.runner, f"{base}/{name}")
 
     def forget_volume(self, volume: str, brick_paths: Sequence[str], sockets: Sequence[str]) -> None:
         """Remove what glusterd leaves of a deleted volume: its run directory, brick logs, sockets."""

@@ -24,6 +24,8 @@ XFS_SMALL_LIMIT = 300_000_000
 _XFS_SMALL_ENV = ("TEST_DIR=/nonexistent", "TEST_DEV=/nonexistent", "QA_CHECK_FS=1")
 #: mkfs.xfs cannot make a file system smaller than this (log and allocation groups).
 XFS_MIN_SIZE = 16 * MIB
+#: Seconds a detached loop device may take to go once its last user closes it.
+DETACH_GRACE = 3.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,9 @@ def detach(runner: NodeRunner, image: str) -> None:
     the kernel then detaches it by itself once it is unmounted, and the delete can be retried."""
     for device in loop_devices(runner, image):
         runner.run(["losetup", "--detach", device], check=False)
+    # A device still open (just unmounted, its last reference going away) is marked to detach on its
+    # last close; give that a moment before calling it busy.
+    nodefs.wait_for(lambda: not loop_devices(runner, image), DETACH_GRACE, interval=0.1)
     still = loop_devices(runner, image)
     if still:
         raise StateError(
