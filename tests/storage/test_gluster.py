@@ -97,10 +97,6 @@ def _each(glusterds: list[Glusterd], action: Callable[[Glusterd], None]) -> None
             future.result()
 
 
-def _volumes(glusterd: Glusterd) -> list[str]:
-    return glusterd.cli(["volume", "list"]).stdout.split()
-
-
 def _processes_naming(text: str) -> list[str]:
     out = subprocess.run(["pgrep", "-a", "-f", text], capture_output=True, text=True, check=False).stdout
     return [line for line in out.splitlines() if "pgrep" not in line]
@@ -110,7 +106,7 @@ def _assert_nothing_left(lab: GlusterLab, fs: FileSystem) -> None:
     volume = fs.details["volume"]
     servers = {server.name for server in fs.servers}
     for glusterd in lab.glusterds:
-        assert volume not in _volumes(glusterd)
+        assert volume not in glusterd.volumes()
         assert not Path(glusterd.layout.work_dir, "vols", volume).exists()
         assert list(Path(glusterd.layout.log_dir, "bricks").glob("*")) == []
         run_dir = Path(glusterd.layout.volume_run_dir(volume))
@@ -210,7 +206,7 @@ def test_failed_create_rolls_back(lab: GlusterLab) -> None:
     for node in (st1, st3):
         assert list(Path(node.pool_dir).iterdir()) == []
     assert loop_devices_below(lab.root) == {}
-    assert "doomed" not in _volumes(lab.glusterds[0])
+    assert "doomed" not in lab.glusterds[0].volumes()
 
     # A storage node whose glusterd is down: refused before anything is made, saying which.
     lab.glusterds[1].stop()

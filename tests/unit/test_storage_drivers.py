@@ -68,6 +68,8 @@ def test_runner_prefix_and_errors() -> None:
     runner = NodeRunner("n1", prefix=("env", "FOO=bar"))
     assert runner.command(["printenv", "FOO"]) == ["env", "FOO=bar", "printenv", "FOO"]
     assert runner.run(["printenv", "FOO"]).stdout == "bar\n"
+    wrapped = NodeRunner("n1", wrap=lambda argv: ["env", "FOO=baz", *argv])
+    assert wrapped.run(["printenv", "FOO"]).stdout == "baz\n"
     with pytest.raises(MissingToolError, match="no-such-tool not found on node n1"):
         runner.run(["no-such-tool", "-V"])
     with pytest.raises(

@@ -215,12 +215,15 @@ class Glusterd:
         volume leaves them (empty) on the nodes that held none of its bricks.
         """
         base = f"{self.layout.run_dir}/vols"
-        known = set(self.cli(["volume", "list"], check=False).stdout.split())
-        if "No" in known:  # "No volumes present in cluster"
-            known = set()
+        known = set(self.volumes())
         for name in nodefs.list_dir(self.runner, base):
             if name not in known and not self.daemon_pids(name):
                 nodefs.remove_tree(self.runner, f"{base}/{name}")
+
+    def volumes(self) -> list[str]:
+        """The volumes glusterd knows (those of its whole trusted pool)."""
+        out = self.cli(["volume", "list"]).stdout
+        return [] if out.startswith("No volumes present") else out.split()
 
     def forget_volume(self, volume: str, brick_paths: Sequence[str], sockets: Sequence[str]) -> None:
         """Remove what glusterd leaves of a deleted volume: its run directory, brick logs, sockets."""

@@ -53,9 +53,14 @@ class NodeRunner:
     prefix: tuple[str, ...] = ()
     #: Extra environment for every command (e.g. a node's ``PATH``).
     env: Mapping[str, str] = field(default_factory=dict)
+    #: Instead of ``prefix``: a function giving the argv that runs an argv on the node (such as the
+    #: dev cluster's per-node helper).
+    wrap: Callable[[Sequence[str]], list[str]] | None = None
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """The argv that runs ``argv`` on this node."""
+        if self.wrap is not None:
+            return list(self.wrap(list(argv)))
         return [*self.prefix, *argv]
 
     def run(
