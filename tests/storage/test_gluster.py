@@ -25,6 +25,7 @@ from slurmlink.storage.filesystems import (
     GlusterOptions,
     Mount,
     NodeRunner,
+    NotSupportedError,
     StateError,
     StorageNode,
     static_runners,
@@ -158,6 +159,14 @@ def test_shared_volume_over_two_storage_nodes(lab: GlusterLab) -> None:
     c1.run(["rm", "-f", f"{path}/big"])
     usage = driver.usage(fs, mounts[0])
     assert usage.size is not None and 110 * MIB < usage.size <= 128 * MIB
+
+    # A node without FUSE is told so (a namespace whose /dev lacks it).
+    with MountNamespaces(lab.root / "ns-nofuse", ["c3"]) as nofuse:
+        c3 = nofuse.runners["c3"]
+        c3.run(["mount", "-t", "tmpfs", "-o", "size=1m", "nodev-here", "/dev"])
+        driver = GlusterDriver(static_runners({**lab.runners, "c3": c3}))
+        with pytest.raises(NotSupportedError, match="no /dev/fuse"):
+            driver.mount(fs, Mount("c3", str(lab.root / "bb" / "nofuse")))
 
     for mount in mounts:
         driver.unmount(fs, mount)
