@@ -151,10 +151,16 @@ class GlusterDriver(FileSystemDriver):
                 primary.cli(["volume", "set", volume, key, value])
             primary.cli(["volume", "start", volume])
             rollback.add(f"stop volume {volume}", lambda: primary.cli(["volume", "stop", volume, "force"]))
-            fs.details["sockets"] = {
-                server.name: glusterd.brick_sockets(volume)
-                for server, glusterd in zip(servers, glusterds, strict=True)
-            }
+            # The bricks' Unix sockets, named by a hash glusterd does not report, for delete to remove.
+            sockets: dict[str, list[str]] = {}
+
+            def all_sockets() -> bool:
+                for server, glusterd in zip(servers, glusterds, strict=True):
+                    sockets[server.name] = glusterd.brick_sockets(volume)
+                return all(sockets.values())
+
+            nodefs.wait_for(all_sockets, 10, interval=0.2)
+            fs.details["sockets"] = sockets
             return self.finish_create(fs)
 
     def _brick_plan(self, server: StorageNode, name: str) -> dict[str, Any]:

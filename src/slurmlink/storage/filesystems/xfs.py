@@ -11,8 +11,9 @@ Create attaches ``xfs.img`` with ``losetup`` and formats it with ``mkfs.xfs`` (i
 checked before every mount, so a re-attached or replaced device is never mistaken for another); mount
 runs ``mount -t xfs -o nodev,nosuid`` on the compute node and gives the root to the job's uid/gid.
 Capacity is the kernel's: the device is exactly the (MiB-rounded) size asked for, and writes past what
-XFS can hold in it fail with ENOSPC. XFS keeps part of that for its log and metadata (about 6 % of a
-64 MiB file system, well under 1 % of a large one), so a job can store slightly less than it asked for.
+XFS can hold in it fail with ENOSPC. XFS keeps part of that for its log and metadata (about 15 % of a
+64 MiB file system, 10 % of 1 GiB, mostly its 64 MiB log, less and less above), so a job stores somewhat
+less than it asked for, as on a device of that size.
 """
 
 from __future__ import annotations
