@@ -138,6 +138,7 @@ def test_shared_volume_over_two_storage_nodes(lab: GlusterLab) -> None:
         driver.mount(fs, mount)  # idempotent
     info = mounted_at(c1, path)
     assert info is not None and info.fstype == "fuse.glusterfs"
+    assert "nosuid" in info.options.split(",") and "nodev" in info.options.split(",")
     assert c2.run(["stat", "-c", "%u %g %a", path]).stdout.split() == [str(JOB_UID), str(JOB_GID), "700"]
 
     # Written through one compute node, seen through the other, spread over both bricks.

@@ -17,6 +17,7 @@ from slurmlink.storage.filesystems import (
     StateError,
     StorageNode,
     driver,
+    options_from_profile,
     static_runners,
 )
 from slurmlink.storage.filesystems.glusterd import Glusterd, parse_peers
@@ -128,3 +129,14 @@ def test_round_size() -> None:
     assert round_size(1) == 16 * MIB
     assert round_size(64 * MIB) == 64 * MIB
     assert round_size(64 * MIB + 1) == 65 * MIB
+
+
+def test_options_from_profile() -> None:
+    xfs = options_from_profile("xfs", {"mkfsOptions": ["-i", "maxpct=5"], "mountOptions": ["noatime"]})
+    assert xfs.mkfs_options == ("-i", "maxpct=5") and xfs.mount_options == ("noatime",)
+    assert options_from_profile("xfs", None).mount_options == ("nodev", "nosuid")
+    gluster = options_from_profile("gluster", {"volumeOptions": {"b": "2", "a": "1"}})
+    assert gluster.volume_options == (("a", "1"), ("b", "2")) and gluster.mount_options == ("nodev", "nosuid")
+    assert options_from_profile("raw", {"mountOptions": []}).mount_options == ()
+    with pytest.raises(StateError):
+        options_from_profile("lustre", {})

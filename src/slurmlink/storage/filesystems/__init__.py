@@ -6,7 +6,8 @@ compute node; :mod:`.glusterd` runs glusterd per storage node), :mod:`.dirfs` (`
 directory with capacity enforced by an XFS project quota or by accounting). Drivers act on nodes only
 through :class:`~.runner.NodeRunner`\\ s, found by node name.
 
-``driver(type, runners, options)`` builds the driver of a type; :data:`DRIVERS` lists them.
+``driver(type, runners, options)`` builds the driver of a type; :data:`DRIVERS` lists them;
+``options_from_profile(type, section)`` reads a StorageProfile's section into its options.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from slurmlink.storage.filesystems.interface import (
     Usage,
 )
 from slurmlink.storage.filesystems.loop import XfsOptions
+from slurmlink.storage.filesystems.profiles import options_from_profile
 from slurmlink.storage.filesystems.runner import (
     NodeRunner,
     RunnerLookup,
@@ -91,5 +93,6 @@ __all__ = [
     "XfsOptions",
     "driver",
     "local_runners",
+    "options_from_profile",
     "static_runners",
 ]

@@ -62,6 +62,11 @@ class GlusterOptions:
     xfs: XfsOptions = field(default_factory=XfsOptions)
     #: Extra ``gluster volume set`` options, applied before the volume starts.
     volume_options: tuple[tuple[str, str], ...] = ()
+    #: Flags of the client mount point (``mount -o remount,bind,...``: nodev, nosuid, noexec, ro);
+    #: glusterfs itself mounts without nodev/nosuid.
+    mount_options: tuple[str, ...] = ("nodev", "nosuid")
+    #: Extra arguments of the FUSE client, e.g. ``("--log-level=WARNING",)``.
+    client_options: tuple[str, ...] = ()
     #: Directory on compute nodes for the FUSE clients' logs (default: glusterfs's, /var/log/glusterfs).
     client_log_dir: str | None = None
     #: Seconds to wait for a FUSE mount, and for probed peers to join the pool.
@@ -366,7 +371,7 @@ class GlusterDriver(FileSystemDriver):
             nodefs.make_dirs(runner, self.options.client_log_dir, mode=0o755)
             log_file = f"{self.options.client_log_dir}/{volume}{mount.path.replace('/', '-')}.log"
             argv.append(f"--log-file={log_file}")
-        runner.run([*argv, mount.path], timeout=self.options.mount_timeout)
+        runner.run([*argv, *self.options.client_options, mount.path], timeout=self.options.mount_timeout)
 
         def ready() -> bool:
             info = mounts.mounted_at(runner, mount.path)
@@ -386,6 +391,9 @@ class GlusterDriver(FileSystemDriver):
                 f"node reaches the storage nodes ({', '.join(str(s.address) for s in fs.servers)})"
             )
         try:
+            if self.options.mount_options:
+                flags = ",".join(["remount", "bind", *self.options.mount_options])
+                runner.run(["mount", "-o", flags, "--", mount.path])
             self._own(runner, fs, mount)
         except Exception:
             mounts.unmount(runner, mount.path, what=f"gluster volume {volume}")
