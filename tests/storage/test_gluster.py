@@ -71,21 +71,39 @@ def lab() -> Iterator[GlusterLab]:
     root = world_searchable_dir("slurmlink-gluster-")
     glusterds: list[Glusterd] = []
     try:
-        with NetworkLab(3) as net, MountNamespaces(root / "ns", ["c1", "c2"]) as computes:
+        with (
+            NetworkLab(3) as net,
+            MountNamespaces(root / "ns", ["c1", "c2", *(n.name for n in net.nodes)]) as namespaces,
+        ):
             nodes = [
                 StorageNode(
                     n.name, str(root / n.name / "pool"), address=n.address, state_dir=str(root / n.name)
                 )
                 for n in net.nodes
             ]
-            runners = {n.name: n.runner for n in net.nodes} | computes.runners
+            # A storage node is a network namespace and a mount namespace of its own, as in the dev
+            # cluster: its brick mounts stay inside it (never in the host's, whence they would propagate
+            # into every other namespace that follows the host's mounts).
+            runners = {
+                n.name: NodeRunner(
+                    n.name,
+                    prefix=(
+                        "nsenter",
+                        f"--net=/run/netns/{n.netns}",
+                        f"--mount={namespaces.pin(n.name)}",
+                        "--",
+                    ),
+                )
+                for n in net.nodes
+            }
+            runners |= {name: namespaces.runners[name] for name in ("c1", "c2")}
             glusterds.extend(Glusterd(node, runners[node.name]) for node in nodes)
             try:
                 _each(glusterds, Glusterd.start)
-                yield GlusterLab(root, nodes, glusterds, runners, computes, net.host_address)
+                yield GlusterLab(root, nodes, glusterds, runners, namespaces, net.host_address)
             finally:
-                computes.close(below=root)
-                _each(glusterds, Glusterd.stop)
+                _each(glusterds, Glusterd.stop)  # before their namespaces go: they run in them
+                namespaces.close(below=root)
     finally:
         cleanup_below(root)
         shutil.rmtree(root, ignore_errors=True)
@@ -147,8 +165,8 @@ def test_shared_volume_over_two_storage_nodes(lab: GlusterLab) -> None:
         c1.run(as_job_user(["sh", "-c", f"echo {name} > {path}/{name}"]))
     assert sorted(c2.run(["ls", path]).stdout.split()) == sorted(names)
     assert c2.run(["cat", f"{path}/f7"]).stdout == "f7\n"
-    per_brick = [
-        {p.name for p in Path(brick["path"]).iterdir() if not p.name.startswith(".")}
+    per_brick = [  # bricks are mounted inside their storage node: look there
+        set(lab.runners[brick["node"]].run(["ls", brick["path"]]).stdout.split())
         for brick in fs.details["bricks"]
     ]
     assert all(per_brick) and set.union(*per_brick) == set(names)

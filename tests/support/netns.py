@@ -4,7 +4,7 @@ Minimal on purpose (the multi-node dev cluster provides the real nodes): ``Netwo
 namespaces on a private bridge, each with one address on a free /24 that the host reaches too;
 ``MountNamespaces`` pins N mount namespaces as files (``unshare --mount=FILE``) so each "compute node"
 has mounts of its own. Both give a :class:`NodeRunner` per node (``nsenter ... --``) and remove
-everything they made on exit.
+everything they made on exit; a node with both (a storage node that mounts its bricks) enters both.
 """
 
 from __future__ import annotations
@@ -142,6 +142,10 @@ class MountNamespaces:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def pin(self, name: str) -> Path:
+        """The file pinning namespace ``name`` (what ``nsenter --mount=`` takes)."""
+        return self.directory / name
 
     def leftover_mounts(self, name: str, below: Path) -> list[str]:
         """Mount points below ``below`` in namespace ``name``."""
