@@ -1,0 +1,86 @@
+"""Mount points on a node: what is mounted where, preparing a mount point, unmounting.
+
+Everything runs through the node's runner, so the node's own mount namespace is the one consulted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from slurmlink.storage.filesystems import runner as nodefs
+from slurmlink.storage.filesystems.errors import CommandError, StateError
+from slurmlink.storage.filesystems.runner import NodeRunner
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    target: str
+    source: str
+    fstype: str
+    options: str
+
+
+def mounted_at(runner: NodeRunner, path: str) -> MountInfo | None:
+    """What is mounted exactly at ``path`` on the node (the top mount if several), or None.
+
+    Reads the mount table (``findmnt``) without touching the file system, so a dead FUSE mount
+    does not hang it.
+    """
+    result = runner.run(
+        ["findmnt", "--json", "--mountpoint", path, "--output", "TARGET,SOURCE,FSTYPE,OPTIONS"], check=False
+    )
+    if result.returncode != 0 or not result.stdout.strip():
+        return None
+    entries = json.loads(result.stdout).get("filesystems", [])
+    if not entries:
+        return None
+    # Several mounts stacked on one point are listed as children; the last one is on top.
+    entry = entries[-1]
+    while entry.get("children"):
+        entry = entry["children"][-1]
+    return MountInfo(entry["target"], entry.get("source") or "", entry.get("fstype") or "", entry["options"])
+
+
+def mount_sources(runner: NodeRunner, source: str) -> list[str]:
+    """Mount points on the node whose source is ``source`` (a device, ``host:volume``)."""
+    result = runner.run(["findmnt", "--json", "--source", source, "--output", "TARGET"], check=False)
+    if result.returncode != 0 or not result.stdout.strip():
+        return []
+    return [entry["target"] for entry in json.loads(result.stdout).get("filesystems", [])]
+
+
+def prepare_mount_point(runner: NodeRunner, path: str) -> None:
+    """Create the mount point (and its parents) and refuse one reached through a symbolic link.
+
+    The drivers mount as root: a link in the path (say, in a directory a user controls) would put the
+    mount somewhere else.
+    """
+    nodefs.check_path(path, "mount point")
+    nodefs.make_dirs(runner, path)
+    real = runner.run(["realpath", "-e", "--", path]).stdout.strip()
+    if real != path:
+        raise StateError(
+            f"on node {runner.name}: mount point {path} resolves to {real} through a symbolic link; "
+            "use a path without links, in directories only root can write"
+        )
+
+
+def unmount(runner: NodeRunner, path: str, *, what: str) -> bool:
+    """Unmount whatever is mounted at ``path`` (all stacked mounts); True if something was.
+
+    A busy mount raises with the way to find who holds it.
+    """
+    found = False
+    while mounted_at(runner, path) is not None:
+        found = True
+        try:
+            runner.run(["umount", "--", path], timeout=60)
+        except CommandError as exc:
+            if "busy" in exc.output:
+                raise StateError(
+                    f"on node {runner.name}: {what} at {path} is busy: processes still use it "
+                    f"(see `fuser -vm {path}`); stop them and unmount again"
+                ) from None
+            raise
+    return found
