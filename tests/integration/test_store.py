@@ -697,6 +697,60 @@ def test_postgres_writes_notify_only_while_another_hub_watches(postgres_dsn: str
         other.close()
 
 
+@pytest.mark.postgres
+def test_postgres_brief_calls_run_on_the_loop_and_leave_it_while_a_lock_is_held(postgres_dsn: str) -> None:
+    """``call_brief`` runs on the event loop; a write that has to wait for the revision counter (another
+    process's transaction holds it) moves to a worker thread, and the loop keeps serving meanwhile."""
+    import psycopg
+
+    store = SqlStore(postgres_dsn)
+    first = store.create("things", NS, "o", thing("o"))
+    blocker = psycopg.connect(postgres_dsn.replace("postgresql+psycopg", "postgresql"))
+
+    async def main() -> None:
+        loop_thread = threading.get_ident()
+        ran_on: list[int] = []
+
+        def read() -> dict[str, Any] | None:
+            ran_on.append(threading.get_ident())
+            return store.get("things", NS, "o")
+
+        assert await store.call_brief(read) == first
+        assert ran_on[-1] != loop_thread  # no connection open yet: not made on the loop
+        # Connections are opened in the background; then brief calls stay on the loop.
+        await wait_until(lambda: store._loop_autocommit is not None and len(store._loop_autocommit._idle) > 0)
+        ran_on.clear()
+        assert await store.call_brief(read) == first
+        assert ran_on == [loop_thread]  # no thread hop when nothing waits
+
+        blocker.execute("UPDATE counters SET revision = revision WHERE id = 1")  # holds the row lock
+
+        def write() -> dict[str, Any]:
+            ran_on.append(threading.get_ident())
+            return store.update("things", NS, "o", {**first, "spec": {"x": 1}}, rv(first))
+
+        pending = asyncio.create_task(store.call_brief(write))
+        ticks = 0
+        while len(ran_on) < 3:  # the attempt on the loop, then the one in a thread
+            await asyncio.sleep(0.01)
+            ticks += 1
+        for _ in range(20):  # the loop keeps running while the write waits in its thread
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not pending.done() and ticks >= 21
+        assert ran_on[1] == loop_thread and ran_on[2] != loop_thread
+        await asyncio.to_thread(blocker.commit)
+        written = await pending
+        assert written["spec"] == {"x": 1} and rv(written) == rv(first) + 1
+        assert store.get("things", NS, "o") == written
+
+    try:
+        run(main())
+    finally:
+        blocker.close()
+        store.close()
+
+
 # ---- through the API -----------------------------------------------------------------------------
 
 

@@ -70,7 +70,7 @@ class ResourceService:
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call a synchronous service method from async code; the store decides where it runs."""
-        return await self.store.call(fn, *args, **kwargs)
+        return await self.store.call_brief(fn, *args, **kwargs)
 
     def _to_storage(self, kind: Kind, obj: Obj, version: str, old: Obj | None) -> Obj:
         out = kind.strategy.convert(obj, kind.storage_version, kind.api_version(kind.storage_version))

@@ -134,18 +134,25 @@ class AutocommitPool:
     restart), as the engine's pool does.
     """
 
-    def __init__(self, dsn: str, *, keep: int = POOL_CONNECTIONS // 2) -> None:
+    def __init__(self, dsn: str, *, keep: int = POOL_CONNECTIONS // 2, options: str = "") -> None:
         self.dsn = dsn
         self.keep = keep
+        #: Server settings for every connection (libpq ``options``, e.g. ``-c lock_timeout=20``).
+        self.options = options
         self._idle: list[tuple[Any, float]] = []
         self._lock = threading.Lock()
         self._closed = False
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[Any]:
+    def connection(self, *, connect: bool = True) -> Iterator[Any]:
+        """An idle connection, or a new one; with ``connect=False`` None when none is idle (code on
+        an event loop must not wait for a connection to be made)."""
         import psycopg
 
-        conn = self._take()
+        conn = self._take(connect=connect)
+        if conn is None:
+            yield None
+            return
         try:
             yield conn
         except psycopg.OperationalError:
@@ -163,7 +170,20 @@ class AutocommitPool:
         for conn, _ in idle:
             conn.close()
 
-    def _take(self) -> Any:
+    def fill(self) -> None:
+        """Open connections until ``keep`` are idle (from a worker thread: connecting waits)."""
+        while True:
+            with self._lock:
+                if self._closed or len(self._idle) >= self.keep:
+                    return
+            self._give(self._connect())
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        return psycopg.connect(self.dsn, autocommit=True, connect_timeout=10, options=self.options)
+
+    def _take(self, *, connect: bool = True) -> Any:
         import psycopg
 
         while True:
@@ -180,7 +200,7 @@ class AutocommitPool:
                 return conn
             except psycopg.Error:
                 conn.close()
-        return psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
+        return self._connect() if connect else None
 
     def _give(self, conn: Any) -> None:
         if conn.closed or conn.info.transaction_status != 0:  # not idle: do not hand it out again

@@ -36,6 +36,10 @@ class ExpiredError(StoreError):
         self.compacted = compacted
 
 
+class WouldBlockError(StoreError):
+    """A call on the event loop would wait for a lock (``SqlStore.call_brief`` runs it in a thread)."""
+
+
 class UnavailableError(StoreError):
     """The database cannot be reached."""
 

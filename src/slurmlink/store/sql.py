@@ -34,6 +34,7 @@ from slurmlink.store.errors import (
     ExpiredError,
     SerializationError,
     UnavailableError,
+    WouldBlockError,
 )
 from slurmlink.store.events import Event
 from slurmlink.store.migrations import migrate
@@ -49,6 +50,14 @@ WATCHERS_TABLE = "slurmlink_watchers"
 #: database, and every further thread that wakes up competes with the event loop for the GIL (the
 #: workflow benchmark ran faster with 4 than with 2 or 20).
 CALL_THREADS = 4
+
+#: ``call_brief`` on PostgreSQL: how long a statement run on the event loop may wait for a lock.
+LOOP_LOCK_TIMEOUT_MS = 20
+#: SQLSTATE lock_not_available (lock_timeout expired).
+LOCK_NOT_AVAILABLE = "55P03"
+
+#: Set while ``call_brief`` runs a function on the event loop (per thread: the loop's).
+_on_loop = threading.local()
 
 CommitListener = Callable[[Event], None]
 Isolation = Literal["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"]
@@ -72,8 +81,15 @@ class SqlStore:
         self._executor = concurrent.futures.ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="store")
         #: SQLite: the pooled connection single writes keep (see ``_sqlite_write``).
         self._writer: Any = None
-        #: PostgreSQL: connections for single statements (see ``_driver``).
-        self._autocommit = AutocommitPool(libpq_dsn(self.engine.url)) if self.is_postgres else None
+        #: PostgreSQL: connections for single statements (see ``_driver``); those used on the event
+        #: loop give up waiting for a lock after LOOP_LOCK_TIMEOUT_MS (see ``call_brief``).
+        dsn = libpq_dsn(self.engine.url)
+        self._autocommit = AutocommitPool(dsn) if self.is_postgres else None
+        self._loop_autocommit = (
+            AutocommitPool(dsn, keep=2, options=f"-c lock_timeout={LOOP_LOCK_TIMEOUT_MS}")
+            if self.is_postgres
+            else None
+        )
         #: Names this store in its notifications, so its own watch hub can tell them from others'.
         self.origin = uuid.uuid4().hex[:16]
         # PostgreSQL: single statements (reads, the write functions) run without BEGIN/COMMIT round
@@ -95,8 +111,32 @@ class SqlStore:
 
     @property
     def inline(self) -> bool:
-        """Whether calls run right on the event loop: SQLite answers in tens of microseconds."""
+        """Whether ``call`` runs right on the event loop: SQLite answers in tens of microseconds."""
         return not self.is_postgres
+
+    async def call_brief(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``call`` for a function whose store calls are single statements with at most one write.
+
+        The API server's create, get, list, update and delete are such functions. On PostgreSQL too
+        they run on the event loop: a statement there takes a round trip, less than handing the call
+        to a thread and back. Lock waits are capped at ``LOOP_LOCK_TIMEOUT_MS`` (a write waits for
+        the revision counter while another process's transaction holds it); a call that would wait
+        longer, would open a transaction or would have to open a connection first stops and runs
+        again in a worker thread, where it may wait. The stopped attempt wrote nothing: its one
+        write is what stopped it.
+        """
+        if not self.is_postgres:
+            return fn(*args, **kwargs)
+        _on_loop.active = True
+        try:
+            return fn(*args, **kwargs)
+        except WouldBlockError:
+            pass
+        finally:
+            _on_loop.active = False
+        assert self._loop_autocommit is not None
+        self._executor.submit(self._loop_autocommit.fill)  # connections for the next calls on the loop
+        return await self.call(fn, *args, **kwargs)
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call ``fn`` (a synchronous store or store-using function) from async code.
@@ -124,8 +164,9 @@ class SqlStore:
             writer, self._writer = self._writer, None
             if writer is not None:
                 writer.close()
-        if self._autocommit is not None:
-            self._autocommit.close()
+        for pool in (self._autocommit, self._loop_autocommit):
+            if pool is not None:
+                pool.close()
         self.engine.dispose()
 
     def add_commit_listener(self, listener: CommitListener) -> None:
@@ -344,7 +385,9 @@ class SqlStore:
             try:
                 with self._transaction(isolation, one_statement=one_statement) as tx:
                     return fn(tx)
-            except SerializationError:
+            except SerializationError as exc:
+                if getattr(_on_loop, "active", False):
+                    raise WouldBlockError("retry in a worker thread") from exc  # no sleeping on the loop
                 if attempt >= attempts:
                     raise
                 # Jittered back-off, so the transactions that collided do not collide again in step.
@@ -360,6 +403,8 @@ class SqlStore:
                 yield tx
             self._publish(tx)
             return
+        if self.is_postgres and getattr(_on_loop, "active", False):
+            raise WouldBlockError("a transaction runs in a worker thread")
         lock = self._write_lock if not self.is_postgres else contextlib.nullcontext()
         try:
             with lock:
@@ -394,13 +439,19 @@ class SqlStore:
         sqlite3 connection (always in autocommit: ``isolation_level=None``). Errors are mapped as
         SQLAlchemy's would be, and a connection that failed is dropped.
         """
-        if self._autocommit is not None:
+        if self._autocommit is not None and self._loop_autocommit is not None:
             import psycopg
 
+            on_loop = getattr(_on_loop, "active", False)
+            pool = self._loop_autocommit if on_loop else self._autocommit
             try:
-                with self._autocommit.connection() as conn:
+                with pool.connection(connect=not on_loop) as conn:
+                    if conn is None:  # none open: connecting may wait, so not on the loop
+                        raise WouldBlockError("no idle connection")
                     yield conn
             except psycopg.Error as exc:
+                if on_loop and getattr(exc, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+                    raise WouldBlockError(f"lock wait over {LOOP_LOCK_TIMEOUT_MS} ms") from exc
                 if getattr(exc, "sqlstate", None) in RETRYABLE_SQLSTATES:
                     raise SerializationError(f"transaction aborted, run it again: {exc}") from exc
                 if isinstance(exc, psycopg.OperationalError):
