@@ -219,6 +219,8 @@ class WorkflowStrategy(Strategy):
 
     def _validate_parts(self, obj: Obj, *, spec: bool, status: bool) -> list[Cause]:
         causes = self._spec_causes(obj) if spec else []
+        if not isinstance(obj.get("spec"), dict):
+            return causes  # no spec object: that alone is reported, as the API server does
         return causes + (validate_part(WorkflowStatus, obj.get("status"), "status") if status else [])
 
     def _spec_causes(self, obj: Obj) -> list[Cause]:
