@@ -315,10 +315,13 @@ def _mount(config: DeviceConfig, device: str, fs_type: str | None, log: LogFn) -
             _run(["mount", "-t", "xfs", "-o", "prjquota", device, str(pool)], f"mounting {device}")
             log(f"mounted {device} at {pool} (xfs, project quotas)")
             return True
-        except DeviceError as exc:
+        except DeviceError:
             if mount_at(pool) is not None:
                 raise
-            log(f"mounting {device} with project quotas failed ({exc}); mounting without them")
+            log(
+                f"{device}: XFS project quotas are not available here (mount -o prjquota failed; see "
+                "dmesg); mounting without them, so dir/raw capacity is kept by accounting"
+            )
     _run(["mount", device, str(pool)], f"mounting {device} at {pool}")
     log(f"mounted {device} at {pool} ({fs_type or 'auto'})")
     return False
