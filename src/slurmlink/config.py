@@ -74,7 +74,7 @@ class ServerConfig:
 def split_listen(address: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT``) as host and port; ValueError if it is not one."""
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"listen address must be HOST:PORT, e.g. 127.0.0.1:8443, got {address!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 

@@ -193,23 +193,35 @@ def certificate_hosts(cfg: ServerConfig) -> list[str]:
 
 
 def listening_sockets(addresses: list[str]) -> list[socket.socket]:
-    """One bound TCP socket per ``HOST:PORT`` (uvicorn serves them all); exits saying which failed."""
+    """Bound TCP sockets for every ``HOST:PORT`` (uvicorn serves them all), one per address the host
+    resolves to, as asyncio's ``create_server`` binds them; exits saying which one failed."""
     sockets: list[socket.socket] = []
     for address in dict.fromkeys(addresses):
         host, port = split_listen(address)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((host, port))
-        except OSError as exc:
-            sock.close()
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            infos, error = [], exc.strerror
+        else:
+            error = None
+        for family, kind, proto, _name, sockaddr in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                sock.close()
+                error = exc.strerror or str(exc)
+                break
+            sock.set_inheritable(True)
+            sockets.append(sock)
+        if error is not None:
             for other in sockets:
                 other.close()
-            log.error("cannot listen on %s: %s", address, exc.strerror or exc)
+            log.error("cannot listen on %s: %s", address, error)
             sys.exit(3)  # as uvicorn's STARTUP_FAILURE
-        sock.set_inheritable(True)
-        sockets.append(sock)
     return sockets
 
 
