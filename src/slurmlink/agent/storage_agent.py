@@ -212,12 +212,22 @@ class StorageAgent:
             current = await self.client.patch(
                 STORAGE, STORAGE_NAMESPACE, self.node, {"metadata": self.metadata()}
             )
-        status = self.desired_status(current)
-        if status != current.get("status"):
+        for attempt in range(2):
+            status = self.desired_status(current)
+            if status == current.get("status"):
+                break
             before = (current.get("status") or {}).get("status")
-            current = await self.client.update_status(STORAGE, {**current, "status": status})
+            try:
+                current = await self.client.update_status(STORAGE, {**current, "status": status})
+            except errors.ApiError as exc:
+                if exc.code != 409 or attempt:
+                    raise
+                # Changed meanwhile (a drain, the heartbeat controller): decide again on the new one.
+                current = await self.client.get(STORAGE, STORAGE_NAMESPACE, self.node)
+                continue
             if before != status.get("status"):
                 log.info("node %s: Storage status %s -> %s", self.node, before, status.get("status"))
+            break
         self._fresh = False
         self.storage.put(current)
         return current
