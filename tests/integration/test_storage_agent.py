@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from slurmlink.agent.device import FORMAT_MARKER, release_loop_file
+from slurmlink.auth.kubeconfig import load_kubeconfig
 from support.agents import (
     POOLS,
     STORAGES,
@@ -500,3 +501,19 @@ def test_an_unreachable_api_is_retried_and_logged(
     finally:
         agent.stop()
         relay.close()
+
+
+def test_serve_also_listens_where_the_nodes_reach_it(tmp_path: Path) -> None:
+    """``serve --extra-listen``: a second address (the quick start's bridge), in the certificate too."""
+    import ssl
+
+    from support.postgres import free_port
+
+    port = free_port()
+    extra = ServerProcess(tmp_path / "state", port=port, extra_args=("--extra-listen", f"127.0.0.2:{port}"))
+    with extra:
+        ctx = ssl.create_default_context(cafile=str(extra.ca_file))
+        for host in ("127.0.0.1", "127.0.0.2"):
+            r = httpx.get(f"https://{host}:{port}/readyz", verify=ctx, timeout=10)  # verified: SAN
+            assert r.status_code == 200, (host, r.text)
+        assert load_kubeconfig(extra.kubeconfig).server == f"https://127.0.0.1:{port}"
