@@ -183,8 +183,9 @@ class DevClusterAgents:
 
 # ---- the API side: Storage objects and default pools -------------------------------------------------
 
-#: The StoragePools the quick start makes, one per file-system type with a driver (name, types).
-#: xfs and gluster join when their drivers are merged (branch fs-drivers): add ("xfs", ("xfs",)) and
+#: The StoragePools the quick start makes, one per file-system type it can serve (name, types).
+#: xfs and gluster join once placement and the agents drive their file-system drivers
+#: (``slurmlink.storage.filesystems``, from branch fs-drivers): add ("xfs", ("xfs",)) and
 #: ("gluster", ("gluster",)) here.
 DEFAULT_POOLS: tuple[tuple[str, tuple[str, ...]], ...] = (("dir", ("dir",)), ("raw", ("raw",)))
 #: Marks the pools the quick start made (and so keeps in step with the cluster's storage nodes).
