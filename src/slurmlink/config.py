@@ -20,6 +20,9 @@ class ServerConfig:
 
     state_dir: Path = field(default_factory=default_state_dir)
     listen: str = "127.0.0.1:8443"
+    #: Further HOST:PORT addresses to serve on (e.g. the dev cluster's bridge, where its nodes' agents
+    #: reach the server); their hosts go into the server certificate. Clients are told ``listen``'s URL.
+    extra_listen: list[str] = field(default_factory=list)
     store: str = ""  # SQLAlchemy URL; empty means SQLite in the state directory
     hosts: list[str] = field(default_factory=list)  # extra names/IPs for the server certificate
     namespaces: list[str] = field(default_factory=lambda: ["default", "dws-system", "slurm"])
@@ -32,6 +35,8 @@ class ServerConfig:
     log_format: str = "json"
     insecure_http: bool = False  # development only: plain HTTP, everyone is admin
     nice: int = 0  # added to the CPU nice value (slurmlink.cpu_priority), e.g. next to slurmctld
+    #: Seconds without a heartbeat (the agent's node Lease renewed) before a node's Storage is Offline.
+    node_heartbeat_timeout: float = 40.0
 
     @property
     def host(self) -> str:
@@ -40,6 +45,11 @@ class ServerConfig:
     @property
     def port(self) -> int:
         return int(self.listen.rsplit(":", 1)[1])
+
+    @property
+    def extra_hosts(self) -> list[str]:
+        """The hosts of ``extra_listen``."""
+        return [split_listen(address)[0] for address in self.extra_listen]
 
     @property
     def store_url(self) -> str:
@@ -61,6 +71,14 @@ class ServerConfig:
         return self.state_dir / "admin.kubeconfig"
 
 
+def split_listen(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT``) as host and port; ValueError if it is not one."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"listen address must be HOST:PORT, e.g. 127.0.0.1:8443, got {address!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 def load_file(path: Path | None) -> dict[str, Any]:
     """The ``[serve]`` table of a TOML config file (missing file -> empty)."""
     if path is None or not path.exists():
@@ -80,4 +98,9 @@ def build(file_values: dict[str, Any], overrides: dict[str, Any]) -> ServerConfi
     values = {**file_values, **{k: v for k, v in overrides.items() if v is not None}}
     if "state_dir" in values:
         values["state_dir"] = Path(values["state_dir"]).expanduser()
-    return ServerConfig(**values)
+    config = ServerConfig(**values)
+    for address in config.extra_listen:
+        split_listen(address)
+    if config.node_heartbeat_timeout <= 0:
+        raise ValueError(f"node_heartbeat_timeout must be positive, got {config.node_heartbeat_timeout}")
+    return config

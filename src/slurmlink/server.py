@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +22,14 @@ from slurmlink.auth.kubeconfig import build_kubeconfig, load_kubeconfig, write_k
 from slurmlink.auth.pki import CertificateAuthority, ensure_server_credentials
 from slurmlink.auth.tokens import TokenStore
 from slurmlink.client.inprocess import InProcessClient
-from slurmlink.config import ServerConfig
+from slurmlink.config import ServerConfig, split_listen
 from slurmlink.controllers.leaderelection import LEASE_NAME, LeaderElectionConfig, default_identity
 from slurmlink.controllers.manager import Manager
+from slurmlink.controllers.registry import ControllerSettings
 from slurmlink.cpu_priority import lower_cpu_priority
 from slurmlink.resources import errors
 from slurmlink.resources.catalog import default_registry
+from slurmlink.resources.coordination import NODE_LEASE_NAMESPACE
 from slurmlink.resources.core import NAMESPACE
 from slurmlink.resources.dws import directives
 from slurmlink.resources.dws.directiverule import DW_DIRECTIVE_RULE
@@ -57,8 +61,9 @@ def ensure_admin_kubeconfig(config: ServerConfig, ca: CertificateAuthority) -> P
 
 
 def bootstrap(service: ResourceService, config: ServerConfig) -> None:
-    """Namespaces and, unless turned off, the test driver's directive rules."""
-    for name in dict.fromkeys([*config.namespaces, config.system_namespace]):
+    """Namespaces (the configured ones, the system namespace, the node agents' heartbeat Leases')
+    and, unless turned off, the test driver's directive rules."""
+    for name in dict.fromkeys([*config.namespaces, config.system_namespace, NODE_LEASE_NAMESPACE]):
         try:
             service.create(NAMESPACE, "v1", None, {"metadata": {"name": name}}, roles.SYSTEM)
         except errors.ApiError as exc:
@@ -102,7 +107,7 @@ class Server:
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(cfg.state_dir, 0o700)
         if not cfg.insecure_http:
-            ensure_server_credentials(cfg.state_dir, [cfg.client_host, cfg.host, *cfg.hosts])
+            ensure_server_credentials(cfg.state_dir, certificate_hosts(cfg))
             ca = CertificateAuthority.load_or_create(pki_dir(cfg.state_dir))
             ensure_admin_kubeconfig(cfg, ca)
         self.store = SqlStore(cfg.store_url)
@@ -118,7 +123,11 @@ class Server:
         client = InProcessClient(self.service)
         if cfg.controllers:
             self.manager = Manager(
-                client, test_driver=cfg.test_driver, workers=4, election=election_config(cfg)
+                client,
+                test_driver=cfg.test_driver,
+                workers=4,
+                election=election_config(cfg),
+                settings=ControllerSettings(node_heartbeat_timeout=cfg.node_heartbeat_timeout),
             )
             self.manager.start()
 
@@ -130,7 +139,7 @@ class Server:
         app = build_app(self.service, auth, ready)
         uv_kwargs: dict[str, object] = {}
         if not cfg.insecure_http:
-            creds = ensure_server_credentials(cfg.state_dir, [cfg.client_host, cfg.host, *cfg.hosts])
+            creds = ensure_server_credentials(cfg.state_dir, certificate_hosts(cfg))
             ssl_context = server_ssl_context(
                 str(creds.server_cert), str(creds.server_key), str(creds.ca_cert)
             )
@@ -149,10 +158,18 @@ class Server:
             **uv_kwargs,  # type: ignore[arg-type]
         )
         server = uvicorn.Server(uv_config)
+        sockets = listening_sockets([cfg.listen, *cfg.extra_listen])
         compactor = asyncio.create_task(self._compact_forever(), name="compactor")
-        log.info("serving", extra={"url": cfg.url, "store": _redacted(cfg.store_url)})
+        log.info(
+            "serving",
+            extra={
+                "url": cfg.url,
+                "listen": [cfg.listen, *cfg.extra_listen],
+                "store": _redacted(cfg.store_url),
+            },
+        )
         try:
-            await server.serve()
+            await server.serve(sockets=sockets)
         finally:
             compactor.cancel()
             await asyncio.wait({compactor})
@@ -168,6 +185,44 @@ class Server:
                 await anyio.to_thread.run_sync(self.store.compact, self.config.compaction_retain)
             except Exception:
                 log.exception("compaction failed")
+
+
+def certificate_hosts(cfg: ServerConfig) -> list[str]:
+    """What the server certificate names: the listen addresses, the ``--host`` names."""
+    return [cfg.client_host, cfg.host, *cfg.extra_hosts, *cfg.hosts]
+
+
+def listening_sockets(addresses: list[str]) -> list[socket.socket]:
+    """Bound TCP sockets for every ``HOST:PORT`` (uvicorn serves them all), one per address the host
+    resolves to, as asyncio's ``create_server`` binds them; exits saying which one failed."""
+    sockets: list[socket.socket] = []
+    for address in dict.fromkeys(addresses):
+        host, port = split_listen(address)
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            infos, error = [], exc.strerror
+        else:
+            error = None
+        for family, kind, proto, _name, sockaddr in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                sock.close()
+                error = exc.strerror or str(exc)
+                break
+            sock.set_inheritable(True)
+            sockets.append(sock)
+        if error is not None:
+            for other in sockets:
+                other.close()
+            log.error("cannot listen on %s: %s", address, error)
+            sys.exit(3)  # as uvicorn's STARTUP_FAILURE
+    return sockets
 
 
 def election_config(cfg: ServerConfig) -> LeaderElectionConfig | None:

@@ -410,48 +410,46 @@ def test_kubectl_get_storagepools_reads_like_scontrol_show_burst(
 ) -> None:
     binary: Path = request.getfixturevalue(which)
     name = new_name("pool-")
+    # Its status is the StoragePool controller's, from the pool's Storage objects: three nodes of
+    # 100 GiB, one of them Offline (its capacity counts in TOTAL, not in FREE).
+    nodes = [new_name("bb") for _ in range(3)]
+    for node, state in zip(nodes, ("Ready", "Ready", "Offline"), strict=True):
+        ok(api.post(STORAGE.path("v1alpha7"), json=STORAGE.body("v1alpha7", node)), 201)
+        status = {"capacity": 100 * GIB, "status": state}
+        ok(api.patch(STORAGE.path("v1alpha7", node, "status"), json={"status": status}, headers=MERGE))
     ok(
         api.post(
-            POOLS, json=pool(name, fileSystemTypes=["raw", "dir"], granularity="256MiB", profile="fast")
+            POOLS,
+            json=pool(
+                name, fileSystemTypes=["raw", "dir"], granularity="256MiB", profile="fast", nodes=nodes
+            ),
         ),
         201,
     )
-    status = {
-        "granularity": 256 * 1024**2,
-        "totalGranules": 1200,
-        "freeGranules": 1184,
-        "totalBytes": 300 * GIB,
-        "freeBytes": 296 * GIB,
-        "nodes": [
-            {
-                "name": n,
-                "totalGranules": 400,
-                "freeGranules": f,
-                "freeBytes": f * 256 * 1024**2,
-                "status": "Ready",
-            }
-            for n, f in (("n1", 400), ("n2", 392), ("n3", 392))
-        ],
-        "conditions": [
-            {
-                "type": "Ready",
-                "status": "True",
-                "reason": "NodesReady",
-                "message": "3 of 3 nodes ready",
-                "lastTransitionTime": "2026-01-02T03:04:05Z",
-            }
-        ],
-    }
-    ok(api.patch(f"{POOLS}/{name}/status", json={"status": status}, headers=MERGE))
+    status = wait_for(
+        lambda: (s := ok(api.get(f"{POOLS}/{name}")).get("status") or {}).get("freeBytes") == 200 * GIB and s,
+        10,
+        message="the pool's status",
+    )
+    assert (status["granularity"], status["totalGranules"], status["freeGranules"]) == (
+        256 * 1024**2,
+        1200,
+        800,
+    )
+    assert [(n["name"], n["status"], n["freeGranules"]) for n in status["nodes"]] == [
+        (nodes[0], "Ready", 400),
+        (nodes[1], "Ready", 400),
+        (nodes[2], "Offline", 0),
+    ]
     out = kubectl(binary, server, "get", "storagepools", name).splitlines()
     assert out[0].split() == ["NAME", "TYPE", "GRANULARITY", "TOTAL", "FREE", "NODES", "AGE"]
-    assert out[1].split()[:6] == [name, "raw,dir", "256MiB", "300GiB", "296GiB", "3"]
+    assert out[1].split()[:6] == [name, "raw,dir", "256MiB", "300GiB", "200GiB", "3"]
     wide = kubectl(binary, server, "get", "pool", name, "-o", "wide").splitlines()
     assert wide[0].split()[-2:] == ["STRATEGIES", "PROFILE"]
     assert wide[1].split()[-1] == "fast"
     # The main resource cannot change status; only /status can.
     ok(api.patch(f"{POOLS}/{name}", json={"status": {"freeBytes": 0}}, headers=MERGE))
-    assert ok(api.get(f"{POOLS}/{name}"))["status"]["freeBytes"] == 296 * GIB
+    assert ok(api.get(f"{POOLS}/{name}"))["status"]["freeBytes"] == 200 * GIB
 
 
 def profile(name: str, **spec: Any) -> dict[str, Any]:

@@ -234,6 +234,59 @@ def test_an_agent_is_refused_another_nodes_storage(
     assert ok(clients["admin"].get(STORAGE.path(V7, "n2")))["spec"]["state"] == "Enabled"
 
 
+# ---- heartbeat Leases: the node's own --------------------------------------------------------------------
+
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
+NODE_LEASES = LEASES.format(ns="slurmlink-node-lease")
+
+
+def lease_body(name: str, namespace: str = "slurmlink-node-lease") -> dict[str, Any]:
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "holderIdentity": name,
+            "leaseDurationSeconds": 40,
+            "renewTime": "2024-01-01T00:00:00.000000Z",
+        },
+    }
+
+
+def test_an_agent_renews_only_its_own_heartbeat_lease(clients: dict[str, httpx.Client]) -> None:
+    n1, user, lease = clients["n1"], "system:node:n1", "leases"
+    group = "coordination.k8s.io"
+    made = ok(n1.post(NODE_LEASES, json=lease_body("n1")), 201)
+    made["spec"]["renewTime"] = "2024-01-01T00:00:10.000000Z"
+    renewed = ok(n1.put(f"{NODE_LEASES}/n1", json=made))
+    assert ok(n1.get(f"{NODE_LEASES}/n1"))["spec"]["renewTime"] == renewed["spec"]["renewTime"]
+    ok(n1.patch(f"{NODE_LEASES}/n1", json={"spec": {"leaseDurationSeconds": 30}}, headers=MERGE))
+    # Another node's Lease, a Lease of its name elsewhere, the leader's Lease, listing: refused.
+    ok(clients["admin"].post(NODE_LEASES, json=lease_body("n2")), 201)
+    leader = LEASES.format(ns="dws-system")
+    ok(clients["admin"].post(leader, json=lease_body("slurmlink-controllers", "dws-system")), 201)
+    for response, verb, namespace, name in [
+        (n1.get(f"{NODE_LEASES}/n2"), "get", "slurmlink-node-lease", "n2"),
+        (
+            n1.patch(f"{NODE_LEASES}/n2", json={"spec": {"holderIdentity": "n1"}}, headers=MERGE),
+            "patch",
+            "slurmlink-node-lease",
+            "n2",
+        ),
+        (n1.post(NODE_LEASES, json=lease_body("n3")), "create", "slurmlink-node-lease", "n3"),
+        (n1.post(LEASES.format(ns="default"), json=lease_body("n1", "default")), "create", "default", "n1"),
+        (
+            n1.get(f"{leader}/slurmlink-controllers"),
+            "get",
+            "dws-system",
+            "slurmlink-controllers",
+        ),
+        (n1.delete(f"{NODE_LEASES}/n1"), "delete", "slurmlink-node-lease", "n1"),
+        (n1.get(NODE_LEASES), "list", "slurmlink-node-lease", None),
+    ]:
+        refused(response, forbidden_text(user, verb, lease, namespace, name, group))
+
+
 @pytest.mark.parametrize(
     ("path", "resource", "namespace", "group"),
     [

@@ -57,3 +57,17 @@ def test_serve_reports_a_bad_config_file(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "unknown settings in [serve]: bogus" in result.stderr
+
+
+def test_extra_listen_addresses_and_the_heartbeat_timeout(tmp_path: Path) -> None:
+    cfg = config.build(
+        {"extra_listen": ["10.213.7.1:8443", "[fd00::1]:9443"], "node_heartbeat_timeout": 5},
+        {"state_dir": tmp_path, "hosts": ["ctl1"]},
+    )
+    assert cfg.extra_hosts == ["10.213.7.1", "fd00::1"]
+    assert cfg.url == "https://127.0.0.1:8443"  # clients are told --listen's address
+    assert cfg.node_heartbeat_timeout == 5
+    with pytest.raises(ValueError, match="must be HOST:PORT"):
+        config.build({}, {"state_dir": tmp_path, "extra_listen": ["10.213.7.1"]})
+    with pytest.raises(ValueError, match="node_heartbeat_timeout must be positive"):
+        config.build({"node_heartbeat_timeout": 0}, {"state_dir": tmp_path})

@@ -52,6 +52,13 @@ CLIENT_SIDE_MODULES = [
     "slurmlink.cli.controller_cmd",
     "slurmlink.cli.slurm_gateway_cmd",
     "slurmlink.cli.kubeconfig_cmd",
+    "slurmlink.cli.agent_cmd",
+    "slurmlink.cli.storage_cmd",
+    "slurmlink.agent.storage_agent",
+    "slurmlink.agent.device",
+    "slurmlink.controllers.storagenodes",
+    "slurmlink.controllers.storagepool",
+    "slurmlink.resources.storage.capacity",
 ]
 
 

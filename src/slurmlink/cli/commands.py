@@ -8,6 +8,7 @@ import click
 def all_commands() -> list[click.Command]:
     """Every top-level sub-command of ``slurmlink``."""
     from slurmlink.cli import (
+        agent_cmd,
         controller_cmd,
         dev_cluster,
         kubeconfig_cmd,
@@ -15,6 +16,7 @@ def all_commands() -> list[click.Command]:
         resources_cmd,
         serve,
         slurm_cmd,
+        storage_cmd,
         version,
     )
 
@@ -26,6 +28,8 @@ def all_commands() -> list[click.Command]:
         slurm_cmd.slurm,
         quickstart_cmd.quickstart,
         controller_cmd.controller,
+        agent_cmd.agent,
+        storage_cmd.storage,
         resources_cmd.get,
         resources_cmd.describe,
         resources_cmd.watch,

@@ -25,6 +25,7 @@ from slurmlink.resources.errors import ApiError
 if TYPE_CHECKING:
     from slurmlink.client.base import Client
     from slurmlink.controllers.manager import Manager
+    from slurmlink.controllers.registry import ControllerSettings
 
 log = logging.getLogger("slurmlink.controller")
 
@@ -37,11 +38,12 @@ async def run_controllers(
     stop: asyncio.Event,
     server: str = "",
     election: le.LeaderElectionConfig | None = None,
+    settings: ControllerSettings | None = None,
 ) -> None:
     """Run the registered controllers against ``client`` (any ``Client``) until ``stop`` is set."""
     from slurmlink.controllers.manager import Manager
 
-    manager = Manager(client, test_driver=test_driver, workers=workers, election=election)
+    manager = Manager(client, test_driver=test_driver, workers=workers, election=election, settings=settings)
     manager.start()
     names = ", ".join(manager.names)
     if election is None:
@@ -90,6 +92,7 @@ async def _main(
     test_driver: bool,
     workers: int,
     election: le.LeaderElectionConfig | None,
+    settings: ControllerSettings,
 ) -> None:
     from slurmlink.resources.dws.workflow import WORKFLOW
 
@@ -113,6 +116,7 @@ async def _main(
             stop=stop,
             server=client.server,
             election=election,
+            settings=settings,
         )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -174,6 +178,13 @@ async def _main(
     show_default=True,
     help="Seconds between renewals (and acquisition attempts).",
 )
+@click.option(
+    "--node-heartbeat-timeout",
+    type=click.FloatRange(min=0.1),
+    default=40.0,
+    show_default=True,
+    help="Seconds without a heartbeat from a storage node's agent before its Storage is marked Offline.",
+)
 @log_options
 def controller(
     kubeconfig: Path | None,
@@ -187,10 +198,12 @@ def controller(
     leader_elect_lease_duration: float,
     leader_elect_renew_deadline: float,
     leader_elect_retry_period: float,
+    node_heartbeat_timeout: float,
     log_level: str,
     log_format: str,
 ) -> None:
-    """Run the controllers (Workflow, test driver, garbage collector) against a remote slurmlink API.
+    """Run the controllers (Workflow, test driver, garbage collector, storage heartbeat, storage pools)
+    against a remote slurmlink API.
 
     `slurmlink serve` runs these controllers in-process, which is all a single server needs. Use
     this command to scale out instead: run several API replicas on one PostgreSQL store with
@@ -219,4 +232,7 @@ def controller(
         except ValueError as exc:
             raise click.UsageError(str(exc)) from exc
     with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C during shutdown
-        asyncio.run(_main(kubeconfig, context, not no_test_driver, workers, election))
+        from slurmlink.controllers.registry import ControllerSettings
+
+        settings = ControllerSettings(node_heartbeat_timeout=node_heartbeat_timeout)
+        asyncio.run(_main(kubeconfig, context, not no_test_driver, workers, election, settings))

@@ -1,15 +1,20 @@
 """``slurmlink quickstart``: the whole system on one host, for trying it out.
 
-``up`` starts the API server (``slurmlink serve``, detached), issues the Slurm plugin's credentials from its
-CA, and brings up the local dev cluster with slurmlink's burst buffer plugin and its gateway; then it prints
-how to submit the DWS install guide's test job and watch its Workflow. Everything lives under one directory:
+``up`` makes the dev cluster's network and nodes, starts the API server (``slurmlink serve``, detached) on
+``--listen`` and on the cluster bridge's address (where the nodes reach the host), issues the Slurm plugin's
+credentials from its CA, brings up Slurm with slurmlink's burst buffer plugin and its gateway, starts one
+storage agent inside each storage node (on a sparse loop file) and makes the default storage pools; then it
+prints how to submit the DWS install guide's test job and watch its Workflow. Everything lives under one
+directory:
 
-    DIR/quickstart.json         settings of the last 'up' (the --listen address)
+    DIR/quickstart.json         settings of the last 'up' (the --listen address, the storage size)
     DIR/server/                 the server's state: database, CA, admin.kubeconfig
     DIR/slurm-dws.kubeconfig    the plugin's credentials (role workload-manager, namespace slurm)
     DIR/cluster/                the dev cluster (slurm.conf, munge, Slurm state, gateway socket, logs,
                                 the nodes' namespace pins under ns/)
-    DIR/run/server.pid, DIR/log/server.log
+    DIR/storage/                per storage node: NODE.img (the loop file), NODE/ (the agent's state dir,
+                                its node-agent.kubeconfig, pool/ where the node mounts its device)
+    DIR/run/server.pid, DIR/run/agent.NODE.pid, DIR/log/server.log, DIR/log/agent.NODE.log
 
 Every step is idempotent, so ``up`` can be re-run at any time; it only restarts what changed.
 """
@@ -27,6 +32,7 @@ from pathlib import Path
 import click
 
 from slurmlink import supervise
+from slurmlink.agent.devcluster import DEFAULT_POOLS, DevClusterAgents, StorageSetupError
 from slurmlink.cli.dev_cluster import node_count_options, node_rows
 from slurmlink.cpu_priority import COLOCATED_SERVE_NICE
 from slurmlink.serve_process import ServeError, ServeProcess
@@ -42,6 +48,9 @@ from slurmlink.supervise import running_pid, stop_pid
 
 DEFAULT_DIR = Path("/var/tmp/slurmlink/quickstart")
 DEFAULT_LISTEN = "127.0.0.1:8443"
+#: Each storage node's loop file: sparse, so only what is written takes disk space. XFS keeps about
+#: 64 MiB of it for its log, so a 1 GiB file would not hold one 1 GiB granule.
+DEFAULT_STORAGE_SIZE = "4GiB"
 SETTINGS_FILE = "quickstart.json"
 PLUGIN_USER = "slurm-dws"
 PLUGIN_ROLE = "workload-manager"
@@ -100,6 +109,14 @@ class Quickstart:
         return self.dir / f"{PLUGIN_USER}.kubeconfig"
 
     @property
+    def storage_dir(self) -> Path:
+        return self.dir / "storage"
+
+    def agents(self, cluster: DevCluster) -> DevClusterAgents:
+        """The storage agents of the cluster's storage nodes, with their files under DIR/storage."""
+        return DevClusterAgents(cluster, self.storage_dir, self.dir / "run", self.dir / "log", _progress)
+
+    @property
     def server_pid_file(self) -> Path:
         return self.dir / "run" / "server.pid"
 
@@ -127,33 +144,50 @@ class Quickstart:
 
     # --------------------------------------------------------------- settings
 
-    def saved_listen(self) -> str | None:
+    def _saved(self, key: str) -> str | None:
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            value = json.loads((self.dir / SETTINGS_FILE).read_text()).get("listen")
+            value = json.loads((self.dir / SETTINGS_FILE).read_text()).get(key)
             return str(value) if value else None
         return None
 
-    def _save_settings(self, listen: str) -> None:
+    def saved_listen(self) -> str | None:
+        return self._saved("listen")
+
+    def _save_settings(self, listen: str, storage_size: str, storage_capacity: str | None) -> None:
         path = self.dir / SETTINGS_FILE
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps({"listen": listen}, indent=2) + "\n")
+        settings = {"listen": listen, "storage_size": storage_size, "storage_capacity": storage_capacity}
+        tmp.write_text(json.dumps(settings, indent=2) + "\n")
         tmp.replace(path)
 
     # ----------------------------------------------------------------- server
 
-    def server(self, listen: str) -> ServeProcess:
-        """``slurmlink serve`` on DIR/server, listening on ``listen``; detached, with a pid file."""
+    def server(self, listen: str, node_address: str | None = None) -> ServeProcess:
+        """``slurmlink serve`` on DIR/server, listening on ``listen``; detached, with a pid file.
+
+        ``node_address`` is where the cluster's nodes reach the host (the bridge): the server also
+        listens there (same port), unless ``listen`` is a wildcard that covers it already, and its
+        certificate names it either way.
+        """
         host, port = _split_listen(listen)
+        extra: tuple[str, ...] = ()
+        if node_address is not None and node_address != host:
+            wildcard = host in ("0.0.0.0", "::", "")
+            extra = ("--host", node_address) if wildcard else ("--extra-listen", f"{node_address}:{port}")
         return ServeProcess(
             self.server_dir,
             port,
             host=host,
             log_path=self.server_log,
             # It shares the host with slurmctld: stage-in waves must not slow down submissions.
-            extra_args=("--log-format", "console", "--nice", str(COLOCATED_SERVE_NICE)),
+            extra_args=("--log-format", "console", "--nice", str(COLOCATED_SERVE_NICE), *extra),
             pid_file=self.server_pid_file,
             ignore_host_config=False,
         )
+
+    def node_url(self, listen: str, node_address: str) -> str:
+        """The API's URL as the cluster's nodes reach it."""
+        return f"https://{node_address}:{_split_listen(listen)[1]}"
 
     def _is_our_server(self, argv: list[str]) -> bool:
         """A reused pid is never mistaken for our server: python, ``serve``, and our state dir."""
@@ -182,19 +216,27 @@ class Quickstart:
     def _log_tail(self, lines: int = 20) -> str:
         return supervise.log_tail([self.server_log], lines)
 
-    def ensure_server(self, listen: str, timeout: float) -> tuple[str, ServeProcess | None]:
+    def ensure_server(
+        self, listen: str, timeout: float, node_address: str | None = None
+    ) -> tuple[str, ServeProcess | None]:
         """Start ``slurmlink serve`` detached (or keep the running one) and wait for /readyz.
 
         Returns the URL and the server if this call started it (so that a later failure can stop it).
         """
         pid = self.server_pid()
+        server = self.server(listen, node_address)
         if pid is not None and self.server_listen(pid) != listen:
             _progress(f"server listens on {self.server_listen(pid)}, wanted {listen}; restarting it")
             stop_pid(pid, "slurmlink serve", 10, _progress)
             pid = None
-        server = self.server(listen)
+        elif pid is not None and supervise.cmdline(pid)[1:] != server.argv()[1:]:
+            _progress("server runs with other options (the cluster's address changed?); restarting it")
+            stop_pid(pid, "slurmlink serve", 10, _progress)
+            pid = None
         if pid is None:
             self._check_listen(listen)
+            if "--extra-listen" in server.extra_args:
+                self._check_listen(server.extra_args[server.extra_args.index("--extra-listen") + 1])
             _progress(f"starting slurmlink serve on {listen} (log {self.server_log})")
             try:
                 server.start(timeout)  # stops it again if it does not become ready
@@ -255,6 +297,78 @@ class Quickstart:
         _progress(f"issued {target} (user {PLUGIN_USER}, role {PLUGIN_ROLE}, namespace {PLUGIN_NAMESPACE})")
         return target
 
+    def ensure_agent_kubeconfig(self, target: Path, node: str, server_url: str) -> Path:
+        """The node agent's credentials (user system:node:NODE), naming the API where nodes reach it."""
+        from slurmlink.auth.issue import IssueError, issue_kubeconfig, kubeconfig_is_current
+        from slurmlink.auth.kubeconfig import write_kubeconfig
+        from slurmlink.auth.roles import node_user
+
+        args = (self.server_dir, node_user(node), "node-agent", "default")
+        if kubeconfig_is_current(target, *args, server_url=server_url):
+            return target
+        try:
+            config = issue_kubeconfig(*args, server_url=server_url)
+        except IssueError as exc:
+            raise QuickstartError(str(exc)) from exc
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_kubeconfig(target, config)
+        return target
+
+    # ----------------------------------------------------------------- storage
+
+    def storage_size(self, size: str | None) -> str:
+        return size or self._saved("storage_size") or DEFAULT_STORAGE_SIZE
+
+    def ensure_storage(
+        self,
+        cluster: DevCluster,
+        listen: str,
+        size: str,
+        capacity: str | None,
+        timeout: float,
+        started: list[str],
+    ) -> None:
+        """One agent per storage node (inside it), each Storage Ready, the default pools over them.
+
+        Appends the nodes whose agent this call started to ``started`` (a failed ``up`` stops them).
+        """
+        import asyncio
+
+        from slurmlink.agent.devcluster import setup_storage_api
+        from slurmlink.resources.sizes import SizeError, parse_size
+
+        try:
+            size_bytes = parse_size(size)
+            capacity_bytes = parse_size(capacity) if capacity is not None else None
+        except SizeError as exc:
+            raise QuickstartError(f"storage size: {exc}") from None
+        agents = self.agents(cluster)
+        nodes = cluster.storage_nodes
+        wanted = {node.name for node in nodes}
+        for name in agents.known_nodes():
+            if name not in wanted:  # the node is gone (and the agent with it): forget it, free its loop
+                agents.stop(name)
+                from slurmlink.agent.device import DeviceError, release_loop_file
+
+                with contextlib.suppress(DeviceError):
+                    release_loop_file(agents.files(name).loop_file, _progress)
+        url = self.node_url(listen, cluster.controller_address)
+        for node in nodes:
+            files = agents.files(node.name)
+            self.ensure_agent_kubeconfig(files.kubeconfig, node.name, url)
+            argv = agents.argv(node.name, size=size_bytes, capacity=capacity_bytes)
+            _pid, was_started = agents.ensure(node, argv)
+            if was_started:
+                started.append(node.name)
+        if not nodes:
+            return
+        names = [node.name for node in nodes]
+        try:
+            asyncio.run(setup_storage_api(self.admin_kubeconfig, agents, names, timeout))
+        except StorageSetupError as exc:
+            raise QuickstartError(str(exc)) from None
+        _progress(f"storage nodes {', '.join(names)} Ready; pools {', '.join(n for n, _ in DEFAULT_POOLS)}")
+
     # -------------------------------------------------------------- lifecycle
 
     def up(
@@ -266,27 +380,48 @@ class Quickstart:
         slurmd_port: int | None = None,
         compute_nodes: int | None = None,
         storage_nodes: int | None = None,
+        storage_size: str | None = None,
+        storage_capacity: str | None = None,
     ) -> None:
         if os.geteuid() != 0:
             raise QuickstartError("the quick start runs Slurm's daemons as root: run it as root (sudo)")
         listen = listen or self.saved_listen() or DEFAULT_LISTEN
         _split_listen(listen)
+        size = self.storage_size(storage_size)
+        capacity = storage_capacity or (None if storage_size else self._saved("storage_capacity"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)  # the job user must reach DIR/cluster
-        self._save_settings(listen)
-        url, started_server = self.ensure_server(listen, timeout)
-        _progress(f"API server ready at {url}")
+        self._save_settings(listen, size, capacity)
+        cluster = self.cluster(
+            ctld_port, slurmd_port, compute_nodes=compute_nodes, storage_nodes=storage_nodes
+        )
+        # The nodes reach the server at the bridge's address, which exists once the network does.
         try:
+            created_network = cluster.ensure_network()
+        except DevClusterError as exc:
+            raise QuickstartError(str(exc)) from exc
+        started_server: ServeProcess | None = None
+        started_agents: list[str] = []
+        try:
+            url, started_server = self.ensure_server(listen, timeout, cluster.controller_address)
+            node_url = self.node_url(listen, cluster.controller_address)
+            _progress(f"API server ready at {url} (nodes reach it at {node_url})")
             kubeconfig = self.ensure_plugin_kubeconfig()
-            cluster = self.cluster(
-                ctld_port, slurmd_port, compute_nodes=compute_nodes, storage_nodes=storage_nodes
-            )
             # On failure the cluster stops the daemons it started itself.
             cluster.up(wait_timeout=timeout, gateway=GatewaySetup(kubeconfig=kubeconfig))
+            self.ensure_storage(cluster, listen, size, capacity, timeout, started_agents)
         except BaseException as exc:
+            agents = self.agents(cluster)
+            for node in started_agents:
+                agents.stop(node)
             if started_server is not None:
                 _progress(f"up failed; stopping the slurmlink serve it started (pid {started_server.pid})")
                 started_server.stop()
+            if created_network:
+                _progress("up failed; removing the cluster network it made")
+                with contextlib.suppress(DevClusterError):
+                    cluster.down(timeout=10)
+                agents.release()
             if isinstance(exc, DevClusterError):
                 raise QuickstartError(str(exc)) from exc
             raise
@@ -297,10 +432,13 @@ class Quickstart:
 
     def down(self, purge: bool, timeout: float) -> None:
         cluster = self.cluster()
+        agents = self.agents(cluster)
+        agents.stop_all(timeout)
         try:
             cluster.down(purge=purge and cluster.state_dir.exists(), timeout=timeout)
         except DevClusterError as exc:
             raise QuickstartError(str(exc)) from exc
+        agents.release()  # the nodes, and the pools they had mounted, are gone: free the loop devices
         self.stop_server(timeout)
         if purge and self.dir.exists():
             if not (self.dir / SETTINGS_FILE).exists():
@@ -318,6 +456,21 @@ class Quickstart:
         cluster_dir = shlex.quote(str(cluster.state_dir))
         controller = cluster.network.controller_address if cluster.network else "(no network yet)"
         dir_opt = "" if self.dir == DEFAULT_DIR else f" --state-dir {shlex.quote(str(self.dir))}"
+        admin = shlex.quote(str(self.admin_kubeconfig))
+        storage_nodes = cluster.node_names("storage")
+        if storage_nodes:
+            logs = self.agents(cluster).files("NODE").log_file
+            pools = ", ".join(name for name, _ in DEFAULT_POOLS)
+            storage = f"  storage      agents on {', '.join(storage_nodes)} (log {logs}); pools {pools}\n"
+            storage_help = f"""
+See the storage nodes and pools, drain and undrain a node:
+    KUBECONFIG={admin} kubectl get storages -A
+    KUBECONFIG={admin} kubectl get storagepools
+    KUBECONFIG={admin} slurmlink storage list
+    KUBECONFIG={admin} slurmlink storage drain {storage_nodes[0]} --reason maintenance
+"""
+        else:
+            storage = storage_help = ""
         return f"""\
 slurmlink quick start is up ({self.dir}).
   API server   {self.server_url(self.saved_listen() or DEFAULT_LISTEN)}   log {self.server_log}
@@ -325,7 +478,7 @@ slurmlink quick start is up ({self.dir}).
   nodes        {", ".join(cluster.node_names())}   controller (as nodes see it) {controller}
                a shell on one: slurmlink dev-cluster exec --state-dir {cluster_dir} NODE -- bash
   gateway      {cluster.gateway_socket}   log {cluster.gateway_log}
-
+{storage}
 Submit the DWS install guide's test job ({job}):
 {script}
   as the job user (root may not use burst buffers):
@@ -341,7 +494,7 @@ Ask Slurm about it (<jobid> as printed by sbatch; the Workflow is deleted once t
 ask while it is pending or running, or add "sleep 60" to the script):
     SLURM_CONF={conf} scontrol show bbstat workflow <jobid> && echo
     SLURM_CONF={conf} scontrol show job <jobid>
-
+{storage_help}
 Status: slurmlink quickstart status{dir_opt}    Stop: slurmlink quickstart down{dir_opt} [--purge]"""
 
 
@@ -394,6 +547,20 @@ def quickstart() -> None:
     help=f"slurmd port of the dev cluster (default: the last 'up's, else {DEFAULT_SLURMD_PORT}).",
 )
 @node_count_options
+@click.option(
+    "--storage-size",
+    metavar="SIZE",
+    default=None,
+    help=f"Size of each storage node's loop file (sparse; default: the last 'up's, else "
+    f"{DEFAULT_STORAGE_SIZE}). An existing loop file keeps its size.",
+)
+@click.option(
+    "--storage-capacity",
+    metavar="SIZE",
+    default=None,
+    help="Capacity each storage agent reports instead of its file system's size (may exceed it, for "
+    "dir/raw pools in tests of large requests).",
+)
 def up(
     state_dir: Path,
     listen: str | None,
@@ -402,12 +569,17 @@ def up(
     slurmd_port: int | None,
     compute_nodes: int | None,
     storage_nodes: int | None,
+    storage_size: str | None,
+    storage_capacity: str | None,
 ) -> None:
     """Start (or refresh) everything and print how to submit a burst buffer job.
 
-    Starts 'slurmlink serve' in the background, issues the plugin's kubeconfig (user slurm-dws, role
-    workload-manager, namespace slurm), then brings up the dev cluster in STATE_DIR/cluster with slurmlink's
-    burst_buffer.lua and the gateway. Running it again keeps what is running and restarts only what changed.
+    Makes the dev cluster's network and nodes, starts 'slurmlink serve' in the background (on --listen, and
+    on the cluster bridge's address where the nodes reach it), issues the plugin's kubeconfig (user
+    slurm-dws, role workload-manager, namespace slurm), brings up Slurm in STATE_DIR/cluster with
+    slurmlink's burst_buffer.lua and the gateway, starts a storage agent inside each storage node (each on
+    a sparse loop file under STATE_DIR/storage, with its own node-agent kubeconfig) and creates the
+    default storage pools over them. Running it again keeps what is running and restarts only what changed.
     """
     qs = Quickstart(state_dir)
     try:
@@ -418,6 +590,8 @@ def up(
             slurmd_port=slurmd_port,
             compute_nodes=compute_nodes,
             storage_nodes=storage_nodes,
+            storage_size=storage_size,
+            storage_capacity=storage_capacity,
         )
     except QuickstartError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -435,7 +609,8 @@ def up(
     help="Seconds to wait after SIGTERM before sending SIGKILL.",
 )
 def down(state_dir: Path, purge: bool, timeout: float) -> None:
-    """Stop the dev cluster (Slurm, gateway, munge), then the API server; by pid file only."""
+    """Stop the storage agents, the dev cluster (Slurm, gateway, munge, nodes), then the API server; by pid
+    file only. The storage nodes' loop devices are detached (their files stay unless --purge)."""
     qs = Quickstart(state_dir)
     try:
         qs.down(purge, timeout)
@@ -482,7 +657,29 @@ def status(state_dir: Path) -> None:
         table.add_row(name, state, detail)
     for row in node_rows(st):
         table.add_row(*row)
+    agents_ok = True
+    storage_nodes = cluster.node_names("storage")
+    if storage_nodes:
+        import asyncio
+
+        from slurmlink.agent.devcluster import storage_objects
+
+        objects = asyncio.run(storage_objects(qs.admin_kubeconfig)) if ready else {}
+        agents = qs.agents(cluster)
+        for node in storage_nodes:
+            agent_pid = agents.pid(node)
+            agents_ok = agents_ok and agent_pid is not None
+            state = f"[green]running[/] (pid {agent_pid})" if agent_pid is not None else "[red]stopped[/]"
+            status = (objects.get(node) or {}).get("status") or {}
+            spec = (objects.get(node) or {}).get("spec") or {}
+            seen = (
+                f"Storage {status.get('status') or '?'}, state {spec.get('state') or '?'}, "
+                f"capacity {status.get('capacity', '?')} bytes"
+                if node in objects
+                else "no Storage object"
+            )
+            table.add_row(f"agent {node}", state, f"{seen}; log {agents.files(node).log_file}")
     table.add_row("job user", "", cluster.job_user)
     Console().print(table)
-    if not (ready and st.running and st.gateway):
+    if not (ready and st.running and st.gateway and agents_ok):
         raise SystemExit(1)

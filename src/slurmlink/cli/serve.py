@@ -27,6 +27,14 @@ from slurmlink import config as config_mod
     "--listen", envvar="SLURMLINK_LISTEN", help="HOST:PORT to serve HTTPS on (default 127.0.0.1:8443)."
 )
 @click.option(
+    "--extra-listen",
+    "extra_listen",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Also serve on this address (repeatable), e.g. a bridge where a cluster's nodes reach the "
+    "host; its host goes into the server certificate. Kubeconfigs name --listen's address.",
+)
+@click.option(
     "--store",
     envvar="SLURMLINK_STORE",
     help="Database URL: sqlite:///PATH (default, in the state dir) or postgresql://USER@HOST/DB.",
@@ -42,6 +50,13 @@ from slurmlink import config as config_mod
     is_flag=True,
     default=None,
     help="Serve the API only; run controllers elsewhere with `slurmlink controller`.",
+)
+@click.option(
+    "--node-heartbeat-timeout",
+    type=click.FloatRange(min=0.1),
+    envvar="SLURMLINK_NODE_HEARTBEAT_TIMEOUT",
+    help="Seconds without a heartbeat from a storage node's agent before its Storage is marked "
+    "Offline (default 40).",
 )
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), envvar="SLURMLINK_LOG_LEVEL"
@@ -64,10 +79,12 @@ def serve(
     config_file: Path | None,
     state_dir: Path | None,
     listen: str | None,
+    extra_listen: tuple[str, ...],
     store: str | None,
     hosts: tuple[str, ...],
     no_test_driver: bool | None,
     no_controllers: bool | None,
+    node_heartbeat_timeout: float | None,
     log_level: str | None,
     log_format: str | None,
     insecure_http: bool | None,
@@ -86,6 +103,7 @@ def serve(
             {
                 "state_dir": state_dir,
                 "listen": listen,
+                "extra_listen": list(extra_listen) or None,
                 "store": store,
                 "hosts": list(hosts) or None,
                 "test_driver": False if no_test_driver else None,
@@ -94,6 +112,7 @@ def serve(
                 "log_format": log_format,
                 "insecure_http": True if insecure_http else None,
                 "nice": nice,
+                "node_heartbeat_timeout": node_heartbeat_timeout,
             },
         )
     except (ValueError, OSError) as exc:

@@ -30,11 +30,12 @@ class Manager:
         test_driver: bool,
         workers: int = 4,
         election: LeaderElectionConfig | None = None,
+        settings: registry.ControllerSettings | None = None,
     ) -> None:
         self.client = client
         self.informers = InformerFactory(client)
         self.runners: list[ControllerRunner] = registry.build_runners(
-            client, self.informers, test_driver=test_driver, workers=workers
+            client, self.informers, test_driver=test_driver, workers=workers, settings=settings
         )
         self.elector = LeaderElector(client, election, self.informers) if election is not None else None
         self._election: asyncio.Task[None] | None = None

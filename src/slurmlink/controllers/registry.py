@@ -10,9 +10,19 @@ from slurmlink.client.base import Client
 from slurmlink.client.informer import InformerFactory
 from slurmlink.controllers.gc import GarbageCollector
 from slurmlink.controllers.runtime import ControllerRunner, Reconciler
+from slurmlink.controllers.storagenodes import DEFAULT_HEARTBEAT_TIMEOUT, StorageHeartbeatReconciler
+from slurmlink.controllers.storagepool import StoragePoolReconciler
 from slurmlink.controllers.testdriver import TestDriverReconciler
 from slurmlink.controllers.workflow import WorkflowReconciler
 from slurmlink.resources.catalog import default_registry
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """What controllers may be configured with (``serve``'s config, ``slurmlink controller``'s flags)."""
+
+    #: Seconds without a node agent's heartbeat before its Storage is marked Offline.
+    node_heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -20,7 +30,7 @@ class ControllerSpec:
     """How to build one controller: its reconciler(s), its share of the workers, when it runs."""
 
     name: str
-    factory: Callable[[], Reconciler | Sequence[Reconciler]]
+    factory: Callable[[ControllerSettings], Reconciler | Sequence[Reconciler]]
     #: Runs only when the test driver is on (its directive rules exist).
     needs_test_driver: bool = False
     #: Workers as a fraction of ``--workers`` (at least one).
@@ -29,21 +39,29 @@ class ControllerSpec:
     def workers(self, total: int) -> int:
         return max(1, int(total * self.worker_share))
 
-    def reconcilers(self) -> list[Reconciler]:
-        built = self.factory()
+    def reconcilers(self, settings: ControllerSettings | None = None) -> list[Reconciler]:
+        built = self.factory(settings or ControllerSettings())
         return [built] if isinstance(built, Reconciler) else list(built)
 
 
-def _garbage_collectors() -> list[Reconciler]:
+def _garbage_collectors(_settings: ControllerSettings) -> list[Reconciler]:
     """One collector per kind served (any kind may own any other)."""
     kinds = [k for k in default_registry().kinds() if "watch" in k.verbs]
     return [GarbageCollector(kind, kinds) for kind in kinds]
 
 
 CONTROLLERS: tuple[ControllerSpec, ...] = (
-    ControllerSpec("workflow", WorkflowReconciler),
-    ControllerSpec("test-driver", TestDriverReconciler, needs_test_driver=True, worker_share=0.5),
+    ControllerSpec("workflow", lambda _s: WorkflowReconciler()),
+    ControllerSpec(
+        "test-driver", lambda _s: TestDriverReconciler(), needs_test_driver=True, worker_share=0.5
+    ),
     ControllerSpec("garbage-collector", _garbage_collectors, worker_share=0.25),
+    ControllerSpec(
+        "storage-heartbeat",
+        lambda s: StorageHeartbeatReconciler(timeout=s.node_heartbeat_timeout),
+        worker_share=0.25,
+    ),
+    ControllerSpec("storage-pool", lambda _s: StoragePoolReconciler(), worker_share=0.25),
 )
 
 
@@ -52,11 +70,16 @@ def enabled(*, test_driver: bool) -> list[ControllerSpec]:
 
 
 def build_runners(
-    client: Client, informers: InformerFactory, *, test_driver: bool, workers: int = 4
+    client: Client,
+    informers: InformerFactory,
+    *,
+    test_driver: bool,
+    workers: int = 4,
+    settings: ControllerSettings | None = None,
 ) -> list[ControllerRunner]:
     """One runner per enabled controller, all on ``informers``."""
     return [
         ControllerRunner(client, reconciler, workers=spec.workers(workers), informers=informers)
         for spec in enabled(test_driver=test_driver)
-        for reconciler in spec.reconcilers()
+        for reconciler in spec.reconcilers(settings)
     ]

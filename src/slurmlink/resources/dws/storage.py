@@ -32,6 +32,12 @@ from slurmlink.resources.kind import Kind, Obj, PrinterColumn, Strategy, field_o
 STORAGE_TYPE_LABEL = f"{GROUP}/storage"
 #: The namespace Storage objects live in, as upstream's.
 STORAGE_NAMESPACE = "default"
+#: Annotations slurmlink's node agent puts on its Storage (DWS has no fields for them): the node's
+#: address (where file-system clients reach it), the pool directory on the node (where the
+#: file-system drivers make each buffer), and the reason an admin gave for draining it.
+ADDRESS_ANNOTATION = "slurmlink.io/address"
+POOL_DIR_ANNOTATION = "slurmlink.io/pool-dir"
+DRAIN_REASON_ANNOTATION = "slurmlink.io/drain-reason"
 
 
 class StorageSpec(Open):

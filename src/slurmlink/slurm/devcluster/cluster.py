@@ -363,6 +363,27 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
             self._created_nodes.append(node)
             nodes.create_node(node, network, self.hosts_file)
 
+    def ensure_network(self, timeout: float = 10) -> bool:
+        """Make (or repair) the bridge and the nodes before anything runs in them, as ``up`` does first;
+        returns whether this call created the bridge (the caller then removes it with :meth:`down` if
+        what it goes on to do fails).
+
+        For services on the host that the nodes must reach at :attr:`controller_address` (the quick
+        start's API server, which must listen there before the nodes' agents start): the address
+        exists only once the bridge does.
+        """
+        if os.geteuid() != 0:
+            raise DevClusterError("the dev cluster's nodes are namespaces made by root: run 'up' as root")
+        self.ensure_packages()
+        self._prepare_dirs()
+        self._created_bridge, self._created_nodes = False, []
+        try:
+            self._ensure_network(timeout)
+        except BaseException:
+            self._undo_network(timeout)
+            raise
+        return self._created_bridge
+
     def _node_by_name(self, name: str) -> Node:
         parsed = parse_node_name(name)
         if parsed is None or self.network is None:

@@ -15,6 +15,7 @@ from slurmlink.slurm.devcluster.errors import DevClusterError, LogFn
 #: Debian packages that provide the daemons, clients, munge and the lua plugins; slurmlink's
 #: burst_buffer.lua talks to its gateway with LuaSocket, loaded inside slurmctld. iproute2 (``ip``) makes
 #: the nodes' network; nsenter, unshare, mount and runuser come with util-linux and mount (essential).
+#: xfsprogs (``mkfs.xfs``): the quick start's storage agents format their loop files with XFS.
 PACKAGES = (
     "slurmctld",
     "slurmd",
@@ -23,6 +24,7 @@ PACKAGES = (
     "slurm-wlm-basic-plugins",
     "lua-socket",
     "iproute2",
+    "xfsprogs",
 )
 
 

@@ -1,0 +1,45 @@
+"""The StoragePool controller: keeps each pool's ``status`` in step with its storage nodes.
+
+A pool's status (total and free granules and bytes, one entry per node, a Ready condition) is
+computed by :func:`slurmlink.resources.storage.capacity.pool_status` from the pool's spec and the
+``Storage`` objects in namespace ``default``; any change to a Storage (capacity, a drain, a node
+going Offline) re-reconciles every pool, since a selector may gain or lose it. Allocations do not
+exist yet, so ``allocated`` says nothing is allocated; placement will pass what is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from slurmlink.client.base import Client
+from slurmlink.controllers.runtime import Key, Reconciler, Result, Watch, watches
+from slurmlink.resources.dws.storage import STORAGE, STORAGE_NAMESPACE
+from slurmlink.resources.kind import Obj
+from slurmlink.resources.storage.capacity import Allocated, no_allocations, pool_status
+from slurmlink.resources.storage.storagepool import STORAGE_POOL
+
+
+class StoragePoolReconciler(Reconciler):
+    name = "storage-pool"
+    kind = STORAGE_POOL
+
+    def __init__(self, allocated: Allocated = no_allocations) -> None:
+        #: Bytes allocated on a node; placement replaces this with its ledger.
+        self.allocated = allocated
+
+    def secondary(self) -> Sequence[Watch]:
+        return (watches(STORAGE, self._every_pool, namespace=STORAGE_NAMESPACE),)
+
+    def _every_pool(self, _storage: Obj) -> Iterable[Key]:
+        return list(self.informers.informer(STORAGE_POOL).cache)
+
+    async def reconcile(self, client: Client, obj: Obj) -> Result | None:
+        if (obj.get("metadata") or {}).get("deletionTimestamp"):
+            return None
+        storages = self.informers.informer(STORAGE, STORAGE_NAMESPACE).list()
+        status = pool_status(obj, storages, self.allocated)
+        if status is None or status == obj.get("status"):
+            return None
+        updated = await client.update_status(STORAGE_POOL, {**obj, "status": status})
+        self.informers.informer(STORAGE_POOL).put(updated)
+        return None
