@@ -20,6 +20,7 @@ import pytest
 from slurmlink.agent.device import mount_at
 from slurmlink.auth.kubeconfig import load_kubeconfig
 from slurmlink.slurm.devcluster import DevCluster, free_port_pair, run_in_node
+from slurmlink.supervise import process_alive
 from support.agents import POOLS, STORAGES, loop_devices
 from support.devcluster import (
     cluster_leftovers,
@@ -177,7 +178,7 @@ def test_up_again_keeps_the_agents_and_restarts_a_killed_one(qs: QuickStart) -> 
     image = qs.dir / "storage" / "storage2.img"
     devices = loop_devices(image)
     os.kill(pids["storage2"], 9)  # type: ignore[arg-type]
-    wait_for(lambda: not Path(f"/proc/{pids['storage2']}").exists(), 10, message="the agent to die")
+    wait_for(lambda: not process_alive(pids["storage2"] or 0), 10, message="the agent to die")
     again = quickstart_cli("up", *qs.where, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "starting the storage agent on storage2" in again.stderr
@@ -209,6 +210,7 @@ def test_down_stops_the_agents_and_frees_the_loop_devices(qs: QuickStart) -> Non
         assert not qs.dir.exists()
         assert cluster_leftovers(qs.dir, network, ns_ids) == []
     for pid in pids:
-        assert pid is not None and not Path(f"/proc/{pid}").exists()
+        # Stopped: gone, or a zombie its parent (init, for a detached agent) has not reaped yet.
+        assert pid is not None and not process_alive(pid)
     attached = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True).stdout
     assert str(qs.dir) not in attached, attached
