@@ -915,7 +915,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM behaves like Ctrl-C, so the same finally blocks stop every daemon and purge the dirs."""
+    """SIGTERM behaves like Ctrl-C, so the same finally blocks stop every daemon and purge the dirs.
+
+    Later SIGTERMs and Ctrl-Cs are ignored: one arriving while those blocks run would cut them short
+    and leave daemons running with their pid files already deleted.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -1016,6 +1022,7 @@ def start_slurmlink(
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         ok = run(args)
     except KeyboardInterrupt:
