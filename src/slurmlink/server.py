@@ -16,11 +16,13 @@ import uvicorn
 from slurmlink.api.app import build_app
 from slurmlink.api.security import Authenticator
 from slurmlink.api.tls import PeerCertProtocol, server_ssl_context
+from slurmlink.api.whoami import WHOAMI
 from slurmlink.apiserver.service import ResourceService
 from slurmlink.auth import roles
 from slurmlink.auth.kubeconfig import build_kubeconfig, load_kubeconfig, write_kubeconfig
 from slurmlink.auth.pki import CertificateAuthority, ensure_server_credentials
 from slurmlink.auth.tokens import TokenStore
+from slurmlink.burstbuffer.api import storage_component
 from slurmlink.client.inprocess import InProcessClient
 from slurmlink.config import ServerConfig, split_listen
 from slurmlink.controllers.leaderelection import LEASE_NAME, LeaderElectionConfig, default_identity
@@ -136,7 +138,7 @@ class Server:
 
         tokens = TokenStore(cfg.state_dir / "tokens.json")
         auth = Authenticator(tokens, open_access=cfg.insecure_http)
-        app = build_app(self.service, auth, ready)
+        app = build_app(self.service, auth, ready, components=(WHOAMI, storage_component(self.service)))
         uv_kwargs: dict[str, object] = {}
         if not cfg.insecure_http:
             creds = ensure_server_credentials(cfg.state_dir, certificate_hosts(cfg))

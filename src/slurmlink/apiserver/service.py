@@ -183,6 +183,39 @@ class ResourceService:
         ``field_validation`` says whether that is an error (Strict), a warning added to ``warnings``
         (Warn) or silent (Ignore).
         """
+        ns, name, obj = self.prepare_create(
+            kind,
+            version,
+            namespace,
+            body,
+            identity,
+            scope=scope,
+            field_validation=field_validation,
+            warnings=warnings,
+        )
+        if dry_run:
+            if _call(self.store.get, kind.key, ns, name) is not None:
+                raise errors.already_exists(kind.group, kind.plural, name)
+            return self.to_version(kind, obj, version)
+        try:
+            stored = _call(self.store.create, kind.key, ns, name, obj)
+        except store_errors.AlreadyExistsError as exc:
+            raise errors.already_exists(kind.group, kind.plural, name) from exc
+        return self.to_version(kind, stored, version)
+
+    def prepare_create(
+        self,
+        kind: Kind,
+        version: str,
+        namespace: str | None,
+        body: Obj,
+        identity: Identity | None,
+        *,
+        scope: Scope | None = None,
+        field_validation: str = "Ignore",
+        warnings: builtins.list[str] | None = None,
+    ) -> tuple[str, str, Obj]:
+        """Everything a create does before it writes: (namespace, name, the object to store)."""
         if not isinstance(body, dict):
             raise errors.bad_request("the body of the request must be a JSON object")
         api_version = kind.api_version(version)
@@ -242,15 +275,7 @@ class ResourceService:
         if causes:
             raise errors.invalid(kind.group, kind.kind, name, causes)
         strategy.validate_create(obj, ctx)
-        if dry_run:
-            if _call(self.store.get, kind.key, ns, name) is not None:
-                raise errors.already_exists(kind.group, kind.plural, name)
-            return self.to_version(kind, obj, version)
-        try:
-            stored = _call(self.store.create, kind.key, ns, name, obj)
-        except store_errors.AlreadyExistsError as exc:
-            raise errors.already_exists(kind.group, kind.plural, name) from exc
-        return self.to_version(kind, stored, version)
+        return ns, name, obj
 
     # ---- update / patch ----------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from slurmlink import jsonutil
+from slurmlink.store import schema
 from slurmlink.store.errors import AlreadyExistsError, ConflictError, NotFoundError
 from slurmlink.store.events import Event, EventType
 
@@ -115,6 +116,27 @@ class Transaction:
         """The object as this transaction sees it (its own writes included)."""
         row = self._first("get", k_resource=resource, k_namespace=namespace, k_name=name)
         return jsonutil.loads(row[0]) if row else None
+
+    def list(self, resource: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Every object of ``resource`` (in ``namespace`` when given) as this transaction sees it."""
+        o = schema.objects
+        query = sa.select(o.c.data).where(o.c.resource == resource)
+        if namespace is not None:
+            query = query.where(o.c.namespace == namespace)
+        return [jsonutil.loads(row[0]) for row in self.connection.execute(query.order_by(o.c.name))]
+
+    def lock_writes(self) -> None:
+        """Take the object-write lock now (the revision counter's row) and hold it to commit.
+
+        No other transaction writes an object until this one ends, and on PostgreSQL each statement
+        after this sees every write committed before, so read-check-write logic over many objects
+        (capacity placement) cannot interleave with another. SQLite transactions hold it already.
+        """
+        self.connection.execute(
+            schema.counters.update()
+            .where(schema.counters.c.id == 1)
+            .values(revision=schema.counters.c.revision)
+        )
 
     # ---- writes ------------------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Burst buffers: directives, placement and the driver that gives jobs real storage."""
