@@ -33,6 +33,7 @@ from slurmlink.resources import errors
 from slurmlink.resources.catalog import default_registry
 from slurmlink.resources.coordination import NODE_LEASE_NAMESPACE
 from slurmlink.resources.core import NAMESPACE
+from slurmlink.burstbuffer import directives as bbd
 from slurmlink.resources.dws import directives
 from slurmlink.resources.dws.directiverule import DW_DIRECTIVE_RULE
 from slurmlink.store.hub import WatchHub
@@ -63,17 +64,18 @@ def ensure_admin_kubeconfig(config: ServerConfig, ca: CertificateAuthority) -> P
 
 
 def bootstrap(service: ResourceService, config: ServerConfig) -> None:
-    """Namespaces (the configured ones, the system namespace, the node agents' heartbeat Leases')
-    and, unless turned off, the test driver's directive rules."""
+    """Namespaces (the configured ones, the system namespace, the node agents' heartbeat Leases'),
+    the burst-buffer driver's directive rules and, unless turned off, the test driver's."""
     for name in dict.fromkeys([*config.namespaces, config.system_namespace, NODE_LEASE_NAMESPACE]):
         try:
             service.create(NAMESPACE, "v1", None, {"metadata": {"name": name}}, roles.SYSTEM)
         except errors.ApiError as exc:
             if exc.code != 409:
                 raise
-    if not config.test_driver:
-        return
-    for rule in directives.tester_rules():
+    rules = bbd.slurmlink_rules(config.system_namespace)
+    if config.test_driver:
+        rules += directives.tester_rules()
+    for rule in rules:
         rule = dict(rule, apiVersion=DW_DIRECTIVE_RULE.api_version(DW_DIRECTIVE_RULE.storage_version))
         rule["metadata"] = {**rule.get("metadata", {}), "namespace": config.system_namespace}
         name = rule["metadata"]["name"]

@@ -184,10 +184,12 @@ class DevClusterAgents:
 # ---- the API side: Storage objects and default pools -------------------------------------------------
 
 #: The StoragePools the quick start makes, one per file-system type it can serve (name, types).
-#: xfs and gluster join once placement and the agents drive their file-system drivers
-#: (``slurmlink.storage.filesystems``, from branch fs-drivers): add ("xfs", ("xfs",)) and
-#: ("gluster", ("gluster",)) here.
-DEFAULT_POOLS: tuple[tuple[str, tuple[str, ...]], ...] = (("dir", ("dir",)), ("raw", ("raw",)))
+#: gluster joins once the agents drive its driver across storage nodes.
+DEFAULT_POOLS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("xfs", ("xfs",)),
+    ("dir", ("dir",)),
+    ("raw", ("raw",)),
+)
 #: Marks the pools the quick start made (and so keeps in step with the cluster's storage nodes).
 QUICKSTART_POOL_LABEL = "slurmlink.io/quickstart"
 

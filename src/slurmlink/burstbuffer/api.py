@@ -15,17 +15,12 @@ from slurmlink import jsonutil
 from slurmlink.api.component import ApiRoute, Component
 from slurmlink.apiserver.service import ResourceService
 from slurmlink.auth.identity import Identity
+from slurmlink.burstbuffer.names import PLACEMENT_PATH, PREFIX
 from slurmlink.burstbuffer.placing import place_servers
 from slurmlink.resources import errors
 from slurmlink.resources.dws.servers import SERVERS
 
-PREFIX = "/storage/v1"
-PLACEMENT_PATH = "/namespaces/{namespace}/servers/{name}/placement"
 _ROLES = frozenset({"admin", "workload-manager"})
-
-
-def placement_path(namespace: str, name: str) -> str:
-    return PREFIX + PLACEMENT_PATH.format(namespace=namespace, name=name)
 
 
 def storage_component(service: ResourceService) -> Component:

@@ -15,6 +15,7 @@ from typing import Any
 
 from slurmlink.apiserver.service import ResourceService
 from slurmlink.auth.identity import Identity
+from slurmlink.burstbuffer.names import INSTANCE_ANNOTATION, POOL_ANNOTATION
 from slurmlink.burstbuffer.placement import PlacementError, place
 from slurmlink.resources import errors
 from slurmlink.resources.access import OWNER_UID_LABEL
@@ -34,10 +35,6 @@ from slurmlink.resources.storage.storageallocation import (
 from slurmlink.resources.storage.storagepool import STORAGE_POOL
 from slurmlink.store.transaction import Transaction
 
-#: On a DirectiveBreakdown: the pool the directive named (``pool=``), if any.
-POOL_ANNOTATION = "slurmlink.io/pool"
-#: On a DirectiveBreakdown of ``create_persistent``: the PersistentStorageInstance it fills.
-INSTANCE_ANNOTATION = "slurmlink.io/persistent-instance"
 #: Most bricks a shared file system is spread over.
 MAX_SHARED_SERVERS = 8
 

@@ -252,6 +252,10 @@ class HttpClient:
                 500, "InternalError", f"the server sent a response that is not JSON: {exc}"
             ) from exc
 
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        """A component route (a REST API beside the resources, e.g. ``/storage/v1/...``): JSON in and out."""
+        return await self._request(method, path, body=body)
+
     # ---- Client protocol ---------------------------------------------------------------------
 
     async def get(self, kind: Kind, namespace: str | None, name: str) -> Obj:

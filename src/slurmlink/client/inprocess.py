@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from slurmlink.apiserver.service import ResourceService
 from slurmlink.auth.identity import Identity
 from slurmlink.auth.roles import SYSTEM
+from slurmlink.resources.errors import ApiError
 from slurmlink.resources.kind import Kind, Obj
 from slurmlink.resources.patching import MERGE
 from slurmlink.resources.watch import WatchEvent
@@ -83,6 +84,9 @@ class InProcessClient:
         return await self.service.watch(
             kind, kind.storage_version, namespace, resource_version, label_selector, bookmark_interval=30.0
         )
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        raise ApiError(501, "NotImplemented", f"{method} {path}: component routes are served over HTTP only")
 
     async def aclose(self) -> None:
         return None

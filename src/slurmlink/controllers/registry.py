@@ -11,6 +11,7 @@ from slurmlink.client.informer import InformerFactory
 from slurmlink.controllers.gc import GarbageCollector
 from slurmlink.controllers.runtime import ControllerRunner, Reconciler
 from slurmlink.controllers.storagenodes import DEFAULT_HEARTBEAT_TIMEOUT, StorageHeartbeatReconciler
+from slurmlink.controllers.bbdriver import BurstBufferDriver
 from slurmlink.controllers.storagepool import StoragePoolReconciler
 from slurmlink.controllers.testdriver import TestDriverReconciler
 from slurmlink.controllers.workflow import WorkflowReconciler
@@ -62,6 +63,7 @@ CONTROLLERS: tuple[ControllerSpec, ...] = (
         worker_share=0.25,
     ),
     ControllerSpec("storage-pool", lambda _s: StoragePoolReconciler(), worker_share=0.25),
+    ControllerSpec("burst-buffer", lambda _s: BurstBufferDriver(), worker_share=0.5),
 )
 
 

@@ -93,6 +93,14 @@ def read_conf_value(slurm_conf: Path, key: str) -> str | None:
     return slurmconf.read_value(slurm_conf, key)
 
 
+@dataclass(frozen=True)
+class JobNodes:
+    """How many nodes a job asked for (or got), and their names once allocated."""
+
+    count: int
+    names: tuple[str, ...]
+
+
 class SlurmCommands:
     """Runs Slurm's client commands against one cluster."""
 
@@ -160,3 +168,22 @@ class SlurmCommands:
         if "Invalid job id" in result.stderr or "Invalid job id" in result.stdout:
             return False
         return None
+
+    async def job_nodes(self, job_id: str) -> JobNodes:
+        """The job's node count and, once it has them, its nodes (``scontrol show job``)."""
+        result = await self.run("scontrol", "-o", "show", "job", _job_id(job_id))
+        if result.returncode != 0:
+            raise SlurmCommandError(f"scontrol show job {job_id}: {(result.stderr or result.stdout).strip()}")
+        fields = dict(
+            word.split("=", 1) for word in result.stdout.split() if "=" in word and not word.startswith("=")
+        )
+        count_text = fields.get("NumNodes", "1").split("-", 1)[0]
+        count = int(count_text) if count_text.isdigit() else 1
+        node_list = fields.get("NodeList", "")
+        if not node_list or node_list == "(null)":
+            return JobNodes(count, ())
+        names = await self.run("scontrol", "show", "hostnames", node_list)
+        if names.returncode != 0:
+            raise SlurmCommandError(f"scontrol show hostnames {node_list}: {names.stderr.strip()}")
+        hosts = tuple(line.strip() for line in names.stdout.splitlines() if line.strip())
+        return JobNodes(len(hosts) or count, hosts)

@@ -11,6 +11,7 @@ from slurmlink.resources.dws.directiverule import DW_DIRECTIVE_RULE
 from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.slurm.commands import SlurmCommands
 from slurmlink.slurm.gateway.activity import CallbackActivity
+from slurmlink.slurm.gateway.buffers import BufferView
 from slurmlink.slurm.gateway.config import GatewayConfig
 from slurmlink.slurm.gateway.informer import Informer, sync_problem
 from slurmlink.slurm.gateway.operations import BurstBufferOps, GatewayError
@@ -31,7 +32,8 @@ class Gateway:
         self.slurm = slurm or SlurmCommands(config.slurm_conf)
         self.workflows = Informer(client, WORKFLOW, config.namespace)
         self.rules = Informer(client, DW_DIRECTIVE_RULE, config.rules_namespace)
-        self.ops = BurstBufferOps(client, config, self.workflows, self.rules, self.slurm)
+        self.buffers = BufferView(client, config.namespace)
+        self.ops = BurstBufferOps(client, config, self.workflows, self.rules, self.slurm, self.buffers)
         self.activity = CallbackActivity()
         self.sweeper = OrphanSweeper(self.ops, self.workflows, self.slurm, config, self.activity)
         self.server = GatewayServer(
@@ -63,6 +65,7 @@ class Gateway:
     async def start(self) -> None:
         self.workflows.start()
         self.rules.start()
+        self.buffers.start()
         await self.server.start()
         if self.config.sweep_interval > 0:
             self._sweep_task = asyncio.create_task(self.sweeper.run_forever(), name="orphan-sweeper")
@@ -77,3 +80,4 @@ class Gateway:
         await self.ops.aclose()
         await self.workflows.stop()
         await self.rules.stop()
+        await self.buffers.stop()

@@ -30,6 +30,8 @@ class GatewayConfig:
     slurm_conf: Path | None = None
     transient_grace: float = DEFAULT_TRANSIENT_GRACE
     api_timeout: float = DEFAULT_API_TIMEOUT
+    #: How long setup waits for burst-buffer capacity held by other jobs to be freed.
+    placement_wait: float = 240.0
     sweep_interval: float = DEFAULT_SWEEP_INTERVAL
     sweep_min_age: float = DEFAULT_SWEEP_MIN_AGE
     #: DWDirectiveRules live here (the API server's system namespace).

@@ -26,6 +26,7 @@ from slurmlink.client.base import Client
 from slurmlink.resources.dws.directiverule import DW_DIRECTIVE_RULE
 from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.slurm.commands import SlurmCommands
+from slurmlink.slurm.gateway.buffers import BufferView
 from slurmlink.slurm.gateway.config import GatewayConfig
 from slurmlink.slurm.gateway.informer import Informer, sync_problem
 from slurmlink.slurm.gateway.operations import BurstBufferOps, Fields
@@ -63,8 +64,9 @@ class FrontGateway:
         self.link = link
         self.workflows = Informer(client, WORKFLOW, config.namespace)
         self.rules = Informer(client, DW_DIRECTIVE_RULE, config.rules_namespace)
+        self.buffers = BufferView(client, config.namespace)
         self.ops = BurstBufferOps(
-            client, config, self.workflows, self.rules, SlurmCommands(config.slurm_conf)
+            client, config, self.workflows, self.rules, SlurmCommands(config.slurm_conf), self.buffers
         )
         self.server = GatewayServer(
             config.socket_path, self.operations(), self.health, quick=QUICK_OPERATIONS
@@ -113,6 +115,7 @@ class FrontGateway:
     async def start(self) -> None:
         self.workflows.start()
         self.rules.start()
+        self.buffers.start()
         await self.server.start()
         log.info("gateway listening on %s (namespace %s)", self.config.socket_path, self.config.namespace)
 
@@ -125,6 +128,7 @@ class FrontGateway:
         await self.ops.aclose()
         await self.workflows.stop()
         await self.rules.stop()
+        await self.buffers.stop()
 
 
 class WorkerProcess:

@@ -17,16 +17,21 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+from slurmlink import jsonutil
+from slurmlink.burstbuffer import directives as bbd
+from slurmlink.burstbuffer.names import BUFFER_COMMANDS, BUFFERS_ANNOTATION, placement_path
 from slurmlink.client.base import Client
 from slurmlink.resources.dws import directives as dwd
 from slurmlink.resources.dws import states
+from slurmlink.resources.dws.computes import COMPUTES
 from slurmlink.resources.dws.group import GROUP, STORAGE_VERSION
 from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.resources.errors import ApiError
 from slurmlink.resources.kind import Obj
 from slurmlink.resources.meta import parse_time
-from slurmlink.slurm.commands import SlurmCommands
+from slurmlink.slurm.commands import SlurmCommandError, SlurmCommands
 from slurmlink.slurm.gateway import script as scripts
+from slurmlink.slurm.gateway.buffers import BufferView
 from slurmlink.slurm.gateway.config import (
     JOB_RUN_ANNOTATION,
     ORIGIN_LABEL,
@@ -45,6 +50,9 @@ _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _RULES_SYNC_WAIT = 2.0
 #: How long paths (also inside slurmctld) may wait for its cache to show DataIn completed.
 _PATHS_CATCH_UP = 1.0
+#: Buffer commands whose storage the workload manager places, and those mounted on compute nodes.
+PLACED = ("jobdw", "create_persistent")
+MOUNTED = ("jobdw", "persistentdw")
 
 
 class GatewayError(Exception):
@@ -107,8 +115,11 @@ class BurstBufferOps:
         workflows: Informer,
         rules: Informer,
         slurm: SlurmCommands,
+        buffers: BufferView | None = None,
     ) -> None:
         self.client = client
+        #: Pools and persistent buffers, for checking burst-buffer directives at submission.
+        self.buffers = buffers
         self.config = config
         self.workflows = workflows
         self.rules = rules
@@ -380,12 +391,31 @@ class BurstBufferOps:
             raise GatewayError(f"cannot tell the job id from the script path {script_path!r}")
         found = self._directives(script_path)
         await self._validate(found)
+        uid_text = fields.get("uid", "")
+        await self._check_buffers(found, int(uid_text) if _DIGITS.match(uid_text) else None)
         if fields.get("uid") and fields.get("gid"):
             uid, gid = _int_field(fields, "uid"), _int_field(fields, "gid")
             task = asyncio.create_task(self._create_later(job_id, uid, gid, script_path))
             self._background[job_id] = task
             task.add_done_callback(lambda _t: self._background.pop(job_id, None))
         return ""
+
+    async def _check_buffers(self, found: list[str], uid: int | None) -> None:
+        """Burst-buffer directives against what the site has (types, pools, persistent buffers)."""
+        if self.buffers is None or not found:
+            return
+        if not any(_command(d) in BUFFER_COMMANDS for d in found):
+            return
+        if not await self.buffers.wait_synced(_RULES_SYNC_WAIT):
+            raise GatewayError(
+                "slurmlink cannot check the burst-buffer directives now because its API is unreachable; "
+                "try again later",
+                503,
+            )
+        try:
+            bbd.plan(found, self.buffers.site(), user_id=uid)
+        except bbd.BufferRequestError as exc:
+            raise GatewayError(str(exc)) from exc
 
     async def _create_later(self, job_id: str, uid: int, gid: int, script_path: str) -> None:
         try:
@@ -402,12 +432,16 @@ class BurstBufferOps:
         name = workflow_name(job_id)
         await self._ensure_workflow(job_id, uid, gid, fields.get("script", ""))
         await self._wait_state(name, "Proposal")
+        await self._place(name, job_id)
         await self._advance(name, "Setup")
         return ""
 
     def state_operation(self, target: str) -> Callable[[Fields], Awaitable[str]]:
         async def operation(fields: Fields) -> str:
-            await self._advance(workflow_name(_job_id(fields)), target)
+            job_id = _job_id(fields)
+            if target == "PreRun":
+                await self._fill_computes(workflow_name(job_id), job_id)
+            await self._advance(workflow_name(job_id), target)
             return ""
 
         return operation
@@ -422,6 +456,66 @@ class BurstBufferOps:
             return "BUSY" if result is None else ""
 
         return operation
+
+    # ------------------------------------------------ burst buffers (acting as the WLM)
+
+    def _buffers_of(self, obj: Obj | None) -> list[dict[str, Any]]:
+        raw = ((obj or {}).get("metadata") or {}).get("annotations", {}).get(BUFFERS_ANNOTATION)
+        try:
+            return list(jsonutil.loads(raw)) if raw else []
+        except ValueError:
+            return []
+
+    async def _place(self, name: str, job_id: str) -> None:
+        """Place the storage of each buffer the driver broke down, as the workload manager does.
+
+        Capacity that is not free now (other jobs hold it) is waited for, up to ``placement_wait``:
+        Slurm's own pool accounting normally keeps such jobs pending before they get here.
+        """
+        buffers = [b for b in self._buffers_of(await self._current(name)) if b.get("command") in PLACED]
+        if not buffers:
+            return
+        count = 1
+        if any(b.get("perCompute") for b in buffers):
+            try:
+                count = (await self.slurm.job_nodes(job_id)).count
+            except SlurmCommandError as exc:
+                raise GatewayError(f"cannot tell how many nodes job {job_id} has: {exc}", 500) from exc
+        deadline = time.monotonic() + self.config.placement_wait
+        for buffer in buffers:
+            path = placement_path(self.config.namespace, f"{name}-{buffer['index']}")
+            delay = 0.5
+            while True:
+                try:
+                    await self._api(
+                        f"placing {buffer['name']}",
+                        lambda path=path: self.client.call("POST", path, {"computes": count}),  # type: ignore[misc]
+                    )
+                    break
+                except ApiError as exc:
+                    if exc.code != 409 or time.monotonic() >= deadline:
+                        raise GatewayError(f"burst buffer {buffer['name']}: {exc.message}", exc.code) from exc
+                    log.info("job %s: %s; waiting", job_id, exc.message)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+
+    async def _fill_computes(self, name: str, job_id: str) -> None:
+        """Write the job's nodes into its Computes (the driver mounts buffers there in PreRun)."""
+        obj = await self._current(name)
+        if not any(b.get("command") in MOUNTED for b in self._buffers_of(obj)):
+            return
+        try:
+            nodes = (await self.slurm.job_nodes(job_id)).names
+        except SlurmCommandError as exc:
+            raise GatewayError(f"cannot tell the nodes of job {job_id}: {exc}", 500) from exc
+        data = [{"name": node} for node in nodes]
+        try:
+            await self._api(
+                f"listing the compute nodes of {name}",
+                lambda: self.client.patch(COMPUTES, self.config.namespace, name, {"data": data}),
+            )
+        except ApiError as exc:
+            raise GatewayError(f"cannot write the compute nodes of {name}: {exc.message}", exc.code) from exc
 
     async def real_size(self, fields: Fields) -> str:
         _job_id(fields)
@@ -567,6 +661,13 @@ class BurstBufferOps:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+
+
+def _command(directive: str) -> str:
+    try:
+        return dwd.parse_directive(directive)[0]
+    except dwd.DirectiveError:
+        return ""
 
 
 def _job_sort_key(name: str) -> tuple[int, str]:
