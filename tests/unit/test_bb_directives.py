@@ -826,3 +826,15 @@ def test_from_objects_end_to_end() -> None:
         ["#DW jobdw type=xfs capacity=10GiB name=fs-a", "#DW persistentdw name=mine"], site, user_id=1000
     )
     assert environment(requests, {"job/fs-a": "/a", "persistent/mine": "/m"})["DW_JOB_XFS"] == "/a"
+
+
+def test_datawarp_private_is_checked_per_node_and_striped_against_the_pool() -> None:
+    error = rejected(["#DW jobdw capacity=200GiB access_mode=striped,private type=scratch"])
+    assert "capacity=200GiB per compute node is more than pool local can ever provide" in str(error)
+    [striped] = plan(["#DW jobdw capacity=200GiB access_mode=striped type=scratch"], SITE)
+    assert striped.capacity == 200 * GiB
+
+
+def test_pool_without_capacity_yet_is_not_size_checked() -> None:
+    site = make_site(pools={"p": PoolInfo("p", ("gluster",), GiB, total=0, largest_node=0)})
+    assert plan(["#DW jobdw type=gluster capacity=1TiB name=fs-a"], site)[0].pool is None
