@@ -59,6 +59,7 @@ CLIENT_SIDE_MODULES = [
     "slurmlink.controllers.storagenodes",
     "slurmlink.controllers.storagepool",
     "slurmlink.resources.storage.capacity",
+    "slurmlink.burstbuffer.directives",
 ]
 
 
