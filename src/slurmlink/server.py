@@ -22,6 +22,7 @@ from slurmlink.auth import roles
 from slurmlink.auth.kubeconfig import build_kubeconfig, load_kubeconfig, write_kubeconfig
 from slurmlink.auth.pki import CertificateAuthority, ensure_server_credentials
 from slurmlink.auth.tokens import TokenStore
+from slurmlink.burstbuffer import directives as bbd
 from slurmlink.burstbuffer.api import storage_component
 from slurmlink.client.inprocess import InProcessClient
 from slurmlink.config import ServerConfig, split_listen
@@ -33,7 +34,6 @@ from slurmlink.resources import errors
 from slurmlink.resources.catalog import default_registry
 from slurmlink.resources.coordination import NODE_LEASE_NAMESPACE
 from slurmlink.resources.core import NAMESPACE
-from slurmlink.burstbuffer import directives as bbd
 from slurmlink.resources.dws import directives
 from slurmlink.resources.dws.directiverule import DW_DIRECTIVE_RULE
 from slurmlink.store.hub import WatchHub

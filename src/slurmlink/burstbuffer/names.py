@@ -23,6 +23,7 @@ def placement_path(namespace: str, name: str) -> str:
     """Where the workload manager posts ``{"computes": N}`` to place a Servers' storage."""
     return PREFIX + PLACEMENT_PATH.format(namespace=namespace, name=name)
 
+
 #: ``#DW`` commands of the slurmlink driver (data staging ones are rejected until they are supported).
 BUFFER_COMMANDS = frozenset(
     {

@@ -97,6 +97,13 @@ def _ref(obj: Obj) -> dict[str, str]:
     return {"kind": str(obj.get("kind")), "name": str(m.get("name")), "namespace": str(m.get("namespace"))}
 
 
+def breakdown_name(wf: Obj, request: bbd.BufferRequest) -> str:
+    """The DirectiveBreakdown (and Servers) of one buffer: ``<workflow>-<directive index>``, plus the
+    buffer's name when one directive asks for two (DataWarp's ``access_mode=striped,private``)."""
+    base = f"{wf['metadata']['name']}-{request.index}"
+    return f"{base}-{request.name}" if request.grammar == "datawarp" and request.command == "jobdw" else base
+
+
 class BurstBufferDriver(Reconciler):
     name = "burst-buffer"
     kind = WORKFLOW
@@ -194,11 +201,16 @@ class BurstBufferDriver(Reconciler):
 
     # ---- what the job asked for ------------------------------------------------------------------
 
-    def _site(self, namespace: str) -> bbd.SiteStorage:
-        return bbd.SiteStorage.from_objects(
-            self.informers.informer(STORAGE_POOL).list(),
-            self.informers.informer(PERSISTENT_STORAGE_INSTANCE).list(namespace),
-        )
+    def _site(self, namespace: str, *, exclude_creator: str) -> bbd.SiteStorage:
+        """What the site has, less the persistent instances this Workflow created itself (a Proposal
+        run again after a failed write must not find its own ``create_persistent`` taken)."""
+        instances = [
+            i
+            for i in self.informers.informer(PERSISTENT_STORAGE_INSTANCE).list(namespace)
+            if ((i.get("metadata") or {}).get("annotations") or {}).get(ownership.WORKFLOW_NAME_LABEL)
+            != exclude_creator
+        ]
+        return bbd.SiteStorage.from_objects(self.informers.informer(STORAGE_POOL).list(), instances)
 
     @staticmethod
     def _requests(wf: Obj) -> list[dict[str, Any]]:
@@ -213,9 +225,11 @@ class BurstBufferDriver(Reconciler):
     async def _proposal(self, client: Client, wf: Obj) -> Outcome:
         m, spec = wf["metadata"], wf["spec"]
         ns = m["namespace"]
-        requests = bbd.plan(spec.get("dwDirectives") or [], self._site(ns), user_id=spec.get("userID"))
+        site = self._site(ns, exclude_creator=m["name"])
+        requests = bbd.plan(spec.get("dwDirectives") or [], site, user_id=spec.get("userID"))
         resolved = [
             {
+                "servers": breakdown_name(wf, r),
                 "index": r.index,
                 "command": r.command,
                 "name": r.name,
@@ -244,8 +258,8 @@ class BurstBufferDriver(Reconciler):
         return DONE
 
     async def _ensure_breakdown(self, client: Client, wf: Obj, request: bbd.BufferRequest) -> None:
-        ns, wf_name = wf["metadata"]["namespace"], wf["metadata"]["name"]
-        name = f"{wf_name}-{request.index}"
+        ns = wf["metadata"]["namespace"]
+        name = breakdown_name(wf, request)
         persistent = request.command == "create_persistent"
         if persistent:
             await self._ensure_instance(client, wf, request)
@@ -338,7 +352,7 @@ class BurstBufferDriver(Reconciler):
     def _buffer_allocations(self, wf: Obj, request: dict[str, Any]) -> list[Obj]:
         ns = wf["metadata"]["namespace"]
         if request["command"] == "jobdw":
-            return self._allocations(ns, "Servers", f"{wf['metadata']['name']}-{request['index']}")
+            return self._allocations(ns, "Servers", request["servers"])
         return self._allocations(ns, "PersistentStorageInstance", request["name"])
 
     async def _setup(self, client: Client, wf: Obj) -> Outcome:
@@ -347,7 +361,7 @@ class BurstBufferDriver(Reconciler):
         for request in self._requests(wf):
             if request["command"] not in ("jobdw", "create_persistent"):
                 continue
-            name = f"{wf['metadata']['name']}-{request['index']}"
+            name = request["servers"]
             servers = self.informers.informer(SERVERS).get(ns, name)
             if servers is None or not (servers.get("spec") or {}).get("allocationSets"):
                 waiting.append(f"{request['name']}: waiting for the workload manager to place it")

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 from slurmlink.client.base import Client
 from slurmlink.client.informer import InformerFactory
+from slurmlink.controllers.bbdriver import BurstBufferDriver
 from slurmlink.controllers.gc import GarbageCollector
 from slurmlink.controllers.runtime import ControllerRunner, Reconciler
 from slurmlink.controllers.storagenodes import DEFAULT_HEARTBEAT_TIMEOUT, StorageHeartbeatReconciler
-from slurmlink.controllers.bbdriver import BurstBufferDriver
 from slurmlink.controllers.storagepool import StoragePoolReconciler
 from slurmlink.controllers.testdriver import TestDriverReconciler
 from slurmlink.controllers.workflow import WorkflowReconciler

@@ -483,7 +483,7 @@ class BurstBufferOps:
                 raise GatewayError(f"cannot tell how many nodes job {job_id} has: {exc}", 500) from exc
         deadline = time.monotonic() + self.config.placement_wait
         for buffer in buffers:
-            path = placement_path(self.config.namespace, f"{name}-{buffer['index']}")
+            path = placement_path(self.config.namespace, str(buffer["servers"]))
             delay = 0.5
             while True:
                 try:
