@@ -15,8 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner, Result
 
 from slurmlink.burstbuffer.names import COMPUTE_NODE_FINALIZER, placement_path
+from slurmlink.cli.main import main
 from slurmlink.resources.storage.storageallocation import STORAGE_NODE_FINALIZER
 from support.server import ServerProcess
 from support.waiting import wait_for
@@ -244,7 +246,11 @@ def test_failed_allocation_fails_setup_with_the_agents_message(api: httpx.Client
     _completed(api, name, "Teardown")
 
 
-def test_persistent_buffer_created_used_and_destroyed(api: httpx.Client) -> None:
+def _cli(server: ServerProcess, *args: str) -> Result:
+    return CliRunner().invoke(main, [*args, "--kubeconfig", str(server.kubeconfig)])
+
+
+def test_persistent_buffer_created_used_and_destroyed(api: httpx.Client, server: ServerProcess) -> None:
     creator = _workflow(api, ["#DW create_persistent type=xfs capacity=1GiB name=keep"])
     _completed(api, creator, "Proposal")
     psi = ok(api.get(f"{DWS}/namespaces/{NS}/persistentstorageinstances/keep"))
@@ -275,6 +281,13 @@ def test_persistent_buffer_created_used_and_destroyed(api: httpx.Client) -> None
     assert wf["status"]["env"]["DW_PERSISTENT_keep"] == f"/mnt/slurmlink/{user}/persistent/keep"
     psi = ok(api.get(f"{DWS}/namespaces/{NS}/persistentstorageinstances/keep"))
     assert {"kind": "Workflow", "name": user, "namespace": NS} in psi["spec"]["consumerReferences"]
+
+    listed = _cli(server, "buffers", "list")
+    assert listed.exit_code == 0, listed.output
+    (row,) = [line.split() for line in listed.output.splitlines() if line.startswith("keep ")]
+    assert row[1:4] == ["persistent", "xfs", "1GiB"] and row[5] == "1001" and row[6] == "Ready"
+    refused_cli = _cli(server, "buffers", "destroy", "keep")
+    assert refused_cli.exit_code != 0 and f"in use by job(s) {user[2:]}" in refused_cli.output
 
     destroyer = _workflow(api, ["#DW destroy_persistent name=keep"])
 

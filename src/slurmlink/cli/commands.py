@@ -9,6 +9,7 @@ def all_commands() -> list[click.Command]:
     """Every top-level sub-command of ``slurmlink``."""
     from slurmlink.cli import (
         agent_cmd,
+        buffers_cmd,
         controller_cmd,
         dev_cluster,
         kubeconfig_cmd,
@@ -30,6 +31,7 @@ def all_commands() -> list[click.Command]:
         controller_cmd.controller,
         agent_cmd.agent,
         storage_cmd.storage,
+        buffers_cmd.buffers,
         resources_cmd.get,
         resources_cmd.describe,
         resources_cmd.watch,

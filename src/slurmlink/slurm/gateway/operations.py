@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from slurmlink import jsonutil
@@ -25,10 +26,13 @@ from slurmlink.resources.dws import directives as dwd
 from slurmlink.resources.dws import states
 from slurmlink.resources.dws.computes import COMPUTES
 from slurmlink.resources.dws.group import GROUP, STORAGE_VERSION
+from slurmlink.resources.dws.servers import SERVERS
 from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.resources.errors import ApiError
 from slurmlink.resources.kind import Obj
 from slurmlink.resources.meta import parse_time
+from slurmlink.resources.sizes import format_size
+from slurmlink.resources.storage.storageallocation import STORAGE_ALLOCATION
 from slurmlink.slurm.commands import SlurmCommandError, SlurmCommands
 from slurmlink.slurm.gateway import script as scripts
 from slurmlink.slurm.gateway.buffers import BufferView
@@ -424,7 +428,26 @@ class BurstBufferOps:
             log.warning("creating workflow for job %s at submission failed: %s", job_id, exc)
 
     async def pools(self, fields: Fields) -> str:
-        return ""
+        """Every StoragePool, so Slurm accounts capacity and holds jobs (BurstBufferResources) until
+        there is room. ``free`` is what placement has not handed out: Slurm counts the larger of
+        that and its own jobs' sizes as used. Empty (no pools) until the pools have been listed."""
+        if self.buffers is None or not self.buffers.pools.synced.is_set():
+            return ""
+        pools = []
+        for pool in sorted(self.buffers.pools.list(), key=lambda p: p["metadata"]["name"]):
+            status = pool.get("status") or {}
+            granularity = status.get("granularity")
+            if not isinstance(granularity, int) or granularity < 1:
+                continue
+            pools.append(
+                {
+                    "id": pool["metadata"]["name"],
+                    "granularity": granularity,
+                    "quantity": int(status.get("totalGranules") or 0),
+                    "free": int(status.get("freeGranules") or 0),
+                }
+            )
+        return jsonutil.dumps_str({"pools": pools}) if pools else ""
 
     async def setup(self, fields: Fields) -> str:
         job_id = _job_id(fields)
@@ -518,8 +541,26 @@ class BurstBufferOps:
             raise GatewayError(f"cannot write the compute nodes of {name}: {exc.message}", exc.code) from exc
 
     async def real_size(self, fields: Fields) -> str:
-        _job_id(fields)
-        return ""
+        """The bytes the job's buffers really take (whole granules, every compute node's share), which
+        Slurm then charges instead of the ``capacity=`` it parsed; empty for jobs without buffers."""
+        name = workflow_name(_job_id(fields))
+        total = 0
+        for buffer in self._buffers_of(await self._current(name)):
+            if buffer.get("command") not in PLACED:
+                continue
+            try:
+                servers = await self._api(
+                    f"reading the storage of {name}",
+                    lambda b=buffer: self.client.get(SERVERS, self.config.namespace, str(b["servers"])),  # type: ignore[misc]
+                )
+            except ApiError as exc:
+                if exc.code == 404:
+                    continue
+                raise GatewayError(f"cannot read the storage of {name}: {exc.message}", exc.code) from exc
+            for aset in (servers.get("spec") or {}).get("allocationSets") or []:
+                count = sum(int(s.get("allocationCount") or 0) for s in aset.get("storage") or [])
+                total += int(aset.get("allocationSize") or 0) * count
+        return str(total) if total else ""
 
     async def paths(self, fields: Fields) -> str:
         """Environment for the job: the Workflow's name and namespace plus its ``status.env``."""
@@ -621,9 +662,76 @@ class BurstBufferOps:
             )
         if words and words[0] == "workflows" and len(words) <= 2:
             return self._workflow_table(words[1] if len(words) == 2 else None, fields.get("uid"))
+        if words == ["pools"]:
+            return self._pool_table()
+        if words == ["buffers"]:
+            return await self._buffer_table()
         raise GatewayError(
-            "Usage: scontrol show bbstat workflow <job-id> | scontrol show bbstat workflows [uid=<uid>]"
+            "Usage: scontrol show bbstat workflow <job-id> | scontrol show bbstat workflows [uid=<uid>] | "
+            "scontrol show bbstat pools | scontrol show bbstat buffers"
         )
+
+    def _pool_table(self) -> str:
+        rows = [("POOL", "TYPES", "GRANULARITY", "TOTAL", "FREE", "NODES", "USABLE")]
+        for pool in sorted(
+            self.buffers.pools.list() if self.buffers else [], key=lambda p: p["metadata"]["name"]
+        ):
+            spec, status = pool.get("spec") or {}, pool.get("status") or {}
+            nodes = status.get("nodes") or []
+            usable = sum(1 for n in nodes if n.get("status") == "Ready")
+            rows.append(
+                (
+                    pool["metadata"]["name"],
+                    ",".join(spec.get("fileSystemTypes") or []),
+                    _size(status.get("granularity")),
+                    _size(status.get("totalBytes")),
+                    _size(status.get("freeBytes")),
+                    str(len(nodes)),
+                    str(usable),
+                )
+            )
+        return _table(rows, "(no pools)")
+
+    async def _buffer_table(self) -> str:
+        """Persistent buffers: name, type, size, owner, age, state, the jobs using them."""
+        rows = [("NAME", "TYPE", "SIZE", "OWNER", "AGE", "STATE", "USED BY")]
+        if self.buffers is None:
+            return _table(rows, "(no persistent buffers)")
+        try:
+            allocations, _ = await self._api(
+                "listing storage allocations",
+                lambda: self.client.list(STORAGE_ALLOCATION, self.config.namespace),
+            )
+        except ApiError as exc:
+            raise GatewayError(f"cannot list the buffers: {exc.message}", exc.code) from exc
+        sizes: dict[str, int] = {}
+        for alloc in allocations:
+            for ref in alloc["metadata"].get("ownerReferences") or []:
+                if ref.get("kind") == "PersistentStorageInstance":
+                    sizes[ref["name"]] = sizes.get(ref["name"], 0) + int(alloc["spec"].get("capacity") or 0)
+        now = time.time()
+        for psi in sorted(
+            self.buffers.instances.list(self.config.namespace), key=lambda p: p["metadata"]["name"]
+        ):
+            spec, status = psi.get("spec") or {}, psi.get("status") or {}
+            users = [str(r.get("name", "")) for r in spec.get("consumerReferences") or []]
+            created = psi["metadata"].get("creationTimestamp", "")
+            try:
+                age = _age(now - parse_time(created).timestamp())
+            except ValueError:
+                age = "?"
+            rows.append(
+                (
+                    psi["metadata"]["name"],
+                    str(spec.get("fsType", "")),
+                    _size(sizes.get(psi["metadata"]["name"])),
+                    _owner(spec.get("userID")),
+                    age,
+                    str(status.get("state") or spec.get("state") or ""),
+                    ",".join(u[2:] if u.startswith("bb") else u for u in users) or "-",
+                )
+            )
+        return _table(rows, "(no persistent buffers)")
 
     def _workflow_table(self, selector: str | None, caller_uid: str | None) -> str:
         uid: str | None = caller_uid
@@ -649,11 +757,7 @@ class BurstBufferOps:
                     "true" if status.get("ready") else "false",
                 )
             )
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
-        if len(rows) == 1:
-            lines.append("(no workflows)")
-        return "\n".join(lines) + "\n"
+        return _table(rows, "(no workflows)")
 
     async def aclose(self) -> None:
         tasks = list(self._background.values())
@@ -661,6 +765,35 @@ class BurstBufferOps:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+
+
+def _table(rows: Sequence[tuple[str, ...]], empty: str) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    if len(rows) == 1:
+        lines.append(empty)
+    return "\n".join(lines) + "\n"
+
+
+def _size(value: object) -> str:
+    return format_size(value) if isinstance(value, int) and not isinstance(value, bool) else "-"
+
+
+def _owner(uid: object) -> str:
+    if not isinstance(uid, int):
+        return "?"
+    try:
+        return f"{pwd.getpwuid(uid).pw_name}({uid})"
+    except KeyError:
+        return str(uid)
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def _command(directive: str) -> str:
