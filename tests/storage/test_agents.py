@@ -240,7 +240,10 @@ def test_an_xfs_buffer_is_made_mounted_on_the_compute_node_and_released(nodes: N
     assert mounts.mounted_at(nodes.s1, str(path)) is None  # only on the compute node
     # The job writes through the mount, as its own user.
     nodes.c1.run(as_job_user(write_file_argv(f"{path}/data", 4)))
-    assert nodes.c1.run(["stat", "-c", "%s %u", f"{path}/data"]).stdout.split() == [str(4 * MiB), str(JOB_UID)]
+    assert nodes.c1.run(["stat", "-c", "%s %u", f"{path}/data"]).stdout.split() == [
+        str(4 * MiB),
+        str(JOB_UID),
+    ]
     assert (lease(admin, "c1") or {}).get("spec", {}).get("holderIdentity") == "c1"
 
     # kill -9 of the compute agent, the mount lost meanwhile: the restarted agent mounts it again.
@@ -268,7 +271,7 @@ def test_an_xfs_buffer_is_made_mounted_on_the_compute_node_and_released(nodes: N
     assert mounts.mounted_at(nodes.c1, str(path)) is None
     wait_gone(admin, f"{ALLOCATIONS}/x1")
     assert not any(back == image for back in loop_devices_below(nodes.work).values())
-    assert not nodes.s1.run(["test", "-e", f"{nodes.pool}/default-x1"], check=False).returncode == 0
+    assert nodes.s1.run(["test", "-e", f"{nodes.pool}/default-x1"], check=False).returncode != 0
     assert admin.delete(f"{CLIENT_MOUNTS}/cm-x1").status_code == 200
     wait_gone(admin, f"{CLIENT_MOUNTS}/cm-x1")
     assert not (nodes.work / "c1" / "mounts" / f"{cm['metadata']['uid']}.json").exists()
