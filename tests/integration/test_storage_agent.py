@@ -422,6 +422,7 @@ def test_drain_and_undrain_round_trip(
         (["--device", "/etc/hostname"], "/etc/hostname is not a block device"),
         (["--loop-file", "/nonexistent/x.img"], "loop file /nonexistent/x.img does not exist: give --size"),
         ([], "give one of --device, --directory or --loop-file"),
+        (["--compute", "--directory", "/x", "--size", "1GiB"], "--directory, --size: not for --compute"),
     ],
 )
 def test_an_unusable_device_is_refused_with_the_reason(

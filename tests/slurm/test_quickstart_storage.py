@@ -161,6 +161,19 @@ def test_each_agent_runs_inside_its_node_and_reaches_the_server_over_the_bridge(
         assert inside.returncode == 0 and inside.stdout.strip() == "xfs", inside
         assert mount_at(pool) is None
         assert len(loop_devices(qs.dir / "storage" / f"{node.name}.img")) == 1
+    # And one compute-mode agent inside each compute node (it performs the node's ClientMounts).
+    for node in cluster.compute_nodes:
+        pid = qs.agent_pid(node.name)
+        assert pid is not None and process_alive(pid), node.name
+        assert os.stat(f"/proc/{pid}/ns/mnt").st_ino == os.stat(node.mnt_ns).st_ino
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        assert "--compute" in argv and argv[argv.index("--node") + 1] == node.name
+        creds = load_kubeconfig(qs.dir / "storage" / node.name / "node-agent.kubeconfig")
+        assert creds.server == f"https://{cluster.controller_address}:{port}"
+    with qs.client() as client:
+        for node in cluster.compute_nodes:
+            r = client.get(f"/apis/coordination.k8s.io/v1/namespaces/slurmlink-node-lease/leases/{node.name}")
+            assert r.status_code == 200 and r.json()["spec"]["holderIdentity"] == node.name, r.text
 
 
 def test_status_shows_the_agents(qs: QuickStart) -> None:
@@ -169,6 +182,9 @@ def test_status_shows_the_agents(qs: QuickStart) -> None:
     for node in NODES:
         line = next(line for line in status.stdout.splitlines() if f"agent {node}" in line)
         assert "running" in line and "Storage Ready" in line, status.stdout
+    for node in ("compute1", "compute2"):
+        line = next(line for line in status.stdout.splitlines() if f"agent {node}" in line)
+        assert "running" in line and "compute" in line, status.stdout
 
 
 def test_up_again_keeps_the_agents_and_restarts_a_killed_one(qs: QuickStart) -> None:

@@ -1,4 +1,4 @@
-"""Storage agents in a dev cluster's storage nodes (the quick start's): start, keep, stop, clean up.
+"""Node agents in a dev cluster's nodes (the quick start's): start, keep, stop, clean up.
 
 One ``slurmlink agent`` per storage node runs inside the node's namespaces (``spawn_in_node``: its
 network, hostname and mount namespace, so the pool it mounts is the node's own), with its own
@@ -13,6 +13,10 @@ device is a sparse loop file under the base directory. Files, for node ``storage
 
 Like the cluster's daemons, an agent is found again by its pid file and a command line that names its
 node and state dir; one that runs with other arguments or another kubeconfig is restarted.
+
+Each compute node runs ``slurmlink agent --compute`` the same way (inside the node, with its own
+node-agent kubeconfig, state dir ``BASE/compute1/``, pid file and log): it mounts the burst buffers of
+the node's jobs (DWS ClientMounts). It has no loop file.
 """
 
 from __future__ import annotations
@@ -84,7 +88,8 @@ class AgentFiles:
 
 
 class DevClusterAgents:
-    """The storage agents of ``cluster``, with their files under ``base`` (loop files, state dirs)."""
+    """The node agents of ``cluster`` (storage and compute), with their files under ``base`` (loop files,
+    state dirs)."""
 
     def __init__(self, cluster: DevCluster, base: Path, run_dir: Path, log_dir: Path, log: LogFn) -> None:
         self.cluster = cluster
@@ -107,6 +112,20 @@ class DevClusterAgents:
             *("--kubeconfig", str(f.kubeconfig)),
             *("--loop-file", str(f.loop_file), "--size", str(size)),
             *(("--capacity", str(capacity)) if capacity is not None else ()),
+            *("--state-dir", str(f.state_dir)),
+            *("--log-format", "console"),
+            *extra,
+        ]
+
+    def compute_argv(self, node: str, *, extra: Sequence[str] = ()) -> list[str]:
+        """The compute-mode agent of compute node ``node`` (no device: it performs ClientMounts)."""
+        f = self.files(node)
+        return [
+            sys.executable,
+            *AGENT_PREFIX,
+            *("--node", node),
+            *("--kubeconfig", str(f.kubeconfig)),
+            "--compute",
             *("--state-dir", str(f.state_dir)),
             *("--log-format", "console"),
             *extra,
@@ -136,17 +155,18 @@ class DevClusterAgents:
         Returns its pid and whether this call started it.
         """
         f = self.files(node.name)
+        what = "compute agent" if "--compute" in argv else "storage agent"
         wanted = {"argv": argv, "kubeconfig_sha256": hashlib.sha256(f.kubeconfig.read_bytes()).hexdigest()}
         pid = self.pid(node.name)
         if pid is not None and (self._settings(node.name) != wanted or supervise.cmdline(pid) != argv):
-            self.log(f"storage agent on {node.name}: options or kubeconfig changed; restarting it")
+            self.log(f"{what} on {node.name}: options or kubeconfig changed; restarting it")
             self.stop(node.name)
             pid = None
         if pid is not None:
             return pid, False
         for path in (f.state_dir, self.run_dir, self.log_dir):
             path.mkdir(parents=True, exist_ok=True)
-        self.log(f"starting the storage agent on {node.name} (log {f.log_file})")
+        self.log(f"starting the {what} on {node.name} (log {f.log_file})")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         pid = spawn_in_node(node, argv, f.log_file, process_env=env)
         supervise.write_pid(f.pid_file, pid)
@@ -159,7 +179,7 @@ class DevClusterAgents:
         f = self.files(node)
         pid = self.pid(node)
         if pid is not None:
-            supervise.stop_pid(pid, f"the storage agent on {node}", timeout, self.log)
+            supervise.stop_pid(pid, f"the agent on {node}", timeout, self.log)
         for path in (f.pid_file, f.settings_file):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

@@ -87,6 +87,8 @@ class DeviceState:
     fs_type: str | None = None
     #: Mounted with XFS project quotas.
     quota: bool = False
+    #: The UUID of the pool's file system on ``device`` (compute nodes check it before mounting it).
+    fs_uuid: str | None = None
 
 
 # ---- commands --------------------------------------------------------------------------------------
@@ -246,6 +248,19 @@ def probe(device: str) -> tuple[str | None, str | None]:
     return values.get("TYPE"), values.get("PTTYPE")
 
 
+def fs_uuid(device: str) -> str | None:
+    """The UUID of the file system on ``device`` (a low-level probe, no cache); None if none or unknown."""
+    if shutil.which("blkid") is None:
+        return None
+    result = subprocess.run(
+        ["blkid", "--probe", "--match-tag", "UUID", "--output", "value", device],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.stdout.strip() or None
+
+
 def _format(config: DeviceConfig, device: str, size: int, log: LogFn) -> str | None:
     """Format ``device`` with XFS if it is blank or an earlier format was interrupted; its fs type."""
     marker = config.state_dir / FORMAT_MARKER
@@ -381,4 +396,5 @@ def prepare(config: DeviceConfig, log: LogFn) -> DeviceState:
         device=device,
         fs_type=fs_type,
         quota=quota,
+        fs_uuid=fs_uuid(device),
     )

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from slurmlink.agent.allocations import AllocationManager, PoolInfo
 from slurmlink.agent.device import DeviceConfig, DeviceError, DeviceState, prepare
 from slurmlink.client.base import Client
 from slurmlink.client.http import UnreachableError
@@ -97,7 +98,99 @@ def _refused(exc: errors.ApiError) -> bool:
     return exc.code in (401, 403)
 
 
-class StorageAgent:
+class NodeAgent:
+    """What every node agent does: heartbeat the node's Lease, retry the API with back-off."""
+
+    def __init__(self, client: Client, settings: AgentSettings, *, server: str = "") -> None:
+        self.client = client
+        self.settings = settings
+        self.server = server
+        self._lease: Obj | None = None
+        self._unreachable_since: float | None = None
+        self._next_retry = RETRY_DELAYS[0]
+
+    @property
+    def node(self) -> str:
+        return self.settings.node
+
+    async def heartbeat(self) -> None:
+        """Renew (or create) the node's Lease."""
+        for _attempt in range(3):
+            now = now_micro()
+            lease = self._lease
+            if lease is None:
+                try:
+                    lease = await self.client.get(LEASE, NODE_LEASE_NAMESPACE, self.node)
+                except errors.ApiError as exc:
+                    if exc.code != 404:
+                        raise
+                    body = {
+                        "apiVersion": "coordination.k8s.io/v1",
+                        "kind": "Lease",
+                        "metadata": {"name": self.node, "namespace": NODE_LEASE_NAMESPACE},
+                        "spec": {
+                            "holderIdentity": self.node,
+                            "leaseDurationSeconds": self.settings.lease_duration,
+                            "acquireTime": now,
+                            "renewTime": now,
+                        },
+                    }
+                    try:
+                        self._lease = await self.client.create(LEASE, body)
+                        return
+                    except errors.ApiError as exc2:
+                        if exc2.code != 409:
+                            raise
+                        continue
+            spec = dict(lease.get("spec") or {})
+            spec.update(
+                holderIdentity=self.node,
+                leaseDurationSeconds=self.settings.lease_duration,
+                renewTime=now,
+            )
+            try:
+                self._lease = await self.client.update(LEASE, {**lease, "spec": spec})
+                return
+            except errors.ApiError as exc:
+                if exc.code not in (404, 409):
+                    raise
+                self._lease = None  # changed or deleted by someone else: read it again
+        raise errors.ApiError(409, "Conflict", f"could not renew Lease {NODE_LEASE_NAMESPACE}/{self.node}")
+
+    # ---- reachability --------------------------------------------------------------------------
+
+    def _failed(self, exc: errors.ApiError, doing: str) -> float:
+        """Log a failed API call (once per outage when unreachable); the delay before retrying."""
+        if _refused(exc):
+            raise AgentError(
+                f"the API refused node {self.node}'s agent while {doing}: {exc.message} (check the "
+                f"kubeconfig: it must be a node-agent credential for node {self.node})"
+            )
+        delay = self._next_retry
+        self._next_retry = min(delay * 2, RETRY_DELAYS[1])
+        if isinstance(exc, UnreachableError):
+            if self._unreachable_since is None:
+                self._unreachable_since = time.monotonic()
+                log.warning("%s; retrying with back-off (every %g s at most)", exc.message, RETRY_DELAYS[1])
+            else:
+                log.debug("%s; retrying in %g s", exc.message, delay)
+        else:
+            log.warning("node %s: %s failed: %s; retrying in %g s", self.node, doing, exc.message, delay)
+        return delay
+
+    def _succeeded(self) -> None:
+        if self._unreachable_since is not None:
+            down = time.monotonic() - self._unreachable_since
+            log.info("the slurmlink API at %s is reachable again (after %.0f s)", self.server, down)
+        self._unreachable_since = None
+        self._next_retry = RETRY_DELAYS[0]
+
+    @staticmethod
+    async def _sleep(stop: asyncio.Event, delay: float) -> None:
+        await _wait_any((stop,), delay)
+
+
+class StorageAgent(NodeAgent):
     """One storage node's agent; ``run(stop)`` until ``stop`` is set."""
 
     def __init__(
@@ -108,25 +201,23 @@ class StorageAgent:
         *,
         server: str = "",
         prepare_device: Callable[[DeviceConfig, Callable[[str], None]], DeviceState] = prepare,
+        allocations: bool = True,
     ) -> None:
-        self.client = client
+        super().__init__(client, settings, server=server)
         self.device = device
-        self.settings = settings
-        self.server = server
         self._prepare_device = prepare_device
         self.state: DeviceState | None = None
         self.device_error: str | None = None
         self.storage = SharedInformer(client, STORAGE, STORAGE_NAMESPACE, retry_delay=RETRY_DELAYS[0])
-        self._lease: Obj | None = None
         self._wake = asyncio.Event()
         #: The first status write after a start reports what the agent finds, even over "Offline".
         self._fresh = True
-        self._unreachable_since: float | None = None
-        self._next_retry = RETRY_DELAYS[0]
-
-    @property
-    def node(self) -> str:
-        return self.settings.node
+        #: Makes and destroys the node's StorageAllocations (None: not asked to, ``allocations=False``).
+        self.allocations: AllocationManager | None = (
+            AllocationManager(client, settings.node, self.pool_info, retry_delay=RETRY_DELAYS[0])
+            if allocations
+            else None
+        )
 
     # ---- the device ----------------------------------------------------------------------------
 
@@ -144,6 +235,13 @@ class StorageAgent:
         if self.state is None or self.state.capacity != state.capacity:
             log.info("node %s: pool %s ready, capacity %d bytes", self.node, state.pool_dir, state.capacity)
         self.state = state
+
+    def pool_info(self) -> PoolInfo | None:
+        """The pool for the allocations; None while the device is unusable."""
+        state = self.state
+        if state is None or self.device_error is not None:
+            return None
+        return PoolInfo(str(state.pool_dir), self.settings.address, state.device, state.fs_uuid)
 
     # ---- desired objects -----------------------------------------------------------------------
 
@@ -232,78 +330,6 @@ class StorageAgent:
         self.storage.put(current)
         return current
 
-    async def heartbeat(self) -> None:
-        """Renew (or create) the node's Lease."""
-        for _attempt in range(3):
-            now = now_micro()
-            lease = self._lease
-            if lease is None:
-                try:
-                    lease = await self.client.get(LEASE, NODE_LEASE_NAMESPACE, self.node)
-                except errors.ApiError as exc:
-                    if exc.code != 404:
-                        raise
-                    body = {
-                        "apiVersion": "coordination.k8s.io/v1",
-                        "kind": "Lease",
-                        "metadata": {"name": self.node, "namespace": NODE_LEASE_NAMESPACE},
-                        "spec": {
-                            "holderIdentity": self.node,
-                            "leaseDurationSeconds": self.settings.lease_duration,
-                            "acquireTime": now,
-                            "renewTime": now,
-                        },
-                    }
-                    try:
-                        self._lease = await self.client.create(LEASE, body)
-                        return
-                    except errors.ApiError as exc2:
-                        if exc2.code != 409:
-                            raise
-                        continue
-            spec = dict(lease.get("spec") or {})
-            spec.update(
-                holderIdentity=self.node,
-                leaseDurationSeconds=self.settings.lease_duration,
-                renewTime=now,
-            )
-            try:
-                self._lease = await self.client.update(LEASE, {**lease, "spec": spec})
-                return
-            except errors.ApiError as exc:
-                if exc.code not in (404, 409):
-                    raise
-                self._lease = None  # changed or deleted by someone else: read it again
-        raise errors.ApiError(409, "Conflict", f"could not renew Lease {NODE_LEASE_NAMESPACE}/{self.node}")
-
-    # ---- reachability --------------------------------------------------------------------------
-
-    def _failed(self, exc: errors.ApiError, doing: str) -> float:
-        """Log a failed API call (once per outage when unreachable); the delay before retrying."""
-        if _refused(exc):
-            raise AgentError(
-                f"the API refused node {self.node}'s agent while {doing}: {exc.message} (check the "
-                f"kubeconfig: it must be a node-agent credential for node {self.node})"
-            )
-        delay = self._next_retry
-        self._next_retry = min(delay * 2, RETRY_DELAYS[1])
-        if isinstance(exc, UnreachableError):
-            if self._unreachable_since is None:
-                self._unreachable_since = time.monotonic()
-                log.warning("%s; retrying with back-off (every %g s at most)", exc.message, RETRY_DELAYS[1])
-            else:
-                log.debug("%s; retrying in %g s", exc.message, delay)
-        else:
-            log.warning("node %s: %s failed: %s; retrying in %g s", self.node, doing, exc.message, delay)
-        return delay
-
-    def _succeeded(self) -> None:
-        if self._unreachable_since is not None:
-            down = time.monotonic() - self._unreachable_since
-            log.info("the slurmlink API at %s is reachable again (after %.0f s)", self.server, down)
-        self._unreachable_since = None
-        self._next_retry = RETRY_DELAYS[0]
-
     # ---- main loop -----------------------------------------------------------------------------
 
     def _on_storage(self, _type: str, new: Obj | None, old: Obj | None) -> None:
@@ -331,9 +357,23 @@ class StorageAgent:
             return
         self.storage.add_handler(self._on_storage)
         self.storage.start()
+        loop_task = asyncio.create_task(self._loop(stop), name="storage-agent")
+        # The heartbeat goes on while the allocations are restored (which may take a while).
+        start_task = (
+            asyncio.create_task(self.allocations.start(stop), name="allocations-start")
+            if self.allocations is not None
+            else None
+        )
         try:
-            await self._loop(stop)
+            await loop_task
         finally:
+            for task in (loop_task, start_task):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if self.allocations is not None:
+                await self.allocations.stop()
             await self.storage.stop()
 
     async def _get_storage(self) -> Obj | None:
@@ -368,10 +408,6 @@ class StorageAgent:
                 retry_at = time.monotonic() + delay
             wake_at = min(next_beat, next_check, retry_at or next_beat)
             await _wait_any((self._wake, stop), max(0.0, wake_at - time.monotonic()))
-
-    @staticmethod
-    async def _sleep(stop: asyncio.Event, delay: float) -> None:
-        await _wait_any((stop,), delay)
 
 
 async def _wait_any(events: tuple[asyncio.Event, ...], timeout: float) -> None:

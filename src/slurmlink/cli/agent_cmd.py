@@ -1,4 +1,4 @@
-"""``slurmlink agent``: the node agent (today: storage nodes)."""
+"""``slurmlink agent``: the node agent (storage nodes; ``--compute``: compute nodes)."""
 
 from __future__ import annotations
 
@@ -60,6 +60,40 @@ def agent_lock(state_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+async def _main_compute(
+    node: str,
+    state_dir: Path,
+    address: str | None,
+    heartbeat_interval: float,
+    lease_duration: int,
+    kubeconfig: Path | None,
+    context: str | None,
+) -> None:
+    from slurmlink.agent.compute_agent import ComputeAgent
+    from slurmlink.agent.storage_agent import AgentSettings, default_address
+
+    client = open_client(kubeconfig, context, timeout=10.0)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        settings = AgentSettings(
+            node=node,
+            address=address or default_address(client.server),
+            heartbeat_interval=heartbeat_interval,
+            device_interval=heartbeat_interval,
+            lease_duration=lease_duration,
+        )
+        log.info("compute agent for node %s: API %s, state %s", node, client.server, state_dir)
+        await ComputeAgent(client, settings, state_dir, server=client.server).run(stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await client.aclose()
+        log.info("agent stopped")
+
+
 async def _main(
     device: DeviceConfig,
     node: str,
@@ -104,6 +138,11 @@ async def _main(
 @click.command("agent")
 @click.option("--node", required=True, help="The node this agent runs on (names its Storage and Lease).")
 @kubeconfig_options
+@click.option(
+    "--compute",
+    is_flag=True,
+    help="Run the agent of a compute node: perform the node's ClientMounts (no device options).",
+)
 @click.option(
     "--device",
     type=click.Path(path_type=Path),
@@ -161,6 +200,7 @@ def agent(
     node: str,
     kubeconfig: Path | None,
     context: str | None,
+    compute: bool,
     device: Path | None,
     directory: Path | None,
     loop_file: Path | None,
@@ -183,6 +223,12 @@ def agent(
     unusable). It renews the Lease slurmlink-node-lease/NODE every --heartbeat-interval; when the
     renewals stop, the server's storage-heartbeat controller marks the Storage Offline.
 
+    It also makes the node's burst buffers: the StorageAllocations placed on NODE become file systems
+    in its pool (created, restored after a restart, destroyed when deleted).
+
+    With --compute it is the agent of compute node NODE instead: it performs the node's DWS
+    ClientMounts (mounting the burst buffers of the node's jobs) and heartbeats its Lease.
+
     Use a node-agent kubeconfig for NODE ('slurmlink kubeconfig --role node-agent --node NODE'). Run
     as root for a device or loop file. Restart-safe: kill it at any point, start it again, and it
     finds its loop device, mount and Storage again. Runs until SIGINT or SIGTERM.
@@ -196,10 +242,32 @@ def agent(
         raise click.BadParameter(problem, param_hint="--node")
     given = (("device", device), ("directory", directory), ("loop-file", loop_file))
     chosen = [(name, value) for name, value in given if value is not None]
+    if compute:
+        extra = [f"--{name}" for name, value in given if value is not None]
+        others = (("--size", size), ("--capacity", capacity), ("--pool-dir", pool_dir))
+        extra += [name for name, value in others if value is not None]
+        if extra:
+            raise click.UsageError(f"{', '.join(extra)}: not for --compute (a compute node has no pool)")
+        state_dir = Path(os.path.abspath(state_dir))
+        setup_client_logging(log_level, log_format)
+        from slurmlink.agent.storage_agent import AgentError as ComputeError
+
+        with agent_lock(state_dir):
+            try:
+                with contextlib.suppress(KeyboardInterrupt):
+                    asyncio.run(
+                        _main_compute(
+                            node, state_dir, address, heartbeat_interval, lease_duration, kubeconfig, context
+                        )
+                    )
+            except ComputeError as exc:
+                log.error("%s", exc)
+                raise CliError(f"error: {exc}") from None
+        return
     if len(chosen) != 1:
         raise click.UsageError(
-            "give one of --device, --directory or --loop-file (the storage node's device; agents of "
-            "compute nodes, which perform ClientMounts, come later)"
+            "give one of --device, --directory or --loop-file (the storage node's device), or --compute "
+            "for a compute node"
         )
     kind_name, path = chosen[0]
     if size is not None and loop_file is None:

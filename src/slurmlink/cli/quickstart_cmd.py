@@ -3,7 +3,8 @@
 ``up`` makes the dev cluster's network and nodes, starts the API server (``slurmlink serve``, detached) on
 ``--listen`` and on the cluster bridge's address (where the nodes reach the host), issues the Slurm plugin's
 credentials from its CA, brings up Slurm with slurmlink's burst buffer plugin and its gateway, starts one
-storage agent inside each storage node (on a sparse loop file) and makes the default storage pools; then it
+storage agent inside each storage node (on a sparse loop file) and a compute agent (``agent --compute``,
+which mounts burst buffers) inside each compute node, and makes the default storage pools; then it
 prints how to submit the DWS install guide's test job and watch its Workflow. Everything lives under one
 directory:
 
@@ -13,7 +14,8 @@ directory:
     DIR/cluster/                the dev cluster (slurm.conf, munge, Slurm state, gateway socket, logs,
                                 the nodes' namespace pins under ns/)
     DIR/storage/                per storage node: NODE.img (the loop file), NODE/ (the agent's state dir,
-                                its node-agent.kubeconfig, pool/ where the node mounts its device)
+                                its node-agent.kubeconfig, pool/ where the node mounts its device);
+                                per compute node: NODE/ (its compute agent's state dir and kubeconfig)
     DIR/run/server.pid, DIR/run/agent.NODE.pid, DIR/log/server.log, DIR/log/agent.NODE.log
 
 Every step is idempotent, so ``up`` can be re-run at any time; it only restarts what changed.
@@ -344,7 +346,8 @@ class Quickstart:
             raise QuickstartError(f"storage size: {exc}") from None
         agents = self.agents(cluster)
         nodes = cluster.storage_nodes
-        wanted = {node.name for node in nodes}
+        computes = cluster.compute_nodes
+        wanted = {node.name for node in [*nodes, *computes]}
         for name in agents.known_nodes():
             if name not in wanted:  # the node is gone (and the agent with it): forget it, free its loop
                 agents.stop(name)
@@ -360,6 +363,13 @@ class Quickstart:
             _pid, was_started = agents.ensure(node, argv)
             if was_started:
                 started.append(node.name)
+        # One compute-mode agent per compute node: it mounts the node's burst buffers (ClientMounts).
+        for node in computes:
+            files = agents.files(node.name)
+            self.ensure_agent_kubeconfig(files.kubeconfig, node.name, url)
+            _pid, was_started = agents.ensure(node, agents.compute_argv(node.name))
+            if was_started:
+                started.append(node.name)
         if not nodes:
             return
         names = [node.name for node in nodes]
@@ -367,6 +377,11 @@ class Quickstart:
             asyncio.run(setup_storage_api(self.admin_kubeconfig, agents, names, timeout))
         except StorageSetupError as exc:
             raise QuickstartError(str(exc)) from None
+        for node in computes:
+            if agents.pid(node.name) is None:
+                raise QuickstartError(
+                    f"the compute agent on {node.name} exited:\n{agents.log_tail(node.name)}"
+                )
         _progress(f"storage nodes {', '.join(names)} Ready; pools {', '.join(n for n, _ in DEFAULT_POOLS)}")
 
     # -------------------------------------------------------------- lifecycle
@@ -578,8 +593,9 @@ def up(
     on the cluster bridge's address where the nodes reach it), issues the plugin's kubeconfig (user
     slurm-dws, role workload-manager, namespace slurm), brings up Slurm in STATE_DIR/cluster with
     slurmlink's burst_buffer.lua and the gateway, starts a storage agent inside each storage node (each on
-    a sparse loop file under STATE_DIR/storage, with its own node-agent kubeconfig) and creates the
-    default storage pools over them. Running it again keeps what is running and restarts only what changed.
+    a sparse loop file under STATE_DIR/storage, with its own node-agent kubeconfig), a compute agent inside
+    each compute node (it mounts the nodes' burst buffers) and creates the default storage pools over them.
+    Running it again keeps what is running and restarts only what changed.
     """
     qs = Quickstart(state_dir)
     try:
@@ -679,6 +695,15 @@ def status(state_dir: Path) -> None:
                 else "no Storage object"
             )
             table.add_row(f"agent {node}", state, f"{seen}; log {agents.files(node).log_file}")
+    compute_nodes = cluster.node_names("compute")
+    if storage_nodes and compute_nodes:
+        agents = qs.agents(cluster)
+        for node in compute_nodes:
+            agent_pid = agents.pid(node)
+            agents_ok = agents_ok and agent_pid is not None
+            state = f"[green]running[/] (pid {agent_pid})" if agent_pid is not None else "[red]stopped[/]"
+            detail = f"compute (ClientMounts); log {agents.files(node).log_file}"
+            table.add_row(f"agent {node}", state, detail)
     table.add_row("job user", "", cluster.job_user)
     Console().print(table)
     if not (ready and st.running and st.gateway and agents_ok):

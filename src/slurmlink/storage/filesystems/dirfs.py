@@ -26,7 +26,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from slurmlink.storage.filesystems import mounts
+from slurmlink.storage.filesystems import loop, mounts
 from slurmlink.storage.filesystems import runner as nodefs
 from slurmlink.storage.filesystems.errors import CommandError, StateError
 from slurmlink.storage.filesystems.interface import (
@@ -185,6 +185,8 @@ class DirDriver(FileSystemDriver):
         runner = self.runner(mount.node)
         data = fs.details["data"]
         if not nodefs.is_dir(runner, data):
+            self._attach_pool(runner, fs)
+        if not nodefs.is_dir(runner, data):
             raise StateError(
                 f"on node {mount.node}: {data} (storage node {fs.servers[0].name}) is not visible; a "
                 f"{self.type} buffer is bind-mounted, so its pool must be reachable at the same path "
@@ -208,6 +210,51 @@ class DirDriver(FileSystemDriver):
         alloc = fs.allocation
         nodefs.ensure_owner(runner, mount.path, alloc.uid, alloc.gid, alloc.mode)
 
+    def _attach_pool(self, runner: NodeRunner, fs: FileSystem) -> None:
+        """Make the storage node's pool visible on this node: mount its device (published by the storage
+        agent as ``details["poolDevice"]``, checked by ``details["poolUuid"]``) at the same pool
+        directory, when nothing is mounted there. One kernel shares the superblock of a block device
+        mounted twice, so both nodes see the same files (the dev cluster's nodes, one host)."""
+        device = fs.details.get("poolDevice")
+        pool_dir = fs.servers[0].pool_dir
+        if not device or mounts.mounted_at(runner, pool_dir) is not None:
+            return
+        if not nodefs.exists(runner, device):
+            raise StateError(
+                f"on node {runner.name}: {device}, the pool device of storage node {fs.servers[0].name}, "
+                f"is not visible, so neither is {self.type} buffer {fs.name}"
+            )
+        expected = fs.details.get("poolUuid")
+        if expected:
+            found = loop.fs_uuid(runner, device)
+            if found != expected:
+                raise StateError(
+                    f"on node {runner.name}: {device} holds file system {found or 'none'}, not the pool "
+                    f"{expected} of storage node {fs.servers[0].name}; refusing to mount it"
+                )
+        nodefs.make_dirs(runner, pool_dir)
+        runner.run(["mount", "-o", "nodev,nosuid", "--", device, pool_dir], timeout=300)
+
+    def _detach_pool(self, runner: NodeRunner, fs: FileSystem) -> None:
+        """Unmount the pool :meth:`_attach_pool` mounted, once no buffer of it is mounted here.
+
+        Only a pool mount with ``nodev`` (as :meth:`_attach_pool` makes it; a storage agent mounts its
+        pool without) is taken for one, so a storage node's own pool is never unmounted.
+        """
+        device = fs.details.get("poolDevice")
+        pool_dir = fs.servers[0].pool_dir
+        if not device:
+            return
+        current = mounts.mounted_at(runner, pool_dir)
+        if current is None or current.source != device or "nodev" not in current.options.split(","):
+            return
+        if any(target != pool_dir for target in mounts.mount_sources(runner, device)):
+            return  # other buffers of the pool are still mounted here
+        try:
+            mounts.unmount(runner, pool_dir, what=f"the pool of storage node {fs.servers[0].name}")
+        except StateError:
+            return  # busy: in use by something else on this node; it stays
+
     def _is_ours(self, runner: NodeRunner, fs: FileSystem, path: str) -> bool:
         """``path`` is the buffer's directory (same device and inode)."""
 
@@ -226,6 +273,7 @@ class DirDriver(FileSystemDriver):
                 )
             mounts.unmount(runner, mount.path, what=f"{self.type} buffer {fs.name}")
         nodefs.remove_empty_dir(runner, mount.path)
+        self._detach_pool(runner, fs)
 
     def usage(self, fs: FileSystem, mount: Mount | None = None) -> Usage:
         if mount is not None:

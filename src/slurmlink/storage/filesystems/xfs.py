@@ -115,8 +115,18 @@ class XfsDriver(FileSystemDriver):
 
     # --- compute node ---------------------------------------------------------------------------------
 
-    def device(self, fs: FileSystem) -> str:
-        """The loop device carrying ``fs`` (attached, with the recorded UUID)."""
+    def device(self, fs: FileSystem, node: str | None = None) -> str:
+        """The loop device carrying ``fs`` (attached, with the recorded UUID).
+
+        A device published with the record (``details["device"]``, which the storage agent adds) is
+        used when it carries the recorded XFS UUID as seen from ``node`` (the compute node, which may
+        not reach the storage node's namespace at all); otherwise the storage node is asked.
+        """
+        recorded = fs.details.get("device")
+        if recorded and node is not None:
+            runner = self.runner(node)
+            if nodefs.exists(runner, recorded) and loop.fs_uuid(runner, recorded) == fs.details["uuid"]:
+                return str(recorded)
         server = self.only_server(fs)
         device = loop.verified_device(self.runner(server.name), fs.details["image"], fs.details["uuid"])
         if device is None:
@@ -128,9 +138,9 @@ class XfsDriver(FileSystemDriver):
 
     def mount(self, fs: FileSystem, mount: Mount) -> None:
         require_ready(fs, "mount")
-        device = self.device(fs)
         runner = self.runner(mount.node)
         current = mounts.mounted_at(runner, mount.path)
+        device = self.device(fs, mount.node) if current is None else current.source
         if current is not None:
             if not self._is_ours(runner, fs, current):
                 raise StateError(
