@@ -102,7 +102,7 @@ def storages(client: httpx.Client) -> dict[str, dict[str, Any]]:
 
 def test_three_storage_nodes_are_ready_and_in_the_default_pools(qs: QuickStart, kubectl_132: Path) -> None:
     assert qs.up_result is not None
-    assert "storage nodes storage1, storage2, storage3 Ready; pools dir, raw" in qs.up_result.stderr
+    assert "storage nodes storage1, storage2, storage3 Ready; pools xfs, dir, raw" in qs.up_result.stderr
     assert "kubectl get storagepools" in qs.up_result.stdout
     cluster = qs.cluster
     addresses = {node.name: node.address for node in cluster.storage_nodes}
@@ -122,14 +122,14 @@ def test_three_storage_nodes_are_ready_and_in_the_default_pools(qs: QuickStart, 
         def pools_list_every_node() -> dict[str, Any] | None:
             r = client.get(POOLS)
             pools = {p["metadata"]["name"]: p for p in r.json()["items"]}
-            ok = set(pools) >= {"dir", "raw"} and all(
+            ok = set(pools) >= {"xfs", "dir", "raw"} and all(
                 [n["name"] for n in (pools[p].get("status") or {}).get("nodes") or []] == NODES
-                for p in ("dir", "raw")
+                for p in ("xfs", "dir", "raw")
             )
             return pools if ok else None
 
         pools = wait_for(pools_list_every_node, 30, message="the default pools to list the storage nodes")
-    for name, types in (("dir", ["dir"]), ("raw", ["raw"])):
+    for name, types in (("xfs", ["xfs"]), ("dir", ["dir"]), ("raw", ["raw"])):
         pool = pools[name]
         assert pool["spec"]["fileSystemTypes"] == types and pool["spec"]["nodes"] == NODES
         assert pool["status"]["freeGranules"] == pool["status"]["totalGranules"] == 9  # 3 GiB a node

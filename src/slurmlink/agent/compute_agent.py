@@ -40,6 +40,7 @@ from typing import Any
 from slurmlink.agent.objects import put_status, remove_finalizer, trigger
 from slurmlink.agent.storage_agent import AgentError, AgentSettings, NodeAgent, _wait_any
 from slurmlink.agent.workqueue import WorkQueue
+from slurmlink.burstbuffer.names import COMPUTE_NODE_FINALIZER
 from slurmlink.client.base import Client
 from slurmlink.client.informer import SharedInformer
 from slurmlink.resources import errors
@@ -58,8 +59,6 @@ from slurmlink.storage.filesystems import mounts as nodemounts
 
 log = logging.getLogger("slurmlink.agent")
 
-#: Held by the compute node's agent until the ClientMount's mounts are undone.
-COMPUTE_NODE_FINALIZER = "slurmlink.io/compute-node"
 WORKERS = 4
 RETRY = (1.0, 30.0)
 
