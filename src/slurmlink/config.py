@@ -28,6 +28,8 @@ class ServerConfig:
     namespaces: list[str] = field(default_factory=lambda: ["default", "dws-system", "slurm"])
     system_namespace: str = "dws-system"
     test_driver: bool = True
+    #: Install the burst-buffer driver's DWDirectiveRule (``#DW jobdw`` and the persistent-buffer commands).
+    burst_buffer_driver: bool = True
     controllers: bool = True
     compaction_retain: int = 50_000
     compaction_interval: float = 60.0

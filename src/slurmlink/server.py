@@ -72,7 +72,7 @@ def bootstrap(service: ResourceService, config: ServerConfig) -> None:
         except errors.ApiError as exc:
             if exc.code != 409:
                 raise
-    rules = bbd.slurmlink_rules(config.system_namespace)
+    rules = bbd.slurmlink_rules(config.system_namespace) if config.burst_buffer_driver else []
     if config.test_driver:
         rules += directives.tester_rules()
     for rule in rules:

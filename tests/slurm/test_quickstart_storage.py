@@ -19,18 +19,16 @@ import pytest
 
 from slurmlink.agent.device import mount_at
 from slurmlink.auth.kubeconfig import load_kubeconfig
-from slurmlink.slurm.devcluster import DevCluster, free_port_pair, run_in_node
+from slurmlink.slurm.devcluster import run_in_node
 from slurmlink.supervise import process_alive
 from support.agents import POOLS, STORAGES, loop_devices
 from support.devcluster import (
     cluster_leftovers,
     held_namespaces,
-    make_state_dir,
     quickstart_cli,
-    skip_unless_possible,
 )
 from support.kubectl import run_kubectl
-from support.postgres import free_port
+from support.quickstart import QuickStart, running_quickstart
 from support.waiting import wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
@@ -39,59 +37,10 @@ NODES = ["storage1", "storage2", "storage3"]
 GiB = 1024**3
 
 
-class QuickStart:
-    def __init__(self, directory: Path, listen: str, ports: list[str]) -> None:
-        self.dir = directory
-        self.listen = listen
-        self.where = ["--state-dir", str(directory)]
-        self.args = [*self.where, "--listen", listen, *ports, "--compute-nodes", "2", "--storage-nodes", "3"]
-        self.up_result: subprocess.CompletedProcess[str] | None = None
-        self.down_result: subprocess.CompletedProcess[str] | None = None
-
-    @property
-    def admin(self) -> Path:
-        return self.dir / "server" / "admin.kubeconfig"
-
-    @property
-    def cluster(self) -> DevCluster:
-        return DevCluster.from_state_dir(self.dir / "cluster")
-
-    def client(self) -> httpx.Client:
-        import ssl
-        import tempfile
-
-        creds = load_kubeconfig(self.admin)
-        ctx = ssl.create_default_context(cadata=(creds.ca_pem or b"").decode())
-        with tempfile.TemporaryDirectory() as tmp:
-            cert, key = Path(tmp, "c.crt"), Path(tmp, "c.key")
-            cert.write_bytes(creds.cert_pem or b"")
-            key.write_bytes(creds.key_pem or b"")
-            ctx.load_cert_chain(str(cert), str(key))
-        return httpx.Client(base_url=creds.server, verify=ctx, timeout=30)
-
-    def agent_pid(self, node: str) -> int | None:
-        path = self.dir / "run" / f"agent.{node}.pid"
-        return int(path.read_text()) if path.exists() else None
-
-    def down(self) -> subprocess.CompletedProcess[str]:
-        if self.down_result is None:
-            self.down_result = quickstart_cli("down", *self.where, "--purge", timeout=180)
-        return self.down_result
-
-
 @pytest.fixture(scope="module")
 def qs() -> Iterator[QuickStart]:
-    skip_unless_possible()
-    directory = make_state_dir("slurmlink-qs-storage-")
-    ctld_port, slurmd_port = free_port_pair()
-    ports = ["--ctld-port", str(ctld_port), "--slurmd-port", str(slurmd_port)]
-    quick = QuickStart(directory, f"127.0.0.1:{free_port()}", ports)
-    try:
-        quick.up_result = quickstart_cli("up", *quick.args, timeout=480)
-        assert quick.up_result.returncode == 0, quick.up_result.stderr
+    with running_quickstart("slurmlink-qs-storage-") as quick:
         yield quick
-    finally:
-        quick.down()
 
 
 def storages(client: httpx.Client) -> dict[str, dict[str, Any]]:

@@ -47,7 +47,8 @@ Obj = dict[str, Any]
 def make_service(tmp_path: Path, *, test_driver: bool = True) -> tuple[ResourceService, SqlStore]:
     store = SqlStore(f"sqlite:///{tmp_path}/db")
     service = ResourceService(store, default_registry())
-    bootstrap(service, ServerConfig(state_dir=tmp_path, test_driver=test_driver))
+    # Upstream's admission semantics with the test driver's rules only.
+    bootstrap(service, ServerConfig(state_dir=tmp_path, test_driver=test_driver, burst_buffer_driver=False))
     return service, store
 
 

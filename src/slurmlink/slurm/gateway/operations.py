@@ -54,6 +54,8 @@ _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _RULES_SYNC_WAIT = 2.0
 #: How long paths (also inside slurmctld) may wait for its cache to show DataIn completed.
 _PATHS_CATCH_UP = 1.0
+#: How long pools (inside slurmctld, at its start) may wait for the first list of pools.
+_POOLS_SYNC_WAIT = 1.0
 #: Buffer commands whose storage the workload manager places, and those mounted on compute nodes.
 PLACED = ("jobdw", "create_persistent")
 MOUNTED = ("jobdw", "persistentdw")
@@ -431,7 +433,7 @@ class BurstBufferOps:
         """Every StoragePool, so Slurm accounts capacity and holds jobs (BurstBufferResources) until
         there is room. ``free`` is what placement has not handed out: Slurm counts the larger of
         that and its own jobs' sizes as used. Empty (no pools) until the pools have been listed."""
-        if self.buffers is None or not self.buffers.pools.synced.is_set():
+        if self.buffers is None or not await self.buffers.wait_synced(_POOLS_SYNC_WAIT):
             return ""
         pools = []
         for pool in sorted(self.buffers.pools.list(), key=lambda p: p["metadata"]["name"]):
