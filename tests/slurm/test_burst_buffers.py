@@ -82,7 +82,15 @@ def _job(qs: QuickStart, body: str, *args: str) -> str:
 
 
 def _finish(qs: QuickStart, job_id: str, timeout: float = 240) -> str:
+    """The job's output once it COMPLETED and its buffers were torn down (Slurm reports COMPLETED
+    while teardown still runs)."""
     qs.cluster.wait_for_job(job_id, ("COMPLETED",), timeout=timeout)
+    wait_for(
+        lambda: (qs.cluster.job_info(job_id) or {}).get("BurstBufferState", "complete") == "complete",
+        timeout,
+        0.2,
+        message=f"job {job_id}'s teardown",
+    )
     return (qs.cluster.state_dir / "jobs" / f"{job_id}.out").read_text()
 
 
@@ -118,7 +126,8 @@ def _pool_is_whole(api: httpx.Client) -> bool:
     return bool(status) and status.get("freeGranules") == status.get("totalGranules")
 
 
-def _mounted_buffers(node: str) -> list[str]:
+def _mounted_buffers(qs: QuickStart, name: str) -> list[str]:
+    (node,) = [n for n in qs.cluster.nodes if n.name == name]
     found = run_in_node(node, ["findmnt", "-rn", "-o", "TARGET"], timeout=30).stdout.split()
     return [target for target in found if target.startswith("/mnt/slurmlink/")]
 
@@ -158,7 +167,7 @@ echo "env DW_JOB_XFS=$DW_JOB_XFS DW_JOBS=$DW_JOBS"
     wait_for(lambda: _job_gone_everywhere(api, job), 60, 0.5, message="the job's storage objects to go")
     wait_for(lambda: _pool_is_whole(api), 60, 0.5, message="the capacity to come back")
     for node in COMPUTES:
-        assert _mounted_buffers(node) == []
+        assert _mounted_buffers(qs, node) == []
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True).stdout
     assert f"bb{job}-" not in loops
 
@@ -278,8 +287,8 @@ def _kill_during_setup(qs: QuickStart, api: httpx.Client, pid_of: Any) -> None:
     are not all Ready; bring it back with ``quickstart up``; the job completes and nothing is left."""
     job = _job(
         qs,
-        "#SBATCH -N2\n#DW jobdw type=xfs capacity=1GiB name=s pool=xfs\n"
-        "srun touch $DW_JOB_s/ok && srun ls $DW_JOB_s",
+        "#SBATCH -N2\n#DW jobdw type=xfs capacity=1GiB name=sc pool=xfs\n"
+        "srun touch $DW_JOB_sc/ok && srun ls $DW_JOB_sc",
     )
     allocations = wait_for(
         lambda: _of_job(_items(api, f"{SL}/namespaces/{NS}/storageallocations"), job),

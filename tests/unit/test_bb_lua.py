@@ -421,13 +421,13 @@ def test_test_data_callbacks(bb: BBScript, gateway: FakeGateway, op: str) -> Non
 
 
 def test_real_size(bb: BBScript, gateway: FakeGateway) -> None:
-    gateway.answer(Reply(200, "150"), Reply(200, "150\n"), Reply(200, ""), Reply(200, "lots"), Reply(502, ""))
+    gateway.answer(Reply(200, "150"), Reply(200, "150\n"), Reply(200, ""), Reply(200, "lots"), Reply(500, ""))
     assert bb.call("slurm_bb_real_size", "12") == (SUCCESS, "150")
     assert bb.call("slurm_bb_real_size", "12", "1001", "1002", bb.table({})) == (SUCCESS, "150")
     assert bb.call("slurm_bb_real_size", "12") == (SUCCESS,)
     rc, msg = bb.call("slurm_bb_real_size", "12")
     assert rc == ERROR and "invalid size for job 12" in msg and "lots" in msg
-    assert bb.call("slurm_bb_real_size", "12") == (ERROR, "slurmlink gateway: HTTP 502")
+    assert bb.call("slurm_bb_real_size", "12") == (ERROR, "slurmlink gateway: HTTP 500")
     assert [r.fields for r in gateway.requests[:2]] == [
         {"job_id": "12"},
         {"job_id": "12", "uid": "1001", "gid": "1002"},
@@ -684,7 +684,6 @@ def test_slow_answer_fails_sync_but_not_async_callbacks(
 @pytest.mark.parametrize(
     ("action", "expected"),
     [
-        (Close(), "closed the connection without answering"),
         (
             Raw(b"garbage\r\n\r\n"),
             'unreadable answer from the slurmlink gateway at {path}: bad status line "garbage"',
@@ -703,6 +702,27 @@ def test_broken_answers(bb: BBScript, gateway: FakeGateway, action: Action, expe
     assert msg.startswith("slurmlink: ")
     assert expected.format(path=gateway.path) in msg
     assert bb.log == [("error", msg + " [data_out]")]
+
+
+def test_async_callback_is_sent_again_when_the_gateway_drops_it(bb: BBScript, gateway: FakeGateway) -> None:
+    gateway.answer(Close(), Reply(502, "the slurmlink gateway's worker dropped the request"), Reply())
+    assert bb.call("slurm_bb_data_out", "12", SCRIPT_12) == (SUCCESS,)
+    assert [r.path for r in gateway.requests] == ["/v1/data_out"] * 3
+    assert [level for level, _ in bb.log] == ["info", "info"]
+
+
+def test_async_callback_gives_up_after_three_drops(bb: BBScript, gateway: FakeGateway) -> None:
+    gateway.answer(Close(), Close(), Close())
+    rc, msg = bb.call("slurm_bb_setup", "12", "1001", "1001", "(null)", "0", SCRIPT_12)
+    assert rc == ERROR and "closed the connection without answering" in msg
+    assert len(gateway.requests) == 3
+
+
+def test_sync_callback_is_never_sent_twice(bb: BBScript, gateway: FakeGateway) -> None:
+    gateway.answer(Close())
+    rc, msg = bb.call("slurm_bb_job_process", SCRIPT_12)
+    assert rc == ERROR and "closed the connection without answering" in msg
+    assert len(gateway.requests) == 1
 
 
 def test_answers_without_content_length_and_http_1_1(bb: BBScript, gateway: FakeGateway) -> None:

@@ -22,6 +22,10 @@ The four values below are rendered at install time by slurmlink.slurm.plugin.ren
 local SOCKET_PATH = @SOCKET_PATH@
 local SYNC_TIMEOUT = @SYNC_TIMEOUT@
 local CONNECT_RETRY = @CONNECT_RETRY@
+-- How many times an async operation is sent when the gateway goes away mid-request.
+local ASYNC_ATTEMPTS = 3
+-- Marks a request the gateway dropped (closed without answering), which an async caller may resend.
+local DROPPED = "dropped"
 local SLURM_API = @SLURM_API@
 
 -- socket.core (the C module) has all we use (gettime, sleep); the "socket" Lua wrapper would be
@@ -202,7 +206,7 @@ local function request(operation, fields, sync)
 			raw = partial
 		elseif err == "closed" then
 			return nil, string.format("slurmlink: the slurmlink gateway at %s closed the connection "
-				.. "without answering", SOCKET_PATH)
+				.. "without answering", SOCKET_PATH), DROPPED
 		else
 			return nil, unreachable("reading the answer failed: " .. tostring(err))
 		end
@@ -215,8 +219,21 @@ local function request(operation, fields, sync)
 end
 
 -- Runs one operation: returns the 200 body, or (nil, message for Slurm) after logging the failure.
+-- An async operation whose gateway went away mid-request (killed and restarted: the connection closed
+-- unanswered, or its front answered that its worker dropped the request) is sent again: every async
+-- operation is idempotent (move the Workflow to a state and wait), so a restart costs no job.
 local function call(operation, fields, sync)
-	local code, body = request(operation, fields, sync)
+	local code, body, dropped
+	local attempts = sync and 1 or ASYNC_ATTEMPTS
+	for attempt = 1, attempts do
+		code, body, dropped = request(operation, fields, sync)
+		local again = dropped or code == 502
+		if not again or attempt == attempts then
+			break
+		end
+		slurm.log_info("slurmlink: %s: the gateway went away mid-request (%s); sending it again",
+			operation, tostring(body))
+	end
 	if code == nil then
 		slurm.log_error("%s [%s]", body, operation)
 		return nil, body
