@@ -161,6 +161,7 @@ class ServeProcess:
         out: Path | None = None,
         token: bool = False,
         node: str | None = None,
+        server_url: str | None = None,
     ) -> Path:
         """Credentials from this server's CA via ``slurmlink kubeconfig``, written to ``out``.
 
@@ -175,6 +176,7 @@ class ServeProcess:
             *(("--node", node) if node else ()),
             *("--role", role, "--namespace", namespace),
             *("--state-dir", str(self.state_dir), "--out", str(out)),
+            *(("--server", server_url) if server_url else ()),
         ]
         result = subprocess.run(
             [*argv, "--token"] if token else argv, capture_output=True, text=True, check=False, timeout=60

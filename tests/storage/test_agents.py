@@ -306,17 +306,6 @@ def test_a_dir_buffer_is_seen_through_the_storage_nodes_pool_device(nodes: Nodes
     assert nodes.s1.run(["test", "-e", f"{nodes.pool}/default-d1"], check=False).returncode != 0
 
 
-def test_gluster_is_reported_unsupported_and_can_be_deleted(nodes: Nodes) -> None:
-    admin = nodes.admin
-    body = allocation_body("g1", "gluster")
-    body["spec"]["servers"] = ["s1"]
-    create(admin, ALLOCATIONS, body)
-    obj = wait_allocation(admin, "g1", "Failed")
-    assert obj["status"]["message"] == "gluster allocations are not supported by the agent yet"
-    assert admin.delete(f"{ALLOCATIONS}/g1").status_code == 200
-    wait_gone(admin, f"{ALLOCATIONS}/g1")
-
-
 def test_a_storage_agent_restart_restores_ready_allocations(nodes: Nodes) -> None:
     """A Ready allocation whose loop device is gone (a reboot) is re-attached before anything else."""
     admin = nodes.admin

@@ -9,7 +9,8 @@ file-system drivers (:mod:`slurmlink.storage.filesystems`), each call in a threa
   spec.capacity, spec.userID, spec.groupID, 0o700), [StorageNode(node, pool_dir, address)])``, then
   ``status: {state: Ready, fileSystem: <the driver's record>}``. A failure (``StorageError``) is
   reported as ``state: Failed`` with the driver's message and retried with back-off (1 s doubling to
-  30 s); a later success clears it. ``gluster`` is not made by the agent yet (``Failed``, said so).
+  30 s); a later success clears it. ``gluster`` allocations are one brick each of a volume made
+  together with the other storage nodes' agents (:mod:`slurmlink.agent.gluster`).
 * deleted (``deletionTimestamp``) while it still holds the finalizer: ``state: Deleting``, the file
   system is destroyed (the record on the node's disk, else ``status.fileSystem``), then the finalizer
   is removed and the API deletes the object. An ``xfs`` still mounted on a compute node fails with
@@ -36,6 +37,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from slurmlink.agent.gluster import GlusterAllocations
 from slurmlink.agent.objects import put_status, remove_finalizer, trigger
 from slurmlink.agent.workqueue import WorkQueue
 from slurmlink.client.base import Client
@@ -62,7 +64,6 @@ CREATE_RETRY = (1.0, 30.0)
 DELETE_RETRY = (1.0, 5.0)
 #: While the node's pool is not usable.
 POOL_RETRY = 5.0
-GLUSTER_UNSUPPORTED = "gluster allocations are not supported by the agent yet"
 #: The mode of a new file system's root (the job's directory).
 ROOT_MODE = 0o700
 
@@ -125,6 +126,7 @@ class AllocationManager:
         self.queue = WorkQueue(self._reconcile_key, workers, name="StorageAllocation")
         self._workers = max(1, workers)
         self._failures: dict[Key, int] = {}
+        self.gluster = GlusterAllocations(client, node, self.informer, runners, ROOT_MODE)
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
@@ -153,7 +155,10 @@ class AllocationManager:
 
     def _on_event(self, event: str, new: Obj | None, old: Obj | None) -> None:
         obj = new or old
-        if not self.mine(obj):
+        if obj is not None and not self.mine(obj):
+            # Another node's brick of a gluster set with one here: its state is what ours waits for.
+            for partner in self.gluster.partners(obj):
+                self.queue.add(allocation_key(partner))
             return
         assert obj is not None
         if event == "MODIFIED" and trigger(new) == trigger(old):
@@ -187,6 +192,9 @@ class AllocationManager:
         status = obj.get("status") or {}
         key = allocation_key(obj)
         pool = self.pool()
+        if (obj.get("spec") or {}).get("fsType") == "gluster":
+            await self._restore_gluster(obj, pool)
+            return
         try:
             fs = FileSystem.from_json(status["fileSystem"])
             drv = driver(fs.type, self.runners)
@@ -227,6 +235,26 @@ class AllocationManager:
                     exc.message,
                 )
 
+    async def _restore_gluster(self, obj: Obj, pool: PoolInfo | None) -> None:
+        key = allocation_key(obj)
+        if pool is None:
+            return  # the reconcile waits for the pool
+        try:
+            await self.gluster.restore(obj, self._server(pool))
+        except StorageError as exc:
+            log.error("node %s: allocation %s/%s cannot be restored: %s", self.node, *key, exc)
+            with contextlib.suppress(errors.ApiError):  # the reconcile makes it again
+                await put_status(
+                    self.client,
+                    STORAGE_ALLOCATION,
+                    obj,
+                    {"state": "Failed", "message": str(exc)},
+                    self.informer,
+                )
+
+    def _server(self, pool: PoolInfo) -> StorageNode:
+        return StorageNode(self.node, pool.pool_dir, pool.address)
+
     # ---- reconcile ---------------------------------------------------------------------------------
 
     def _backoff(self, key: Key, delays: tuple[float, float]) -> float:
@@ -258,15 +286,6 @@ class AllocationManager:
         key = allocation_key(obj)
         spec = obj.get("spec") or {}
         fs_type = str(spec.get("fsType") or "")
-        if fs_type == "gluster":
-            await put_status(
-                self.client,
-                STORAGE_ALLOCATION,
-                obj,
-                {"state": "Failed", "message": GLUSTER_UNSUPPORTED},
-                self.informer,
-            )
-            return None
         pool = self.pool()
         if pool is None:
             message = f"the pool of storage node {self.node} is not usable (see its Storage status)"
@@ -274,6 +293,8 @@ class AllocationManager:
                 self.client, STORAGE_ALLOCATION, obj, {"state": "Pending", "message": message}, self.informer
             )
             return POOL_RETRY
+        if fs_type == "gluster":
+            return await self._create_gluster(obj, pool)
         try:
             allocation = Allocation(
                 str(spec.get("fileSystem")),
@@ -303,22 +324,56 @@ class AllocationManager:
             log.info("node %s: allocation %s/%s Ready", self.node, *key)
         return None
 
+    async def _create_gluster(self, obj: Obj, pool: PoolInfo) -> float | None:
+        key = allocation_key(obj)
+        try:
+            delay = await self.gluster.create(obj, self._server(pool))
+        except (StorageError, KeyError, ValueError) as exc:
+            delay = self._backoff(key, CREATE_RETRY)
+            log.warning("node %s: allocation %s/%s failed: %s; retrying in %g s", self.node, *key, exc, delay)
+            await put_status(
+                self.client, STORAGE_ALLOCATION, obj, {"state": "Failed", "message": str(exc)}, self.informer
+            )
+            return delay
+        if delay is None:
+            self._failures.pop(key, None)
+        return delay
+
     async def _delete(self, obj: Obj) -> float | None:
         key = allocation_key(obj)
         spec = obj.get("spec") or {}
         status = dict(obj.get("status") or {})
         fs_type = str(spec.get("fsType") or "")
-        if fs_type != "gluster":  # the agent never makes gluster bricks yet: nothing to destroy
-            pool = self.pool()
-            if pool is None:
-                return POOL_RETRY
-            if status.get("state") != "Deleting":
-                status = {**status, "state": "Deleting"}
-                status.pop("message", None)
-                updated = await put_status(self.client, STORAGE_ALLOCATION, obj, status, self.informer)
-                if updated is None:
-                    return None
-                obj = updated
+        pool = self.pool()
+        if pool is None:
+            return POOL_RETRY
+        if status.get("state") != "Deleting":
+            status = {**status, "state": "Deleting"}
+            status.pop("message", None)
+            updated = await put_status(self.client, STORAGE_ALLOCATION, obj, status, self.informer)
+            if updated is None:
+                return None
+            obj = updated
+        if fs_type == "gluster":
+            try:
+                waiting = await self.gluster.delete(obj, self._server(pool))
+            except StorageError as exc:
+                waiting = str(exc)
+                delay = self._backoff(key, DELETE_RETRY)
+            else:
+                delay = DELETE_RETRY[1]
+            if waiting is not None:
+                if status.get("message") != waiting:
+                    log.info("node %s: deleting allocation %s/%s: %s", self.node, *key, waiting)
+                await put_status(
+                    self.client,
+                    STORAGE_ALLOCATION,
+                    obj,
+                    {**status, "state": "Deleting", "message": waiting},
+                    self.informer,
+                )
+                return delay
+        else:
             try:
                 await asyncio.to_thread(self._destroy, spec, status, pool)
             except StorageError as exc:

@@ -14,6 +14,10 @@ device is a sparse loop file under the base directory. Files, for node ``storage
 Like the cluster's daemons, an agent is found again by its pid file and a command line that names its
 node and state dir; one that runs with other arguments or another kubeconfig is restarted.
 
+A storage agent starts its node's glusterd when the node first serves a gluster buffer; it outlives
+the agent (bricks keep serving while an agent restarts) and is stopped by ``stop_all`` (quick start
+``down``).
+
 Each compute node runs ``slurmlink agent --compute`` the same way (inside the node, with its own
 node-agent kubeconfig, state dir ``BASE/compute1/``, pid file and log): it mounts the burst buffers of
 the node's jobs (DWS ClientMounts). It has no loop file.
@@ -187,6 +191,26 @@ class DevClusterAgents:
     def stop_all(self, timeout: float = 10) -> None:
         for node in self.known_nodes():
             self.stop(node, timeout)
+            self.stop_glusterd(node)
+
+    def stop_glusterd(self, node: str) -> None:
+        """Stop the glusterd (and its bricks) a storage agent started in ``node``: it outlives its agent,
+        as a system service would, and would keep the node's pool busy."""
+        from slurmlink.storage.filesystems import Glusterd, NodeRunner, StorageNode
+
+        pool = self.files(node).state_dir / "pool"
+        try:
+            target = self.cluster.node(node)
+        except Exception:
+            return  # not a node of this cluster (any more)
+        try:
+            runner = NodeRunner(node, wrap=lambda argv: self.cluster.node_command(target, argv))
+            glusterd = Glusterd(StorageNode(node, str(pool)), runner)
+            if glusterd.pid() is not None or glusterd.daemon_pids():
+                self.log(f"stopping glusterd on {node}")
+                glusterd.stop()
+        except Exception as exc:  # the node is gone already (and its processes with it), or never was
+            self.log(f"glusterd on {node} not stopped: {exc}")
 
     def release(self) -> None:
         """Detach the loop devices of every loop file here (after the nodes, and their mounts, are gone)."""

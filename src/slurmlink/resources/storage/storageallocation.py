@@ -12,7 +12,7 @@ buffer's to its ``PersistentStorageInstance``. ``spec.index`` is the allocation'
 allocation set: for a per-compute type, allocation *i* is mounted on the job's *i*-th compute node.
 For a shared type (``gluster``) every allocation of the set is one brick of one file system named
 ``spec.fileSystem``; ``spec.servers`` lists all of its bricks' nodes, in order, the first one
-creating the volume once every brick is ready.
+creating the volume once every brick is ready (each agent publishes its brick in ``status.brick``).
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ class StorageAllocationSpec(Open):
 class StorageAllocationStatus(Open):
     #: The driver's record of the file system (``FileSystem.to_json``).
     fileSystem: dict[str, Any] | None = None
+    #: ``gluster``: this node's brick once made (node, address, path, poolDir, ...), which the agent of
+    #: the set's first node reads to make the volume.
+    brick: dict[str, Any] | None = None
     message: StrictStr | None = None
     state: State
 

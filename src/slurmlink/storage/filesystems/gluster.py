@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -37,6 +37,7 @@ from slurmlink.storage.filesystems.errors import CommandError, NotSupportedError
 from slurmlink.storage.filesystems.glusterd import Glusterd, parse_peers
 from slurmlink.storage.filesystems.interface import (
     CREATING,
+    READY,
     Allocation,
     FileSystem,
     FileSystemDriver,
@@ -139,23 +140,9 @@ class GlusterDriver(FileSystemDriver):
                 self.write_record(server, fs)
                 rollback.add(f"remove the brick on {server.name}", partial(self._remove_brick, server, brick))
                 self._make_brick(server, brick, fs)
-            self._join_pool(primary, servers[1:])
             volume = fs.details["volume"]
-            argv = ["volume", "create", volume, "transport", "tcp"]
-            argv += [f"{brick['address']}:{brick['path']}" for brick in bricks]
-            if self.options.brick_backend == "dir":
-                argv.append("force")  # bricks on the root file system, as gluster calls a plain directory
-            primary.cli(argv)
-            rollback.add(f"delete volume {volume}", lambda: primary.cli(["volume", "delete", volume]))
-            settings = [
-                ("storage.owner-uid", str(allocation.uid)),
-                ("storage.owner-gid", str(allocation.gid)),
-                *self.options.volume_options,
-            ]
-            for key, value in settings:
-                primary.cli(["volume", "set", volume, key, value])
-            primary.cli(["volume", "start", volume])
-            rollback.add(f"stop volume {volume}", lambda: primary.cli(["volume", "stop", volume, "force"]))
+            rollback.add(f"delete volume {volume}", lambda: self.delete_volume(fs.servers[0], volume))
+            self._create_volume(primary, fs, helpers=True)
             # The bricks' Unix sockets, named by a hash glusterd does not report, for delete to remove.
             sockets: dict[str, list[str]] = {}
 
@@ -213,8 +200,191 @@ class GlusterDriver(FileSystemDriver):
             mounts.unmount(runner, brick["mountPoint"], what=f"brick {brick['path']}")
             loop.detach(runner, brick["image"])
 
-    def _join_pool(self, primary: Glusterd, others: Sequence[StorageNode]) -> None:
-        """Bring ``others`` into ``primary``'s trusted pool and wait until they are connected members."""
+    def _create_volume(self, primary: Glusterd, fs: FileSystem, *, helpers: bool) -> None:
+        """Pool, volume, settings, start, through ``primary`` (the first server's glusterd); what is
+        done already is skipped, so a create cut short is finished by calling it again."""
+        volume = fs.details["volume"]
+        bricks = fs.details["bricks"]
+        self._join_pool(primary, fs.servers[1:], helpers=helpers)
+        wanted = [f"{brick['address']}:{brick['path']}" for brick in bricks]
+        info = self.volume_info(primary, volume)
+        if info is None:
+            argv = ["volume", "create", volume, "transport", "tcp", *wanted]
+            if self.options.brick_backend == "dir":
+                argv.append("force")  # bricks on the root file system, as gluster calls a plain directory
+            primary.cli(argv)
+            info = self.volume_info(primary, volume)
+        else:
+            have = [brick.findtext("name") or "" for brick in info.iter("brick")]
+            if have != wanted:
+                raise StateError(
+                    f"gluster volume {volume} exists with other bricks ({', '.join(have)}) than "
+                    f"{fs.name} asks for ({', '.join(wanted)}); delete it or use another name"
+                )
+        if info is None or info.findtext("statusStr") != "Started":
+            settings = [
+                ("storage.owner-uid", str(fs.allocation.uid)),
+                ("storage.owner-gid", str(fs.allocation.gid)),
+                *self.options.volume_options,
+            ]
+            for key, value in settings:
+                primary.cli(["volume", "set", volume, key, value])
+            primary.cli(["volume", "start", volume])
+        elif not self._bricks_online(primary, volume):
+            primary.cli(["volume", "start", volume, "force"])
+
+    # --- one storage node at a time (the storage agents) ----------------------------------------------
+    #
+    # A storage agent reaches only its own node. Each agent of a gluster allocation set makes its own
+    # brick (``make_brick``); the agent of the first server, once every brick is ready, brings the
+    # others into its glusterd's pool and makes the volume (``create_volume``); a node already in
+    # another pool brings the first one in instead (``join_lead``). On deletion the first server
+    # deletes the volume (``delete_volume``), then every node removes its brick (``remove_brick``).
+    # A node's record (``<pool_dir>/<name>/record.json``) then describes its brick only: its one
+    # server, ``allocation.capacity`` the brick's share, ``details.part`` its position in the set.
+
+    def make_brick(self, allocation: Allocation, server: StorageNode, index: int) -> FileSystem:
+        """``server``'s brick of volume ``allocation.name`` (``allocation.capacity``: this brick's size),
+        recorded on the node. Idempotent: a ready brick is re-attached (after a reboot), one whose
+        making was cut short is removed and made again."""
+        if not server.address:
+            raise StateError(f"storage node {server.name} has no address; gluster needs one per node")
+        previous = self.existing(allocation, [server])
+        if previous is not None:
+            if previous.details.get("part") != index:
+                raise StateError(
+                    f"on node {server.name}: {server.allocation_dir(allocation.name)} holds brick "
+                    f"{previous.details.get('part')} of {allocation.name}, not brick {index}"
+                )
+            if previous.state == READY:
+                self._restore_bricks(server, previous)
+                return previous
+            self._remove_node_part(server, previous)
+        if self.options.brick_backend == "xfs":
+            self.runner(server.name).run(["mkfs.xfs", "-V"])
+        brick = self._brick_plan(server, allocation.name)
+        fs = FileSystem(
+            self.type,
+            allocation,
+            (server,),
+            CREATING,
+            {
+                "volume": allocation.name,
+                "backend": self.options.brick_backend,
+                "brickSize": loop.round_size(allocation.capacity)
+                if self.options.brick_backend == "xfs"
+                else None,
+                "bricks": [brick],
+                "part": index,
+            },
+        )
+        runner = self.runner(server.name)
+        directory = server.allocation_dir(allocation.name)
+        rollback = Rollback()
+        with rollback.guard():
+            rollback.add(
+                f"remove {directory} on {server.name}", partial(nodefs.remove_tree, runner, directory)
+            )
+            self.write_record(server, fs)
+            rollback.add(f"remove the brick on {server.name}", partial(self._remove_brick, server, brick))
+            self._make_brick(server, brick, fs)
+            return self.finish_create(fs)
+
+    def volume_record(
+        self,
+        allocation: Allocation,
+        servers: Sequence[StorageNode],
+        bricks: Sequence[dict[str, Any]],
+        brick_size: int | None = None,
+    ) -> FileSystem:
+        """The record of the volume over ``bricks`` (one per server, in order; each as ``make_brick``
+        recorded it), before it is made: what :meth:`create_volume` takes."""
+        if len(servers) != len(bricks) or any(
+            b["node"] != s.name for s, b in zip(servers, bricks, strict=False)
+        ):
+            raise StateError(f"gluster volume {allocation.name}: one brick per server, in their order")
+        return FileSystem(
+            self.type,
+            allocation,
+            tuple(servers),
+            CREATING,
+            {
+                "volume": allocation.name,
+                "backend": self.options.brick_backend,
+                "brickSize": brick_size,
+                "bricks": [dict(brick) for brick in bricks],
+            },
+        )
+
+    def create_volume(self, fs: FileSystem) -> FileSystem:
+        """On the first server (its glusterd running): the others probed into its pool, the volume
+        made and started; the ready record. Idempotent. Every brick must be made already."""
+        primary = self._running_glusterd(fs.servers[0])
+        self._create_volume(primary, fs, helpers=False)
+        return replace(fs, state=READY)
+
+    def join_lead(self, server: StorageNode, lead_address: str) -> None:
+        """On a node that is in a pool of its own: probe the first server into it (that one cannot join
+        a pool by itself). A node without peers does nothing: the first server probes it."""
+        glusterd = self._running_glusterd(server)
+        peers = parse_peers(glusterd.cli_xml(["peer", "status"]))
+        if not peers or lead_address in peers:
+            return
+        glusterd.cli(["peer", "probe", lead_address])
+
+    def record_sockets(self, server: StorageNode, name: str, timeout: float = 10) -> None:
+        """Write the Unix sockets of ``server``'s running bricks of ``name`` into its record (glusterd
+        names them by a hash it does not report), for :meth:`remove_brick`."""
+        fs = self.read_record(server, name)
+        if fs is None:
+            return
+        glusterd = self.glusterd(server)
+        found: list[str] = []
+
+        def running() -> bool:
+            found[:] = glusterd.brick_sockets(fs.details["volume"])
+            return bool(found)
+
+        nodefs.wait_for(running, timeout, interval=0.2)
+        known = set((fs.details.get("sockets") or {}).get(server.name) or [])
+        if found and not set(found) <= known:
+            sockets = {server.name: sorted(known | set(found))}
+            self.write_record(server, replace(fs, details={**fs.details, "sockets": sockets}))
+
+    def volume_exists(self, server: StorageNode, volume: str) -> bool:
+        """Whether ``server``'s glusterd (which must run) still knows ``volume``."""
+        return self.volume_info(self._running_glusterd(server), volume) is not None
+
+    def remove_brick(self, server: StorageNode, name: str) -> None:
+        """Remove ``server``'s brick of ``name`` and what its glusterd kept of the volume. Refused while
+        the volume exists (the first server deletes it). Idempotent."""
+        fs = self.read_record(server, name)
+        runner = self.runner(server.name)
+        if fs is None:
+            nodefs.remove_tree(runner, server.allocation_dir(name))  # a make cut short before its record
+            return
+        volume = fs.details["volume"]
+        glusterd = self.glusterd(server)
+        if glusterd.healthy() and self.volume_info(glusterd, volume) is not None:
+            raise StateError(
+                f"on node {server.name}: gluster volume {volume} still exists; the agent of its first "
+                "storage node deletes it before the bricks are removed"
+            )
+        sockets = list((fs.details.get("sockets") or {}).get(server.name) or [])
+        if glusterd.healthy():
+            sockets += glusterd.brick_sockets(volume)
+        self._forget(server, fs, sockets)
+        self._remove_node_part(server, fs)
+
+    def _join_pool(self, primary: Glusterd, others: Sequence[StorageNode], *, helpers: bool) -> None:
+        """Bring ``others`` into ``primary``'s trusted pool and wait until they are connected members.
+
+        A node already in another pool cannot be probed into the primary's; that pool's members can
+        bring the primary in instead: with ``helpers`` the driver asks that node's glusterd (it reaches
+        every node), without (a storage agent, which reaches only its own node) it raises a
+        :class:`StateError` saying so, and that node's agent probes the primary (see
+        :meth:`join_lead`).
+        """
         if not others:
             return
         peers = parse_peers(primary.cli_xml(["pool", "list"]))
@@ -227,6 +397,11 @@ class GlusterDriver(FileSystemDriver):
                 continue
             if "part of another cluster" not in probe.stdout + probe.stderr:
                 primary.cli(["peer", "probe", server.address])  # raises with glusterd's reason
+            if not helpers:
+                raise StateError(
+                    f"storage node {server.name} ({server.address}) is in another gluster pool; waiting "
+                    f"for its agent to bring {primary.node.name} into it"
+                )
             # ``server`` is already in a pool and the primary is not (yet): join the primary to it.
             other = self.glusterd(server)
             answer = other.cli(["peer", "probe", primary.node.address], check=False)
@@ -255,33 +430,47 @@ class GlusterDriver(FileSystemDriver):
 
     def delete(self, fs: FileSystem) -> None:
         volume = fs.details["volume"]
-        bricks = fs.details["bricks"]
         present = [
             server
             for server in fs.servers
             if nodefs.exists(self.runner(server.name), server.allocation_dir(fs.name))
         ]
-        primary = self._running_glusterd(fs.servers[0])
         sockets: dict[str, list[str]] = {
             name: list(paths) for name, paths in (fs.details.get("sockets") or {}).items()
         }
-        info = self.volume_info(primary, volume)
-        if info is not None:
+        primary = self._running_glusterd(fs.servers[0])
+        if self.volume_info(primary, volume) is not None:
             for server in fs.servers:
-                glusterd = self.glusterd(server)
-                sockets.setdefault(server.name, []).extend(glusterd.brick_sockets(volume))
-            if info.findtext("statusStr") == "Started":
-                primary.cli(["volume", "stop", volume, "force"])
-            primary.cli(["volume", "delete", volume])
+                sockets.setdefault(server.name, []).extend(self.glusterd(server).brick_sockets(volume))
+            self.delete_volume(fs.servers[0], volume)
         for server in fs.servers:
-            glusterd = self.glusterd(server)
-            paths = [brick["path"] for brick in bricks if brick["node"] == server.name]
-            glusterd.forget_volume(volume, paths, sorted(set(sockets.get(server.name, []))))
+            self._forget(server, fs, sockets.get(server.name, []))
         for server in present:
-            for brick in bricks:
-                if brick["node"] == server.name:
-                    self._remove_brick(server, brick)
-            nodefs.remove_tree(self.runner(server.name), server.allocation_dir(fs.name))
+            self._remove_node_part(server, fs)
+
+    def delete_volume(self, primary_node: StorageNode, volume: str) -> None:
+        """Stop and delete ``volume`` through ``primary_node``'s glusterd (idempotent); it stops the
+        volume's brick processes on every node. What glusterd leaves on each node is for
+        :meth:`remove_brick` (or :meth:`delete`) to remove."""
+        primary = self._running_glusterd(primary_node)
+        info = self.volume_info(primary, volume)
+        if info is None:
+            return
+        if info.findtext("statusStr") == "Started":
+            primary.cli(["volume", "stop", volume, "force"])
+        primary.cli(["volume", "delete", volume])
+
+    def _forget(self, server: StorageNode, fs: FileSystem, sockets: Sequence[str]) -> None:
+        """What ``server``'s glusterd keeps of the deleted volume: run directory, brick logs, sockets."""
+        paths = [brick["path"] for brick in fs.details["bricks"] if brick["node"] == server.name]
+        self.glusterd(server).forget_volume(fs.details["volume"], paths, sorted(set(sockets)))
+
+    def _remove_node_part(self, server: StorageNode, fs: FileSystem) -> None:
+        """``server``'s bricks of ``fs`` (unmounted, loop devices detached) and its directory."""
+        for brick in fs.details["bricks"]:
+            if brick["node"] == server.name:
+                self._remove_brick(server, brick)
+        nodefs.remove_tree(self.runner(server.name), server.allocation_dir(fs.name))
 
     def volume_info(self, glusterd: Glusterd, volume: str) -> ET.Element | None:
         """The ``<volume>`` element of ``volume info``, or None if glusterd has no such volume."""
@@ -300,8 +489,17 @@ class GlusterDriver(FileSystemDriver):
                 f"gluster file system {fs.name} was being created when its agent stopped; what was made "
                 "is removed, create it again"
             )
-        volume = fs.details["volume"]
+        for server in fs.servers:
+            self._restore_bricks(server, fs)
+        self.start_volume(fs.servers[0], fs.details["volume"])
+        for mount in mounts:
+            self.mount(fs, mount)
+
+    def _restore_bricks(self, server: StorageNode, fs: FileSystem) -> None:
+        """Re-attach and re-mount ``server``'s bricks of ``fs`` (after a reboot); never formats."""
         for brick in fs.details["bricks"]:
+            if brick["node"] != server.name:
+                continue
             runner = self.runner(brick["node"])
             if "image" in brick:
                 if not nodefs.exists(runner, brick["image"]):
@@ -316,18 +514,20 @@ class GlusterDriver(FileSystemDriver):
                         f"{brick['uuid']}; refusing to use it"
                     )
                 self._mount_brick(runner, brick, device)
-        primary = self._running_glusterd(fs.servers[0])
+
+    def start_volume(self, primary_node: StorageNode, volume: str) -> None:
+        """Make sure ``volume`` is started with every brick process running (``volume start force``
+        starts those missing), through ``primary_node``'s glusterd."""
+        primary = self._running_glusterd(primary_node)
         info = self.volume_info(primary, volume)
         if info is None:
             raise StateError(
-                f"glusterd on {fs.servers[0].name} has no volume {volume} (its state in "
+                f"glusterd on {primary_node.name} has no volume {volume} (its state in "
                 f"{primary.layout.work_dir} was lost); delete the buffer"
             )
         if info.findtext("statusStr") != "Started" or not self._bricks_online(primary, volume):
             # "force" starts the brick processes that are missing of a started volume.
             primary.cli(["volume", "start", volume, "force"])
-        for mount in mounts:
-            self.mount(fs, mount)
 
     def _bricks_online(self, glusterd: Glusterd, volume: str) -> bool:
         try:
