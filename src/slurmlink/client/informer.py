@@ -127,9 +127,15 @@ class SharedInformer:
             self._handlers.remove(handler)
 
     def put(self, obj: Obj) -> None:
-        """Record an object this process just wrote, unless the cache already holds a newer one."""
+        """Record an object this process just wrote, unless the cache already holds a newer one.
+
+        The copy the cache already holds (same revision, same content) changes nothing and notifies no
+        handler: a handler that writes and puts on every notification would otherwise wake itself forever.
+        """
         key = object_key(obj)
         current = self.cache.get(key)
+        if current is not None and resource_version(obj) == resource_version(current) and obj == current:
+            return
         if current is None or resource_version(obj) >= resource_version(current):
             self._apply("ADDED" if current is None else "MODIFIED", key, obj, current)
 

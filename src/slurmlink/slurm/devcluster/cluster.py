@@ -63,7 +63,9 @@ from slurmlink.slurm.devcluster.layout import (
 )
 from slurmlink.supervise import running_pid, spawn_detached, stop_pid
 
-_READY_STATES = frozenset({"idle", "mixed", "allocated", "completing"})
+#: Up and usable: idle, running jobs, or kept for a pending job (22.05 shows "planned" while its burst
+#: buffer stages in).
+_READY_STATES = frozenset({"idle", "mixed", "allocated", "completing", "planned", "reserved"})
 
 
 @dataclass(frozen=True)
