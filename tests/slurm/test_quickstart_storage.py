@@ -51,7 +51,8 @@ def storages(client: httpx.Client) -> dict[str, dict[str, Any]]:
 
 def test_three_storage_nodes_are_ready_and_in_the_default_pools(qs: QuickStart, kubectl_132: Path) -> None:
     assert qs.up_result is not None
-    assert "storage nodes storage1, storage2, storage3 Ready; pools xfs, dir, raw" in qs.up_result.stderr
+    ready = "storage nodes storage1, storage2, storage3 Ready; pools xfs, gluster, dir, raw"
+    assert ready in qs.up_result.stderr
     assert "kubectl get storagepools" in qs.up_result.stdout
     cluster = qs.cluster
     addresses = {node.name: node.address for node in cluster.storage_nodes}

@@ -228,9 +228,9 @@ class DevClusterAgents:
 # ---- the API side: Storage objects and default pools -------------------------------------------------
 
 #: The StoragePools the quick start makes, one per file-system type it can serve (name, types).
-#: gluster joins once the agents drive its driver across storage nodes.
 DEFAULT_POOLS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("xfs", ("xfs",)),
+    ("gluster", ("gluster",)),
     ("dir", ("dir",)),
     ("raw", ("raw",)),
 )

@@ -8,7 +8,8 @@ can never both take the same granules.
   each goes to the usable node with the most free granules at that moment (spreading the job's I/O
   over the storage nodes, as NNF gives each compute its own Rabbit).
 * ``AllocateAcrossServers``: one file system over several nodes (``gluster``): the capacity is split
-  in equal shares (whole granules) over as many usable nodes as can hold one, up to ``max_servers``.
+  in equal shares (whole granules, at least one each) over as many usable nodes as can hold one, up to
+  ``max_servers``.
 * ``AllocateSingleServer``: the whole capacity on the usable node with the most free granules.
 
 Drained, Offline and failed nodes are not usable and get nothing.
@@ -76,7 +77,10 @@ def place(
     if strategy == ACROSS_SERVERS:
         total = granules(size, gran)
         candidates = sorted(free, key=lambda n: (-free[n], n))
-        limit = len(candidates) if max_servers is None else min(max_servers, len(candidates))
+        # Never more bricks than granules: each brick holds at least one.
+        limit = (
+            min(len(candidates), total) if max_servers is None else min(max_servers, len(candidates), total)
+        )
         for count in range(limit, 0, -1):
             share = -(-total // count)
             chosen = [n for n in candidates if free[n] >= share][:count]
