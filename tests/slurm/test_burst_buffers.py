@@ -328,6 +328,7 @@ def test_user_kubeconfig_sees_only_their_buffers(qs: QuickStart, api: httpx.Clie
             "-m",
             "slurmlink.cli.main",
             "kubeconfig",
+            "--user",
             cluster.job_user,
             "--role",
             "user",
@@ -377,3 +378,74 @@ def test_user_kubeconfig_sees_only_their_buffers(qs: QuickStart, api: httpx.Clie
         flag.touch()
         api.delete(f"{SL}/namespaces/{NS}/storageallocations/someone-else")
     _finish(qs, job)
+
+
+# ---- shared buffers and the DataWarp grammar -------------------------------------------------------------
+
+
+def test_gluster_buffer_is_shared_by_the_nodes_and_spread_over_bricks(
+    qs: QuickStart, api: httpx.Client
+) -> None:
+    cluster = qs.cluster
+    flag = cluster.state_dir / "jobs" / f"release-{next(_scripts)}"
+    job = _job(
+        qs,
+        rf"""
+#SBATCH -N2 --time=5
+#DW jobdw type=gluster capacity=3GiB name=shared pool=gluster
+srun sh -c 'for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo x > "$DW_JOB_shared/$(hostname)-$i"; done'
+srun -l sh -c 'echo "host=$(hostname) count=$(ls "$DW_JOB_shared" | wc -l) \
+  fs=$(findmnt -n -o FSTYPE --target "$DW_JOB_shared") uid=$(stat -c %u "$DW_JOB_shared")"'
+while [ ! -e {flag} ]; do sleep 0.2; done
+""",
+    )
+    try:
+        cluster.wait_for_job(job, ("RUNNING",), timeout=240)
+        out_file = cluster.state_dir / "jobs" / f"{job}.out"
+        wait_for(lambda: out_file.read_text().count("host=") == 2, 120, 0.5, message="both nodes to report")
+        allocations = _of_job(_items(api, f"{SL}/namespaces/{NS}/storageallocations"), job)
+        assert sorted(a["spec"]["node"] for a in allocations) == STORAGE_NODES  # one brick per storage node
+        per_brick = {}
+        for alloc in allocations:
+            brick = alloc["status"]["brick"]
+            (node,) = [n for n in cluster.nodes if n.name == alloc["spec"]["node"]]
+            listed = run_in_node(node, ["ls", "-A", brick["path"]], timeout=30).stdout.split()
+            per_brick[node.name] = len([f for f in listed if f.startswith("compute")])
+        assert sum(per_brick.values()) == 24 and sum(1 for n in per_brick.values() if n) >= 2, per_brick
+    finally:
+        flag.touch()
+    out = _finish(qs, job)
+    rows = [dict(kv.split("=", 1) for kv in line.split()[1:]) for line in out.splitlines() if "host=" in line]
+    assert sorted(r["host"] for r in rows) == COMPUTES and {r["count"] for r in rows} == {"24"}, out
+    assert {r["fs"] for r in rows} == {"fuse.glusterfs"} and {int(r["uid"]) for r in rows} == {_job_uid(qs)}
+    wait_for(lambda: _job_gone_everywhere(api, job), 90, 0.5, message="the gluster buffer to go")
+
+
+def test_datawarp_striped_is_shared_and_private_is_per_node(qs: QuickStart, api: httpx.Client) -> None:
+    striped = _job(
+        qs,
+        r"""
+#SBATCH -N2 --time=5
+#DW jobdw capacity=1GiB access_mode=striped type=scratch pool=gluster
+srun sh -c 'touch "$DW_JOB_STRIPED/$(hostname)"'
+echo "striped=$DW_JOB_STRIPED files=$(ls "$DW_JOB_STRIPED" | tr "\n" ,)"
+""",
+    )
+    out = _finish(qs, striped)
+    assert f"striped=/mnt/slurmlink/bb{striped}/job/striped files=compute1,compute2," in out, out
+
+    private = _job(
+        qs,
+        r"""
+#SBATCH -N2 --time=5
+#DW jobdw capacity=1GiB access_mode=private type=scratch pool=xfs
+srun -l sh -c 'touch "$DW_JOB_PRIVATE/$(hostname)"; echo "host=$(hostname) \
+  fs=$(findmnt -n -o FSTYPE --target "$DW_JOB_PRIVATE") files=$(ls "$DW_JOB_PRIVATE" | tr "\n" ,)"'
+""",
+    )
+    out = _finish(qs, private)
+    rows = [dict(kv.split("=", 1) for kv in line.split()[1:]) for line in out.splitlines() if "host=" in line]
+    assert sorted(r["host"] for r in rows) == COMPUTES
+    for row in rows:
+        assert row["fs"] == "xfs" and row["files"] == row["host"] + ",", out
+    wait_for(lambda: _job_gone_everywhere(api, private) and _pool_is_whole(api), 90, 0.5, message="all freed")
