@@ -152,6 +152,10 @@ def test_job_buffer_from_proposal_to_teardown(api: httpx.Client) -> None:
         path = f"{SL}/namespaces/{NS}/storageallocations/{alloc['metadata']['name']}"
         _set_status(api, path, {"state": "Ready", "fileSystem": {"type": "xfs"}})
     _completed(api, name, "Setup")
+    scraped = api.get("/metrics").text
+    samples = dict(line.rsplit(" ", 1) for line in scraped.splitlines() if line and not line.startswith("#"))
+    assert float(samples['slurmlink_storage_pool_bytes{pool="xfs",state="total"}']) == 12 * GIB
+    assert 'slurmlink_burst_buffer_allocation_seconds_count{type="xfs"}' in scraped
     for state in ("DataIn",):
         _advance(api, name, state)
         _completed(api, name, state)

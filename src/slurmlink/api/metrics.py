@@ -29,3 +29,16 @@ RECONCILES = Counter(
 STORE_REVISION = Gauge(
     "slurmlink_store_revision", "Newest store revision seen by the watch hub", registry=REGISTRY
 )
+POOL_BYTES = Gauge(
+    "slurmlink_storage_pool_bytes",
+    "Burst-buffer pool capacity in bytes: total, and free (not handed out, on usable nodes)",
+    ["pool", "state"],
+    registry=REGISTRY,
+)
+BUFFER_ALLOCATION = Histogram(
+    "slurmlink_burst_buffer_allocation_seconds",
+    "From placement until every storage node reports a buffer's file systems ready",
+    ["type"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+    registry=REGISTRY,
+)

@@ -21,12 +21,14 @@ state, as upstream DWS drivers do, through standard DWS objects:
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from slurmlink import jsonutil
+from slurmlink.api import metrics
 from slurmlink.burstbuffer import directives as bbd
 from slurmlink.burstbuffer.names import (
     BUFFERS_ANNOTATION,
@@ -45,7 +47,7 @@ from slurmlink.resources.dws.persistentstorageinstance import PERSISTENT_STORAGE
 from slurmlink.resources.dws.servers import SERVERS
 from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.resources.kind import Kind, Obj
-from slurmlink.resources.meta import now_micro
+from slurmlink.resources.meta import now_micro, parse_time
 from slurmlink.resources.storage.storageallocation import STORAGE_ALLOCATION
 from slurmlink.resources.storage.storagepool import STORAGE_POOL
 
@@ -400,6 +402,10 @@ class BurstBufferDriver(Reconciler):
         if current.get("ready") and current.get("allocationSets") == status["allocationSets"]:
             return
         await client.update_status(SERVERS, {**servers, "status": status})
+        if not current.get("ready"):  # the first time: how long the storage nodes took
+            placed = min(parse_time(a["metadata"]["creationTimestamp"]) for a in allocations)
+            waited = (dt.datetime.now(dt.UTC) - placed).total_seconds()
+            metrics.BUFFER_ALLOCATION.labels(label).observe(max(0.0, waited))
 
     async def _instance_active(self, client: Client, ns: str, name: str, servers: str) -> None:
         instance = self.informers.informer(PERSISTENT_STORAGE_INSTANCE).get(ns, name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from slurmlink.api import metrics
 from slurmlink.client.base import Client
 from slurmlink.controllers.runtime import Key, Reconciler, Result, Watch, watches
 from slurmlink.resources.dws.storage import STORAGE, STORAGE_NAMESPACE
@@ -39,6 +40,10 @@ class StoragePoolReconciler(Reconciler):
         storages = self.informers.informer(STORAGE, STORAGE_NAMESPACE).list()
         allocations = self.informers.informer(STORAGE_ALLOCATION).list()
         status = pool_status(obj, storages, lambda node: allocated_bytes(allocations, node))
+        if status is not None:
+            name = obj["metadata"]["name"]
+            metrics.POOL_BYTES.labels(name, "total").set(status["totalBytes"])
+            metrics.POOL_BYTES.labels(name, "free").set(status["freeBytes"])
         if status is None or status == obj.get("status"):
             return None
         updated = await client.update_status(STORAGE_POOL, {**obj, "status": status})
