@@ -312,6 +312,13 @@ def test_kill_storage_agent_during_setup(qs: QuickStart, api: httpx.Client) -> N
     _kill_during_setup(qs, api, lambda allocs: qs.agent_pid(allocs[0]["spec"]["node"]))
 
 
+def test_kill_gateway_during_setup(qs: QuickStart, api: httpx.Client) -> None:
+    """The Lua's setup call dies with the gateway; it is sent again to the restarted one."""
+    _kill_during_setup(
+        qs, api, lambda _allocs: int((qs.cluster.state_dir / "run" / "gateway.pid").read_text())
+    )
+
+
 def test_kill_server_during_setup(qs: QuickStart, api: httpx.Client) -> None:
     _kill_during_setup(qs, api, lambda _allocs: int((qs.dir / "run" / "server.pid").read_text()))
 
@@ -402,7 +409,12 @@ while [ ! -e {flag} ]; do sleep 0.2; done
     try:
         cluster.wait_for_job(job, ("RUNNING",), timeout=240)
         out_file = cluster.state_dir / "jobs" / f"{job}.out"
-        wait_for(lambda: out_file.read_text().count("host=") == 2, 120, 0.5, message="both nodes to report")
+        wait_for(
+            lambda: out_file.exists() and out_file.read_text().count("host=") == 2,
+            120,
+            0.5,
+            message="both nodes to report",
+        )
         allocations = _of_job(_items(api, f"{SL}/namespaces/{NS}/storageallocations"), job)
         assert sorted(a["spec"]["node"] for a in allocations) == STORAGE_NODES  # one brick per storage node
         per_brick = {}
