@@ -172,6 +172,29 @@ echo "env DW_JOB_XFS=$DW_JOB_XFS DW_JOBS=$DW_JOBS"
     assert f"bb{job}-" not in loops
 
 
+def test_dir_buffer_is_a_directory_of_the_storage_pool_on_each_node(
+    qs: QuickStart, api: httpx.Client
+) -> None:
+    job = _job(
+        qs,
+        r"""
+#SBATCH -N2 --time=5
+#DW jobdw type=dir capacity=1GiB name=plain pool=dir
+srun -l sh -c 'd=$DW_JOB_plain; touch "$d/$(hostname)" && echo "host=$(hostname) uid=$(stat -c %u "$d") \
+  files=$(ls "$d" | tr "\n" ,) mounted=$(findmnt -n -o TARGET --target "$d")"'
+""",
+    )
+    out = _finish(qs, job)
+    rows = [dict(kv.split("=", 1) for kv in line.split()[1:]) for line in out.splitlines() if "host=" in line]
+    assert sorted(r["host"] for r in rows) == COMPUTES, out
+    for row in rows:
+        assert int(row["uid"]) == _job_uid(qs) and row["files"] == row["host"] + ",", out
+        assert row["mounted"] == f"/mnt/slurmlink/bb{job}/job/plain", out  # a mount of its own
+    wait_for(lambda: _job_gone_everywhere(api, job), 60, 0.5, message="the job's storage objects to go")
+    for node in COMPUTES:
+        assert _mounted_buffers(qs, node) == []
+
+
 def test_directives_the_site_cannot_serve_are_refused_at_sbatch(qs: QuickStart) -> None:
     cases = {
         "#DW jobdw type=lustre capacity=1GiB name=big pool=xfs": ["lustre", "xfs", "dir", "raw"],
