@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from slurmlink.client.base import Client
+from slurmlink.client.base import Client, get_or_none
 from slurmlink.client.informer import SharedInformer
 from slurmlink.resources import errors
 from slurmlink.resources.kind import Kind, Obj
@@ -45,12 +45,10 @@ async def put_status(
                 return None
             if exc.code != 409 or attempt == _ATTEMPTS - 1:
                 raise
-            try:
-                obj = await client.get(kind, namespace, name)
-            except errors.ApiError as exc2:
-                if exc2.code == 404:
-                    return None
-                raise
+            fresh = await get_or_none(client, kind, namespace, name)
+            if fresh is None:
+                return None
+            obj = fresh
             continue
         if cache is not None:
             cache.put(updated)
@@ -76,12 +74,10 @@ async def remove_finalizer(
                 return
             if exc.code != 409 or attempt == _ATTEMPTS - 1:
                 raise
-            try:
-                obj = await client.get(kind, namespace, name)
-            except errors.ApiError as exc2:
-                if exc2.code == 404:
-                    return
-                raise
+            fresh = await get_or_none(client, kind, namespace, name)
+            if fresh is None:
+                return
+            obj = fresh
             continue
         if cache is not None and (updated.get("metadata") or {}).get("name"):
             cache.put(updated)

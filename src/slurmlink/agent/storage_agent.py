@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 from slurmlink.agent.allocations import AllocationManager, PoolInfo
 from slurmlink.agent.device import DeviceConfig, DeviceError, DeviceState, prepare
-from slurmlink.client.base import Client
+from slurmlink.client.base import Client, get_or_none
 from slurmlink.client.http import UnreachableError
 from slurmlink.client.informer import SharedInformer
 from slurmlink.resources import errors
@@ -377,12 +377,7 @@ class StorageAgent(NodeAgent):
             await self.storage.stop()
 
     async def _get_storage(self) -> Obj | None:
-        try:
-            return await self.client.get(STORAGE, STORAGE_NAMESPACE, self.node)
-        except errors.ApiError as exc:
-            if exc.code == 404:
-                return None
-            raise
+        return await get_or_none(self.client, STORAGE, STORAGE_NAMESPACE, self.node)
 
     async def _loop(self, stop: asyncio.Event) -> None:
         interval = self.settings.heartbeat_interval

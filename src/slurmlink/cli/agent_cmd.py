@@ -8,7 +8,7 @@ import fcntl
 import logging
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +18,11 @@ from slurmlink.cli.resources_cmd import kubeconfig_options, log_options, open_cl
 
 if TYPE_CHECKING:
     from slurmlink.agent.device import DeviceConfig
+    from slurmlink.agent.storage_agent import AgentSettings
+    from slurmlink.client.http import HttpClient
 
+#: An agent's ``run(stop)``.
+AgentRun = Callable[[asyncio.Event], Awaitable[None]]
 DEFAULT_STATE_DIR = Path("/var/lib/slurmlink/agent")
 LOCK_FILE = "agent.lock"
 
@@ -60,16 +64,16 @@ def agent_lock(state_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-async def _main_compute(
+async def _run_agent(
     node: str,
-    state_dir: Path,
     address: str | None,
     heartbeat_interval: float,
     lease_duration: int,
     kubeconfig: Path | None,
     context: str | None,
+    start: Callable[[HttpClient, AgentSettings], Awaitable[AgentRun]],
 ) -> None:
-    from slurmlink.agent.compute_agent import ComputeAgent
+    """Connect, build the node's settings, run the agent ``start`` returns until SIGINT/SIGTERM."""
     from slurmlink.agent.storage_agent import AgentSettings, default_address
 
     client = open_client(kubeconfig, context, timeout=10.0)
@@ -85,8 +89,8 @@ async def _main_compute(
             device_interval=heartbeat_interval,
             lease_duration=lease_duration,
         )
-        log.info("compute agent for node %s: API %s, state %s", node, client.server, state_dir)
-        await ComputeAgent(client, settings, state_dir, server=client.server).run(stop)
+        run = await start(client, settings)
+        await run(stop)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -94,30 +98,26 @@ async def _main_compute(
         log.info("agent stopped")
 
 
-async def _main(
-    device: DeviceConfig,
-    node: str,
-    address: str | None,
-    heartbeat_interval: float,
-    lease_duration: int,
-    kubeconfig: Path | None,
-    context: str | None,
-) -> None:
-    from slurmlink.agent.storage_agent import AgentSettings, StorageAgent, default_address
+def _compute_agent(node: str, state_dir: Path) -> Callable[[HttpClient, AgentSettings], Awaitable[AgentRun]]:
+    async def start(
+        client: HttpClient, settings: AgentSettings
+    ) -> Callable[[asyncio.Event], Awaitable[None]]:
+        from slurmlink.agent.compute_agent import ComputeAgent
 
-    client = open_client(kubeconfig, context, timeout=10.0)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        settings = AgentSettings(
-            node=node,
-            address=address or default_address(client.server),
-            heartbeat_interval=heartbeat_interval,
-            device_interval=heartbeat_interval,
-            lease_duration=lease_duration,
-        )
+        log.info("compute agent for node %s: API %s, state %s", node, client.server, state_dir)
+        return ComputeAgent(client, settings, state_dir, server=client.server).run
+
+    return start
+
+
+def _storage_agent(
+    device: DeviceConfig, node: str
+) -> Callable[[HttpClient, AgentSettings], Awaitable[AgentRun]]:
+    async def start(
+        client: HttpClient, settings: AgentSettings
+    ) -> Callable[[asyncio.Event], Awaitable[None]]:
+        from slurmlink.agent.storage_agent import StorageAgent
+
         log.info(
             "agent for node %s: %s %s, pool %s, API %s, address %s",
             node,
@@ -127,12 +127,9 @@ async def _main(
             client.server,
             settings.address,
         )
-        await StorageAgent(client, device, settings, server=client.server).run(stop)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        await client.aclose()
-        log.info("agent stopped")
+        return StorageAgent(client, device, settings, server=client.server).run
+
+    return start
 
 
 @click.command("agent")
@@ -256,8 +253,14 @@ def agent(
             try:
                 with contextlib.suppress(KeyboardInterrupt):
                     asyncio.run(
-                        _main_compute(
-                            node, state_dir, address, heartbeat_interval, lease_duration, kubeconfig, context
+                        _run_agent(
+                            node,
+                            address,
+                            heartbeat_interval,
+                            lease_duration,
+                            kubeconfig,
+                            context,
+                            _compute_agent(node, state_dir),
                         )
                     )
             except ComputeError as exc:
@@ -292,7 +295,15 @@ def agent(
         try:
             with contextlib.suppress(KeyboardInterrupt):
                 asyncio.run(
-                    _main(config, node, address, heartbeat_interval, lease_duration, kubeconfig, context)
+                    _run_agent(
+                        node,
+                        address,
+                        heartbeat_interval,
+                        lease_duration,
+                        kubeconfig,
+                        context,
+                        _storage_agent(config, node),
+                    )
                 )
         except AgentError as exc:
             log.error("%s", exc)

@@ -52,3 +52,15 @@ class Client(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+async def get_or_none(client: Client, kind: Kind, namespace: str | None, name: str) -> Obj | None:
+    """The object, or None when it does not exist (any other API error propagates)."""
+    from slurmlink.resources.errors import ApiError
+
+    try:
+        return await client.get(kind, namespace, name)
+    except ApiError as exc:
+        if exc.code == 404:
+            return None
+        raise

@@ -36,7 +36,7 @@ from slurmlink.burstbuffer.names import (
     INSTANCE_ANNOTATION,
     POOL_ANNOTATION,
 )
-from slurmlink.client.base import Client
+from slurmlink.client.base import Client, get_or_none
 from slurmlink.controllers.runtime import Key, Reconciler, Result, Watch, watches
 from slurmlink.resources import errors
 from slurmlink.resources.dws import ownership
@@ -556,13 +556,9 @@ class BurstBufferDriver(Reconciler):
         return left
 
     async def _drop_consumer(self, client: Client, wf: Obj, name: str) -> None:
-        ns = wf["metadata"]["namespace"]
-        try:
-            instance = await client.get(PERSISTENT_STORAGE_INSTANCE, ns, name)
-        except errors.ApiError as exc:
-            if exc.code == 404:
-                return
-            raise
+        instance = await get_or_none(client, PERSISTENT_STORAGE_INSTANCE, wf["metadata"]["namespace"], name)
+        if instance is None:
+            return
         refs = instance["spec"].get("consumerReferences") or []
         kept = [
             r for r in refs if not (r.get("kind") == "Workflow" and r.get("name") == wf["metadata"]["name"])
