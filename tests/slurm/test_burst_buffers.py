@@ -169,7 +169,7 @@ echo "env DW_JOB_XFS=$DW_JOB_XFS DW_JOBS=$DW_JOBS"
     for node in COMPUTES:
         assert _mounted_buffers(qs, node) == []
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True).stdout
-    assert f"bb{job}-" not in loops
+    assert [line for line in loops.splitlines() if str(qs.dir) in line and f"/slurm-bb{job}-" in line] == []
 
 
 def test_dir_buffer_is_a_directory_of_the_storage_pool_on_each_node(
