@@ -656,9 +656,19 @@ def gluster_supported() -> bool:
     return not hasattr(allocations, "GLUSTER_UNSUPPORTED")
 
 
-def report(alloc: AllocResult | None, e2e: dict[str, list[Batch]], dd: DdResult | None, args: Any) -> None:
+def report(
+    alloc: AllocResult | None,
+    e2e: dict[str, list[Batch]],
+    dd: DdResult | None,
+    idle: dict[str, float],
+    args: Any,
+) -> None:
     print()
     print(f"Machine: {os.cpu_count()} cores; load average at the start of each phase in the tables.")
+    print(
+        f"CPU used with no job, over {args.idle_seconds:g} s (cores): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(idle.items()))
+    )
     if alloc is not None:
         b = alloc.batch
         print()
@@ -755,6 +765,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compute-nodes", type=int, default=2)
     parser.add_argument("--storage-nodes", type=int, default=3)
     parser.add_argument("--storage-size", default="8GiB", help="each storage node's sparse loop file (8GiB)")
+    parser.add_argument(
+        "--idle-seconds", type=float, default=10, help="how long to measure the idle daemons' CPU (10)"
+    )
     parser.add_argument("--poll", type=float, default=0.2, help="seconds between squeue polls (default 0.2)")
     parser.add_argument("--phase-timeout", type=float, default=1200, help="seconds a batch may take (1200)")
     parser.add_argument(
@@ -798,6 +811,12 @@ def run(args: argparse.Namespace) -> None:
         stack.callback(bench.restore_lua)
         bench.create_bench_pool()
         bench.wait_slurm_pools(noop=False)
+        # What the daemons burn with no job at all: on 2 cores that is taken from every phase below.
+        cpu0 = bench.cpu_now()
+        time.sleep(args.idle_seconds)
+        cpu1 = bench.cpu_now()
+        idle = {k: (cpu1[k] - cpu0.get(k, 0.0)) / args.idle_seconds for k in cpu1}
+        log("idle CPU (cores): " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(idle.items())))
 
         alloc: AllocResult | None = None
         e2e: dict[str, list[Batch]] = {}
@@ -817,7 +836,7 @@ def run(args: argparse.Namespace) -> None:
             else:
                 bench.use_plugin("slurmlink")
                 dd = write_throughput(bench)
-        report(alloc, e2e, dd, args)
+        report(alloc, e2e, dd, idle, args)
 
 
 def _cancel_jobs(qs: QuickStart, cluster: DevCluster) -> None:
