@@ -24,7 +24,8 @@ serves three measurements, one after the other, in the same run:
    if=/dev/zero of=$DW_JOB_bb/f bs=1M count=N oflag=direct``, against the same ``dd`` on an XFS made
    directly on a loop file of the same size (preallocated like the driver's, ``losetup --direct-io=on``)
    on the same host file system. The job waits on flag files so the two alternate ``--dd-rounds`` times.
-   ``gluster`` is reported as not measured while the storage agents do not make gluster buffers.
+   The same for a ``gluster`` buffer (pool ``gluster``: one volume over the storage nodes, FUSE-mounted),
+   whose writes end with ``conv=fsync`` (no O_DIRECT through glusterfs's FUSE client), as do its baseline's.
 
 Everything runs on one machine, so the numbers are only comparable within one run; the load average at
 the start of each phase is printed with it. Cleanup on exit, Ctrl-C and SIGTERM: jobs cancelled, the
@@ -532,8 +533,14 @@ def dd_rate(text: str) -> float:
     return int(match.group(1)) / float(match.group(2).replace(",", ".")) / (1 << 20)
 
 
+#: dd's way past the page cache, per buffer type: O_DIRECT on XFS; glusterfs's FUSE client takes no
+#: O_DIRECT by default, so its writes (and its baseline's) end with an fsync instead.
+DD_FLAG = {"xfs": "oflag=direct", "gluster": "conv=fsync"}
+
+
 @dataclass
 class DdResult:
+    fs_type: str = "xfs"
     buffer: list[float] = field(default_factory=list)
     direct: list[float] = field(default_factory=list)
     load: float = float("nan")
@@ -564,10 +571,10 @@ class BaselineXfs:
         self.mounted = True
         return self
 
-    def dd(self, count: int) -> float:
+    def dd(self, count: int, flag: str = "oflag=direct") -> float:
         target = self.mnt / "f"
         out = subprocess.run(
-            ["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={count}", "oflag=direct"],
+            ["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={count}", flag],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         target.unlink()
@@ -586,9 +593,10 @@ class BaselineXfs:
             self.mnt.rmdir()
 
 
-def write_throughput(bench: Bench) -> DdResult:
+def write_throughput(bench: Bench, fs_type: str = "xfs") -> DdResult:
     args = bench.args
-    result = DdResult(load=os.getloadavg()[0])
+    flag = DD_FLAG[fs_type]
+    result = DdResult(fs_type=fs_type, load=os.getloadavg()[0])
     ctl = bench.cluster.jobs_dir / "dd-ctl"
     shutil.rmtree(ctl, ignore_errors=True)
     ctl.mkdir()
@@ -597,11 +605,12 @@ def write_throughput(bench: Bench) -> DdResult:
     script = bench.script(
         "bb-dd.sh",
         f"""
-#DW jobdw type=xfs capacity={args.dd_capacity} name=bb pool=xfs
+#SBATCH -N1
+#DW jobdw type={fs_type} capacity={args.dd_capacity} name=bb pool={fs_type}
 i=1
 while [ $i -le {rounds} ]; do
   while [ ! -e {ctl}/go.$i ]; do sleep 0.05; done
-  dd if=/dev/zero of=$DW_JOB_bb/f bs=1M count={count} oflag=direct 2> {ctl}/dd.$i.tmp
+  dd if=/dev/zero of=$DW_JOB_bb/f bs=1M count={count} {flag} 2> {ctl}/dd.$i.tmp
   rm -f $DW_JOB_bb/f
   findmnt -n -o SOURCE,FSTYPE --target $DW_JOB_bb >> {ctl}/dd.$i.tmp
   mv {ctl}/dd.$i.tmp {ctl}/dd.$i
@@ -610,7 +619,10 @@ done
 """,
     )
     job_id = sbatch(bench.cluster, script, "bb-dd")
-    log(f"(3) dd job {job_id}: {args.dd_capacity} xfs buffer, {rounds} rounds of {count} MiB, alternating")
+    log(
+        f"(3) dd job {job_id}: {args.dd_capacity} {fs_type} buffer, "
+        f"{rounds} rounds of {count} MiB, alternating"
+    )
     with BaselineXfs(bench.qs.dir, parse_size(args.dd_capacity)) as base:
         wait_until(
             lambda: (bench.poller.state_of(job_id) or _NONE).state == "RUNNING" or bench.poller.done(job_id),
@@ -621,7 +633,7 @@ done
         if bench.poller.done(job_id):
             raise BenchError(f"dd job {job_id} ended before it ran: {bench.poller.failure_of(job_id)}")
         for i in range(1, rounds + 1):
-            result.direct.append(base.dd(count))
+            result.direct.append(base.dd(count, flag))
             (ctl / f"go.{i}").touch()
             wait_until(lambda i=i: (ctl / f"dd.{i}").exists(), 600, f"dd round {i} in the job", interval=0.1)
             text = (ctl / f"dd.{i}").read_text()
@@ -648,18 +660,10 @@ _NONE = _NoState()
 # ---------------------------------------------------------------------------------------------- report
 
 
-def gluster_supported() -> bool:
-    try:
-        from slurmlink.agent import allocations
-    except ImportError:
-        return False
-    return not hasattr(allocations, "GLUSTER_UNSUPPORTED")
-
-
 def report(
     alloc: AllocResult | None,
     e2e: dict[str, list[Batch]],
-    dd: DdResult | None,
+    dd: Sequence[DdResult],
     idle: dict[str, float],
     args: Any,
 ) -> None:
@@ -727,18 +731,21 @@ def report(
                 if batch.cpu:
                     print(f"CPU seconds ({batch.label}): "
                           + ", ".join(f"{k} {v:.1f}" for k, v in sorted(batch.cpu.items())))  # fmt: skip
-    if dd is not None:
+    if dd:
         print()
-        print(f"3. Write throughput, dd bs=1M count={args.dd_mib} oflag=direct, {args.dd_capacity} file "
-              f"systems, {len(dd.buffer)} alternating rounds (load {fmt(dd.load)}):")  # fmt: skip
+        flags = ", ".join(f"{t}: {f}" for t, f in DD_FLAG.items())
+        print(f"3. Write throughput, dd bs=1M count={args.dd_mib} ({flags}), "
+              f"{args.dd_capacity} file systems, alternating rounds:")  # fmt: skip
         print()
-        print("| type | in a job on the buffer (MiB/s) | XFS directly on a loop file (MiB/s) | ratio |")
-        print("|---|---|---|---|")
-        mb, md = statistics.median(dd.buffer), statistics.median(dd.direct)
-        rounds = ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(dd.buffer, dd.direct, strict=True))
-        print(f"| xfs | {mb:.1f} | {md:.1f} | {ratio(mb, md)} (rounds buffer/direct: {rounds}) |")
-        if not gluster_supported():
-            print("| gluster | not measured: gluster buffers are not made by the agents yet | | |")
+        print(
+            "| type | load | in a job on the buffer (MiB/s) | XFS directly on a loop file (MiB/s) | ratio |"
+        )
+        print("|---|---|---|---|---|")
+        for result in dd:
+            mb, md = statistics.median(result.buffer), statistics.median(result.direct)
+            rounds = ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(result.buffer, result.direct, strict=True))
+            print(f"| {result.fs_type} | {fmt(result.load)} | {mb:.1f} | {md:.1f} | {ratio(mb, md)} "
+                  f"(rounds buffer/direct: {rounds}) |")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -820,7 +827,7 @@ def run(args: argparse.Namespace) -> None:
 
         alloc: AllocResult | None = None
         e2e: dict[str, list[Batch]] = {}
-        dd: DdResult | None = None
+        dd: list[DdResult] = []
         for phase in args.phases:
             if phase == "1":
                 bench.use_plugin("slurmlink")
@@ -835,7 +842,7 @@ def run(args: argparse.Namespace) -> None:
                         e2e.setdefault(which, []).append(end_to_end(bench, which, round_no))
             else:
                 bench.use_plugin("slurmlink")
-                dd = write_throughput(bench)
+                dd = [write_throughput(bench, fs_type) for fs_type in ("xfs", "gluster")]
         report(alloc, e2e, dd, idle, args)
 
 
