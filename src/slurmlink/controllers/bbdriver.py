@@ -517,10 +517,12 @@ class BurstBufferDriver(Reconciler):
     async def _teardown(self, client: Client, wf: Obj) -> Outcome:
         ns = wf["metadata"]["namespace"]
         remaining: list[str] = []
+        mounted = False
         for mount in self._client_mounts(wf):
             remaining.append(f"ClientMount {mount['metadata']['name']}")
+            mounted = mounted or self._mount_outcome([mount], "unmounted") != DONE
             await _delete(client, CLIENT_MOUNT, mount)
-        if remaining:
+        if mounted:  # (hurry: no PostRun) the storage goes once nothing has it mounted
             return _wait("waiting for " + ", ".join(remaining) + " to be unmounted and deleted")
         for request in self._requests(wf):
             command = request["command"]

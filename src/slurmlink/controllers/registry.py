@@ -63,7 +63,7 @@ CONTROLLERS: tuple[ControllerSpec, ...] = (
         worker_share=0.25,
     ),
     ControllerSpec("storage-pool", lambda _s: StoragePoolReconciler(), worker_share=0.25),
-    ControllerSpec("burst-buffer", lambda _s: BurstBufferDriver(), worker_share=0.5),
+    ControllerSpec("burst-buffer", lambda _s: BurstBufferDriver(), worker_share=1.0),
 )
 
 
