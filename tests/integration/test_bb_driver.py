@@ -46,7 +46,11 @@ def api(server: ServerProcess) -> Iterator[httpx.Client]:
                 f"{SL}/storagepools",
                 json={
                     "metadata": {"name": "xfs"},
-                    "spec": {"fileSystemTypes": ["xfs"], "granularity": "1GiB", "nodes": ["s1", "s2", "s3"]},
+                    "spec": {
+                        "fileSystemTypes": ["xfs", "gluster"],
+                        "granularity": "1GiB",
+                        "nodes": ["s1", "s2", "s3"],
+                    },
                 },
             ),
             201,
@@ -315,3 +319,158 @@ def test_persistent_buffer_created_used_and_destroyed(api: httpx.Client, server:
     _drop_finalizers(api, path)
     _completed(api, destroyer, "Teardown")
     assert api.get(f"{DWS}/namespaces/{NS}/persistentstorageinstances/keep").status_code == 404
+
+
+MOVEMENTS = f"{SL}/namespaces/{NS}/datamovements"
+
+
+def _movements(client: httpx.Client, name: str) -> list[dict[str, Any]]:
+    found = _items(client, f"{MOVEMENTS}?labelSelector=dataworkflowservices.github.io/workflow.name={name}")
+    return sorted(found, key=lambda m: m["metadata"]["name"])
+
+
+def _finish(client: httpx.Client, movement: dict[str, Any], outcome: str, **extra: Any) -> None:
+    status = {"state": "Finished", "status": outcome, **extra}
+    _set_status(client, f"{MOVEMENTS}/{movement['metadata']['name']}", status)
+
+
+def _ready_buffer(
+    api: httpx.Client, directives: list[str], computes: int
+) -> tuple[str, list[dict[str, Any]]]:
+    """A Workflow through Setup, its allocations reported Ready by the "agents"."""
+    name = _workflow(api, directives)
+    _completed(api, name, "Proposal")
+    ok(api.post(placement_path(NS, f"{name}-0"), json={"computes": computes}))
+    _advance(api, name, "Setup")
+    allocations = [a for a in _allocations(api) if a["metadata"]["name"].startswith(f"{name}-")]
+    for alloc in allocations:
+        path = f"{SL}/namespaces/{NS}/storageallocations/{alloc['metadata']['name']}"
+        _set_status(api, path, {"state": "Ready", "fileSystem": {"type": "xfs"}})
+    _completed(api, name, "Setup")
+    return name, sorted(allocations, key=lambda a: a["spec"]["index"])
+
+
+def _release(api: httpx.Client, allocations: list[dict[str, Any]]) -> None:
+    for alloc in allocations:
+        path = f"{SL}/namespaces/{NS}/storageallocations/{alloc['metadata']['name']}"
+        wait_for(lambda p=path: ok(api.get(p))["metadata"].get("deletionTimestamp"), 30, message="deleted")
+        _drop_finalizers(api, path)
+
+
+def test_copies_become_data_movements_per_node_allocation(api: httpx.Client) -> None:
+    name, allocations = _ready_buffer(
+        api,
+        [
+            "#DW jobdw type=xfs capacity=1GiB name=scratch",
+            "#DW copy_in source=/lus/in destination=$DW_JOB_scratch/in",
+            "#DW copy_out source=$DW_JOB_scratch/out destination=/lus/results",
+        ],
+        computes=2,
+    )
+    _advance(api, name, "DataIn")
+    ins = wait_for(lambda: len(_movements(api, name)) == 2 and _movements(api, name), 30, message="copies in")
+    assert [m["metadata"]["name"] for m in ins] == [f"{name}-1-0", f"{name}-1-1"]
+    for movement, alloc in zip(ins, allocations, strict=True):  # copy_in fills every node's buffer
+        spec = movement["spec"]
+        assert spec["node"] == alloc["spec"]["node"] and spec["direction"] == "in"
+        assert spec["source"] == {"path": "/lus/in"}
+        assert spec["destination"]["path"] == "in"
+        assert spec["destination"]["allocation"]["name"] == alloc["metadata"]["name"]
+        assert (spec["userID"], spec["groupID"], spec["mode"]) == (1001, 1001, "auto")
+        assert movement["metadata"]["ownerReferences"][0]["name"] == name
+    _finish(api, ins[0], "Success", bytesDone=100, filesDone=2, seconds=0.5, rate=200.0)
+    wait_for(lambda: "copying" in str(_get(api, name)["status"].get("message")), 30, message="waits")
+    assert _get(api, name)["status"]["status"] != "Completed"
+    _finish(api, ins[1], "Success", bytesDone=100, filesDone=2, seconds=0.5, rate=200.0)
+    _completed(api, name, "DataIn")
+    scraped = api.get("/metrics").text
+    assert 'slurmlink_data_movement_bytes_total{direction="in"}' in scraped
+    assert 'slurmlink_data_movement_rate_bytes_per_second_count{direction="in"}' in scraped
+
+    ok(
+        api.patch(
+            f"{DWS}/namespaces/{NS}/computes/{name}",
+            json={"data": [{"name": "c1"}, {"name": "c2"}]},
+            headers=MERGE,
+        )
+    )
+    for state in ("PreRun", "PostRun"):
+        _advance(api, name, state)
+        for mount in wait_for(
+            lambda: [
+                m
+                for m in _items(api, f"{DWS}/namespaces/{NS}/clientmounts")
+                if m["metadata"]["name"].startswith(name)
+            ],
+            30,
+            message="mounts",
+        ):
+            want = "mounted" if state == "PreRun" else "unmounted"
+            path = f"{DWS}/namespaces/{NS}/clientmounts/{mount['metadata']['name']}"
+            wait_for(lambda p=path, w=want: ok(api.get(p))["spec"]["desiredState"] == w, 30, message=want)
+            _set_status(api, path, {"allReady": True, "mounts": [{"state": want, "ready": True}]})
+        _completed(api, name, state)
+
+    _advance(api, name, "DataOut")
+    outs = wait_for(
+        lambda: [m for m in _movements(api, name) if m["spec"]["direction"] == "out"] or None,
+        30,
+        message="copies out",
+    )
+    # Each node's data in its own subdirectory, named after the node.
+    assert [m["spec"]["destination"] for m in outs] == [
+        {"path": "/lus/results/c1"},
+        {"path": "/lus/results/c2"},
+    ]
+    assert [m["spec"]["source"]["path"] for m in outs] == ["out", "out"]
+    _finish(api, outs[0], "Success")
+    _finish(api, outs[1], "Failed", message="/lus/results: Permission denied")
+
+    def failed() -> dict[str, Any] | None:
+        status = _get(api, name).get("status") or {}
+        return status if status.get("status") == "Error" else None
+
+    status = wait_for(failed, 30, message="DataOut error")
+    assert "/lus/results: Permission denied" in status["message"]
+    assert "#DW copy_out source=$DW_JOB_scratch/out destination=/lus/results" in status["message"]
+
+    _advance(api, name, "Teardown")
+    for mount in _items(api, f"{DWS}/namespaces/{NS}/clientmounts"):
+        if mount["metadata"]["name"].startswith(name):
+            path = f"{DWS}/namespaces/{NS}/clientmounts/{mount['metadata']['name']}"
+            wait_for(lambda p=path: ok(api.get(p))["metadata"].get("deletionTimestamp"), 30, message="gone")
+            _drop_finalizers(api, path)
+    _release(api, allocations)
+    _completed(api, name, "Teardown")
+
+
+def test_teardown_cancels_running_copies_and_waits_for_them(api: httpx.Client) -> None:
+    name, allocations = _ready_buffer(
+        api,
+        [
+            "#DW jobdw type=gluster capacity=1GiB name=shared",
+            "#DW copy_in source=/lus/big destination=$DW_JOB_shared",
+        ],
+        computes=2,
+    )
+    _advance(api, name, "DataIn")
+    (movement,) = wait_for(lambda: _movements(api, name) or None, 30, message="one copy for a shared buffer")
+    assert movement["spec"]["node"] == allocations[0]["spec"]["node"]
+    path = f"{MOVEMENTS}/{movement['metadata']['name']}"
+    _set_status(api, path, {"state": "Running", "bytesDone": 10, "bytesTotal": 100})
+    wait_for(lambda: "10%" in str(_get(api, name)["status"].get("message")), 30, message="progress")
+
+    ok(
+        api.patch(
+            f"{DWS}/namespaces/{NS}/workflows/{name}",
+            json={"spec": {"desiredState": "Teardown", "hurry": True}},
+            headers=MERGE,
+        )
+    )
+    wait_for(lambda: ok(api.get(path))["spec"].get("cancel") is True, 30, message="cancel asked")
+    for alloc in allocations:  # the storage stays while the copy runs
+        current = ok(api.get(f"{SL}/namespaces/{NS}/storageallocations/{alloc['metadata']['name']}"))
+        assert not current["metadata"].get("deletionTimestamp")
+    _set_status(api, path, {"state": "Finished", "status": "Cancelled", "message": "cancelled"})
+    _release(api, allocations)
+    _completed(api, name, "Teardown")

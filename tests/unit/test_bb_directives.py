@@ -17,9 +17,12 @@ from slurmlink.burstbuffer.directives import (
     PersistentInfo,
     PoolInfo,
     SiteStorage,
+    StagePath,
+    StagingRequest,
     environment,
     plan,
     slurmlink_rules,
+    staging,
 )
 from slurmlink.resources.dws.directives import (
     DirectiveError,
@@ -93,14 +96,17 @@ def test_rules_are_fresh_copies() -> None:
     assert slurmlink_rules()[0]["spec"][0]["ruleDefs"]
 
 
-def test_watch_states_follow_nnf_and_staging_registers_nothing() -> None:
+def test_watch_states_follow_nnf() -> None:
     states = {e["command"]: e.get("watchStates") for e in slurmlink_rules()[0]["spec"]}
     assert states["jobdw"] == "Proposal,Setup,PreRun,PostRun,Teardown"
     assert states["persistentdw"] == "Proposal,Setup,PreRun,PostRun,Teardown"
     assert states["create_persistent"] == "Proposal,Setup,Teardown"
     assert states["destroy_persistent"] == "Proposal,Teardown"
-    for command in ("copy_in", "copy_out", "stage_in", "stage_out"):
-        assert states[command] is None
+    for command in ("copy_in", "stage_in"):
+        assert states[command] == "Proposal,DataIn,Teardown"
+    for command in ("copy_out", "stage_out"):
+        assert states[command] == "Proposal,DataOut,Teardown"
+    assert states["swap"] is None
 
 
 VALID = [
@@ -178,14 +184,16 @@ def test_job_buffer_names_are_unique_within_the_workflow(rules: list[Any]) -> No
         )
 
 
-def test_driver_registered_for_buffer_commands_only(rules: list[Any]) -> None:
+def test_driver_registered_for_buffer_and_copy_commands(rules: list[Any]) -> None:
     directives = [
         "#DW jobdw type=xfs capacity=1GiB name=fs-a",
         "#DW copy_in source=/a destination=$DW_JOB_a/",
         "#DW destroy_persistent name=old",
+        "#DW swap 1GiB",
     ]
     registered = driver_registrations(directives, rules)
-    assert {(label, index) for label, index, _ in registered} == {(DRIVER, 0), (DRIVER, 2)}
+    assert {(label, index) for label, index, _ in registered} == {(DRIVER, 0), (DRIVER, 1), (DRIVER, 2)}
+    assert [s for _, i, s in registered if i == 1] == ["Proposal", "DataIn", "Teardown"]
     assert [s for _, i, s in registered if i == 2] == ["Proposal", "Teardown"]
 
 
@@ -539,24 +547,6 @@ def test_persistentdw_of_another_users_buffer_unless_shared() -> None:
     assert plan(["#DW persistentdw name=theirs"], SITE)[0].name == "theirs"  # uid unknown: unchecked
 
 
-@pytest.mark.parametrize(
-    "directive",
-    [
-        "#DW copy_in source=/lus/a destination=$DW_JOB_a/",
-        "#DW copy_out source=$DW_JOB_a/ destination=/lus/a",
-        "#DW stage_in source=/lus/a destination=$DW_JOB_STRIPED/a type=file",
-        "#DW stage_out source=$DW_JOB_STRIPED/a destination=/lus/a type=directory",
-    ],
-)
-def test_staging_not_supported_yet(directive: str) -> None:
-    command = directive.split()[1]
-    error = rejected(["#DW jobdw type=xfs capacity=1GiB name=fs-a", directive])
-    assert str(error).startswith(
-        f"#DW {command} is not supported yet: data staging comes with slurmlink's next burst-buffer release"
-    )
-    assert error.index == 1
-
-
 def test_swap_not_supported() -> None:
     assert "#DW swap is not supported" in str(rejected(["#DW swap 10GiB"]))
 
@@ -838,3 +828,107 @@ def test_datawarp_private_is_checked_per_node_and_striped_against_the_pool() -> 
 def test_pool_without_capacity_yet_is_not_size_checked() -> None:
     site = make_site(pools={"p": PoolInfo("p", ("gluster",), GiB, total=0, largest_node=0)})
     assert plan(["#DW jobdw type=gluster capacity=1TiB name=fs-a"], site)[0].pool is None
+
+
+# --------------------------------------------------------------------------------------
+# staging(): copy_in / copy_out / stage_in / stage_out
+# --------------------------------------------------------------------------------------
+
+
+def staged(directives: list[str]) -> list[StagingRequest]:
+    return staging(directives, plan(directives, SITE, user_id=1000))
+
+
+def test_nnf_copies_resolve_buffer_variables() -> None:
+    copies = staged(
+        [
+            "#DW jobdw type=xfs capacity=1GiB name=fs-a",
+            "#DW persistentdw name=mine",
+            "#DW copy_in source=/lus/in/ destination=$DW_JOB_fs_a/in",
+            "#DW copy_out source=${DW_JOB_fs_a}/out/./x destination=/lus//out",
+            "#DW copy_in source=/lus/ref destination=$DW_PERSISTENT_mine",
+            "#DW copy_in source=/lus/t destination=$DW_JOB_XFS/t",
+        ]
+    )
+    assert [(c.index, c.command, c.direction, c.mode) for c in copies] == [
+        (2, "copy_in", "in", "auto"),
+        (3, "copy_out", "out", "auto"),
+        (4, "copy_in", "in", "auto"),
+        (5, "copy_in", "in", "auto"),
+    ]
+    assert copies[0].source == StagePath("/lus/in/", None, "/lus/in/")
+    assert copies[0].destination == StagePath("in", "job/fs-a", "$DW_JOB_fs_a/in")
+    assert copies[1].source == StagePath("out/x", "job/fs-a", "${DW_JOB_fs_a}/out/./x")
+    assert copies[1].destination.path == "/lus/out"
+    assert copies[2].destination == StagePath("", "persistent/mine", "$DW_PERSISTENT_mine")
+    assert copies[2].buffer == "persistent/mine"
+    assert copies[3].buffer == "job/fs-a"  # DW_JOB_XFS: the job's first xfs buffer
+
+
+def test_datawarp_stages_take_their_type() -> None:
+    copies = staged(
+        [
+            "#DW jobdw capacity=1GiB access_mode=striped,private type=scratch",
+            "#DW stage_in source=/lus/list destination=$DW_JOB_STRIPED type=list",
+            "#DW stage_out source=$DW_JOB_PRIVATE/o destination=/lus/o type=directory",
+        ]
+    )
+    assert [(c.command, c.mode, c.buffer) for c in copies] == [
+        ("stage_in", "list", "job/striped"),
+        ("stage_out", "directory", "job/private"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("directive", "message"),
+    [
+        (
+            "#DW copy_in source=$DW_JOB_fs_a/x destination=/lus/x",
+            "source=$DW_JOB_fs_a/x is in a burst buffer, but #DW copy_in copies into one: its source= must "
+            "be a path outside the buffers",
+        ),
+        (
+            "#DW copy_in source=/lus/x destination=/lus/y",
+            "destination=/lus/y must name one of this job's burst buffers, such as "
+            "destination=$DW_JOB_XFS/<path>",
+        ),
+        (
+            "#DW copy_out source=/lus/x destination=/lus/y",
+            "source=/lus/x must name one of this job's burst buffers",
+        ),
+        (
+            "#DW copy_in source=/lus/x destination=$DW_JOB_other/x",
+            "$DW_JOB_other names no burst buffer of this job (its buffers: $DW_JOB_XFS, $DW_JOB_fs_a)",
+        ),
+        ("#DW copy_in source=lus/x destination=$DW_JOB_fs_a", "source=lus/x must be an absolute path"),
+        ("#DW copy_in source=/lus/../etc destination=$DW_JOB_fs_a", "'..' is not allowed in a path"),
+        ("#DW copy_in source=/lus/x destination=$DW_JOB_fs_a/../..", "'..' is not allowed in a path"),
+        (
+            "#DW copy_out source=$DW_JOB_fs_a destination=$HOME/out",
+            "slurmlink expands only the variables of the job's burst buffers",
+        ),
+        (
+            "#DW copy_out source=$DW_JOB_fs_a destination=/lus/$USER",
+            "only a burst buffer's variable may start a path",
+        ),
+        ("#DW copy_in source=/lus/x destination=$DW_JOB_fs_ax", "$DW_JOB_fs_ax names no burst buffer"),
+        ("#DW copy_in source=/lus/x destination=$DW_JOB_fs_a~", "write a '/' between $DW_JOB_fs_a and"),
+        ("#DW stage_in source=/lus/x destination=$DW_JOB_fs_a", "#DW stage_in needs type=: what source= is"),
+    ],
+)
+def test_bad_copies_are_refused_with_the_reason(directive: str, message: str) -> None:
+    error = rejected(["#DW jobdw type=xfs capacity=1GiB name=fs-a", directive])
+    assert message in str(error)
+    assert error.index == 1
+
+
+def test_raw_buffers_cannot_be_copied_into() -> None:
+    error = rejected(
+        ["#DW jobdw type=raw capacity=1GiB name=blk", "#DW copy_in source=/lus/x destination=$DW_JOB_blk"]
+    )
+    assert "$DW_JOB_blk is a type=raw buffer, a block device without a file system" in str(error)
+
+
+def test_copies_without_buffers_name_none() -> None:
+    error = rejected(["#DW copy_in source=/lus/x destination=$DW_JOB_x"])
+    assert "$DW_JOB_x names no burst buffer of this job (its buffers: none)" in str(error)

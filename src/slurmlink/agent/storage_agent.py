@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from slurmlink.agent.allocations import AllocationManager, PoolInfo
 from slurmlink.agent.device import DeviceConfig, DeviceError, DeviceState, prepare
+from slurmlink.agent.movements import MovementManager
 from slurmlink.client.base import Client, get_or_none
 from slurmlink.client.http import UnreachableError
 from slurmlink.client.informer import SharedInformer
@@ -218,6 +219,18 @@ class StorageAgent(NodeAgent):
             if allocations
             else None
         )
+        #: Runs the node's DataMovements (stage-in and stage-out) on those allocations' file systems.
+        self.movements: MovementManager | None = (
+            MovementManager(
+                client,
+                settings.node,
+                self.allocations.informer,
+                device.state_dir,
+                retry_delay=RETRY_DELAYS[0],
+            )
+            if self.allocations is not None
+            else None
+        )
 
     # ---- the device ----------------------------------------------------------------------------
 
@@ -364,9 +377,13 @@ class StorageAgent(NodeAgent):
             if self.allocations is not None
             else None
         )
+        if self.movements is not None:
+            await self.movements.start()
         try:
             await loop_task
         finally:
+            if self.movements is not None:
+                await self.movements.stop()
             for task in (loop_task, start_task):
                 if task is not None:
                     task.cancel()

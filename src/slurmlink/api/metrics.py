@@ -42,3 +42,29 @@ BUFFER_ALLOCATION = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
     registry=REGISTRY,
 )
+DATA_MOVED_BYTES = Counter(
+    "slurmlink_data_movement_bytes",
+    "Bytes copied into (in) and out of (out) burst buffers by finished stage-in and stage-out copies",
+    ["direction"],
+    registry=REGISTRY,
+)
+DATA_MOVED_FILES = Counter(
+    "slurmlink_data_movement_files",
+    "Files copied into (in) and out of (out) burst buffers by finished copies",
+    ["direction"],
+    registry=REGISTRY,
+)
+DATA_MOVEMENT_SECONDS = Histogram(
+    "slurmlink_data_movement_seconds",
+    "How long one finished stage-in or stage-out copy took",
+    ["direction"],
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+    registry=REGISTRY,
+)
+DATA_MOVEMENT_RATE = Histogram(
+    "slurmlink_data_movement_rate_bytes_per_second",
+    "Throughput of one finished stage-in or stage-out copy",
+    ["direction"],
+    buckets=(1e6, 1e7, 5e7, 1e8, 2.5e8, 5e8, 1e9, 2e9, 5e9),
+    registry=REGISTRY,
+)

@@ -5,12 +5,13 @@ DataWarp's (``#DW jobdw type=scratch access_mode=striped capacity=1TiB``); both 
 :class:`BufferRequest` values, so the rest of the driver knows one model only.
 
 Checking is done in two steps, as DWS does it. :func:`slurmlink_rules` is the DWDirectiveRule the
-Workflow webhook and the Slurm gateway check syntax with (``resources.dws.directives``); it also
-lists the staging commands, without watch states, so that their syntax passes and :func:`plan` can
-say they are not supported yet instead of a bare "invalid directive". :func:`plan` then checks
-meaning against what the site has (:class:`SiteStorage`) and raises :class:`BufferRequestError`
-with one line saying what is wrong and what to write instead: Slurm shows it to the user at
-``sbatch``. :func:`environment` gives the job the ``DW_*`` variables of the grammar it used.
+Workflow webhook and the Slurm gateway check syntax with (``resources.dws.directives``). :func:`plan`
+then checks meaning against what the site has (:class:`SiteStorage`) and raises
+:class:`BufferRequestError` with one line saying what is wrong and what to write instead: Slurm shows
+it to the user at ``sbatch``. :func:`environment` gives the job the ``DW_*`` variables of the grammar
+it used. :func:`staging` turns the copy directives (NNF's ``copy_in``/``copy_out``, DataWarp's
+``stage_in``/``stage_out``) into :class:`StagingRequest` values whose buffer ends are resolved from
+``$DW_JOB_<name>``-style names by slurmlink itself: no shell ever sees them.
 """
 
 from __future__ import annotations
@@ -40,9 +41,12 @@ __all__ = [
     "PersistentInfo",
     "PoolInfo",
     "SiteStorage",
+    "StagePath",
+    "StagingRequest",
     "environment",
     "plan",
     "slurmlink_rules",
+    "staging",
 ]
 
 #: The driver id (``driverLabel``, ``status.drivers[].driverID``) and the rule object's name.
@@ -53,8 +57,14 @@ DATAWARP = "datawarp"
 
 #: Commands that make or use storage: plan() turns each into BufferRequests.
 BUFFER_COMMANDS = ("jobdw", "create_persistent", "destroy_persistent", "persistentdw")
+#: Commands that copy data into a buffer (DataIn) or out of one (DataOut): staging() reads them.
+STAGE_IN_COMMANDS = ("copy_in", "stage_in")
+STAGE_OUT_COMMANDS = ("copy_out", "stage_out")
+STAGING_COMMANDS = STAGE_IN_COMMANDS + STAGE_OUT_COMMANDS
 #: Commands whose syntax is accepted but which this release refuses (no driver registers for them).
-UNSUPPORTED_COMMANDS = ("copy_in", "copy_out", "stage_in", "stage_out", "swap")
+UNSUPPORTED_COMMANDS = ("swap",)
+#: Types without a file system: nothing can be copied into them.
+BLOCK_TYPES = frozenset({"raw"})
 
 #: Types with one shared file system for all compute nodes; every other type has one per node.
 SHARED_TYPES = frozenset({"gluster", "lustre"})
@@ -133,16 +143,24 @@ _COMMANDS: tuple[tuple[str, str, list[dict[str, Any]]], ...] = (
         ],
     ),
     ("destroy_persistent", "Proposal,Teardown", [_arg("name", _NAME, required=True)]),
-    ("copy_in", "", [_arg("source", required=True), _arg("destination", required=True), _arg("profile")]),
-    ("copy_out", "", [_arg("source", required=True), _arg("destination", required=True), _arg("profile")]),
+    (
+        "copy_in",
+        "Proposal,DataIn,Teardown",
+        [_arg("source", required=True), _arg("destination", required=True), _arg("profile")],
+    ),
+    (
+        "copy_out",
+        "Proposal,DataOut,Teardown",
+        [_arg("source", required=True), _arg("destination", required=True), _arg("profile")],
+    ),
     (
         "stage_in",
-        "",
+        "Proposal,DataIn,Teardown",
         [_arg("source", required=True), _arg("destination", required=True), _arg("type", _STAGE_TYPE)],
     ),
     (
         "stage_out",
-        "",
+        "Proposal,DataOut,Teardown",
         [_arg("source", required=True), _arg("destination", required=True), _arg("type", _STAGE_TYPE)],
     ),
     # DataWarp's "#DW swap 10GiB [pool=P]": the size is a bare word, so any key goes.
@@ -153,9 +171,9 @@ _COMMANDS: tuple[tuple[str, str, list[dict[str, Any]]], ...] = (
 def slurmlink_rules(namespace: str = DEFAULT_RULES_NAMESPACE) -> list[dict[str, Any]]:
     """The driver's DWDirectiveRule object (one, named ``slurmlink``), as a fresh copy.
 
-    Buffer commands carry NNF's watch states, so the mutating webhook registers the driver for
-    them; the staging commands carry none, so they pass the syntax check, register nothing, and
-    are refused with a clear message by plan().
+    Commands carry NNF's watch states, so the mutating webhook registers the driver for them;
+    ``swap`` carries none, so it passes the syntax check, registers nothing, and is refused with a
+    clear message by plan().
     """
     spec = []
     for command, watch_states, rule_defs in _COMMANDS:
@@ -407,6 +425,7 @@ def plan(directives: Sequence[str], site: SiteStorage, *, user_id: int | None = 
     if any(r.grammar == DATAWARP and r.command == "jobdw" for r in requests):
         # persistentdw has one form; a DataWarp job gets DataWarp's variable names for it.
         requests = [replace(r, grammar=DATAWARP) if r.command == "persistentdw" else r for r in requests]
+    staging(directives, requests)  # its mistakes too are the user's to hear at sbatch
     return requests
 
 
@@ -425,13 +444,7 @@ def _our_directives(directives: Sequence[str]) -> list[_Directive]:
 
 
 def _unsupported(index: int, text: str, command: str) -> BufferRequestError:
-    if command == "swap":
-        problem = "#DW swap is not supported: slurmlink burst buffers provide file systems only"
-    else:
-        problem = (
-            f"#DW {command} is not supported yet: data staging comes with slurmlink's next "
-            "burst-buffer release; copy your files in the job script for now"
-        )
+    problem = f"#DW {command} is not supported: slurmlink burst buffers provide file systems only"
     return BufferRequestError(problem, index, text)
 
 
@@ -776,3 +789,150 @@ def environment(requests: Sequence[BufferRequest], paths: Mapping[str, str]) -> 
         lists[f"DW_{scope}S"].append(f"{request.name}:{path}")
     env.update({name: ",".join(items) for name, items in lists.items() if items})
     return env
+
+
+# --------------------------------------------------------------------------------------
+# staging(): copies into and out of the buffers
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StagePath:
+    """One end of a copy: inside one of the job's buffers (``buffer`` is its BufferRequest.key and
+    ``path`` is relative to the buffer's root, ``""`` for the root) or outside (``path`` absolute)."""
+
+    path: str
+    buffer: str | None = None
+    text: str = ""  # as the user wrote it
+
+    @property
+    def in_buffer(self) -> bool:
+        return self.buffer is not None
+
+
+@dataclass(frozen=True)
+class StagingRequest:
+    """One copy directive, resolved."""
+
+    index: int  # position in the job's #DW list
+    command: str  # copy_in | copy_out | stage_in | stage_out
+    source: StagePath
+    destination: StagePath
+    #: How the mover reads the source: NNF's copies are "auto" (cp -a), DataWarp's say type=.
+    mode: str
+    directive: str
+
+    @property
+    def direction(self) -> str:
+        return "in" if self.command in STAGE_IN_COMMANDS else "out"
+
+    @property
+    def buffer(self) -> str:
+        """The key of the buffer the copy fills or empties."""
+        end = self.destination if self.direction == "in" else self.source
+        assert end.buffer is not None
+        return end.buffer
+
+
+_VARIABLE = re.compile(r"^\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+
+
+def staging(directives: Sequence[str], requests: Sequence[BufferRequest]) -> list[StagingRequest]:
+    """The job's copy directives, in order, with buffer names resolved; BufferRequestError otherwise.
+
+    ``requests`` are the job's buffers (plan()'s result). A copy into a buffer (copy_in, stage_in)
+    names a buffer of this job (``$DW_JOB_<name>``, ``$DW_PERSISTENT_<name>``, DataWarp's
+    ``$DW_JOB_STRIPED``...) as its destination and an absolute path as its source; a copy out the
+    other way round. ``..`` is refused everywhere: a copy stays inside the trees it names.
+    """
+    variables = _buffer_variables(requests)
+    types = {r.key: r.fs_type for r in requests}
+    out: list[StagingRequest] = []
+    for index, text in enumerate(directives):
+        try:
+            command, args = parse_directive(text)
+        except DirectiveError as exc:
+            raise BufferRequestError(str(exc), index, text) from None
+        if command not in STAGING_COMMANDS:
+            continue
+        d = _Directive(index, text, command, args)
+        inward = command in STAGE_IN_COMMANDS
+        source = _stage_path(d, "source", variables, buffer_side=not inward)
+        destination = _stage_path(d, "destination", variables, buffer_side=inward)
+        inside = destination if inward else source
+        fs_type = types.get(inside.buffer or "")
+        if fs_type in BLOCK_TYPES:
+            raise d.fail(
+                f"{inside.text.split('/')[0]} is a type={fs_type} buffer, a block device without a file "
+                "system: nothing can be copied into or out of it"
+            )
+        if command.startswith("stage_"):
+            mode = d.require(
+                "type", "what source= is: file, directory or list (a file of source-destination pairs)"
+            )
+        else:
+            mode = "auto"
+        out.append(StagingRequest(index, command, source, destination, mode, text))
+    return out
+
+
+def _buffer_variables(requests: Sequence[BufferRequest]) -> dict[str, str]:
+    """``DW_*`` variable name -> the BufferRequest.key it names (the same names environment() sets)."""
+    mounted = [r for r in requests if r.command in ("jobdw", "persistentdw")]
+    marker = "\0"
+    env = environment(mounted, {r.key: marker + r.key for r in mounted})
+    return {name: value[1:] for name, value in env.items() if value.startswith(marker)}
+
+
+def _stage_path(d: _Directive, key: str, variables: Mapping[str, str], *, buffer_side: bool) -> StagePath:
+    text = d.require(key, "a path")
+    other = "destination" if key == "source" else "source"
+    match = _VARIABLE.match(text)
+    if match is not None:
+        name = match["braced"] or match["bare"]
+        rest = text[match.end() :]
+        if rest and not rest.startswith("/"):
+            raise d.fail(f"{key}={text}: write a '/' between ${name} and the rest of the path")
+        buffer = variables.get(name)
+        if buffer is None and not name.startswith("DW_"):
+            raise d.fail(
+                f"{key}={text}: slurmlink expands only the variables of the job's burst buffers "
+                "($DW_JOB_<name>, $DW_PERSISTENT_<name>), not ${name}: write the absolute path"
+            )
+        if buffer is None:
+            known = ", ".join(f"${v}" for v in sorted(variables)) or "none"
+            raise d.fail(f"{key}={text}: ${name} names no burst buffer of this job (its buffers: {known})")
+        if not buffer_side:
+            raise d.fail(
+                f"{key}={text} is in a burst buffer, but #DW {d.command} copies "
+                + (
+                    "into one: its source= must be a path outside the buffers, such as /home/..."
+                    if key == "source"
+                    else "out of one: its destination= must be a path outside the buffers, such as /home/..."
+                )
+            )
+        return StagePath(_relative_parts(d, key, text, rest), buffer, text)
+    if buffer_side:
+        raise d.fail(
+            f"{key}={text} must name one of this job's burst buffers, such as "
+            f"{key}=${next(iter(sorted(variables)), 'DW_JOB_<name>')}/<path> "
+            f"(#DW {d.command} copies {'into' if key == 'destination' else 'out of'} a buffer; "
+            f"the {other} is the path outside)"
+        )
+    if "$" in text:
+        raise d.fail(
+            f"{key}={text}: only a burst buffer's variable may start a path; slurmlink does not "
+            "expand other variables (write the absolute path)"
+        )
+    if not text.startswith("/"):
+        raise d.fail(f"{key}={text} must be an absolute path (starting with /)")
+    return StagePath("/" + _relative_parts(d, key, text, text), None, text)
+
+
+def _relative_parts(d: _Directive, key: str, text: str, path: str) -> str:
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise d.fail(f"{key}={text}: '..' is not allowed in a path")
+    if any("\0" in p for p in parts):
+        raise d.fail(f"{key}={text} is not a valid path")
+    return "/".join(parts) + ("/" if path.endswith("/") and parts else "")

@@ -12,6 +12,8 @@ POOL_ANNOTATION = "slurmlink.io/pool"
 INSTANCE_ANNOTATION = "slurmlink.io/persistent-instance"
 #: On the Workflow: the buffers the directives asked for, as the driver's Proposal resolved them (JSON).
 BUFFERS_ANNOTATION = "slurmlink.io/buffers"
+#: On the Workflow: its copy directives (copy_in, copy_out, stage_in, stage_out), resolved (JSON).
+STAGING_ANNOTATION = "slurmlink.io/staging"
 #: Held on a ClientMount by the compute node's agent until everything in it is unmounted.
 COMPUTE_NODE_FINALIZER = "slurmlink.io/compute-node"
 
@@ -24,7 +26,7 @@ def placement_path(namespace: str, name: str) -> str:
     return PREFIX + PLACEMENT_PATH.format(namespace=namespace, name=name)
 
 
-#: ``#DW`` commands of the slurmlink driver (data staging ones are rejected until they are supported).
+#: ``#DW`` commands of the slurmlink driver.
 BUFFER_COMMANDS = frozenset(
     {
         "jobdw",

@@ -11,10 +11,14 @@ state, as upstream DWS drivers do, through standard DWS objects:
 * The workload manager (the gateway) then places the storage: ``POST .../servers/{name}/placement``
   fills ``Servers`` and creates the ``StorageAllocation`` objects in one transaction.
 * **Setup**: waits until the storage nodes' agents report every allocation Ready.
+* **DataIn**: one ``DataMovement`` per copy into a buffer (``copy_in``, ``stage_in``) and file system
+  (``burstbuffer.movements``); waits until the storage nodes' agents have copied, as the job's user.
 * **PreRun**: one ``ClientMount`` per compute node of ``Computes`` (allocation *i* of a per-compute
   buffer on compute *i*, a shared buffer everywhere); waits until the compute agents report them.
 * **PostRun**: unmounts (``desiredState: unmounted``) and waits.
-* **Teardown**: deletes the ClientMounts and the job's allocations and waits until they are gone (the
+* **DataOut**: the same as DataIn for the copies out of the buffers (``copy_out``, ``stage_out``).
+* **Teardown**: cancels copies still running (a ``--hurry`` teardown during a stage-out) and waits until
+  they have stopped; deletes the ClientMounts and the job's allocations and waits until they are gone (the
   agents hold finalizers until unmounted and destroyed, so capacity is free when Teardown completes);
   drops this job from persistent instances it used; destroys a ``destroy_persistent``'s instance.
 """
@@ -30,11 +34,13 @@ from typing import Any
 from slurmlink import jsonutil
 from slurmlink.api import metrics
 from slurmlink.burstbuffer import directives as bbd
+from slurmlink.burstbuffer import movements as bbm
 from slurmlink.burstbuffer.names import (
     BUFFERS_ANNOTATION,
     COMPUTE_NODE_FINALIZER,
     INSTANCE_ANNOTATION,
     POOL_ANNOTATION,
+    STAGING_ANNOTATION,
 )
 from slurmlink.client.base import Client, get_or_none
 from slurmlink.controllers.runtime import Key, Reconciler, Result, Watch, watches
@@ -48,6 +54,7 @@ from slurmlink.resources.dws.servers import SERVERS
 from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.resources.kind import Kind, Obj
 from slurmlink.resources.meta import now_micro, parse_time
+from slurmlink.resources.storage.datamovement import DATA_MOVEMENT, finished
 from slurmlink.resources.storage.storageallocation import STORAGE_ALLOCATION
 from slurmlink.resources.storage.storagepool import STORAGE_POOL
 
@@ -119,6 +126,7 @@ class BurstBufferDriver(Reconciler):
             watches(SERVERS, _workflow_of),
             watches(STORAGE_ALLOCATION, self._allocation_workflows),
             watches(CLIENT_MOUNT, _workflow_of),
+            watches(DATA_MOVEMENT, _workflow_of),
             watches(COMPUTES, lambda o: [(str(o["metadata"].get("namespace")), str(o["metadata"]["name"]))]),
             watches(PERSISTENT_STORAGE_INSTANCE, self._instance_workflows),
             watches(STORAGE_POOL, lambda _o: []),
@@ -165,8 +173,10 @@ class BurstBufferDriver(Reconciler):
         step = {
             "Proposal": self._proposal,
             "Setup": self._setup,
+            "DataIn": self._data_in,
             "PreRun": self._pre_run,
             "PostRun": self._post_run,
+            "DataOut": self._data_out,
             "Teardown": self._teardown,
         }.get(str(state))
         wf = jsonutil.clone(obj)
@@ -256,7 +266,11 @@ class BurstBufferDriver(Reconciler):
         env = dict(wf["status"].get("env") or {})
         env.update(bbd.environment([r for r in requests if r.command in ("jobdw", "persistentdw")], paths))
         wf["status"]["env"] = env
-        m.setdefault("annotations", {})[BUFFERS_ANNOTATION] = jsonutil.dumps_str(resolved)
+        annotations = m.setdefault("annotations", {})
+        annotations[BUFFERS_ANNOTATION] = jsonutil.dumps_str(resolved)
+        copies = bbd.staging(spec.get("dwDirectives") or [], requests)
+        if copies:
+            annotations[STAGING_ANNOTATION] = jsonutil.dumps_str([bbm.staging_record(c) for c in copies])
         return DONE
 
     async def _ensure_breakdown(self, client: Client, wf: Obj, request: bbd.BufferRequest) -> None:
@@ -414,6 +428,56 @@ class BurstBufferDriver(Reconciler):
         status = {"state": "Active", "servers": {"kind": "Servers", "name": servers, "namespace": ns}}
         await client.update_status(PERSISTENT_STORAGE_INSTANCE, {**instance, "status": status})
 
+    # ---- DataIn / DataOut ------------------------------------------------------------------------
+
+    @staticmethod
+    def _copies(wf: Obj) -> list[dict[str, Any]]:
+        raw = ((wf.get("metadata") or {}).get("annotations") or {}).get(STAGING_ANNOTATION)
+        return list(jsonutil.loads(raw)) if raw else []
+
+    def _movements(self, wf: Obj) -> dict[str, Obj]:
+        key = (wf["metadata"]["namespace"], wf["metadata"]["name"])
+        return {
+            m["metadata"]["name"]: m
+            for m in self.informers.informer(DATA_MOVEMENT).list(key[0])
+            if key in _workflow_of(m)
+        }
+
+    def _computes(self, wf: Obj) -> list[str]:
+        obj = self.informers.informer(COMPUTES).get(wf["metadata"]["namespace"], wf["metadata"]["name"])
+        return [str(c.get("name")) for c in (obj or {}).get("data") or [] if c.get("name")]
+
+    async def _data_in(self, client: Client, wf: Obj) -> Outcome:
+        return await self._stage(client, wf, "in")
+
+    async def _data_out(self, client: Client, wf: Obj) -> Outcome:
+        return await self._stage(client, wf, "out")
+
+    async def _stage(self, client: Client, wf: Obj, direction: str) -> Outcome:
+        copies = [c for c in self._copies(wf) if c.get("direction") == direction]
+        if not copies:
+            return DONE
+        buffers = {str(r["key"]): r for r in self._requests(wf)}
+        bodies, problem = bbm.movement_bodies(
+            wf, copies, buffers, lambda b: self._buffer_allocations(wf, dict(b)), self._computes(wf)
+        )
+        if problem:
+            return _fail(problem)
+        existing = self._movements(wf)
+        for body in bodies:
+            name = body["metadata"]["name"]
+            if name not in existing:
+                existing[name] = await _create_or_get(client, DATA_MOVEMENT, body)
+        wanted = [b["metadata"]["name"] for b in bodies]
+        outcome = bbm.stage_outcome(wanted, existing)
+        if outcome.error:
+            return _fail(outcome.error)
+        if not outcome.done:
+            return _wait(outcome.waiting)
+        for name in wanted:
+            _observe(existing[name])
+        return DONE
+
     # ---- PreRun / PostRun ------------------------------------------------------------------------
 
     def _mounts_for(self, wf: Obj, computes: list[str]) -> dict[str, list[dict[str, Any]]]:
@@ -516,6 +580,15 @@ class BurstBufferDriver(Reconciler):
 
     async def _teardown(self, client: Client, wf: Obj) -> Outcome:
         ns = wf["metadata"]["namespace"]
+        copying = [m for m in self._movements(wf).values() if not finished(m)]
+        for movement in copying:
+            if not (movement.get("spec") or {}).get("cancel"):
+                await client.patch(
+                    DATA_MOVEMENT, ns, movement["metadata"]["name"], {"spec": {"cancel": True}}
+                )
+        if copying:  # the storage goes once nothing copies into or out of it
+            names = ", ".join(m["metadata"]["name"] for m in copying)
+            return _wait(f"waiting for copies {names} to stop")
         remaining: list[str] = []
         mounted = False
         for mount in self._client_mounts(wf):
@@ -568,6 +641,20 @@ class BurstBufferDriver(Reconciler):
         if kept != refs:
             instance["spec"]["consumerReferences"] = kept
             await client.update(PERSISTENT_STORAGE_INSTANCE, instance)
+
+
+def _observe(movement: Obj) -> None:
+    """Count a finished copy in the metrics."""
+    status = movement.get("status") or {}
+    direction = str((movement.get("spec") or {}).get("direction") or "in")
+    metrics.DATA_MOVED_BYTES.labels(direction).inc(int(status.get("bytesDone") or 0))
+    metrics.DATA_MOVED_FILES.labels(direction).inc(int(status.get("filesDone") or 0))
+    seconds = status.get("seconds")
+    if isinstance(seconds, int | float):
+        metrics.DATA_MOVEMENT_SECONDS.labels(direction).observe(float(seconds))
+    rate = status.get("rate")
+    if isinstance(rate, int | float):
+        metrics.DATA_MOVEMENT_RATE.labels(direction).observe(float(rate))
 
 
 async def _create_or_get(client: Client, kind: Kind, body: Obj) -> Obj:

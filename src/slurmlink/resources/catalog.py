@@ -15,6 +15,7 @@ from slurmlink.resources.dws.storage import STORAGE
 from slurmlink.resources.dws.systemconfiguration import SYSTEM_CONFIGURATION
 from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.resources.registry import Registry
+from slurmlink.resources.storage.datamovement import DATA_MOVEMENT
 from slurmlink.resources.storage.storageallocation import STORAGE_ALLOCATION
 from slurmlink.resources.storage.storagepool import STORAGE_POOL
 from slurmlink.resources.storage.storageprofile import STORAGE_PROFILE
@@ -39,5 +40,6 @@ def default_registry() -> Registry:
             STORAGE_POOL,
             STORAGE_PROFILE,
             STORAGE_ALLOCATION,
+            DATA_MOVEMENT,
         ]
     )

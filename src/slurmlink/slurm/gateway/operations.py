@@ -23,7 +23,7 @@ from slurmlink.burstbuffer import directives as bbd
 from slurmlink.burstbuffer.names import BUFFER_COMMANDS, BUFFERS_ANNOTATION, placement_path
 from slurmlink.client.base import Client
 from slurmlink.resources.dws import directives as dwd
-from slurmlink.resources.dws import states
+from slurmlink.resources.dws import ownership, states
 from slurmlink.resources.dws.computes import COMPUTES
 from slurmlink.resources.dws.group import GROUP, STORAGE_VERSION
 from slurmlink.resources.dws.servers import SERVERS
@@ -32,6 +32,7 @@ from slurmlink.resources.errors import ApiError
 from slurmlink.resources.kind import Obj
 from slurmlink.resources.meta import parse_time
 from slurmlink.resources.sizes import format_size
+from slurmlink.resources.storage.datamovement import DATA_MOVEMENT, endpoint_text
 from slurmlink.resources.storage.storageallocation import STORAGE_ALLOCATION
 from slurmlink.slurm.commands import SlurmCommandError, SlurmCommands
 from slurmlink.slurm.gateway import script as scripts
@@ -668,10 +669,57 @@ class BurstBufferOps:
             return self._pool_table()
         if words == ["buffers"]:
             return await self._buffer_table()
+        if len(words) == 2 and words[0] == "movement":
+            if not _DIGITS.match(words[1]):
+                raise GatewayError("A job ID must contain only digits.")
+            return await self._movement_table(words[1], fields.get("uid"))
         raise GatewayError(
             "Usage: scontrol show bbstat workflow <job-id> | scontrol show bbstat workflows [uid=<uid>] | "
-            "scontrol show bbstat pools | scontrol show bbstat buffers"
+            "scontrol show bbstat pools | scontrol show bbstat buffers | "
+            "scontrol show bbstat movement <job-id>"
         )
+
+    async def _movement_table(self, job_id: str, caller_uid: str | None) -> str:
+        """The job's stage-in and stage-out copies, one line each, with their progress."""
+        name = workflow_name(job_id)
+        obj = self.workflows.cache.get(name) or await self._current(name)
+        if obj is None:
+            raise GatewayError(f"job {job_id} has no burst-buffer workflow", 404)
+        owner = str((obj.get("spec") or {}).get("userID", ""))
+        if caller_uid not in (None, "", "0", owner):
+            raise GatewayError(f"job {job_id} belongs to another user", 403)
+        try:
+            movements, _ = await self._api(
+                "listing data movements",
+                lambda: self.client.list(
+                    DATA_MOVEMENT, self.config.namespace, f"{ownership.WORKFLOW_NAME_LABEL}={name}"
+                ),
+            )
+        except ApiError as exc:
+            raise GatewayError(f"cannot list the copies of job {job_id}: {exc.message}", exc.code) from exc
+        rows = [
+            ("COPY", "DIR", "NODE", "STATE", "FILES", "BYTES", "RATE", "SOURCE", "DESTINATION", "MESSAGE")
+        ]
+        for movement in sorted(movements, key=lambda m: _copy_sort_key(m["metadata"]["name"])):
+            spec, status = movement.get("spec") or {}, movement.get("status") or {}
+            state = str(status.get("state") or "Pending")
+            if status.get("status"):
+                state = f"{state}/{status['status']}"
+            rows.append(
+                (
+                    movement["metadata"]["name"],
+                    str(spec.get("direction", "")),
+                    str(spec.get("node", "")),
+                    state,
+                    _of(status.get("filesDone"), status.get("filesTotal"), str),
+                    _of(status.get("bytesDone"), status.get("bytesTotal"), _size),
+                    f"{_size(int(status['rate']))}/s" if isinstance(status.get("rate"), int | float) else "-",
+                    endpoint_text(spec.get("source")),
+                    endpoint_text(spec.get("destination")),
+                    " ".join(str(status.get("message") or "").split()) or "-",
+                )
+            )
+        return _table(rows, "(no copies: the job has no copy_in, copy_out, stage_in or stage_out)")
 
     def _pool_table(self) -> str:
         rows = [("POOL", "TYPES", "GRANULARITY", "TOTAL", "FREE", "NODES", "USABLE")]
@@ -775,6 +823,17 @@ def _table(rows: Sequence[tuple[str, ...]], empty: str) -> str:
     if len(rows) == 1:
         lines.append(empty)
     return "\n".join(lines) + "\n"
+
+
+def _of(done: object, total: object, fmt: Callable[[Any], str]) -> str:
+    if not isinstance(done, int):
+        return "-"
+    return f"{fmt(done)}/{fmt(total)}" if isinstance(total, int) else fmt(done)
+
+
+def _copy_sort_key(name: str) -> tuple[int, ...]:
+    """``bb12-3-1`` sorts by directive, then part."""
+    return tuple(int(p) if p.isdigit() else 0 for p in name.split("-")[1:])
 
 
 def _size(value: object) -> str:
