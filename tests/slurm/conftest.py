@@ -14,6 +14,7 @@ import pytest
 
 from slurmlink.slurm.devcluster import BurstBufferSetup, DevCluster, placeholder_burst_buffer
 from support.devcluster import new_cluster, skip_unless_possible, teardown_cluster
+from support.quickstart import QuickStart, burst_buffer_quickstart
 
 # A burst_buffer/lua plugin that does nothing. Its one pool lets jobs ask for "capacity=N pool=testpool",
 # which makes them start right after stage-in instead of waiting for the next scheduler pass.
@@ -50,3 +51,11 @@ def scratch_cluster() -> Iterator[DevCluster]:
         yield cluster
     finally:
         teardown_cluster(cluster)
+
+
+@pytest.fixture(scope="session")
+def bb_quickstart() -> Iterator[QuickStart]:
+    """The multi-node quick start (2 compute, 3 storage nodes, real burst buffers) the burst-buffer
+    modules share; up once Slurm knows the pools, taken down (purged) at the end of the session."""
+    with burst_buffer_quickstart("slurmlink-bb-") as quick:
+        yield quick

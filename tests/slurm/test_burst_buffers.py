@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import os
 import pwd
-import re
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -23,9 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from slurmlink.slurm.devcluster import DevCluster, run_in_node
+from slurmlink.slurm.devcluster import run_in_node
 from support.devcluster import quickstart_cli
-from support.quickstart import QuickStart, running_quickstart
+from support.quickstart import QuickStart, finish_job, run_job, slurm_pool_total, submit_job
 from support.waiting import wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.storage, pytest.mark.timeout(900)]
@@ -40,12 +39,8 @@ _scripts = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
-def qs() -> Iterator[QuickStart]:
-    with running_quickstart("slurmlink-bb-") as quick:
-        cluster = quick.cluster
-        # Slurm learns the pools' sizes at its first poll after starting (every 30 s).
-        wait_for(lambda: _slurm_pool_total(cluster, "xfs") > 0, 90, 0.5, message="Slurm to know pool xfs")
-        yield quick
+def qs(bb_quickstart: QuickStart) -> QuickStart:
+    return bb_quickstart
 
 
 @pytest.fixture(scope="module")
@@ -54,44 +49,10 @@ def api(qs: QuickStart) -> Iterator[httpx.Client]:
         yield client
 
 
-def _slurm_pool_total(cluster: DevCluster, pool: str) -> int:
-    shown = cluster.run_slurm(["scontrol", "show", "burst"], timeout=10).stdout
-    match = re.search(rf"PoolName\[\d+\]={pool} .*?TotalSpace=(\d+)(\w*)", shown)
-    if not match:
-        return 0
-    units = {"": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
-    return int(match.group(1)) * units.get(match.group(2), 1)
-
-
-def _submit(qs: QuickStart, body: str, *args: str) -> subprocess.CompletedProcess[str]:
-    cluster = qs.cluster
-    jobs = cluster.state_dir / "jobs"
-    script = jobs / f"bb-test-{next(_scripts)}.sh"
-    script.write_text("#!/bin/sh\n" + body.strip() + "\n")
-    script.chmod(0o755)
-    return cluster.run_as_job_user(
-        ["sbatch", "--parsable", "--chdir", str(jobs), "-o", str(jobs / "%j.out"), *args, str(script)],
-        timeout=60,
-    )
-
-
-def _job(qs: QuickStart, body: str, *args: str) -> str:
-    result = _submit(qs, body, *args)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip().split(";")[0]
-
-
-def _finish(qs: QuickStart, job_id: str, timeout: float = 240) -> str:
-    """The job's output once it COMPLETED and its buffers were torn down (Slurm reports COMPLETED
-    while teardown still runs)."""
-    qs.cluster.wait_for_job(job_id, ("COMPLETED",), timeout=timeout)
-    wait_for(
-        lambda: (qs.cluster.job_info(job_id) or {}).get("BurstBufferState", "complete") == "complete",
-        timeout,
-        0.2,
-        message=f"job {job_id}'s teardown",
-    )
-    return (qs.cluster.state_dir / "jobs" / f"{job_id}.out").read_text()
+_submit = submit_job
+_job = run_job
+_finish = finish_job
+_slurm_pool_total = slurm_pool_total
 
 
 def _items(api: httpx.Client, path: str) -> list[dict[str, Any]]:

@@ -12,8 +12,10 @@ published record (``details.device``, ``details.poolDevice``).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ import pytest
 from slurmlink.agent.device import release_loop_file
 from slurmlink.storage.filesystems import mounts
 from slurmlink.storage.filesystems.runner import NodeRunner
+from support import trees
 from support.agents import AgentProcess, lease, loop_devices, wait_storage
 from support.netns import MountNamespaces
 from support.server import ServerProcess
@@ -335,3 +338,132 @@ def test_a_storage_agent_restart_restores_ready_allocations(nodes: Nodes) -> Non
     assert admin.delete(f"{ALLOCATIONS}/r1").status_code == 200
     wait_gone(admin, f"{ALLOCATIONS}/r1")
     assert reattached() == []
+
+
+# ---- data movement: the storage agent copies into and out of its buffers, as the job's user ------------
+
+MOVEMENTS = "/apis/slurmlink.io/v1/namespaces/default/datamovements"
+
+
+def movement_body(name: str, source: dict[str, Any], destination: dict[str, Any]) -> dict[str, Any]:
+    direction = "in" if destination.get("allocation") else "out"
+    return {
+        "apiVersion": "slurmlink.io/v1",
+        "kind": "DataMovement",
+        "metadata": {"name": name},
+        "spec": {
+            "source": source,
+            "destination": destination,
+            "mode": "auto",
+            "direction": direction,
+            "node": "s1",
+            "userID": JOB_UID,
+            "groupID": JOB_GID,
+        },
+    }
+
+
+def in_buffer(allocation: str, path: str) -> dict[str, Any]:
+    return {
+        "path": path,
+        "allocation": {"kind": "StorageAllocation", "name": allocation, "namespace": "default"},
+    }
+
+
+def wait_movement(admin: httpx.Client, name: str, timeout: float = 120, **want: Any) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        status = (get(admin, f"{MOVEMENTS}/{name}") or {}).get("status") or {}
+        return status if all(status.get(k) == v for k, v in want.items()) else None
+
+    return wait_for(probe, timeout, interval=0.05, message=f"DataMovement {name} {want}")
+
+
+def copying(admin: httpx.Client, name: str, files: int, timeout: float = 120) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        status = (get(admin, f"{MOVEMENTS}/{name}") or {}).get("status") or {}
+        return (
+            status if status.get("state") == "Running" and (status.get("filesDone") or 0) >= files else None
+        )
+
+    return wait_for(probe, timeout, interval=0.02, message=f"DataMovement {name} under way")
+
+
+def test_a_tree_is_copied_into_an_xfs_buffer_and_back_as_the_job_user(nodes: Nodes) -> None:
+    admin = nodes.admin
+    create(admin, ALLOCATIONS, allocation_body("m1", "xfs"))
+    wait_allocation(admin, "m1", "Ready")
+    source = nodes.work / "pfs-m1" / "tree"
+    source.parent.mkdir()
+    trees.make_tree(source, JOB_UID, JOB_GID)
+
+    create(admin, MOVEMENTS, movement_body("m1-in", {"path": str(source)}, in_buffer("m1", "input")))
+    status = wait_movement(admin, "m1-in", state="Finished")
+    assert status["status"] == "Success", status
+    assert status["filesDone"] == 4 and status["checksumsVerified"] == 4, (
+        status
+    )  # a.txt, b.bin, run.sh, private
+    assert status["bytesDone"] == status["bytesTotal"] > 1 << 20 and status["links"] == 2, status
+    staging = nodes.work / "s1" / "staging" / "m1"
+    assert mounts.mounted_at(nodes.s1, str(staging)) is None  # unmounted once the copy is done
+
+    results = nodes.work / "pfs-m1" / "results"
+    create(admin, MOVEMENTS, movement_body("m1-out", in_buffer("m1", "input"), {"path": str(results)}))
+    status = wait_movement(admin, "m1-out", state="Finished")
+    assert status["status"] == "Success", status
+    # There and back: contents, modes, times, links (the /etc link still a link, /etc never read).
+    assert trees.digest(results) == trees.digest(source)
+    assert trees.owners(results) == {JOB_UID}
+    assert (results / "etc-link").is_symlink() and str((results / "etc-link").readlink()) == "/etc"
+
+    # The job's user cannot write where its shell could not: root's directory stays empty.
+    closed = nodes.work / "pfs-m1" / "roots"
+    closed.mkdir(mode=0o755)
+    create(admin, MOVEMENTS, movement_body("m1-denied", in_buffer("m1", "input"), {"path": f"{closed}/x"}))
+    status = wait_movement(admin, "m1-denied", state="Finished")
+    assert status["status"] == "Failed" and "Permission denied" in status["message"], status
+    assert list(closed.iterdir()) == []
+    for name in ("m1-in", "m1-out", "m1-denied"):
+        assert admin.delete(f"{MOVEMENTS}/{name}").status_code == 200
+    assert admin.delete(f"{ALLOCATIONS}/m1").status_code == 200
+    wait_gone(admin, f"{ALLOCATIONS}/m1")
+
+
+def test_a_killed_agent_resumes_a_copy_and_cancel_stops_one(nodes: Nodes) -> None:
+    admin = nodes.admin
+    create(admin, ALLOCATIONS, allocation_body("m2", "xfs", capacity=256 * MiB))
+    wait_allocation(admin, "m2", "Ready")
+    source = nodes.work / "pfs-m2"
+    trees.fill(source, 6000, 16384)
+    for path in [source, *source.rglob("*")]:
+        os.lchown(path, JOB_UID, JOB_GID)
+
+    create(admin, MOVEMENTS, movement_body("m2-in", {"path": str(source)}, in_buffer("m2", "data")))
+    copying(admin, "m2-in", 500)
+    uid = get(admin, f"{MOVEMENTS}/m2-in")["metadata"]["uid"]  # type: ignore[index]
+    nodes.storage_agent.kill9()
+    journal = nodes.work / "s1" / "movements" / f"{uid}.journal"
+    verified = len([line for line in journal.read_text().splitlines() if line.strip()])
+    assert verified > 0
+    nodes.restart_storage_agent()
+    status = wait_movement(admin, "m2-in", 180, state="Finished")
+    assert status["status"] == "Success" and status["restarts"] == 1, status
+    assert status["filesSkipped"] >= verified, (status, verified)  # not copied again
+
+    results = nodes.work / "pfs-m2-back"
+    results.mkdir()
+    os.chown(results, JOB_UID, JOB_GID)
+    create(admin, MOVEMENTS, movement_body("m2-out", in_buffer("m2", "data"), {"path": f"{results}/data"}))
+    copying(admin, "m2-out", 200)
+    asked = time.monotonic()
+    r = admin.patch(f"{MOVEMENTS}/m2-out", json={"spec": {"cancel": True}}, headers=MERGE)
+    assert r.status_code == 200, r.text
+    status = wait_movement(admin, "m2-out", 30, state="Finished")
+    assert time.monotonic() - asked < 5 and status["status"] == "Cancelled", status
+    assert status["filesDone"] < 6000
+    r = admin.patch(f"{MOVEMENTS}/m2-out", json={"spec": {"cancel": False}}, headers=MERGE)
+    assert r.status_code == 422 and "spec.cancel" in r.text  # a cancelled copy stays cancelled
+    assert mounts.mounted_at(nodes.s1, str(nodes.work / "s1" / "staging" / "m2")) is None
+    for name in ("m2-in", "m2-out"):
+        assert admin.delete(f"{MOVEMENTS}/{name}").status_code == 200
+    assert admin.delete(f"{ALLOCATIONS}/m2").status_code == 200
+    wait_gone(admin, f"{ALLOCATIONS}/m2")

@@ -1,7 +1,10 @@
-"""A quick start (``slurmlink quickstart up``) of its own for a test module: state dir, ports, clients."""
+"""A quick start (``slurmlink quickstart up``) of its own for a test module: state dir, ports, clients,
+and its Slurm jobs (submitted as the cluster's job user, waited for through teardown)."""
 
 from __future__ import annotations
 
+import itertools
+import re
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +16,9 @@ from slurmlink.auth.kubeconfig import load_kubeconfig
 from slurmlink.slurm.devcluster import DevCluster, free_port_pair
 from support.devcluster import make_state_dir, quickstart_cli, skip_unless_possible
 from support.postgres import free_port
+from support.waiting import wait_for
+
+_scripts = itertools.count(1)
 
 
 class QuickStart:
@@ -83,3 +89,60 @@ def running_quickstart(
         yield quick
     finally:
         quick.down()
+
+
+def submit_job(qs: QuickStart, body: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """sbatch ``body`` (a /bin/sh script) as the job user; output goes to ``<state>/jobs/<id>.out``."""
+    cluster = qs.cluster
+    jobs = cluster.state_dir / "jobs"
+    script = jobs / f"bb-test-{next(_scripts)}.sh"
+    script.write_text("#!/bin/sh\n" + body.strip() + "\n")
+    script.chmod(0o755)
+    return cluster.run_as_job_user(
+        ["sbatch", "--parsable", "--chdir", str(jobs), "-o", str(jobs / "%j.out"), *args, str(script)],
+        timeout=60,
+    )
+
+
+def run_job(qs: QuickStart, body: str, *args: str) -> str:
+    """The id of the job ``body`` became (the submission must succeed)."""
+    result = submit_job(qs, body, *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().split(";")[0]
+
+
+def finish_job(qs: QuickStart, job_id: str, timeout: float = 240) -> str:
+    """The job's output once it COMPLETED and its buffers were torn down (Slurm reports COMPLETED
+    while teardown still runs)."""
+    qs.cluster.wait_for_job(job_id, ("COMPLETED",), timeout=timeout)
+    wait_for(
+        lambda: (qs.cluster.job_info(job_id) or {}).get("BurstBufferState", "complete") == "complete",
+        timeout,
+        0.2,
+        message=f"job {job_id}'s teardown",
+    )
+    return (qs.cluster.state_dir / "jobs" / f"{job_id}.out").read_text()
+
+
+def slurm_pool_total(cluster: DevCluster, pool: str) -> int:
+    """The bytes Slurm believes ``pool`` has (0 before its first poll of the pools)."""
+    shown = cluster.run_slurm(["scontrol", "show", "burst"], timeout=10).stdout
+    match = re.search(rf"PoolName\[\d+\]={pool} .*?TotalSpace=(\d+)(\w*)", shown)
+    if not match:
+        return 0
+    units = {"": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+    return int(match.group(1)) * units.get(match.group(2), 1)
+
+
+@contextmanager
+def burst_buffer_quickstart(prefix: str) -> Iterator[QuickStart]:
+    """The multi-node quick start, once Slurm knows its pools' sizes (it polls them every 30 s)."""
+    with running_quickstart(prefix) as quick:
+        for pool in ("xfs", "gluster"):
+            wait_for(
+                lambda p=pool: slurm_pool_total(quick.cluster, p) > 0,  # type: ignore[misc]
+                90,
+                0.5,
+                message=f"Slurm to know pool {pool}",
+            )
+        yield quick
