@@ -29,6 +29,7 @@ import os
 import pwd
 import threading
 from collections.abc import Hashable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,7 @@ class MovementManager:
         self.queue = WorkQueue(self._reconcile_key, workers, name="DataMovement")
         self._cancels: dict[Key, threading.Event] = {}
         self._running: set[Key] = set()
+        self._stopping = False
 
     async def start(self) -> None:
         self.journals.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -143,6 +145,7 @@ class MovementManager:
         self.queue.start()
 
     async def stop(self) -> None:
+        self._stopping = True
         for cancel in self._cancels.values():
             cancel.set()  # the copies stop; they resume when the agent comes back
         await self.queue.stop()
@@ -205,23 +208,28 @@ class MovementManager:
             return WAIT_RETRY
         self._running.add(key)
         cancel = self._cancels.setdefault(key, threading.Event())
+        ending: _Ending | None
         try:
             try:
                 root = await self.mounts.acquire(str(name), record)
             except (StorageError, KeyError, TypeError, ValueError) as exc:
-                await self._finish(obj, "Failed", f"cannot mount the buffer on {self.node}: {exc}", status)
-                return None
-            try:
-                return await self._copy(obj, root, cancel, status)
-            finally:
-                await self.mounts.release(str(name))
+                ending = _Ending(obj, "Failed", f"cannot mount the buffer on {self.node}: {exc}", status)
+            else:
+                try:
+                    ending = await self._copy(obj, root, cancel, status)
+                finally:  # before Finished is reported: the next state may mount it elsewhere
+                    await self.mounts.release(str(name))
         finally:
             self._running.discard(key)
             self._cancels.pop(key, None)
+        if ending is not None:
+            await self._finish(ending.obj, ending.outcome, ending.message, ending.status)
+        return None
 
     async def _copy(
         self, obj: Obj, root: Path, cancel: threading.Event, status: dict[str, Any]
-    ) -> float | None:
+    ) -> _Ending | None:
+        """Run the copy; how it ended, or None when the agent is stopping (the next one resumes it)."""
         key = movement_key(obj)
         spec = obj["spec"]
         restarted = status.get("state") == "Running"
@@ -249,29 +257,29 @@ class MovementManager:
                 uid=int(spec["userID"]),
                 gid=int(spec["groupID"]),
                 groups=_groups(int(spec["userID"]), int(spec["groupID"])),
+                buffer_side="destination" if (spec["destination"] or {}).get("allocation") else "source",
             )
             log.info("node %s: copy %s/%s: %s -> %s", self.node, *key, copy.source, copy.destination)
             final = await asyncio.to_thread(
                 run_copy, copy, journal=journal, progress=report, cancel=cancel, interval=PROGRESS_INTERVAL
             )
         except MoveCancelled:
-            await self._finish(latest[0], "Cancelled", "cancelled", dict(latest[0].get("status") or {}))
-            return None
+            if self._stopping:
+                return None
+            return _Ending(latest[0], "Cancelled", "cancelled", dict(latest[0].get("status") or {}))
         except MoveError as exc:
             log.warning("node %s: copy %s/%s failed: %s", self.node, *key, exc)
-            await self._finish(latest[0], "Failed", str(exc), dict(latest[0].get("status") or {}))
-            return None
-        done = {**(latest[0].get("status") or {}), **final.to_status()}
-        await self._finish(latest[0], "Success", None, done)
+            return _Ending(latest[0], "Failed", str(exc), dict(latest[0].get("status") or {}))
         log.info(
-            "node %s: copy %s/%s done: %d files, %d bytes in %.1f s",
+            "node %s: copy %s/%s done: %d files (%d skipped), %d bytes in %.1f s",
             self.node,
             *key,
             final.files_done,
+            final.files_skipped,
             final.bytes_done,
             final.seconds,
         )
-        return None
+        return _Ending(latest[0], "Success", None, {**(latest[0].get("status") or {}), **final.to_status()})
 
     async def _progress(self, latest: list[Obj], progress: MoveProgress) -> None:
         obj = latest[0]
@@ -299,6 +307,14 @@ class MovementManager:
         uid = ((obj or self.informer.get(*key) or {}).get("metadata") or {}).get("uid") or key[1]
         with contextlib.suppress(FileNotFoundError):
             (self.journals / f"{uid}.journal").unlink()
+
+
+@dataclass(frozen=True)
+class _Ending:
+    obj: Obj
+    outcome: str
+    message: str | None
+    status: dict[str, Any]
 
 
 def _groups(uid: int, gid: int) -> tuple[int, ...]:
