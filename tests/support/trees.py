@@ -1,8 +1,8 @@
 """Directory trees for copy tests: make one, and describe one (types, modes, times, contents, links).
 
-Also a script: jobs run ``python3 trees.py digest DIR`` on compute nodes to print what their buffer
-holds as one JSON line, and ``python3 trees.py fill DIR N SIZE`` to write N files of SIZE bytes, so
-the test compares what the job saw with what it put in, without a shell pipeline per file.
+Also a script, for jobs on compute nodes: ``python3 trees.py digest DIR OUT`` writes what DIR holds to
+the JSON file OUT (stdout through ``srun -l`` would split long lines), and ``python3 trees.py fill DIR
+N SIZE`` writes N files of SIZE bytes, so the test compares what the job saw with what it put in.
 """
 
 from __future__ import annotations
@@ -70,13 +70,13 @@ def fill(root: Path, count: int, size: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 3 and argv[1] == "digest":
-        print("DIGEST " + json.dumps(digest(Path(argv[2])), sort_keys=True))
+    if len(argv) == 4 and argv[1] == "digest":
+        Path(argv[3]).write_text(json.dumps(digest(Path(argv[2])), sort_keys=True))
         return 0
     if len(argv) == 5 and argv[1] == "fill":
         fill(Path(argv[2]), int(argv[3]), int(argv[4]))
         return 0
-    print("usage: trees.py digest DIR | trees.py fill DIR COUNT SIZE", file=sys.stderr)
+    print("usage: trees.py digest DIR OUT | trees.py fill DIR COUNT SIZE", file=sys.stderr)
     return 2
 
 

@@ -137,7 +137,7 @@ class Copier:
             os.mkdir(item.dst, 0o700)
         except FileExistsError:
             st = os.lstat(item.dst)
-            if stat.S_ISLNK(st.st_mode) and item.mode is None and os.path.isdir(item.dst):
+            if stat.S_ISLNK(st.st_mode) and item.link_ok and os.path.isdir(item.dst):
                 return  # a parent outside the buffers that is a link to a directory: as cp does
             if not stat.S_ISDIR(st.st_mode):
                 what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a directory"

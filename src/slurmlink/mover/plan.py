@@ -31,6 +31,8 @@ class DirItem:
     mode: int | None  # None: made to hold the copy, not a copy of a source directory
     atime_ns: int = 0
     mtime_ns: int = 0
+    #: A parent outside the burst buffers: a symbolic link to a directory there will do (as for cp).
+    link_ok: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ def _parents(plan: Plan, directory: str, follow: bool) -> None:
     while directory not in ("", "/") and not _exists_as_dir(directory, follow):
         missing.append(directory)
         directory = posixpath.dirname(directory)
-    plan.dirs.extend(DirItem(d, None) for d in reversed(missing))
+    plan.dirs.extend(DirItem(d, None, link_ok=follow) for d in reversed(missing))
 
 
 def _entry(plan: Plan, src: str, dst: str, st: os.stat_result) -> None:
