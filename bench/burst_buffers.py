@@ -27,6 +27,12 @@ serves three measurements, one after the other, in the same run:
    The same for a ``gluster`` buffer (pool ``gluster``: one volume over the storage nodes, FUSE-mounted),
    whose writes end with ``conv=fsync`` (no O_DIRECT through glusterfs's FUSE client), as do its baseline's.
 
+4. **Staging end to end**: ``--e2e-jobs`` jobs with ``#DW copy_in`` of a directory (``--stage-files``
+   files of ``--stage-file-size``, owned by the job user) into an ``xfs`` buffer and ``#DW copy_out`` of
+   it back (DataMovements run by the storage agents as the job's user, checksums verified), against the
+   same jobs with the same buffer that copy the same data in and out themselves (``cp -a`` in the job
+   script). Throughput and submit-to-end latency as in (2); ``--stage-rounds`` alternates the two.
+
 Everything runs on one machine, so the numbers are only comparable within one run; the load average at
 the start of each phase is printed with it. Cleanup on exit, Ctrl-C and SIGTERM: jobs cancelled, the
 baseline XFS unmounted and its loop device detached, the quick start taken down (``--purge``).
@@ -43,6 +49,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -504,18 +511,68 @@ def end_to_end(bench: Bench, which: str, round_no: int) -> Batch:
     script = bench.script(
         "bb-e2e.sh", f"#DW jobdw type=xfs capacity={args.alloc_capacity} name=bb pool={BENCH_POOL}\n/bin/true"
     )
-    label = f"e2e-{which}-{round_no}"
-    log(f"(2) {label}: submitting {args.e2e_jobs} jobs, load {os.getloadavg()[0]:.2f}")
+    return run_batch(bench, script, f"e2e-{which}-{round_no}", "(2)")
+
+
+def run_batch(bench: Bench, script: Path, label: str, phase: str) -> Batch:
+    """``--e2e-jobs`` submissions of ``script``, waited for until all ended and the system is quiet."""
+    args = bench.args
+    log(f"{phase} {label}: submitting {args.e2e_jobs} jobs, load {os.getloadavg()[0]:.2f}")
     cpu0 = bench.cpu_now()
     batch = bench.submit(script, args.e2e_jobs, label)
     bench.wait(batch, args.phase_timeout)
     cpu1 = bench.cpu_now()
     batch.cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
     log(
-        f"(2) {label}: all ended after {batch.e2e_seconds:.1f} s ({batch.rate:.2f} jobs/s); latency p50 "
+        f"{phase} {label}: all ended after {batch.e2e_seconds:.1f} s ({batch.rate:.2f} jobs/s); latency p50 "
         f"{pct(batch.latencies, 50):.2f} s p99 {pct(batch.latencies, 99):.2f} s; {len(batch.failures)} failed"
     )
     bench.wait_quiet()
+    return batch
+
+
+# --------------------------------------------------------------------------------------------- phase 4
+
+
+def staging_data(bench: Bench) -> tuple[Path, Path]:
+    """The directory each job stages in (made once, the job user's) and where copies come back."""
+    args = bench.args
+    root = bench.cluster.jobs_dir / "stage-data"
+    source, results = root / "in", root / "out"
+    if not source.exists():
+        source.mkdir(parents=True)
+        for i in range(args.stage_files):
+            (source / f"f{i:04d}").write_bytes(os.urandom(parse_size(args.stage_file_size)))
+        results.mkdir()
+        uid, gid = _job_ids(bench.cluster)
+        for path in [root, *root.rglob("*")]:
+            os.lchown(path, uid, gid)
+    return source, results
+
+
+def _job_ids(cluster: DevCluster) -> tuple[int, int]:
+    entry = pwd.getpwnam(cluster.job_user)
+    return entry.pw_uid, entry.pw_gid
+
+
+def staging_end_to_end(bench: Bench, which: str, round_no: int) -> Batch:
+    """``mover``: copy_in/copy_out directives; ``script``: the job copies with cp -a itself."""
+    args = bench.args
+    bench.use_plugin("slurmlink")
+    source, results = staging_data(bench)
+    buffer = f"#DW jobdw type=xfs capacity={args.alloc_capacity} name=bb pool={BENCH_POOL}"
+    if which == "mover":
+        body = (
+            f"{buffer}\n#DW copy_in source={source} destination=$DW_JOB_bb/in\n"
+            f"#DW copy_out source=$DW_JOB_bb/in destination={results}/mover\n/bin/true"
+        )
+    else:
+        body = (
+            f"{buffer}\nmkdir -p {results}/script\n"
+            f'cp -a {source} "$DW_JOB_bb/in" && cp -a "$DW_JOB_bb/in" {results}/script/"$SLURM_JOB_ID"'
+        )
+    batch = run_batch(bench, bench.script(f"bb-stage-{which}.sh", body), f"stage-{which}-{round_no}", "(4)")
+    shutil.rmtree(results / which, ignore_errors=True)
     return batch
 
 
@@ -660,6 +717,31 @@ _NONE = _NoState()
 # ---------------------------------------------------------------------------------------------- report
 
 
+def report_staging(staged: dict[str, list[Batch]], args: Any) -> None:
+    print()
+    print(f"4. {args.e2e_jobs} jobs staging {args.stage_files} x {args.stage_file_size} in and out: "
+          "copy_in/copy_out (the mover) against cp -a in the job script:")  # fmt: skip
+    print()
+    print("| round | staged by | load | all ended after (s) | jobs/s | submit->end p50 / p99 (s) | failed |")
+    print("|---|---|---|---|---|---|---|")
+    for batch in sorted((b for runs in staged.values() for b in runs), key=lambda b: b.label[-1]):
+        print(
+            f"| {batch.label[-1]} | {batch.label.split('-')[1]} | {fmt(batch.load)} | "
+            f"{fmt(batch.e2e_seconds, 1)} | {fmt(batch.rate)} | "
+            f"{fmt(pct(batch.latencies, 50))} / {fmt(pct(batch.latencies, 99))} | {len(batch.failures)} |"
+        )
+    mover, script = staged.get("mover", []), staged.get("script", [])
+    if mover and script:
+        rm = statistics.median(b.rate for b in mover)
+        rs = statistics.median(b.rate for b in script)
+        print()
+        print(f"Staging throughput mover / job script: {ratio(rm, rs)}")
+        for batch in mover:
+            if batch.cpu:
+                print(f"CPU seconds ({batch.label}): "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in sorted(batch.cpu.items())))  # fmt: skip
+
+
 def report(
     alloc: AllocResult | None,
     e2e: dict[str, list[Batch]],
@@ -765,6 +847,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--e2e-rounds", type=int, default=1, help="do-nothing/slurmlink pairs in (2) (default 1)"
     )
+    parser.add_argument("--stage-files", type=int, default=20, help="files each job stages in (4) (20)")
+    parser.add_argument("--stage-file-size", default="256KiB", help="size of each staged file (256KiB)")
+    parser.add_argument(
+        "--stage-rounds", type=int, default=1, help="mover/job-script pairs in (4) (default 1)"
+    )
     parser.add_argument("--dd-capacity", default="1GiB", help="buffer size in (3) (default 1GiB)")
     parser.add_argument("--dd-mib", type=int, default=512, help="MiB each dd writes (default 512)")
     parser.add_argument("--dd-rounds", type=int, default=3, help="alternating dd rounds (default 3)")
@@ -782,8 +869,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
-    if not args.phases or any(p not in ("1", "2", "3") for p in args.phases):
-        parser.error("--phases takes 1, 2 and/or 3, e.g. 1,2,3")
+    if not args.phases or any(p not in ("1", "2", "3", "4") for p in args.phases):
+        parser.error("--phases takes 1, 2, 3 and/or 4, e.g. 1,2,3")
     return args
 
 
@@ -828,6 +915,7 @@ def run(args: argparse.Namespace) -> None:
         alloc: AllocResult | None = None
         e2e: dict[str, list[Batch]] = {}
         dd: list[DdResult] = []
+        staged: dict[str, list[Batch]] = {}
         for phase in args.phases:
             if phase == "1":
                 bench.use_plugin("slurmlink")
@@ -840,10 +928,17 @@ def run(args: argparse.Namespace) -> None:
                     order = ("noop", "slurmlink") if round_no % 2 else ("slurmlink", "noop")
                     for which in order:
                         e2e.setdefault(which, []).append(end_to_end(bench, which, round_no))
+            elif phase == "4":
+                for round_no in range(1, args.stage_rounds + 1):
+                    order = ("script", "mover") if round_no % 2 else ("mover", "script")
+                    for which in order:
+                        staged.setdefault(which, []).append(staging_end_to_end(bench, which, round_no))
             else:
                 bench.use_plugin("slurmlink")
                 dd = [write_throughput(bench, fs_type) for fs_type in ("xfs", "gluster")]
         report(alloc, e2e, dd, idle, args)
+        if staged:
+            report_staging(staged, args)
 
 
 def _cancel_jobs(qs: QuickStart, cluster: DevCluster) -> None:

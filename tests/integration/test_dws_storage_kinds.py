@@ -122,6 +122,7 @@ def test_kubectl_api_resources(which: str, request: pytest.FixtureRequest, serve
         assert rows[example.plural] == [f"{G}/v1alpha7", "true", example.kind]
     lines = kubectl(binary, server, "api-resources", "--api-group=slurmlink.io").splitlines()
     assert sorted(line.split() for line in lines[1:]) == [
+        ["datamovements", "dm", "slurmlink.io/v1", "true", "DataMovement"],
         ["storageallocations", "salloc", "slurmlink.io/v1", "true", "StorageAllocation"],
         ["storagepools", "pool", "slurmlink.io/v1", "false", "StoragePool"],
         ["storageprofiles", "profile", "slurmlink.io/v1", "false", "StorageProfile"],

@@ -161,7 +161,8 @@ def test_directives_the_site_cannot_serve_are_refused_at_sbatch(qs: QuickStart) 
         "#DW jobdw type=lustre capacity=1GiB name=big pool=xfs": ["lustre", "xfs", "dir", "raw"],
         "#DW jobdw type=xfs capacity=100GiB name=huge pool=xfs": ["100GiB", "xfs"],
         "#DW jobdw type=xfs capacity=1GiB name=a1 pool=dir": ["dir", "xfs"],
-        "#DW copy_in source=/etc/hostname destination=$DW_JOB_x": ["copy_in", "not supported"],
+        "#DW copy_in source=/etc/hostname destination=$DW_JOB_x": ["$DW_JOB_x names no burst buffer"],
+        "#DW swap 10GiB": ["swap is not supported"],
         "#DW persistentdw name=missing": ["missing"],
     }
     for directive, words in cases.items():
@@ -354,9 +355,24 @@ def test_user_kubeconfig_sees_only_their_buffers(qs: QuickStart, api: httpx.Clie
         ).status_code
         == 201
     )
+    theirs = {
+        "metadata": {"name": "someone-elses-copy", "namespace": NS},
+        "spec": {
+            "source": {"path": "/srv/a"},
+            "destination": {"path": "b", "allocation": {"kind": "StorageAllocation", "name": "someone-else"}},
+            "direction": "in",
+            "node": "nowhere",
+            "userID": 4242,
+            "groupID": 4242,
+        },
+    }
+    assert api.post(f"{SL}/namespaces/{NS}/datamovements", json=theirs).status_code == 201
     flag = cluster.state_dir / "jobs" / f"release-{next(_scripts)}"
     job = _job(
-        qs, f"#DW jobdw type=xfs capacity=1GiB name=mine pool=xfs\nwhile [ ! -e {flag} ]; do sleep 0.2; done"
+        qs,
+        "#DW jobdw type=xfs capacity=1GiB name=mine pool=xfs\n"
+        "#DW copy_in source=/etc/hostname destination=$DW_JOB_mine/\n"
+        f"while [ ! -e {flag} ]; do sleep 0.2; done",
     )
     try:
         cluster.wait_for_job(job, ("RUNNING",), timeout=180)
@@ -365,9 +381,14 @@ def test_user_kubeconfig_sees_only_their_buffers(qs: QuickStart, api: httpx.Clie
             assert names and all(n.startswith(f"bb{job}-") for n in names), names
             clientmounts = _items(mine, f"{DWS}/namespaces/{NS}/clientmounts")
             assert clientmounts and all(c["metadata"]["name"].startswith(f"bb{job}-") for c in clientmounts)
+            copies = [m["metadata"]["name"] for m in _items(mine, f"{SL}/namespaces/{NS}/datamovements")]
+            assert copies == [f"bb{job}-1-0"], copies  # their own job's copy, not someone else's
+            denied = mine.get(f"{SL}/namespaces/{NS}/datamovements/someone-elses-copy")
+            assert denied.status_code in (403, 404), denied.text
     finally:
         flag.touch()
         api.delete(f"{SL}/namespaces/{NS}/storageallocations/someone-else")
+        api.delete(f"{SL}/namespaces/{NS}/datamovements/someone-elses-copy")
     _finish(qs, job)
 
 

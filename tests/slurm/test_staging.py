@@ -308,6 +308,13 @@ python3 {tool} fill $DW_JOB_buf/out 40000 8192
         return found[0] if status.get("state") == "Running" and status.get("filesDone") else None
 
     movement = wait_for(copying, 300, 0.1, message="the stage-out to be under way")
+    shown = qs.cluster.run_as_job_user(["scontrol", "show", "bbstat", "movement", job], timeout=30).stdout
+    header, *rows = [line.split() for line in shown.splitlines() if line.strip()]
+    assert header[:5] == ["COPY", "DIR", "NODE", "STATE", "FILES"], shown
+    (row,) = rows
+    assert row[:4] == [movement["metadata"]["name"], "out", movement["spec"]["node"], "Running"], shown
+    assert row[4].endswith("/40000") and row[8] in {f"{results}/out/{c}" for c in COMPUTES}, shown
+
     started = time.monotonic()
     cancel = qs.cluster.run_as_job_user(["scancel", "--hurry", job], timeout=30)
     assert cancel.returncode == 0, cancel.stderr

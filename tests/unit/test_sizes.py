@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from slurmlink.resources.sizes import SizeError, format_size, parse_size
+from slurmlink.resources.sizes import SizeError, approximate_size, format_size, parse_size
 
 
 @pytest.mark.parametrize(
@@ -50,3 +50,17 @@ def test_not_sizes(text: object) -> None:
 def test_format_size(size: int, text: str) -> None:
     assert format_size(size) == text
     assert parse_size(text) == size
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [
+        (0, "0B"),
+        (1000, "1000B"),
+        (7720 * 1024, "7.54MiB"),
+        (320000 * 1024, "312MiB"),
+        (1.2 * 2**30, "1.20GiB"),
+    ],
+)
+def test_approximate_size(size: float, text: str) -> None:
+    assert approximate_size(size) == text

@@ -160,7 +160,9 @@ class MovementManager:
             return
         assert obj is not None
         key = movement_key(obj)
-        if new is not None and (new.get("spec") or {}).get("cancel") and key in self._cancels:
+        gone = new is None or bool((new.get("metadata") or {}).get("deletionTimestamp"))
+        cancelled = new is not None and bool((new.get("spec") or {}).get("cancel"))
+        if key in self._cancels and (gone or cancelled):
             self._cancels[key].set()  # at once: the worker may be busy with this very copy
         if event == "MODIFIED" and trigger(new) == trigger(old):
             return

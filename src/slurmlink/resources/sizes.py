@@ -57,3 +57,17 @@ def format_size(size: int) -> str:
         if size and size % factor == 0:
             return f"{size // factor}{name}"
     return str(size)
+
+
+def approximate_size(size: float) -> str:
+    """``size`` bytes for people to read at a glance: three significant digits in the largest binary
+    unit it reaches (``7.54MiB``, ``312MiB``, ``1.20GiB``); for progress and rates, not for exact sizes."""
+    value, unit = float(size), "B"
+    for name in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024:
+            break
+        value, unit = value / 1024, name
+    if unit == "B":
+        return f"{int(value)}B"
+    digits = 0 if value >= 99.95 else 1 if value >= 9.995 else 2
+    return f"{value:.{digits}f}{unit}"

@@ -13,11 +13,12 @@ sites use ``lustre``) and ``dir`` (a directory with capacity kept by accounting)
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from slurmlink.resources import errors
 from slurmlink.resources.access import READ, AccessPolicy, UnixAccount, base_roles
 from slurmlink.resources.errors import Cause
 from slurmlink.resources.kind import Obj
@@ -117,6 +118,22 @@ def user_id_is(obj: Obj, account: UnixAccount) -> bool:
     """Objects of a user's job that name the user: ``spec.userID`` (as on the Workflow)."""
     spec = obj.get("spec")
     return isinstance(spec, dict) and spec.get("userID") == account.uid
+
+
+def spec_node_is(obj: Obj, node: str) -> bool:
+    """Objects of one node: ``spec.node`` (what its agent may write)."""
+    spec = obj.get("spec")
+    return isinstance(spec, dict) and spec.get("node") == node
+
+
+def check_immutable(group: str, kind: str, new: Obj, old: Obj, fields: Iterable[str]) -> None:
+    """Refuse an update that changes any of the spec ``fields`` (422, one cause per field)."""
+    before, after = old.get("spec") or {}, new.get("spec") or {}
+    changed = [k for k in fields if before.get(k) != after.get(k)]
+    if changed:
+        name = (new.get("metadata") or {}).get("name", "")
+        causes = [Cause(f"spec.{k}", "field is immutable", "FieldValueInvalid") for k in changed]
+        raise errors.invalid(group, kind, name, causes)
 
 
 def job_object_access(

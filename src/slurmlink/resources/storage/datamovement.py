@@ -21,19 +21,21 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from slurmlink.resources import errors
-from slurmlink.resources.access import UnixAccount
 from slurmlink.resources.admission import AdmissionContext
 from slurmlink.resources.dws.common import (
     Int64,
     ObjectReference,
     Open,
     Uint32,
+    check_immutable,
     job_object_access,
     section_causes,
+    spec_node_is,
+    user_id_is,
 )
 from slurmlink.resources.errors import Cause
 from slurmlink.resources.kind import Kind, Obj, PrinterColumn, Strategy, field_of
-from slurmlink.resources.sizes import format_size
+from slurmlink.resources.sizes import approximate_size
 from slurmlink.resources.storage.group import GROUP, VERSION
 
 State = Literal["Pending", "Running", "Finished"]
@@ -108,18 +110,11 @@ class DataMovementStrategy(Strategy):
         return section_causes(obj, {"spec": DataMovementSpec, "status": DataMovementStatus})
 
     def validate_update(self, new: Obj, old: Obj, ctx: AdmissionContext) -> None:
-        before, after = old.get("spec") or {}, new.get("spec") or {}
-        changed = [k for k in _IMMUTABLE if before.get(k) != after.get(k)]
-        if before.get("cancel") and not after.get("cancel"):
-            changed.append("cancel")  # a cancelled copy stays cancelled
-        if changed:
+        check_immutable(GROUP, "DataMovement", new, old, _IMMUTABLE)
+        if (old.get("spec") or {}).get("cancel") and not (new.get("spec") or {}).get("cancel"):
             name = (new.get("metadata") or {}).get("name", "")
-            raise errors.invalid(
-                GROUP,
-                "DataMovement",
-                name,
-                [Cause(f"spec.{k}", "field is immutable", "FieldValueInvalid") for k in changed],
-            )
+            cause = Cause("spec.cancel", "a cancelled copy stays cancelled", "FieldValueInvalid")
+            raise errors.invalid(GROUP, "DataMovement", name, [cause])
 
 
 def finished(obj: Obj) -> bool:
@@ -135,22 +130,16 @@ def endpoint_text(endpoint: Any) -> str:
     return f"{ref.get('name')}:{path or '/'}" if ref.get("name") else path
 
 
-def _user_of(obj: Obj, account: UnixAccount) -> bool:
-    spec = obj.get("spec")
-    return isinstance(spec, dict) and spec.get("userID") == account.uid
-
-
-def _of_node(obj: Obj, node: str) -> bool:
-    spec = obj.get("spec")
-    return isinstance(spec, dict) and spec.get("node") == node
-
-
 def _bytes(obj: Obj) -> str | None:
     status = obj.get("status") or {}
     done, total = status.get("bytesDone"), status.get("bytesTotal")
     if not isinstance(done, int):
         return None
-    return f"{format_size(done)}/{format_size(total)}" if isinstance(total, int) else format_size(done)
+    return (
+        f"{approximate_size(done)}/{approximate_size(total)}"
+        if isinstance(total, int)
+        else approximate_size(done)
+    )
 
 
 def _files(obj: Obj) -> str | None:
@@ -163,7 +152,7 @@ def _files(obj: Obj) -> str | None:
 
 def _rate(obj: Obj) -> str | None:
     rate = (obj.get("status") or {}).get("rate")
-    return f"{format_size(int(rate))}/s" if isinstance(rate, int | float) and rate >= 0 else None
+    return f"{approximate_size(rate)}/s" if isinstance(rate, int | float) and rate >= 0 else None
 
 
 DATA_MOVEMENT = Kind(
@@ -176,7 +165,7 @@ DATA_MOVEMENT = Kind(
     storage_version=VERSION,
     strategy=DataMovementStrategy(),
     short_names=("dm",),
-    access=job_object_access(_user_of, node_writes=_of_node),
+    access=job_object_access(user_id_is, node_writes=spec_node_is),
     printer_columns=(
         PrinterColumn("DIRECTION", ".spec.direction", "string", "in: into a buffer; out: out of one"),
         PrinterColumn("NODE", ".spec.node", "string", "Storage node that runs the copy"),

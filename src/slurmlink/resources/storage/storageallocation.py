@@ -21,16 +21,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StrictInt, StrictStr
 
-from slurmlink.resources import errors
-from slurmlink.resources.access import UnixAccount
 from slurmlink.resources.admission import AdmissionContext
 from slurmlink.resources.dws.common import (
     Int64,
     ObjectReference,
     Open,
     Uint32,
+    check_immutable,
     job_object_access,
     section_causes,
+    spec_node_is,
+    user_id_is,
 )
 from slurmlink.resources.errors import Cause
 from slurmlink.resources.kind import Kind, Obj, PrinterColumn, Strategy, field_of
@@ -91,26 +92,7 @@ class StorageAllocationStrategy(Strategy):
 
     def validate_update(self, new: Obj, old: Obj, ctx: AdmissionContext) -> None:
         # What was placed stays placed: a moved or resized allocation would break the accounting.
-        before, after = old.get("spec") or {}, new.get("spec") or {}
-        changed = [k for k in _IMMUTABLE if before.get(k) != after.get(k)]
-        if changed:
-            name = (new.get("metadata") or {}).get("name", "")
-            raise errors.invalid(
-                GROUP,
-                "StorageAllocation",
-                name,
-                [Cause(f"spec.{k}", "field is immutable", "FieldValueInvalid") for k in changed],
-            )
-
-
-def _user_of(obj: Obj, account: UnixAccount) -> bool:
-    spec = obj.get("spec")
-    return isinstance(spec, dict) and spec.get("userID") == account.uid
-
-
-def _of_node(obj: Obj, node: str) -> bool:
-    spec = obj.get("spec")
-    return isinstance(spec, dict) and spec.get("node") == node
+        check_immutable(GROUP, "StorageAllocation", new, old, _IMMUTABLE)
 
 
 def _capacity(obj: Obj) -> str | None:
@@ -138,7 +120,7 @@ STORAGE_ALLOCATION = Kind(
     storage_version=VERSION,
     strategy=StorageAllocationStrategy(),
     short_names=("salloc",),
-    access=job_object_access(_user_of, node_writes=_of_node),
+    access=job_object_access(user_id_is, node_writes=spec_node_is),
     printer_columns=(
         PrinterColumn("NODE", ".spec.node", "string", "Storage node"),
         PrinterColumn("TYPE", ".spec.fsType", "string", "File-system type"),

@@ -31,7 +31,7 @@ from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.resources.errors import ApiError
 from slurmlink.resources.kind import Obj
 from slurmlink.resources.meta import parse_time
-from slurmlink.resources.sizes import format_size
+from slurmlink.resources.sizes import approximate_size, format_size
 from slurmlink.resources.storage.datamovement import DATA_MOVEMENT, endpoint_text
 from slurmlink.resources.storage.storageallocation import STORAGE_ALLOCATION
 from slurmlink.slurm.commands import SlurmCommandError, SlurmCommands
@@ -712,8 +712,10 @@ class BurstBufferOps:
                     str(spec.get("node", "")),
                     state,
                     _of(status.get("filesDone"), status.get("filesTotal"), str),
-                    _of(status.get("bytesDone"), status.get("bytesTotal"), _size),
-                    f"{_size(int(status['rate']))}/s" if isinstance(status.get("rate"), int | float) else "-",
+                    _of(status.get("bytesDone"), status.get("bytesTotal"), approximate_size),
+                    f"{approximate_size(status['rate'])}/s"
+                    if isinstance(status.get("rate"), int | float)
+                    else "-",
                     endpoint_text(spec.get("source")),
                     endpoint_text(spec.get("destination")),
                     " ".join(str(status.get("message") or "").split()) or "-",
