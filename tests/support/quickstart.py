@@ -4,6 +4,7 @@ and its Slurm jobs (submitted as the cluster's job user, waited for through tear
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -66,8 +67,11 @@ class QuickStart:
         return int(path.read_text()) if path.exists() else None
 
     def down(self) -> subprocess.CompletedProcess[str]:
+        """Stop it; its state dir (logs!) is purged unless ``SLURMLINK_KEEP_QUICKSTART=1``."""
         if self.down_result is None:
-            self.down_result = quickstart_cli("down", *self.where, "--purge", timeout=180)
+            keep = os.environ.get("SLURMLINK_KEEP_QUICKSTART") == "1"
+            purge = () if keep else ("--purge",)
+            self.down_result = quickstart_cli("down", *self.where, *purge, timeout=180)
         return self.down_result
 
 

@@ -37,5 +37,6 @@ BUFFER_COMMANDS = frozenset(
         "copy_out",
         "stage_in",
         "stage_out",
+        "swap",
     }
 )
