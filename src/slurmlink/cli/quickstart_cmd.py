@@ -155,10 +155,17 @@ class Quickstart:
     def saved_listen(self) -> str | None:
         return self._saved("listen")
 
-    def _save_settings(self, listen: str, storage_size: str, storage_capacity: str | None) -> None:
+    def _save_settings(
+        self, listen: str, storage_size: str, storage_capacity: str | None, plugin: str = "lua"
+    ) -> None:
         path = self.dir / SETTINGS_FILE
         tmp = path.with_name(f".{path.name}.tmp")
-        settings = {"listen": listen, "storage_size": storage_size, "storage_capacity": storage_capacity}
+        settings = {
+            "listen": listen,
+            "storage_size": storage_size,
+            "storage_capacity": storage_capacity,
+            "burst_buffer_plugin": plugin,
+        }
         tmp.write_text(json.dumps(settings, indent=2) + "\n")
         tmp.replace(path)
 
@@ -397,6 +404,7 @@ class Quickstart:
         storage_nodes: int | None = None,
         storage_size: str | None = None,
         storage_capacity: str | None = None,
+        burst_buffer_plugin: str | None = None,
     ) -> None:
         if os.geteuid() != 0:
             raise QuickstartError("the quick start runs Slurm's daemons as root: run it as root (sudo)")
@@ -406,7 +414,8 @@ class Quickstart:
         capacity = storage_capacity or (None if storage_size else self._saved("storage_capacity"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)  # the job user must reach DIR/cluster
-        self._save_settings(listen, size, capacity)
+        plugin = burst_buffer_plugin or self._saved("burst_buffer_plugin") or "lua"
+        self._save_settings(listen, size, capacity, plugin)
         cluster = self.cluster(
             ctld_port, slurmd_port, compute_nodes=compute_nodes, storage_nodes=storage_nodes
         )
@@ -423,7 +432,7 @@ class Quickstart:
             _progress(f"API server ready at {url} (nodes reach it at {node_url})")
             kubeconfig = self.ensure_plugin_kubeconfig()
             # On failure the cluster stops the daemons it started itself.
-            cluster.up(wait_timeout=timeout, gateway=GatewaySetup(kubeconfig=kubeconfig))
+            cluster.up(wait_timeout=timeout, gateway=GatewaySetup(kubeconfig=kubeconfig, plugin=plugin))
             self.ensure_storage(cluster, listen, size, capacity, timeout, started_agents)
         except BaseException as exc:
             agents = self.agents(cluster)
@@ -576,6 +585,14 @@ def quickstart() -> None:
     help="Capacity each storage agent reports instead of its file system's size (may exceed it, for "
     "dir/raw pools in tests of large requests).",
 )
+@click.option(
+    "--burst-buffer-plugin",
+    type=click.Choice(["lua", "datawarp"]),
+    default=None,
+    help="Slurm's plugin in front of slurmlink: 'lua' (burst_buffer.lua, #DW jobs) or 'datawarp' "
+    "(Slurm's burst_buffer/datawarp running 'slurmlink dw-wlm-cli': #DW jobdw and #BB "
+    "create_persistent/destroy_persistent; DefaultPool=gluster). Default: the last 'up's, else lua.",
+)
 def up(
     state_dir: Path,
     listen: str | None,
@@ -586,6 +603,7 @@ def up(
     storage_nodes: int | None,
     storage_size: str | None,
     storage_capacity: str | None,
+    burst_buffer_plugin: str | None,
 ) -> None:
     """Start (or refresh) everything and print how to submit a burst buffer job.
 
@@ -608,6 +626,7 @@ def up(
             storage_nodes=storage_nodes,
             storage_size=storage_size,
             storage_capacity=storage_capacity,
+            burst_buffer_plugin=burst_buffer_plugin,
         )
     except QuickstartError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -491,17 +491,18 @@ class BurstBufferOps:
         except ValueError:
             return []
 
-    async def _place(self, name: str, job_id: str) -> None:
+    async def _place(self, name: str, job_id: str, computes: int | None = None) -> None:
         """Place the storage of each buffer the driver broke down, as the workload manager does.
 
         Capacity that is not free now (other jobs hold it) is waited for, up to ``placement_wait``:
-        Slurm's own pool accounting normally keeps such jobs pending before they get here.
+        Slurm's own pool accounting normally keeps such jobs pending before they get here. ``computes``
+        is the node count of a Workflow with no Slurm job behind it (a DataWarp create_persistent).
         """
         buffers = [b for b in self._buffers_of(await self._current(name)) if b.get("command") in PLACED]
         if not buffers:
             return
-        count = 1
-        if any(b.get("perCompute") for b in buffers):
+        count = computes or 1
+        if computes is None and any(b.get("perCompute") for b in buffers):
             try:
                 count = (await self.slurm.job_nodes(job_id)).count
             except SlurmCommandError as exc:
@@ -545,9 +546,14 @@ class BurstBufferOps:
     async def real_size(self, fields: Fields) -> str:
         """The bytes the job's buffers really take (whole granules, every compute node's share), which
         Slurm then charges instead of the ``capacity=`` it parsed; empty for jobs without buffers."""
-        name = workflow_name(_job_id(fields))
-        total = 0
-        for buffer in self._buffers_of(await self._current(name)):
+        total, _count = await self.placed_bytes(await self._current(workflow_name(_job_id(fields))))
+        return str(total) if total else ""
+
+    async def placed_bytes(self, obj: Obj | None) -> tuple[int, int]:
+        """Bytes and allocations placed for a Workflow's buffers (from its Servers)."""
+        total = allocations = 0
+        name = (obj or {}).get("metadata", {}).get("name", "")
+        for buffer in self._buffers_of(obj):
             if buffer.get("command") not in PLACED:
                 continue
             try:
@@ -562,7 +568,8 @@ class BurstBufferOps:
             for aset in (servers.get("spec") or {}).get("allocationSets") or []:
                 count = sum(int(s.get("allocationCount") or 0) for s in aset.get("storage") or [])
                 total += int(aset.get("allocationSize") or 0) * count
-        return str(total) if total else ""
+                allocations += count
+        return total, allocations
 
     async def paths(self, fields: Fields) -> str:
         """Environment for the job: the Workflow's name and namespace plus its ``status.env``."""
