@@ -341,7 +341,8 @@ def run(call: Call, gateway: Gateway) -> str:
         token = _job_token(call)
         return real_size_json(token, gateway.call("real_size", {"job_id": token}, sync=True))
     if fn == "paths":
-        text = gateway.call("paths", {"job_id": _job_token(call), "script": job}, sync=True)
+        fields = {"job_id": _job_token(call), "script": job, "names": "datawarp"}
+        text = gateway.call("paths", fields, sync=True)
         _write_pathfile(call["pathfile"], text)
         return ""
     if fn in ("data_in", "pre_run", "post_run", "data_out"):

@@ -247,7 +247,11 @@ class BurstBufferOps:
         await self._wait(name, self._state_probe(name, target), f"waiting for {name} to complete {target}")
 
     async def _advance(self, name: str, target: str) -> None:
-        """Move the Workflow to ``target`` (never backwards) and wait until the state is completed."""
+        """Move the Workflow to ``target`` (never backwards) and wait until the state is completed.
+
+        States Slurm did not ask for are passed through in order first (DWS allows no skipping):
+        burst_buffer/datawarp calls no pre_run for a job without ``#DW`` buffers, only post_run.
+        """
         obj = await self._current(name)
         if obj is None:
             raise GatewayError(f"workflow {name} does not exist (was it torn down?)", 410)
@@ -255,6 +259,9 @@ class BurstBufferOps:
         if desired == "Teardown" and target != "Teardown":
             raise GatewayError(f"workflow {name} is being torn down; cannot move it to {target}", 409)
         if states.index(desired) < states.index(target):
+            for step in states.STATES[states.index(desired) + 1 : states.index(target)]:
+                await self._patch(name, {"spec": {"desiredState": step}})
+                await self._wait_state(name, step)
             await self._patch(name, {"spec": {"desiredState": target}})
         await self._wait_state(name, target)
 
@@ -582,6 +589,8 @@ class BurstBufferOps:
                 log.warning("workflow %s: skipping environment variable %r (bad name or value)", name, key)
                 continue
             env[str(key)] = text
+        if fields.get("names") == "datawarp":
+            env.update(datawarp_persistent_names(obj, env))
         return "".join(f"{key}={value}\n" for key, value in env.items())
 
     async def _staged_in(self, name: str) -> Obj | None:
@@ -774,6 +783,28 @@ class BurstBufferOps:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+
+
+def datawarp_persistent_names(obj: Obj | None, env: Mapping[str, str]) -> dict[str, str]:
+    """``DW_PERSISTENT_STRIPED_<name>`` for each ``persistentdw`` of the Workflow that has no such name.
+
+    A job with only ``persistentdw`` lines gets NNF's names from the driver; under Slurm's
+    burst_buffer/datawarp its users expect DataWarp's for the same paths.
+    """
+    added: dict[str, str] = {}
+    for directive in ((obj or {}).get("spec") or {}).get("dwDirectives") or []:
+        try:
+            command, args = dwd.parse_directive(directive)
+        except dwd.DirectiveError:
+            continue
+        name = args.get("name")
+        if command != "persistentdw" or not name:
+            continue
+        part = name.replace("-", "_")
+        path = env.get(f"DW_PERSISTENT_{part}")
+        if path is not None and f"DW_PERSISTENT_STRIPED_{part}" not in env:
+            added[f"DW_PERSISTENT_STRIPED_{part}"] = path
+    return added
 
 
 def _table(rows: Sequence[tuple[str, ...]], empty: str) -> str:
