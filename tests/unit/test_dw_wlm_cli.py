@@ -76,7 +76,8 @@ def words(text: str) -> list[str]:
         ),
         (
             words(
-                "--function create_persistent -c CLI -t mybuf -u 2001 -C default:2147483648 -a striped -T scratch"
+                "--function create_persistent -c CLI -t mybuf -u 2001 -C default:2147483648 "
+                "-a striped -T scratch"
             ),
             "create_persistent",
             {
