@@ -68,6 +68,20 @@ srun -l /bin/hostname
 srun -l /bin/pwd
 """
 EXAMPLE_JOB_NAME = "dws-test"
+#: Under burst_buffer/datawarp a bare "#DW" is no request: a DataWarp scratch buffer instead.
+DATAWARP_EXAMPLE_JOB = """\
+#!/bin/sh
+#SBATCH --time=1
+#DW jobdw capacity=1GiB access_mode=striped type=scratch
+/bin/hostname
+srun -l sh -c 'touch "$DW_JOB_STRIPED/$(hostname)"; echo "DW_JOB_STRIPED=$DW_JOB_STRIPED"'
+ls "$DW_JOB_STRIPED"
+"""
+
+
+def example_job(plugin: str | None) -> str:
+    """The job script ``up`` leaves in the jobs directory for the plugin in use."""
+    return DATAWARP_EXAMPLE_JOB if plugin == "datawarp" else EXAMPLE_JOB
 
 
 class QuickstartError(RuntimeError):
@@ -450,8 +464,8 @@ class Quickstart:
                 raise QuickstartError(str(exc)) from exc
             raise
         job = cluster.jobs_dir / EXAMPLE_JOB_NAME
-        if not job.exists() or job.read_text() != EXAMPLE_JOB:
-            job.write_text(EXAMPLE_JOB)
+        if not job.exists() or job.read_text() != example_job(plugin):
+            job.write_text(example_job(plugin))
         job.chmod(0o644)
 
     def down(self, purge: bool, timeout: float) -> None:
@@ -476,7 +490,13 @@ class Quickstart:
         job = cluster.jobs_dir / EXAMPLE_JOB_NAME
         conf = shlex.quote(str(cluster.slurm_conf))
         jobs = shlex.quote(str(cluster.jobs_dir))
-        script = "\n".join(f"      {line}" for line in EXAMPLE_JOB.splitlines())
+        plugin = self._saved("burst_buffer_plugin")
+        what = (
+            "a DataWarp job (Slurm's burst_buffer/datawarp runs slurmlink dw-wlm-cli)"
+            if plugin == "datawarp"
+            else "the DWS install guide's test job"
+        )
+        script = "\n".join(f"      {line}" for line in example_job(plugin).splitlines())
         cluster_dir = shlex.quote(str(cluster.state_dir))
         controller = cluster.network.controller_address if cluster.network else "(no network yet)"
         dir_opt = "" if self.dir == DEFAULT_DIR else f" --state-dir {shlex.quote(str(self.dir))}"
@@ -503,7 +523,7 @@ slurmlink quick start is up ({self.dir}).
                a shell on one: slurmlink dev-cluster exec --state-dir {cluster_dir} NODE -- bash
   gateway      {cluster.gateway_socket}   log {cluster.gateway_log}
 {storage}
-Submit the DWS install guide's test job ({job}):
+Submit {what} ({job}):
 {script}
   as the job user (root may not use burst buffers):
     runuser -u {cluster.job_user} -- env SLURM_CONF={conf} sbatch --chdir {jobs} \\

@@ -20,6 +20,7 @@ from typing import Any
 
 from slurmlink import jsonutil
 from slurmlink.resources.dws.group import GROUP, STORAGE_VERSION
+from slurmlink.resources.dws.servers import SERVERS
 from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.resources.errors import ApiError
 from slurmlink.resources.kind import Obj
@@ -74,13 +75,20 @@ class DataWarpOps:
         forgets persistent buffers it is not shown, and tears down job sessions whose job it does not know.
         """
         ops = self.ops
+        try:
+            listed, _ = await ops._api(
+                "listing servers", lambda: ops.client.list(SERVERS, ops.config.namespace)
+            )
+        except ApiError as exc:
+            raise GatewayError(f"cannot list the buffers' storage: {exc.message}", exc.code) from exc
+        servers = {o["metadata"]["name"]: o for o in listed}
         found: list[dict[str, Any]] = []
         for name, obj in sorted(ops.workflows.cache.items()):
             match = _JOB_WORKFLOW.match(name)
             if match is None or obj["metadata"].get("deletionTimestamp"):
                 continue
             spec = obj.get("spec") or {}
-            total, count = await ops.placed_bytes(obj)
+            total, count = await ops.placed_bytes(obj, servers)
             found.append(
                 {
                     "id": int(match[1]),

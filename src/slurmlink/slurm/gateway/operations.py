@@ -556,22 +556,28 @@ class BurstBufferOps:
         total, _count = await self.placed_bytes(await self._current(workflow_name(_job_id(fields))))
         return str(total) if total else ""
 
-    async def placed_bytes(self, obj: Obj | None) -> tuple[int, int]:
-        """Bytes and allocations placed for a Workflow's buffers (from its Servers)."""
+    async def placed_bytes(self, obj: Obj | None, known: Mapping[str, Obj] | None = None) -> tuple[int, int]:
+        """Bytes and allocations placed for a Workflow's buffers (from its Servers, read one by one
+        unless ``known`` holds the namespace's Servers by name)."""
         total = allocations = 0
         name = (obj or {}).get("metadata", {}).get("name", "")
         for buffer in self._buffers_of(obj):
             if buffer.get("command") not in PLACED:
                 continue
-            try:
-                servers = await self._api(
-                    f"reading the storage of {name}",
-                    lambda b=buffer: self.client.get(SERVERS, self.config.namespace, str(b["servers"])),  # type: ignore[misc]
-                )
-            except ApiError as exc:
-                if exc.code == 404:
+            if known is not None:
+                if str(buffer["servers"]) not in known:
                     continue
-                raise GatewayError(f"cannot read the storage of {name}: {exc.message}", exc.code) from exc
+                servers = known[str(buffer["servers"])]
+            else:
+                try:
+                    servers = await self._api(
+                        f"reading the storage of {name}",
+                        lambda b=buffer: self.client.get(SERVERS, self.config.namespace, str(b["servers"])),  # type: ignore[misc]
+                    )
+                except ApiError as exc:
+                    if exc.code == 404:
+                        continue
+                    raise GatewayError(f"cannot read the storage of {name}: {exc.message}", exc.code) from exc
             for aset in (servers.get("spec") or {}).get("allocationSets") or []:
                 count = sum(int(s.get("allocationCount") or 0) for s in aset.get("storage") or [])
                 total += int(aset.get("allocationSize") or 0) * count
