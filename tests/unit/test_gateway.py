@@ -72,6 +72,28 @@ async def setup_job(h: GatewayHarness, job_id: int, text: str, uid: int = 1001) 
     return fields
 
 
+def test_a_state_slurm_skips_is_passed_through_in_order() -> None:
+    """burst_buffer/datawarp calls no pre_run for a job without #DW buffers (a #BB create_persistent
+    job), only post_run after data_in: the gateway completes PreRun on the way, as DWS allows no skip."""
+
+    async def body(h: GatewayHarness) -> None:
+        fields = await setup_job(h, 31, ALL_COMPLETE)
+        assert await h.call("data_in", job_id="31", script=fields["script"]) == (200, "")
+        assert await h.call("post_run", job_id="31", script=fields["script"]) == (200, "")
+        wf = h.get("bb31")
+        assert wf is not None
+        assert (wf["spec"]["desiredState"], wf["status"]["state"], wf["status"]["status"]) == (
+            "PostRun",
+            "PostRun",
+            "Completed",
+        )
+        completed = [d["watchState"] for d in wf["status"]["drivers"] if d["completed"]]
+        assert "PreRun" in completed
+        assert await h.call("teardown", job_id="31", script=fields["script"], hurry="false") == (200, "")
+
+    run(body)
+
+
 # ==================================================================================================
 # script.py: which #DW lines Slurm honours
 # ==================================================================================================
