@@ -11,6 +11,7 @@ states, placement and driver as a job's ``#DW create_persistent``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import pwd
@@ -75,6 +76,12 @@ class DataWarpOps:
         forgets persistent buffers it is not shown, and tears down job sessions whose job it does not know.
         """
         ops = self.ops
+        # A partial list would make Slurm drop the buffers left out: better no list (an error) at all.
+        synced = ops.buffers is not None and await ops.buffers.wait_synced(2.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ops.workflows.synced.wait(), 2.0)
+        if not synced or not ops.workflows.synced.is_set():
+            raise GatewayError("slurmlink cannot list the buffers now: its API is unreachable", 503)
         try:
             listed, _ = await ops._api(
                 "listing servers", lambda: ops.client.list(SERVERS, ops.config.namespace)
@@ -99,7 +106,7 @@ class DataWarpOps:
                     "nodes": count,
                 }
             )
-        if ops.buffers is not None and await ops.buffers.wait_synced(2.0):
+        if ops.buffers is not None:
             sizes = await self._persistent_sizes()
             for psi in ops.buffers.instances.list(ops.config.namespace):
                 spec = psi.get("spec") or {}
