@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -31,6 +32,7 @@ from slurmlink.slurm.commands import JobStatus
 from slurmlink.slurm.gateway import script as scripts
 from slurmlink.slurm.gateway.activity import CallbackActivity
 from slurmlink.slurm.gateway.config import JOB_RUN_ANNOTATION
+from slurmlink.slurm.gateway.operations import datawarp_persistent_names
 from slurmlink.slurm.gateway.sweeper import MIN_QUIET, OrphanSweeper
 from support.gateway import GatewayHarness, eventually, form, parse_response
 
@@ -92,6 +94,35 @@ def test_a_state_slurm_skips_is_passed_through_in_order() -> None:
         assert await h.call("teardown", job_id="31", script=fields["script"], hurry="false") == (200, "")
 
     run(body)
+
+
+def test_sessions_list_each_job_workflow_for_burst_buffer_datawarp() -> None:
+    """What ``dw_wlm_cli --function show_sessions`` reports: a job's Workflow from setup until teardown."""
+
+    async def body(h: GatewayHarness) -> None:
+        fields = await setup_job(h, 41, ALL_COMPLETE, uid=2041)
+        status, text = await h.call("sessions")
+        assert status == 200, text
+        (session,) = json.loads(text)["sessions"]
+        assert {k: session[k] for k in ("id", "token", "owner", "bytes", "nodes")} == {
+            "id": 41,
+            "token": "41",
+            "owner": 2041,
+            "bytes": 0,
+            "nodes": 0,
+        }
+        assert abs(session["created"] - time.time()) < 60
+        assert await h.call("teardown", job_id="41", script=fields["script"], hurry="true") == (200, "")
+        assert await h.call("sessions") == (200, '{"sessions":[]}')
+
+    run(body)
+
+
+def test_datawarp_names_for_persistentdw_paths() -> None:
+    workflow = {"spec": {"dwDirectives": ["#DW persistentdw name=team-data", "#DW jobdw type=xfs name=a"]}}
+    env = {"DW_PERSISTENT_team_data": "/mnt/p", "DW_PERSISTENTS": "team-data:/mnt/p"}
+    assert datawarp_persistent_names(workflow, env) == {"DW_PERSISTENT_STRIPED_team_data": "/mnt/p"}
+    assert datawarp_persistent_names(workflow, {**env, "DW_PERSISTENT_STRIPED_team_data": "/x"}) == {}
 
 
 # ==================================================================================================
