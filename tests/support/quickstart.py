@@ -31,12 +31,13 @@ class QuickStart:
         *,
         compute_nodes: int = 2,
         storage_nodes: int = 3,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.dir = directory
         self.listen = listen
         self.where = ["--state-dir", str(directory)]
         nodes = ["--compute-nodes", str(compute_nodes), "--storage-nodes", str(storage_nodes)]
-        self.args = [*self.where, "--listen", listen, *ports, *nodes]
+        self.args = [*self.where, "--listen", listen, *ports, *nodes, *extra_args]
         self.up_result: subprocess.CompletedProcess[str] | None = None
         self.down_result: subprocess.CompletedProcess[str] | None = None
 
@@ -77,15 +78,22 @@ class QuickStart:
 
 @contextmanager
 def running_quickstart(
-    prefix: str, *, compute_nodes: int = 2, storage_nodes: int = 3
+    prefix: str, *, compute_nodes: int = 2, storage_nodes: int = 3, extra_args: tuple[str, ...] = ()
 ) -> Iterator[QuickStart]:
-    """Bring one up on a fresh state dir and free ports; take it down (``--purge``) afterwards."""
+    """Bring one up on a fresh state dir and free ports; take it down (``--purge``) afterwards.
+
+    ``extra_args`` go to ``quickstart up`` (e.g. ``--burst-buffer-plugin datawarp``)."""
     skip_unless_possible()
     directory = make_state_dir(prefix)
     ctld_port, slurmd_port = free_port_pair()
     ports = ["--ctld-port", str(ctld_port), "--slurmd-port", str(slurmd_port)]
     quick = QuickStart(
-        directory, f"127.0.0.1:{free_port()}", ports, compute_nodes=compute_nodes, storage_nodes=storage_nodes
+        directory,
+        f"127.0.0.1:{free_port()}",
+        ports,
+        compute_nodes=compute_nodes,
+        storage_nodes=storage_nodes,
+        extra_args=extra_args,
     )
     try:
         quick.up_result = quickstart_cli("up", *quick.args, timeout=480)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -31,6 +32,7 @@ from slurmlink.slurm.commands import JobStatus
 from slurmlink.slurm.gateway import script as scripts
 from slurmlink.slurm.gateway.activity import CallbackActivity
 from slurmlink.slurm.gateway.config import JOB_RUN_ANNOTATION
+from slurmlink.slurm.gateway.operations import datawarp_persistent_names
 from slurmlink.slurm.gateway.sweeper import MIN_QUIET, OrphanSweeper
 from support.gateway import GatewayHarness, eventually, form, parse_response
 
@@ -70,6 +72,57 @@ async def setup_job(h: GatewayHarness, job_id: int, text: str, uid: int = 1001) 
     fields = h.job_fields(job_id, text, uid=uid, gid=uid)
     assert await h.call("setup", **fields) == (200, "")
     return fields
+
+
+def test_a_state_slurm_skips_is_passed_through_in_order() -> None:
+    """burst_buffer/datawarp calls no pre_run for a job without #DW buffers (a #BB create_persistent
+    job), only post_run after data_in: the gateway completes PreRun on the way, as DWS allows no skip."""
+
+    async def body(h: GatewayHarness) -> None:
+        fields = await setup_job(h, 31, ALL_COMPLETE)
+        assert await h.call("data_in", job_id="31", script=fields["script"]) == (200, "")
+        assert await h.call("post_run", job_id="31", script=fields["script"]) == (200, "")
+        wf = h.get("bb31")
+        assert wf is not None
+        assert (wf["spec"]["desiredState"], wf["status"]["state"], wf["status"]["status"]) == (
+            "PostRun",
+            "PostRun",
+            "Completed",
+        )
+        completed = [d["watchState"] for d in wf["status"]["drivers"] if d["completed"]]
+        assert "PreRun" in completed
+        assert await h.call("teardown", job_id="31", script=fields["script"], hurry="false") == (200, "")
+
+    run(body)
+
+
+def test_sessions_list_each_job_workflow_for_burst_buffer_datawarp() -> None:
+    """What ``dw_wlm_cli --function show_sessions`` reports: a job's Workflow from setup until teardown."""
+
+    async def body(h: GatewayHarness) -> None:
+        fields = await setup_job(h, 41, ALL_COMPLETE, uid=2041)
+        status, text = await h.call("sessions")
+        assert status == 200, text
+        (session,) = json.loads(text)["sessions"]
+        assert {k: session[k] for k in ("id", "token", "owner", "bytes", "nodes")} == {
+            "id": 41,
+            "token": "41",
+            "owner": 2041,
+            "bytes": 0,
+            "nodes": 0,
+        }
+        assert abs(session["created"] - time.time()) < 60
+        assert await h.call("teardown", job_id="41", script=fields["script"], hurry="true") == (200, "")
+        assert await h.call("sessions") == (200, '{"sessions":[]}')
+
+    run(body)
+
+
+def test_datawarp_names_for_persistentdw_paths() -> None:
+    workflow = {"spec": {"dwDirectives": ["#DW persistentdw name=team-data", "#DW jobdw type=xfs name=a"]}}
+    env = {"DW_PERSISTENT_team_data": "/mnt/p", "DW_PERSISTENTS": "team-data:/mnt/p"}
+    assert datawarp_persistent_names(workflow, env) == {"DW_PERSISTENT_STRIPED_team_data": "/mnt/p"}
+    assert datawarp_persistent_names(workflow, {**env, "DW_PERSISTENT_STRIPED_team_data": "/x"}) == {}
 
 
 # ==================================================================================================

@@ -150,6 +150,15 @@ def dev_cluster() -> None:
     "--gateway-arg=5.",
 )
 @click.option(
+    "--burst-buffer-plugin",
+    type=click.Choice(["lua", "datawarp"]),
+    default="lua",
+    show_default=True,
+    help="Which of Slurm's plugins talks to slurmlink's gateway (with --kubeconfig): 'lua' "
+    "(burst_buffer.lua) or 'datawarp' (Slurm's burst_buffer/datawarp, its GetSysState/GetSysStatus "
+    "pointing at wrappers of 'slurmlink dw-wlm-cli' in STATE_DIR/etc; DefaultPool=gluster).",
+)
+@click.option(
     "--no-burst-buffer",
     is_flag=True,
     help="Do not enable BurstBufferType=burst_buffer/lua. Without it, and without a kubeconfig given now or "
@@ -171,6 +180,7 @@ def up(
     storage_nodes: int | None,
     kubeconfig: Path | None,
     gateway_args: tuple[str, ...],
+    burst_buffer_plugin: str,
     no_burst_buffer: bool,
     wait_timeout: float,
 ) -> None:
@@ -192,8 +202,12 @@ def up(
             if kubeconfig is not None:
                 _progress(f"using the kubeconfig of an earlier 'up': {kubeconfig}")
         if kubeconfig is not None:
-            gateway = GatewaySetup(kubeconfig=kubeconfig, extra_args=gateway_args)
-        elif gateway_args:
+            gateway = GatewaySetup(kubeconfig=kubeconfig, extra_args=gateway_args, plugin=burst_buffer_plugin)
+        elif gateway_args or burst_buffer_plugin != "lua":
+            if burst_buffer_plugin != "lua":
+                raise click.UsageError(
+                    "--burst-buffer-plugin datawarp needs --kubeconfig (slurmlink's gateway)"
+                )
             raise click.UsageError("--gateway-arg needs --kubeconfig (there is no gateway without it)")
     try:
         cluster.up(

@@ -68,6 +68,20 @@ srun -l /bin/hostname
 srun -l /bin/pwd
 """
 EXAMPLE_JOB_NAME = "dws-test"
+#: Under burst_buffer/datawarp a bare "#DW" is no request: a DataWarp scratch buffer instead.
+DATAWARP_EXAMPLE_JOB = """\
+#!/bin/sh
+#SBATCH --time=1
+#DW jobdw capacity=1GiB access_mode=striped type=scratch
+/bin/hostname
+srun -l sh -c 'touch "$DW_JOB_STRIPED/$(hostname)"; echo "DW_JOB_STRIPED=$DW_JOB_STRIPED"'
+ls "$DW_JOB_STRIPED"
+"""
+
+
+def example_job(plugin: str | None) -> str:
+    """The job script ``up`` leaves in the jobs directory for the plugin in use."""
+    return DATAWARP_EXAMPLE_JOB if plugin == "datawarp" else EXAMPLE_JOB
 
 
 class QuickstartError(RuntimeError):
@@ -155,10 +169,17 @@ class Quickstart:
     def saved_listen(self) -> str | None:
         return self._saved("listen")
 
-    def _save_settings(self, listen: str, storage_size: str, storage_capacity: str | None) -> None:
+    def _save_settings(
+        self, listen: str, storage_size: str, storage_capacity: str | None, plugin: str = "lua"
+    ) -> None:
         path = self.dir / SETTINGS_FILE
         tmp = path.with_name(f".{path.name}.tmp")
-        settings = {"listen": listen, "storage_size": storage_size, "storage_capacity": storage_capacity}
+        settings = {
+            "listen": listen,
+            "storage_size": storage_size,
+            "storage_capacity": storage_capacity,
+            "burst_buffer_plugin": plugin,
+        }
         tmp.write_text(json.dumps(settings, indent=2) + "\n")
         tmp.replace(path)
 
@@ -397,6 +418,7 @@ class Quickstart:
         storage_nodes: int | None = None,
         storage_size: str | None = None,
         storage_capacity: str | None = None,
+        burst_buffer_plugin: str | None = None,
     ) -> None:
         if os.geteuid() != 0:
             raise QuickstartError("the quick start runs Slurm's daemons as root: run it as root (sudo)")
@@ -406,7 +428,8 @@ class Quickstart:
         capacity = storage_capacity or (None if storage_size else self._saved("storage_capacity"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)  # the job user must reach DIR/cluster
-        self._save_settings(listen, size, capacity)
+        plugin = burst_buffer_plugin or self._saved("burst_buffer_plugin") or "lua"
+        self._save_settings(listen, size, capacity, plugin)
         cluster = self.cluster(
             ctld_port, slurmd_port, compute_nodes=compute_nodes, storage_nodes=storage_nodes
         )
@@ -423,7 +446,7 @@ class Quickstart:
             _progress(f"API server ready at {url} (nodes reach it at {node_url})")
             kubeconfig = self.ensure_plugin_kubeconfig()
             # On failure the cluster stops the daemons it started itself.
-            cluster.up(wait_timeout=timeout, gateway=GatewaySetup(kubeconfig=kubeconfig))
+            cluster.up(wait_timeout=timeout, gateway=GatewaySetup(kubeconfig=kubeconfig, plugin=plugin))
             self.ensure_storage(cluster, listen, size, capacity, timeout, started_agents)
         except BaseException as exc:
             agents = self.agents(cluster)
@@ -441,8 +464,8 @@ class Quickstart:
                 raise QuickstartError(str(exc)) from exc
             raise
         job = cluster.jobs_dir / EXAMPLE_JOB_NAME
-        if not job.exists() or job.read_text() != EXAMPLE_JOB:
-            job.write_text(EXAMPLE_JOB)
+        if not job.exists() or job.read_text() != example_job(plugin):
+            job.write_text(example_job(plugin))
         job.chmod(0o644)
 
     def down(self, purge: bool, timeout: float) -> None:
@@ -467,7 +490,13 @@ class Quickstart:
         job = cluster.jobs_dir / EXAMPLE_JOB_NAME
         conf = shlex.quote(str(cluster.slurm_conf))
         jobs = shlex.quote(str(cluster.jobs_dir))
-        script = "\n".join(f"      {line}" for line in EXAMPLE_JOB.splitlines())
+        plugin = self._saved("burst_buffer_plugin")
+        what = (
+            "a DataWarp job (Slurm's burst_buffer/datawarp runs slurmlink dw-wlm-cli)"
+            if plugin == "datawarp"
+            else "the DWS install guide's test job"
+        )
+        script = "\n".join(f"      {line}" for line in example_job(plugin).splitlines())
         cluster_dir = shlex.quote(str(cluster.state_dir))
         controller = cluster.network.controller_address if cluster.network else "(no network yet)"
         dir_opt = "" if self.dir == DEFAULT_DIR else f" --state-dir {shlex.quote(str(self.dir))}"
@@ -494,7 +523,7 @@ slurmlink quick start is up ({self.dir}).
                a shell on one: slurmlink dev-cluster exec --state-dir {cluster_dir} NODE -- bash
   gateway      {cluster.gateway_socket}   log {cluster.gateway_log}
 {storage}
-Submit the DWS install guide's test job ({job}):
+Submit {what} ({job}):
 {script}
   as the job user (root may not use burst buffers):
     runuser -u {cluster.job_user} -- env SLURM_CONF={conf} sbatch --chdir {jobs} \\
@@ -576,6 +605,14 @@ def quickstart() -> None:
     help="Capacity each storage agent reports instead of its file system's size (may exceed it, for "
     "dir/raw pools in tests of large requests).",
 )
+@click.option(
+    "--burst-buffer-plugin",
+    type=click.Choice(["lua", "datawarp"]),
+    default=None,
+    help="Slurm's plugin in front of slurmlink: 'lua' (burst_buffer.lua, #DW jobs) or 'datawarp' "
+    "(Slurm's burst_buffer/datawarp running 'slurmlink dw-wlm-cli': #DW jobdw and #BB "
+    "create_persistent/destroy_persistent; DefaultPool=gluster). Default: the last 'up's, else lua.",
+)
 def up(
     state_dir: Path,
     listen: str | None,
@@ -586,6 +623,7 @@ def up(
     storage_nodes: int | None,
     storage_size: str | None,
     storage_capacity: str | None,
+    burst_buffer_plugin: str | None,
 ) -> None:
     """Start (or refresh) everything and print how to submit a burst buffer job.
 
@@ -608,6 +646,7 @@ def up(
             storage_nodes=storage_nodes,
             storage_size=storage_size,
             storage_capacity=storage_capacity,
+            burst_buffer_plugin=burst_buffer_plugin,
         )
     except QuickstartError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -126,3 +126,71 @@ def slurm_api_version(version_text: str) -> str:
     if not match:
         raise ValueError(f"not a Slurm version string: {version_text!r}")
     return f"{match.group(1)}.{match.group(2)}"
+
+
+# ------------------------------------------------------------------------------ burst_buffer/datawarp
+
+#: The DataWarp plugin's BurstBufferType, and the two programs it runs (GetSysState, GetSysStatus).
+DATAWARP_TYPE = "burst_buffer/datawarp"
+DATAWARP_CLI_NAME = "dw_wlm_cli"
+DATAWARP_STATUS_NAME = "dwstat"
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._+/-]*\Z")
+
+
+def _safe_path(path: str | Path, what: str) -> str:
+    """An absolute path of plain characters: it goes into a shell script, so nothing that needs quoting."""
+    text = str(path)
+    if not _SAFE_PATH.match(text):
+        raise ValueError(f"{what} {text!r} must be an absolute path of letters, digits and ._+-/ only")
+    return text
+
+
+def render_datawarp_wrapper(
+    python: str | Path, pythonpath: str | Path, socket_path: str | Path, *, status: bool = False
+) -> str:
+    """The executable Slurm's datawarp plugin runs as GetSysState (``status``: GetSysStatus).
+
+    The plugin passes only the DataWarp arguments, so the wrapper adds where the gateway listens. Every
+    value is a path of plain characters (checked), so the script holds nothing a shell could misread.
+    """
+    words = [
+        _safe_path(python, "the Python interpreter"),
+        "-m",
+        "slurmlink.slurm.datawarp",
+        "--socket",
+        _safe_path(socket_path, "the gateway socket"),
+    ]
+    if status:
+        words.append("--status")
+    role = "GetSysStatus (dwstat)" if status else "GetSysState (dw_wlm_cli)"
+    return (
+        "#!/bin/sh\n"
+        f"# Written by slurmlink: Slurm's burst_buffer/datawarp runs this as {role}.\n"
+        f"PYTHONPATH={_safe_path(pythonpath, 'the slurmlink package directory')}\n"
+        "export PYTHONPATH\n"
+        f'exec {" ".join(words)} "$@"\n'
+    )
+
+
+def datawarp_conf_text(get_sys_state: str | Path, get_sys_status: str | Path, default_pool: str) -> str:
+    """A ``burst_buffer.conf`` for Slurm's datawarp plugin backed by slurmlink."""
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", default_pool):
+        raise ValueError(f"invalid default pool name {default_pool!r}")
+    return f"""\
+# burst_buffer.conf for Slurm's burst_buffer/datawarp plugin backed by slurmlink
+# (BurstBufferType={DATAWARP_TYPE}).
+# Both programs are small wrappers of 'slurmlink dw-wlm-cli' that know the gateway's socket.
+GetSysState={_safe_path(get_sys_state, "GetSysState")}
+GetSysStatus={_safe_path(get_sys_status, "GetSysStatus")}
+# Jobs that name no pool= are accounted (and their persistent buffers made) in this pool; the pool
+# serving DataWarp's access_mode=striped.
+DefaultPool={default_pool}
+# Users may create and destroy persistent buffers with #BB create_persistent / destroy_persistent.
+# Teardown after a failed stage-in or stage-out instead of holding the job.
+Flags=EnablePersistent,TeardownFailure
+StageInTimeout=3600
+StageOutTimeout=3600
+# job_process and paths run while slurmctld holds its job lock.
+ValidateTimeout=5
+OtherTimeout=300
+"""

@@ -22,6 +22,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +80,11 @@ class GatewaySetup:
     kubeconfig: Path
     extra_args: tuple[str, ...] = ()
     slurm_api: str | None = None
+    #: Which of Slurm's plugins talks to the gateway: ``lua`` (burst_buffer.lua) or ``datawarp``
+    #: (burst_buffer/datawarp running ``slurmlink dw-wlm-cli`` through wrappers in etc/).
+    plugin: str = "lua"
+    #: datawarp: the pool of jobs that name none (DefaultPool), the one serving access_mode=striped.
+    default_pool: str = "gluster"
 
 
 @dataclass(frozen=True)
@@ -623,6 +629,10 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
             )
         if kubeconfig != self.plugin_kubeconfig:
             self.record_kubeconfig(kubeconfig)
+        if gateway.plugin == "datawarp":
+            return self._datawarp_setup(kubeconfig, gateway.default_pool)
+        if gateway.plugin != "lua":
+            raise DevClusterError(f"unknown burst buffer plugin {gateway.plugin!r}: lua or datawarp")
         try:
             result = install_plugin(
                 self.etc_dir,
@@ -638,6 +648,44 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
             lua_source=(self.etc_dir / LUA_NAME).read_text(), conf_text=(self.etc_dir / CONF_NAME).read_text()
         )
         return setup, self.etc_dir / CONF_NAME in result.written
+
+    def _datawarp_setup(self, kubeconfig: Path, default_pool: str) -> tuple[BurstBufferSetup, bool]:
+        """burst_buffer/datawarp with GetSysState/GetSysStatus wrappers of ``slurmlink dw-wlm-cli`` that
+        know this cluster's gateway socket; the gateway's kubeconfig copied into etc/."""
+        import slurmlink
+        from slurmlink.auth.pki import atomic_write_bytes
+        from slurmlink.slurm import plugin
+
+        data = kubeconfig.read_bytes()
+        if kubeconfig != self.plugin_kubeconfig and (
+            not self.plugin_kubeconfig.exists() or self.plugin_kubeconfig.read_bytes() != data
+        ):
+            atomic_write_bytes(self.plugin_kubeconfig, data, 0o600)
+        package_root = Path(slurmlink.__file__).resolve().parent.parent
+        state = self.etc_dir / plugin.DATAWARP_CLI_NAME
+        status = self.etc_dir / plugin.DATAWARP_STATUS_NAME
+        try:
+            programs = (
+                (
+                    state.name,
+                    plugin.render_datawarp_wrapper(sys.executable, package_root, self.gateway_socket),
+                ),
+                (
+                    status.name,
+                    plugin.render_datawarp_wrapper(
+                        sys.executable, package_root, self.gateway_socket, status=True
+                    ),
+                ),
+            )
+            conf = plugin.datawarp_conf_text(state, status, default_pool)
+        except ValueError as exc:
+            raise DevClusterError(f"cannot set up burst_buffer/datawarp: {exc}") from exc
+        return (
+            BurstBufferSetup(
+                lua_source=None, conf_text=conf, plugin_type=plugin.DATAWARP_TYPE, programs=programs
+            ),
+            False,
+        )
 
     def _gateway_state(self) -> dict[str, Any] | None:
         with contextlib.suppress(OSError, ValueError):

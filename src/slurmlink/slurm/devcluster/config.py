@@ -37,13 +37,17 @@ RESTART_KEYS = frozenset(
 
 @dataclass(frozen=True)
 class BurstBufferSetup:
-    """A burst_buffer/lua plugin: the ``burst_buffer.lua`` and ``burst_buffer.conf`` texts.
+    """A burst buffer plugin: the ``burst_buffer.lua`` (lua only) and ``burst_buffer.conf`` texts.
 
     Both are written next to slurm.conf because the plugin finds them with ``get_extra_conf_path()``.
+    ``programs`` are executables written there too (name, text): the datawarp plugin's GetSysState and
+    GetSysStatus.
     """
 
-    lua_source: str
+    lua_source: str | None
     conf_text: str
+    plugin_type: str = "burst_buffer/lua"
+    programs: tuple[tuple[str, str], ...] = ()
 
 
 _PLACEHOLDER_LUA = """\
@@ -166,7 +170,7 @@ class SlurmConfig(Layout):
             "MinJobAge=300",
         ]
         if burst_buffer is not None:
-            lines += ["BurstBufferType=burst_buffer/lua", "DebugFlags=BurstBuffer"]
+            lines += [f"BurstBufferType={burst_buffer.plugin_type}", "DebugFlags=BurstBuffer"]
         # Compute nodes only: storage nodes run no slurmd. Each node sees the whole host, so each may
         # claim all of its CPUs and memory.
         lines += [
@@ -214,6 +218,8 @@ class SlurmConfig(Layout):
             "burst_buffer.conf": burst_buffer.conf_text if burst_buffer else None,
         }
         files.update(extra_files or {})
+        programs = dict(burst_buffer.programs) if burst_buffer else {}
+        files.update(programs)
         for name, content in files.items():
             if "/" in name or name in ("", ".", "..", "slurm.conf"):
                 raise DevClusterError(f"invalid extra config file name {name!r}")
@@ -224,15 +230,15 @@ class SlurmConfig(Layout):
             if content is None:
                 path.unlink()
             else:
-                self._write(path, content)
+                self._write(path, content, 0o755 if name in programs else 0o644)
             # Lua scripts are re-read by the plugins on every call; .conf files need a reconfigure.
             if name.endswith(".conf"):
                 changed.add("*")
         return changed
 
     @staticmethod
-    def _write(path: Path, content: str) -> None:
+    def _write(path: Path, content: str, mode: int = 0o644) -> None:
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(content)
-        tmp.chmod(0o644)
+        tmp.chmod(mode)
         tmp.replace(path)

@@ -13,6 +13,7 @@ from slurmlink.slurm.commands import SlurmCommands
 from slurmlink.slurm.gateway.activity import CallbackActivity
 from slurmlink.slurm.gateway.buffers import BufferView
 from slurmlink.slurm.gateway.config import GatewayConfig
+from slurmlink.slurm.gateway.datawarp import DataWarpOps
 from slurmlink.slurm.gateway.informer import Informer, sync_problem
 from slurmlink.slurm.gateway.operations import BurstBufferOps, GatewayError
 from slurmlink.slurm.gateway.server import QUICK_OPERATIONS, GatewayServer, Operation
@@ -34,6 +35,7 @@ class Gateway:
         self.rules = Informer(client, DW_DIRECTIVE_RULE, config.rules_namespace)
         self.buffers = BufferView(client, config.namespace)
         self.ops = BurstBufferOps(client, config, self.workflows, self.rules, self.slurm, self.buffers)
+        self.datawarp = DataWarpOps(self.ops)
         self.activity = CallbackActivity()
         self.sweeper = OrphanSweeper(self.ops, self.workflows, self.slurm, config, self.activity)
         self.server = GatewayServer(
@@ -57,6 +59,10 @@ class Gateway:
             "test_data_out": ops.test_operation("DataOut"),
             "teardown": ops.teardown,
             "status": ops.status,
+            # burst_buffer/datawarp (slurmlink dw-wlm-cli) only
+            "sessions": self.datawarp.sessions,
+            "create_persistent": self.datawarp.create_persistent,
+            "destroy_persistent": self.datawarp.destroy_persistent,
         }
 
     async def health(self) -> str | None:

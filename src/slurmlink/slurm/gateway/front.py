@@ -36,7 +36,18 @@ from slurmlink.slurm.gateway.worker_link import WorkerLink
 log = logging.getLogger(__name__)
 
 #: Callbacks the worker runs: they change Workflows and wait for drivers.
-FORWARDED = ("setup", "data_in", "pre_run", "post_run", "data_out", "teardown")
+FORWARDED = (
+    "setup",
+    "data_in",
+    "pre_run",
+    "post_run",
+    "data_out",
+    "teardown",
+    # burst_buffer/datawarp (slurmlink dw-wlm-cli) only
+    "sessions",
+    "create_persistent",
+    "destroy_persistent",
+)
 #: Delay before restarting a worker that died: the first one, and the cap it doubles up to.
 _RESTART_DELAY = (0.5, 10.0)
 

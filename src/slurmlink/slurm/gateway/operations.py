@@ -248,7 +248,11 @@ class BurstBufferOps:
         await self._wait(name, self._state_probe(name, target), f"waiting for {name} to complete {target}")
 
     async def _advance(self, name: str, target: str) -> None:
-        """Move the Workflow to ``target`` (never backwards) and wait until the state is completed."""
+        """Move the Workflow to ``target`` (never backwards) and wait until the state is completed.
+
+        States Slurm did not ask for are passed through in order first (DWS allows no skipping):
+        burst_buffer/datawarp calls no pre_run for a job without ``#DW`` buffers, only post_run.
+        """
         obj = await self._current(name)
         if obj is None:
             raise GatewayError(f"workflow {name} does not exist (was it torn down?)", 410)
@@ -256,6 +260,9 @@ class BurstBufferOps:
         if desired == "Teardown" and target != "Teardown":
             raise GatewayError(f"workflow {name} is being torn down; cannot move it to {target}", 409)
         if states.index(desired) < states.index(target):
+            for step in states.STATES[states.index(desired) + 1 : states.index(target)]:
+                await self._patch(name, {"spec": {"desiredState": step}})
+                await self._wait_state(name, step)
             await self._patch(name, {"spec": {"desiredState": target}})
         await self._wait_state(name, target)
 
@@ -492,17 +499,18 @@ class BurstBufferOps:
         except ValueError:
             return []
 
-    async def _place(self, name: str, job_id: str) -> None:
+    async def _place(self, name: str, job_id: str, computes: int | None = None) -> None:
         """Place the storage of each buffer the driver broke down, as the workload manager does.
 
         Capacity that is not free now (other jobs hold it) is waited for, up to ``placement_wait``:
-        Slurm's own pool accounting normally keeps such jobs pending before they get here.
+        Slurm's own pool accounting normally keeps such jobs pending before they get here. ``computes``
+        is the node count of a Workflow with no Slurm job behind it (a DataWarp create_persistent).
         """
         buffers = [b for b in self._buffers_of(await self._current(name)) if b.get("command") in PLACED]
         if not buffers:
             return
-        count = 1
-        if any(b.get("perCompute") for b in buffers):
+        count = computes or 1
+        if computes is None and any(b.get("perCompute") for b in buffers):
             try:
                 count = (await self.slurm.job_nodes(job_id)).count
             except SlurmCommandError as exc:
@@ -546,24 +554,36 @@ class BurstBufferOps:
     async def real_size(self, fields: Fields) -> str:
         """The bytes the job's buffers really take (whole granules, every compute node's share), which
         Slurm then charges instead of the ``capacity=`` it parsed; empty for jobs without buffers."""
-        name = workflow_name(_job_id(fields))
-        total = 0
-        for buffer in self._buffers_of(await self._current(name)):
+        total, _count = await self.placed_bytes(await self._current(workflow_name(_job_id(fields))))
+        return str(total) if total else ""
+
+    async def placed_bytes(self, obj: Obj | None, known: Mapping[str, Obj] | None = None) -> tuple[int, int]:
+        """Bytes and allocations placed for a Workflow's buffers (from its Servers, read one by one
+        unless ``known`` holds the namespace's Servers by name)."""
+        total = allocations = 0
+        name = (obj or {}).get("metadata", {}).get("name", "")
+        for buffer in self._buffers_of(obj):
             if buffer.get("command") not in PLACED:
                 continue
-            try:
-                servers = await self._api(
-                    f"reading the storage of {name}",
-                    lambda b=buffer: self.client.get(SERVERS, self.config.namespace, str(b["servers"])),  # type: ignore[misc]
-                )
-            except ApiError as exc:
-                if exc.code == 404:
+            if known is not None:
+                if str(buffer["servers"]) not in known:
                     continue
-                raise GatewayError(f"cannot read the storage of {name}: {exc.message}", exc.code) from exc
+                servers = known[str(buffer["servers"])]
+            else:
+                try:
+                    servers = await self._api(
+                        f"reading the storage of {name}",
+                        lambda b=buffer: self.client.get(SERVERS, self.config.namespace, str(b["servers"])),  # type: ignore[misc]
+                    )
+                except ApiError as exc:
+                    if exc.code == 404:
+                        continue
+                    raise GatewayError(f"cannot read the storage of {name}: {exc.message}", exc.code) from exc
             for aset in (servers.get("spec") or {}).get("allocationSets") or []:
                 count = sum(int(s.get("allocationCount") or 0) for s in aset.get("storage") or [])
                 total += int(aset.get("allocationSize") or 0) * count
-        return str(total) if total else ""
+                allocations += count
+        return total, allocations
 
     async def paths(self, fields: Fields) -> str:
         """Environment for the job: the Workflow's name and namespace plus its ``status.env``."""
@@ -576,6 +596,8 @@ class BurstBufferOps:
                 log.warning("workflow %s: skipping environment variable %r (bad name or value)", name, key)
                 continue
             env[str(key)] = text
+        if fields.get("names") == "datawarp":
+            env.update(datawarp_persistent_names(obj, env))
         return "".join(f"{key}={value}\n" for key, value in env.items())
 
     async def _staged_in(self, name: str) -> Obj | None:
@@ -817,6 +839,28 @@ class BurstBufferOps:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+
+
+def datawarp_persistent_names(obj: Obj | None, env: Mapping[str, str]) -> dict[str, str]:
+    """``DW_PERSISTENT_STRIPED_<name>`` for each ``persistentdw`` of the Workflow that has no such name.
+
+    A job with only ``persistentdw`` lines gets NNF's names from the driver; under Slurm's
+    burst_buffer/datawarp its users expect DataWarp's for the same paths.
+    """
+    added: dict[str, str] = {}
+    for directive in ((obj or {}).get("spec") or {}).get("dwDirectives") or []:
+        try:
+            command, args = dwd.parse_directive(directive)
+        except dwd.DirectiveError:
+            continue
+        name = args.get("name")
+        if command != "persistentdw" or not name:
+            continue
+        part = name.replace("-", "_")
+        path = env.get(f"DW_PERSISTENT_{part}")
+        if path is not None and f"DW_PERSISTENT_STRIPED_{part}" not in env:
+            added[f"DW_PERSISTENT_STRIPED_{part}"] = path
+    return added
 
 
 def _table(rows: Sequence[tuple[str, ...]], empty: str) -> str:
