@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import pwd
 import re
 import subprocess
@@ -22,7 +23,7 @@ import pytest
 from slurmlink.slurm.devcluster import DevCluster
 from slurmlink.supervise import running_pid, stop_pid
 from support.devcluster import quickstart_cli
-from support.quickstart import QuickStart, running_quickstart
+from support.quickstart import QuickStart, finish_job, run_job, running_quickstart, submit_job
 from support.waiting import wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.storage, pytest.mark.timeout(900)]
@@ -59,32 +60,9 @@ def _default_pool_total(cluster: DevCluster) -> int:
     return int(match.group(1)) if match else 0
 
 
-def _submit(qs: QuickStart, body: str) -> subprocess.CompletedProcess[str]:
-    jobs = qs.cluster.state_dir / "jobs"
-    script = jobs / f"dw-test-{next(_scripts)}.sh"
-    script.write_text("#!/bin/sh\n" + body.strip() + "\n")
-    script.chmod(0o755)
-    return qs.cluster.run_as_job_user(
-        ["sbatch", "--parsable", "--chdir", str(jobs), "-o", str(jobs / "%j.out"), str(script)], timeout=60
-    )
-
-
-def _job(qs: QuickStart, body: str) -> str:
-    result = _submit(qs, body)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip().split(";")[0]
-
-
-def _finish(qs: QuickStart, job_id: str, timeout: float = 240) -> str:
-    """The job's output once it COMPLETED and Slurm finished its teardown."""
-    qs.cluster.wait_for_job(job_id, ("COMPLETED",), timeout=timeout)
-    wait_for(
-        lambda: (qs.cluster.job_info(job_id) or {}).get("BurstBufferState") == "complete",
-        timeout,
-        0.2,
-        message=f"job {job_id}'s teardown",
-    )
-    return (qs.cluster.state_dir / "jobs" / f"{job_id}.out").read_text()
+_submit = submit_job
+_job = run_job
+_finish = finish_job
 
 
 def _items(api: httpx.Client, path: str) -> list[dict[str, Any]]:
@@ -170,6 +148,31 @@ while [ ! -e {flag} ]; do sleep 0.2; done
     )
     wait_for(lambda: _pool_is_whole(api), 60, 0.5, message="the capacity to come back")
     assert f"JobID={job} " not in _burst(qs.cluster)
+
+
+def test_stage_in_and_stage_out_through_the_datawarp_plugin(qs: QuickStart) -> None:
+    """DataWarp's stage_in/stage_out under Slurm's own plugin: copied by slurmlink as the job's user."""
+    user = pwd.getpwnam(qs.cluster.job_user)
+    area = qs.cluster.state_dir / "jobs" / f"dw-stage-{next(_scripts)}"
+    area.mkdir()
+    (area / "in.txt").write_text("from the parallel file system\n")
+    for path in (area, area / "in.txt"):
+        os.chown(path, user.pw_uid, user.pw_gid)
+    job = _job(
+        qs,
+        f"""
+#SBATCH -N1 --time=5
+#DW jobdw capacity=1GiB access_mode=striped type=scratch pool=gluster
+#DW stage_in source={area}/in.txt destination=$DW_JOB_STRIPED/in.txt type=file
+#DW stage_out source=$DW_JOB_STRIPED/out.txt destination={area}/out.txt type=file
+cat "$DW_JOB_STRIPED/in.txt"
+echo "written in the buffer" > "$DW_JOB_STRIPED/out.txt"
+""",
+    )
+    out = _finish(qs, job, timeout=300)
+    assert "from the parallel file system" in out, out
+    assert (area / "out.txt").read_text() == "written in the buffer\n"
+    assert (area / "out.txt").stat().st_uid == user.pw_uid
 
 
 def test_bb_persistent_buffer_created_listed_used_kept_over_a_restart_and_destroyed(
