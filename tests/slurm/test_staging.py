@@ -11,12 +11,14 @@ seconds, and that a storage agent killed mid-copy resumes without copying verifi
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import pwd
 import shutil
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -51,6 +53,7 @@ class MovementWatch:
         self.seen: dict[str, dict[str, Any]] = {}
         self._changed = threading.Condition()
         self._stop = False
+        self._network_stream: Any = None
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -61,8 +64,9 @@ class MovementWatch:
                 listed = self.client.get(path).json()
                 self._record(listed["items"])
                 version = listed["metadata"]["resourceVersion"]
-                params = {"watch": "1", "resourceVersion": version}
+                params = {"watch": "1", "resourceVersion": version, "timeoutSeconds": "10"}
                 with self.client.stream("GET", path, params=params) as stream:
+                    self._network_stream = stream.extensions.get("network_stream")
                     for line in stream.iter_lines():
                         if self._stop:
                             return
@@ -90,7 +94,21 @@ class MovementWatch:
         )
 
     def close(self) -> None:
+        """Stop the reading thread before closing its client.
+
+        Closing the client under a thread blocked in a TLS read frees the socket's descriptor while
+        OpenSSL still reads from that number: the next connection the process opens gets it, and the
+        stale reader eats that connection's bytes. So: shut the socket down (which wakes the reader
+        without freeing the descriptor), wait for the thread, then close.
+        """
         self._stop = True
+        stream = self._network_stream
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "the DataMovement watch thread did not stop"
         self.client.close()
 
 
