@@ -26,7 +26,6 @@ from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.resources.errors import ApiError
 from slurmlink.resources.kind import Obj
 from slurmlink.resources.meta import parse_time
-from slurmlink.resources.storage.storageallocation import STORAGE_ALLOCATION
 from slurmlink.slurm.gateway.config import ORIGIN_LABEL, WLM_ID
 from slurmlink.slurm.gateway.operations import BurstBufferOps, Fields, GatewayError
 
@@ -107,7 +106,7 @@ class DataWarpOps:
                 }
             )
         if ops.buffers is not None:
-            sizes = await self._persistent_sizes()
+            sizes = await self.ops.persistent_sizes()
             for psi in ops.buffers.instances.list(ops.config.namespace):
                 spec = psi.get("spec") or {}
                 name = str(spec.get("name") or psi["metadata"]["name"])
@@ -123,24 +122,6 @@ class DataWarpOps:
                     }
                 )
         return jsonutil.dumps_str({"sessions": found})
-
-    async def _persistent_sizes(self) -> dict[str, tuple[int, int]]:
-        """Bytes and allocations of each persistent buffer, from the StorageAllocations it owns."""
-        ops = self.ops
-        try:
-            allocations, _ = await ops._api(
-                "listing storage allocations",
-                lambda: ops.client.list(STORAGE_ALLOCATION, ops.config.namespace),
-            )
-        except ApiError as exc:
-            raise GatewayError(f"cannot list the buffers: {exc.message}", exc.code) from exc
-        sizes: dict[str, tuple[int, int]] = {}
-        for alloc in allocations:
-            for ref in alloc["metadata"].get("ownerReferences") or []:
-                if ref.get("kind") == "PersistentStorageInstance":
-                    total, count = sizes.get(ref["name"], (0, 0))
-                    sizes[ref["name"]] = (total + int(alloc["spec"].get("capacity") or 0), count + 1)
-        return sizes
 
     # ----------------------------------------------------- persistent buffers
 

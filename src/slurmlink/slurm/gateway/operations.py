@@ -766,11 +766,8 @@ class BurstBufferOps:
             )
         return _table(rows, "(no pools)")
 
-    async def _buffer_table(self) -> str:
-        """Persistent buffers: name, type, size, owner, age, state, the jobs using them."""
-        rows = [("NAME", "TYPE", "SIZE", "OWNER", "AGE", "STATE", "USED BY")]
-        if self.buffers is None:
-            return _table(rows, "(no persistent buffers)")
+    async def persistent_sizes(self) -> dict[str, tuple[int, int]]:
+        """Bytes and allocations of each persistent buffer, from the StorageAllocations it owns."""
         try:
             allocations, _ = await self._api(
                 "listing storage allocations",
@@ -778,11 +775,20 @@ class BurstBufferOps:
             )
         except ApiError as exc:
             raise GatewayError(f"cannot list the buffers: {exc.message}", exc.code) from exc
-        sizes: dict[str, int] = {}
+        sizes: dict[str, tuple[int, int]] = {}
         for alloc in allocations:
             for ref in alloc["metadata"].get("ownerReferences") or []:
                 if ref.get("kind") == "PersistentStorageInstance":
-                    sizes[ref["name"]] = sizes.get(ref["name"], 0) + int(alloc["spec"].get("capacity") or 0)
+                    total, count = sizes.get(ref["name"], (0, 0))
+                    sizes[ref["name"]] = (total + int(alloc["spec"].get("capacity") or 0), count + 1)
+        return sizes
+
+    async def _buffer_table(self) -> str:
+        """Persistent buffers: name, type, size, owner, age, state, the jobs using them."""
+        rows = [("NAME", "TYPE", "SIZE", "OWNER", "AGE", "STATE", "USED BY")]
+        if self.buffers is None:
+            return _table(rows, "(no persistent buffers)")
+        sizes = {name: size for name, (size, _count) in (await self.persistent_sizes()).items()}
         now = time.time()
         for psi in sorted(
             self.buffers.instances.list(self.config.namespace), key=lambda p: p["metadata"]["name"]
