@@ -1,166 +1,173 @@
 #!/usr/bin/env python3
-"""Benchmark: the data mover's stage-in against ``cp -a`` and ``rsync -a`` of the same data.
+"""Benchmark: stage-in with the data mover against ``cp -a`` and ``rsync -a`` of the same data.
 
-Two data sets, made once on the host's file system under ``--dir`` (default /var/tmp): (a) one file of
-``--big`` bytes (2 GiB) and (b) ``--files`` (10 000) files of ``--file-size`` (64 KiB) in 100-file
-directories. Each is copied onto a fresh XFS on a loop file (like a burst buffer; the loop file lives on
-the same disk as the source) by:
+Two data sets on the host's file system: (a) one 2 GiB file, (b) 10 000 files of 64 KiB in 100
+directories of 100 files under 10 top directories. Each is copied onto a fresh XFS on a sparse loop
+file on the same disk (like a burst buffer): by ``run_copy`` (mode ``auto``, checksums verified,
+8 workers), by ``cp -a`` and by ``rsync -a``, all three as an unprivileged user (``setpriv`` for the
+two commands). Before every run the destination is removed, then ``sync`` and
+``echo 3 > /proc/sys/vm/drop_caches``, so every copy reads its source from the disk. Runs alternate
+(mover, cp, rsync, mover, ...) ``--rounds`` times; medians are reported, with the ratios
+mover/cp and mover/rsync. Times end when the copy returns (no ``sync`` after: none of the three
+flushes its writes).
 
-* the mover — ``slurmlink.mover.run_copy`` as an unprivileged uid (``--uid``, default 64123: the worker
-  process drops to it), ``auto`` mode, checksums verified (xxh3-128 of what was read, compared with a
-  re-read of what was written), what a DataMovement runs;
-* ``cp -a`` and ``rsync -a`` (what data-acc stages with), run as the same uid with ``setpriv``.
+Run by hand, as root:
 
-Before every copy the destination file system is made anew (``mkfs.xfs -f``), then ``sync`` and
-``echo 3 > /proc/sys/vm/drop_caches``, so each copy reads the source cold. ``--rounds`` rounds run the
-three tools in turn (alternating which goes first); the medians are reported with the ratios
-mover/cp and mover/rsync. Targets (issue: burst buffers part 2): (a) at least 0.9x cp; (b) at least
-1.0x cp and 2x rsync.
-
-Run by hand, as root:  python3 bench/stage_in.py [--rounds 3] [--big 2GiB] [--files 10000]
+  python3 bench/stage_in.py [--rounds 3] [--only big|small] [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
+import pwd
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-from slurmlink.mover import CopySpec, run_copy
-from slurmlink.resources.sizes import parse_size
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from slurmlink.mover import CopySpec, run_copy
+
+USER = "slurmlink-bench"
 MIB = 1 << 20
 
 
-def log(message: str) -> None:
-    print(message, flush=True)
-
-
-def make_data(root: Path, big: int, files: int, file_size: int, uid: int, gid: int) -> tuple[Path, Path]:
-    big_dir, small_dir = root / "big", root / "small"
-    if not (big_dir / "data").exists() or (big_dir / "data").stat().st_size != big:
-        big_dir.mkdir(parents=True, exist_ok=True)
-        with open(big_dir / "data", "wb") as out:
-            left = big
-            while left > 0:
-                chunk = os.urandom(min(left, 64 * MIB))
-                out.write(chunk)
-                left -= len(chunk)
-    marker = small_dir / f".made-{files}-{file_size}"
-    if not marker.exists():
-        shutil.rmtree(small_dir, ignore_errors=True)
-        for i in range(files):
-            d = small_dir / "tree" / f"d{i // 100:04d}"
-            d.mkdir(parents=True, exist_ok=True)
-            (d / f"f{i:06d}").write_bytes(os.urandom(file_size))
-        marker.touch()
-    for path in [root, *root.rglob("*")]:
-        os.lchown(path, uid, gid)
-    return big_dir / "data", small_dir / "tree"
-
-
-@contextlib.contextmanager
-def xfs_target(work: Path, size: int) -> Iterator[Callable[[], Path]]:
-    """A loop-backed XFS; calling the result re-makes it empty, mounted, owned by nobody in particular."""
-    image = work / "target.img"
-    mount = work / "target"
-    mount.mkdir(exist_ok=True)
-    with open(image, "wb") as f:
-        f.truncate(size)
-    device = subprocess.run(
-        ["losetup", "--find", "--show", str(image)], capture_output=True, text=True, check=True
-    ).stdout.strip()
+def bench_user() -> tuple[int, int]:
     try:
-
-        def fresh() -> Path:
-            subprocess.run(["umount", str(mount)], capture_output=True, check=False)
-            subprocess.run(["mkfs.xfs", "-f", "-q", device], check=True)
-            subprocess.run(["mount", "-t", "xfs", device, str(mount)], check=True)
-            os.chmod(mount, 0o777)
-            return mount
-
-        yield fresh
-    finally:
-        subprocess.run(["umount", str(mount)], capture_output=True, check=False)
-        subprocess.run(["losetup", "--detach", device], check=False)
-        image.unlink(missing_ok=True)
+        account = pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER], check=True
+        )
+        account = pwd.getpwnam(USER)
+    return account.pw_uid, account.pw_gid
 
 
-def drop_caches() -> None:
+def make_big(root: Path, size: int) -> int:
+    """One file of ``size`` bytes (random 64 MiB blocks, each different)."""
+    root.mkdir()
+    with (root / "big.dat").open("wb") as f:
+        for _ in range(size // (64 * MIB)):
+            f.write(os.urandom(64 * MIB))
+    return size
+
+
+def make_small(root: Path, tops: int, dirs: int, files: int, size: int) -> int:
+    """``tops`` x ``dirs`` directories of ``files`` files of ``size`` bytes each."""
+    pool = os.urandom(size * 64)
+    n = 0
+    for t in range(tops):
+        for d in range(dirs):
+            directory = root / f"t{t:02d}" / f"d{d:03d}"
+            directory.mkdir(parents=True)
+            for i in range(files):
+                start = (n * 4099) % (len(pool) - size)
+                (directory / f"f{i:04d}.dat").write_bytes(pool[start : start + size])
+                n += 1
+    return n * size
+
+
+def chown_tree(root: Path, uid: int, gid: int) -> None:
+    subprocess.run(["chown", "-R", f"{uid}:{gid}", str(root)], check=True)
+
+
+def cold(dest: Path) -> None:
+    if dest.exists():
+        shutil.rmtree(dest)
     subprocess.run(["sync"], check=True)
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def timed(run: Callable[[], None]) -> float:
-    drop_caches()
-    started = time.perf_counter()
-    run()
-    return time.perf_counter() - started
+def as_user(uid: int, gid: int, argv: list[str]) -> list[str]:
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *argv]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--dir", default="/var/tmp", help="where the source data and the target image live")
-    parser.add_argument("--big", default="2GiB")
-    parser.add_argument("--files", type=int, default=10000)
-    parser.add_argument("--file-size", default="64KiB")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--uid", type=int, default=64123)
-    parser.add_argument("--gid", type=int, default=64124)
+    parser.add_argument("--only", choices=["big", "small"])
+    parser.add_argument("--big-mib", type=int, default=2048)
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--keep", action="store_true", help="leave the work directory (prints it)")
     args = parser.parse_args()
     if os.geteuid() != 0:
-        sys.exit("run as root: it makes file systems, drops caches and copies as another uid")
-    big, file_size = parse_size(args.big), parse_size(args.file_size)
-    base = Path(args.dir) / "slurmlink-bench-stage-in"
-    base.mkdir(parents=True, exist_ok=True)
-    os.chmod(base, 0o755)
-    log(f"data in {base}: one {args.big} file; {args.files} files of {args.file_size}")
-    big_file, tree = make_data(base / "data", big, args.files, file_size, args.uid, args.gid)
-    as_user = ["setpriv", f"--reuid={args.uid}", f"--regid={args.gid}", "--clear-groups"]
-    sets = {"(a) one big file": (big_file, big), "(b) small files": (tree, args.files * file_size)}
-    with tempfile.TemporaryDirectory(dir=base) as work, xfs_target(Path(work), 2 * big + (4 << 30)) as fresh:
-        os.chmod(work, 0o755)
-        for name, (source, size) in sets.items():
-            times: dict[str, list[float]] = {"mover": [], "cp -a": [], "rsync -a": []}
-            tools: dict[str, Callable[[Path], None]] = {
-                "mover": lambda dst, s=source: _mover(s, dst, args),
-                "cp -a": lambda dst, s=source: _run([*as_user, "cp", "-a", str(s), str(dst)]),
-                "rsync -a": lambda dst, s=source: _run([*as_user, "rsync", "-a", str(s), str(dst)]),
-            }
-            order = list(tools)
+        sys.exit("run as root (loop devices, mounts, drop_caches)")
+    uid, gid = bench_user()
+    work = Path(tempfile.mkdtemp(prefix="slurmlink-stage-in-", dir="/var/tmp"))
+    work.chmod(0o755)
+    bb = work / "bb"
+    bb.mkdir()
+    image = work / "bb.img"
+    device = ""
+    try:
+        with image.open("wb") as f:
+            f.truncate(8 << 30)
+        device = subprocess.run(
+            ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        subprocess.run(["mkfs.xfs", "-q", device], check=True)
+        subprocess.run(["mount", device, str(bb)], check=True)
+        os.chown(bb, uid, gid)
+
+        sets: dict[str, tuple[Path, int, int]] = {}
+        if args.only in (None, "big"):
+            src = work / "src-big"
+            sets["big"] = (src, make_big(src, args.big_mib * MIB), 1)
+        if args.only in (None, "small"):
+            src = work / "src-small"
+            sets["small"] = (src, make_small(src, 10, 10, 100, 64 << 10), 10_000)
+        for src, _, _ in sets.values():
+            chown_tree(src, uid, gid)
+        load = os.getloadavg()[0]
+        print(f"load average before: {load:.2f}; source {work} (host fs), destination XFS on {device}")
+
+        def mover(src: Path, dest: Path) -> None:
+            run_copy(CopySpec(str(src), str(dest), "auto", uid, gid, workers=args.workers, verify=True))
+
+        def cp(src: Path, dest: Path) -> None:
+            subprocess.run(as_user(uid, gid, ["cp", "-a", str(src), str(dest)]), check=True)
+
+        def rsync(src: Path, dest: Path) -> None:
+            subprocess.run(as_user(uid, gid, ["rsync", "-a", f"{src}/", f"{dest}/"]), check=True)
+
+        methods: dict[str, Callable[[Path, Path], None]] = {"mover": mover, "cp -a": cp, "rsync -a": rsync}
+        for name, (src, size, count) in sets.items():
+            times: dict[str, list[float]] = {m: [] for m in methods}
             for round_ in range(args.rounds):
-                for tool in order[round_ % 3 :] + order[: round_ % 3]:
-                    target = fresh() / "copy"
-                    seconds = timed(lambda run=tools[tool], d=target: run(d))
-                    times[tool].append(seconds)
-                    rate = size / seconds / MIB
-                    log(f"{name} round {round_ + 1}: {tool:9s} {seconds:7.2f} s  {rate:8.1f} MiB/s")
-            med = {tool: statistics.median(values) for tool, values in times.items()}
-            rates = ", ".join(f"{tool} {size / seconds / MIB:.1f}" for tool, seconds in med.items())
-            log(
-                f"{name}: median MiB/s {rates}; mover/cp {med['cp -a'] / med['mover']:.2f}x, "
-                f"mover/rsync {med['rsync -a'] / med['mover']:.2f}x"
+                for method, copy in methods.items():
+                    dest = bb / "out"
+                    cold(dest)
+                    t0 = time.perf_counter()
+                    copy(src, dest)
+                    elapsed = time.perf_counter() - t0
+                    times[method].append(elapsed)
+                    rate_ = size / elapsed / 1e6
+                    print(f"  {name} round {round_ + 1} {method:8s} {elapsed:7.2f} s {rate_:8.1f} MB/s")
+            med = {m: statistics.median(t) for m, t in times.items()}
+            rate = {m: size / t / 1e6 for m, t in med.items()}
+            print(f"{name}: {count} file(s), {size / MIB:.0f} MiB, medians of {args.rounds}:")
+            for method in methods:
+                print(f"  {method:8s} {med[method]:7.2f} s {rate[method]:8.1f} MB/s")
+            print(
+                f"  mover/cp -a {rate['mover'] / rate['cp -a']:.2f}x   "
+                f"mover/rsync -a {rate['mover'] / rate['rsync -a']:.2f}x"
             )
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+    finally:
+        subprocess.run(["umount", str(bb)], check=False)
+        if device:
+            subprocess.run(["losetup", "--detach", device], check=False)
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
-
-
-def _mover(source: Path, destination: Path, args: argparse.Namespace) -> None:
-    run_copy(CopySpec(str(source), str(destination), "auto", args.uid, args.gid, workers=args.workers))
-
-
-def _run(argv: list[str]) -> None:
-    subprocess.run(argv, check=True)
 
 
 if __name__ == "__main__":

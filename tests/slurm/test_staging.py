@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
-from slurmlink.mover import read_journal
+from slurmlink.mover.journal import verified_count
 from support import trees
 from support.devcluster import quickstart_cli
 from support.quickstart import QuickStart, finish_job, run_job
@@ -383,7 +383,7 @@ find $DW_JOB_buf/data -type f | wc -l
     pid = qs.agent_pid(node)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    verified_before = len(read_journal(journal)[0])
+    verified_before = verified_count(journal)
     assert verified_before > 0
     up = quickstart_cli("up", *qs.where, timeout=480)
     assert up.returncode == 0, up.stderr

@@ -1,10 +1,11 @@
-"""The data mover (slurmlink.mover) on real files, as a real unprivileged uid: modes of copying,
-fidelity, the user's rights, links never followed, checksums, journal and resume, cancel."""
+"""The data mover on real files, as a real unprivileged user (created with useradd), started as root."""
 
 from __future__ import annotations
 
 import os
-import shutil
+import signal
+import stat
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -12,166 +13,335 @@ from pathlib import Path
 
 import pytest
 
-from slurmlink.mover import CopySpec, MoveCancelled, MoveError, read_journal, run_copy
-from slurmlink.mover.copier import Copier
-from slurmlink.mover.plan import build
-from support import trees
-from support.storage import JOB_GID, JOB_UID, world_searchable_dir
+from slurmlink.mover import CopySpec, MoveCancelled, MoveError, MoveProgress, copier, run_copy, worker
+from slurmlink.mover.journal import load
+from support.unix_users import ensure_unix_user
 
-pytestmark = [pytest.mark.storage, pytest.mark.timeout(120)]
+pytestmark = pytest.mark.storage
 
-
-@pytest.fixture()
-def area() -> Iterator[Path]:
-    path = world_searchable_dir("slurmlink-mover-")
-    os.chown(path, JOB_UID, JOB_GID)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+USER = "slurmlink-mover"
+OTHER = "slurmlink-mover2"
+KIB = 1 << 10
+MIB = 1 << 20
 
 
-def spec(source: Path | str, destination: Path | str, mode: str = "auto", **kw: object) -> CopySpec:
-    return CopySpec(str(source), str(destination), mode, JOB_UID, JOB_GID, **kw)  # type: ignore[arg-type]
+@pytest.fixture
+def ids() -> tuple[int, int]:
+    account = ensure_unix_user(USER)
+    return account.pw_uid, account.pw_gid
 
 
-def mine(path: Path) -> Path:
-    """``path`` and all below it owned by the job user (a new directory if it does not exist)."""
-    path.mkdir(exist_ok=True)
+def own(path: Path, uid: int, gid: int) -> None:
     for p in [path, *path.rglob("*")]:
-        os.lchown(p, JOB_UID, JOB_GID)
-    return path
+        os.lchown(p, uid, gid)
 
 
-def test_auto_copies_like_cp_a_keeping_modes_times_and_links(area: Path) -> None:
-    source = area / "tree"
-    trees.make_tree(source, JOB_UID, JOB_GID)
-    done = run_copy(spec(source, area / "copy"))  # the destination does not exist: it becomes the copy
-    assert trees.digest(area / "copy") == trees.digest(source)
-    assert (area / "copy" / "etc-link").readlink() == Path("/etc")  # a link, /etc not read
-    assert trees.owners(area / "copy") == {JOB_UID}
-    assert (done.files_total, done.files_done, done.links, done.checksums_verified) == (4, 4, 2, 4)
-    assert (
-        done.bytes_done
-        == done.bytes_total
-        == sum(
-            (source / p).stat().st_size
-            for p in ("a.txt", "sub/b.bin", "sub/deeper/run.sh", "sub/deeper/private")
-        )
-    )
-    run_copy(spec(source, area / "copy"))  # now it exists: the tree goes inside, as cp -a does
-    assert trees.digest(area / "copy" / "tree") == trees.digest(source)
-    assert not list(area.rglob("*.slurmlink-part"))
+def make_tree(root: Path, uid: int, gid: int) -> None:
+    """Nested directories, files of several modes and times, links (one to /etc), a fifo."""
+    (root / "a" / "b" / "c").mkdir(parents=True)
+    (root / "ro").mkdir()
+    (root / "a" / "one").write_bytes(b"1" * 1000)
+    (root / "a" / "b" / "two").write_bytes(os.urandom(300 * KIB))
+    (root / "a" / "b" / "c" / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (root / "a" / "b" / "c" / "run.sh").chmod(0o750)
+    (root / "ro" / "kept").write_bytes(b"")
+    (root / "secret").write_bytes(b"mine")
+    (root / "secret").chmod(0o600)
+    (root / "etc").symlink_to("/etc")
+    (root / "a" / "to-one").symlink_to("one")
+    os.mkfifo(root / "a" / "fifo")
+    own(root, uid, gid)
+    for n, p in enumerate(sorted(root.rglob("*"), key=lambda p: -len(p.parts))):
+        if not p.is_symlink():
+            os.utime(p, ns=(1_600_000_000_123_456_789 + n, 1_500_000_000_987_654_321 + n))
+    (root / "ro").chmod(0o555)
+    os.utime(root / "ro", ns=(1_600_000_001_000_000_001, 1_500_000_001_000_000_001))
 
 
-def test_file_directory_and_list_modes(area: Path) -> None:
-    source = area / "tree"
-    trees.make_tree(source, JOB_UID, JOB_GID)
-    out = mine(area / "out")
-    run_copy(spec(source / "a.txt", out / "renamed.txt", "file"))
-    run_copy(spec(source / "a.txt", f"{out}/", "file"))
-    assert (out / "renamed.txt").read_text() == (out / "a.txt").read_text() == "alpha\n"
-    run_copy(spec(source / "sub", out / "contents", "directory"))  # the contents, not the directory
-    assert trees.digest(out / "contents") == trees.digest(source / "sub")
-    listing = area / "files.list"
-    listing.write_text(f"# comment\n\n{source}/a.txt listed/a\ntree/sub/b.bin listed/b\n")
-    os.chown(listing, JOB_UID, JOB_GID)
-    run_copy(spec(listing, out / "from-list", "list", buffer_side="destination"))
-    assert (out / "from-list" / "listed" / "a").read_text() == "alpha\n"  # parents made as needed
-    assert (out / "from-list" / "listed" / "b").read_bytes() == (source / "sub" / "b.bin").read_bytes()
-    with pytest.raises(MoveError, match="is a directory; copy it with type=directory"):
-        run_copy(spec(source / "sub", out / "x", "file"))
-    with pytest.raises(MoveError, match="is not a directory; copy it with type=file"):
-        run_copy(spec(source / "a.txt", out / "x", "directory"))
-    listing.write_text(f"{source}/a.txt /etc/escape\n")
-    with pytest.raises(MoveError, match="line 1: /etc/escape must be relative to the burst buffer"):
-        run_copy(spec(listing, out, "list", buffer_side="destination"))
-    listing.write_text("a b c\n")
-    with pytest.raises(MoveError, match="line 1: expected 'SOURCE DESTINATION', found 3 word"):
-        run_copy(spec(listing, out, "list"))
+def entries(root: Path) -> dict[str, os.stat_result]:
+    return {str(p.relative_to(root)): p.lstat() for p in root.rglob("*")}
 
 
-def test_the_users_rights_not_roots(area: Path) -> None:
-    source = mine(area / "in")
-    (source / "ok").write_text("ok\n")
-    secret = source / "secret"
-    secret.write_text("root's\n")
-    secret.chmod(0o600)  # owned by root
-    with pytest.raises(MoveError) as caught:
-        run_copy(spec(source, area / "copy"))
-    assert str(caught.value) == f"{secret}: Permission denied"
-    closed = area / "roots"
-    closed.mkdir(mode=0o755)  # root's: root could write here
-    secret.unlink()
-    with pytest.raises(MoveError, match=f"{closed}/in: Permission denied"):
-        run_copy(spec(source, f"{closed}/"))
-    assert list(closed.iterdir()) == []
+def assert_same_tree(
+    src: Path, dst: Path, uid: int, before: dict[str, os.stat_result], atimes: bool = True
+) -> None:
+    """Same names, contents, modes, times (``before`` the copy read them) and links; fifos left out;
+    all owned by ``uid``."""
+    want = {k: v for k, v in before.items() if not stat.S_ISFIFO(v.st_mode)}
+    got = entries(dst)
+    assert sorted(got) == sorted(want)
+    for rel, s in want.items():
+        d = got[rel]
+        assert stat.S_IFMT(d.st_mode) == stat.S_IFMT(s.st_mode), rel
+        assert d.st_uid == uid, rel
+        if stat.S_ISLNK(s.st_mode):
+            assert os.readlink(dst / rel) == os.readlink(src / rel)
+            continue
+        assert stat.S_IMODE(d.st_mode) == stat.S_IMODE(s.st_mode), rel
+        assert d.st_mtime_ns == s.st_mtime_ns, rel
+        if stat.S_ISREG(s.st_mode):
+            assert d.st_atime_ns == s.st_atime_ns or not atimes, rel  # (listing a directory sets its atime)
+            assert (dst / rel).read_bytes() == (src / rel).read_bytes(), rel
+
+
+@pytest.fixture
+def dirs(work_dir: Path, ids: tuple[int, int]) -> tuple[Path, Path]:
+    src, dst = work_dir / "src", work_dir / "dst"
+    src.mkdir()
+    dst.mkdir()
+    os.chown(dst, *ids)
+    return src, dst
+
+
+def spec(
+    source: Path | str, destination: Path | str, ids: tuple[int, int], mode: str = "auto", **kw: int
+) -> CopySpec:
+    return CopySpec(str(source), str(destination), mode, ids[0], ids[1], **kw)  # type: ignore[arg-type]
+
+
+def test_tree_is_copied_with_modes_times_and_links_as_the_user(
+    dirs: tuple[Path, Path], ids: tuple[int, int]
+) -> None:
+    src, dst = dirs
+    make_tree(src, *ids)
+    before = entries(src)
+    seen: list[MoveProgress] = []
+    final = run_copy(spec(src, dst / "out", ids), progress=lambda p: seen.append(MoveProgress(**vars(p))))
+    assert_same_tree(src, dst / "out", ids[0], before)
+    assert os.readlink(dst / "out" / "etc") == "/etc"
+    assert (dst / "out").stat().st_mtime_ns == src.stat().st_mtime_ns
+    files = [p for p in src.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert final.files_total == final.files_done == final.checksums_verified == len(files) == 5
+    assert (final.links, final.specials_skipped, final.directories) == (2, 1, 5)
+    assert final.bytes_done == final.bytes_total == sum(p.stat().st_size for p in files)
+    assert seen[-1].files_done == len(files)
+    assert not list((dst / "out").rglob("*.slurmlink-part"))
+
+
+def test_a_file_the_user_cannot_read_fails_the_copy_naming_it(
+    dirs: tuple[Path, Path], ids: tuple[int, int]
+) -> None:
+    src, dst = dirs
+    make_tree(src, *ids)
+    os.chown(src / "a" / "b" / "two", 0, 0)
+    (src / "a" / "b" / "two").chmod(0o600)
+    with pytest.raises(MoveError, match=f"{src}/a/b/two: Permission denied"):
+        run_copy(spec(src, dst / "out", ids, workers=1))
+    assert all(st.st_uid == ids[0] for st in entries(dst).values())
+    assert not (dst / "out" / "a" / "b" / "two").exists()
+
+
+def test_root_is_never_the_copying_user(dirs: tuple[Path, Path]) -> None:
+    src, dst = dirs
+    (src / "f").write_text("x")
     with pytest.raises(MoveError, match="copies never run as root"):
-        run_copy(CopySpec(str(source), str(area / "x"), "auto", 0, 0))
+        run_copy(spec(src / "f", dst, (0, 0)))
+    assert list(dst.iterdir()) == []
 
 
-def test_a_link_planted_in_a_buffer_is_not_followed(area: Path) -> None:
-    buffer = mine(area / "buffer")
-    elsewhere = mine(area / "elsewhere")
-    (buffer / "out").symlink_to(elsewhere)
-    os.lchown(buffer / "out", JOB_UID, JOB_GID)
-    (area / "f").write_text("x\n")
-    os.chown(area / "f", JOB_UID, JOB_GID)
-    with pytest.raises(MoveError, match="out exists and is a symbolic link; it is not followed"):
-        run_copy(spec(area / "f", f"{buffer}/out/sub/f", "file", buffer_side="destination"))
-    # A file copied onto the link replaces the link; what it pointed to is untouched.
-    run_copy(spec(area / "f", f"{buffer}/out", "file", buffer_side="destination"))
-    assert not (buffer / "out").is_symlink() and (buffer / "out").read_text() == "x\n"
-    assert list(elsewhere.iterdir()) == []
+def test_file_mode_into_a_directory_or_to_a_name(dirs: tuple[Path, Path], ids: tuple[int, int]) -> None:
+    src, dst = dirs
+    (src / "data.bin").write_bytes(os.urandom(5000))
+    own(src, *ids)
+    run_copy(spec(src / "data.bin", dst, ids, "file"))
+    run_copy(spec(src / "data.bin", f"{dst}/sub/", ids, "file"))
+    run_copy(spec(src / "data.bin", dst / "renamed", ids, "file"))
+    for path in (dst / "data.bin", dst / "sub" / "data.bin", dst / "renamed"):
+        assert path.read_bytes() == (src / "data.bin").read_bytes()
+        assert path.stat().st_uid == ids[0]
+    with pytest.raises(MoveError, match=f"{src}: is a directory"):
+        run_copy(spec(src, dst, ids, "file"))
+    # the user's own link to a directory is followed as cp would, into the directory
+    (dst / "sub-link").symlink_to(dst / "sub")
+    os.lchown(dst / "sub-link", *ids)
+    (dst / "sub" / "data.bin").unlink()
+    run_copy(spec(src / "data.bin", dst / "sub-link", ids, "file"))
+    assert (dst / "sub-link").is_symlink()
+    assert (dst / "sub" / "data.bin").read_bytes() == (src / "data.bin").read_bytes()
 
 
-def test_a_checksum_mismatch_fails_the_copy(area: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fault injection: what is read back differs from what was read (a disk or file-system error)."""
-    source = area / "tree"
-    trees.make_tree(source, JOB_UID, JOB_GID)
-    monkeypatch.setattr(Copier, "_hash_file", lambda self, path: "0" * 32)
-    plan = build(spec(source, area / "copy"))
-    copier = Copier(
-        plan, workers=2, verify=True, skip={}, on_verified=lambda *_: None, stop=threading.Event()
-    )
-    with pytest.raises(MoveError, match="checksum mismatch after copying"):
-        copier.run()
+def test_directory_mode_copies_the_contents(dirs: tuple[Path, Path], ids: tuple[int, int]) -> None:
+    src, dst = dirs
+    make_tree(src, *ids)
+    before = entries(src)
+    run_copy(spec(src, dst, ids, "directory"))
+    assert_same_tree(src, dst, ids[0], before)
 
 
-def test_not_enough_space_fails_before_copying(area: Path) -> None:
-    source = mine(area / "big")
-    with open(source / "sparse", "wb") as f:
-        f.truncate(1 << 43)  # 8 TiB, no blocks
-    os.chown(source / "sparse", JOB_UID, JOB_GID)
-    with pytest.raises(MoveError, match="not enough space: the copy needs 8796093022208 bytes"):
-        run_copy(spec(source, area / "copy"))
-    assert not (area / "copy").exists() or not any((area / "copy").iterdir())
+def test_auto_mode_into_an_existing_directory(dirs: tuple[Path, Path], ids: tuple[int, int]) -> None:
+    src, dst = dirs
+    make_tree(src, *ids)
+    before = entries(src)
+    run_copy(spec(src, dst, ids))
+    assert_same_tree(src, dst / "src", ids[0], before)
 
 
-def test_cancel_stops_a_large_copy_and_a_rerun_resumes(area: Path) -> None:
-    source = area / "many"
-    trees.fill(source, 3000, 32768)
-    mine(source)
-    journal = Path(area.parent / f"{area.name}.journal")
-    cancel = threading.Event()
-    asked: list[float] = []
+def test_list_mode_copies_each_pair(dirs: tuple[Path, Path], ids: tuple[int, int]) -> None:
+    src, dst = dirs
+    (src / "x").write_bytes(b"x" * 10)
+    (src / "y").write_bytes(b"y" * 20)
+    (src / "list").write_text(f"# stage these\n{src}/x {dst}/\n\n{src}/y {dst}/deep/why\n")
+    own(src, *ids)
+    done = run_copy(spec(src / "list", dst, ids, "list"))
+    assert (dst / "x").read_bytes() == b"x" * 10
+    assert (dst / "deep" / "why").read_bytes() == b"y" * 20
+    assert done.files_done == 2
+    (src / "list").chmod(0o600)
+    os.chown(src / "list", 0, 0)
+    with pytest.raises(MoveError, match=f"{src}/list: Permission denied"):
+        run_copy(spec(src / "list", dst, ids, "list"))
 
-    def progress(p: object) -> None:
-        if getattr(p, "files_done", 0) >= 300 and not cancel.is_set():
-            asked.append(time.monotonic())
-            cancel.set()
 
+def test_a_checksum_mismatch_fails_the_copy_naming_the_file(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection in-process: the read-back digest is made to differ."""
+    src, dst = dirs
+    (src / "f").write_bytes(os.urandom(10000))
+    monkeypatch.setattr(copier, "dest_digest", lambda hasher: b"\0" * 16)
+    payload = {"spec": spec(src, dst, (os.geteuid(), os.getegid())).to_json()}
+    with pytest.raises(MoveError, match=f"{dst}/src/f: checksum mismatch"):
+        worker.execute(payload, lambda record: None, threading.Event())
+    assert not (dst / "src" / "f").exists()
+    assert list((dst / "src").iterdir()) == []
+
+
+def test_links_planted_in_the_destination_are_not_followed(
+    dirs: tuple[Path, Path], ids: tuple[int, int], work_dir: Path
+) -> None:
+    src, dst = dirs
+    (src / "sub").mkdir()
+    (src / "sub" / "f").write_text("data")
+    (src / "g").write_text("new")
+    own(src, *ids)
+    elsewhere = work_dir / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "target").write_text("old")
+    own(elsewhere, *ids)
+    (dst / "sub").symlink_to(elsewhere)
+    os.lchown(dst / "sub", *ids)
+    with pytest.raises(MoveError, match=f"{dst}/sub: is a symbolic link; it is not followed"):
+        run_copy(spec(src, dst, ids, "directory"))
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["target"]
+    # a link where a file goes is replaced, its target left alone
+    (dst / "sub").unlink()
+    (dst / "g").symlink_to(elsewhere / "target")
+    run_copy(spec(src, dst, ids, "directory"))
+    assert not (dst / "g").is_symlink() and (dst / "g").read_text() == "new"
+    assert (elsewhere / "target").read_text() == "old"
+    # a link on the way to the destination, owned by someone else, is not followed either
+    other = ensure_unix_user(OTHER)
+    (dst / "via").symlink_to(elsewhere)
+    os.lchown(dst / "via", other.pw_uid, other.pw_gid)
+    with pytest.raises(MoveError, match=f"{dst}/via: is a symbolic link owned by another user"):
+        run_copy(spec(src / "g", dst / "via" / "g", ids, "file"))
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["target"]
+
+
+def test_too_little_space_fails_before_copying(
+    dirs: tuple[Path, Path], ids: tuple[int, int], work_dir: Path
+) -> None:
+    src, _ = dirs
+    small = work_dir / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=1m,uid={ids[0]}", "tmpfs", str(small)], check=True)
     try:
-        with pytest.raises(MoveCancelled):
-            run_copy(
-                spec(source, area / "copy"), journal=journal, progress=progress, cancel=cancel, interval=0.05
-            )
-        assert time.monotonic() - asked[0] < 2
-        verified, targets = read_journal(journal)
-        assert targets == [str(area / "copy")] and 0 < len(verified) < 3000
-        done = run_copy(spec(source, area / "copy"), journal=journal)  # the same copy again: resumed
-        assert done.files_skipped == len(verified) and done.files_done == 3000 - len(verified)
-        assert trees.digest(area / "copy") == trees.digest(source)  # not nested inside itself
-        assert not list((area / "copy").rglob("*.slurmlink-part"))
+        (src / "big").write_bytes(b"\1" * (2 * MIB))
+        own(src, *ids)
+        with pytest.raises(
+            MoveError, match=f"not enough space: the copy needs 2.0 MiB and the file system of {small}"
+        ):
+            run_copy(spec(src, small / "out", ids))
+        assert list(small.iterdir()) == []
     finally:
-        journal.unlink(missing_ok=True)
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def worker_pids() -> list[int]:
+    """This process's mover workers."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == os.getpid() and b"slurmlink.mover.worker" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_rerun_after_kill_9_skips_what_was_verified(
+    dirs: tuple[Path, Path], ids: tuple[int, int], work_dir: Path
+) -> None:
+    src, dst = dirs
+    for d in range(6):
+        (src / f"d{d}").mkdir()
+        for f in range(50):
+            (src / f"d{d}" / f"f{f}").write_bytes(os.urandom(256 * KIB))
+    own(src, *ids)
+    before_all = entries(src)
+    journal = work_dir / "journal"
+    copy = spec(src, dst / "out", ids, workers=1)
+
+    def kill_midway(p: MoveProgress) -> None:
+        if p.files_done >= 30:
+            for pid in worker_pids():
+                os.kill(pid, signal.SIGKILL)
+
+    with pytest.raises(MoveError, match="killed by signal 9"):
+        run_copy(copy, journal=journal, progress=kill_midway, interval=0)
+    _, verified = load(journal, copy)
+    assert 30 <= len(verified) < 300
+    before = {r["dst"]: os.stat(r["dst"]) for r in verified}
+    final = run_copy(copy, journal=journal)
+    assert final.files_skipped == len(verified)
+    assert final.files_done == 300 - len(verified)
+    assert final.bytes_done == final.bytes_total == 300 * 256 * KIB
+    for path, st in before.items():
+        now = os.stat(path)
+        assert (now.st_ino, now.st_ctime_ns) == (st.st_ino, st.st_ctime_ns), path
+    assert_same_tree(src, dst / "out", ids[0], before_all, atimes=False)  # the first run read them
+    assert not list((dst / "out").rglob("*.slurmlink-part"))
+
+
+@pytest.fixture
+def big_file(dirs: tuple[Path, Path], ids: tuple[int, int]) -> Iterator[Path]:
+    src, _ = dirs
+    path = src / "big"
+    # allocated, not sparse (fast to make; the mover reads and writes every byte of it)
+    subprocess.run(["fallocate", "--length", "2GiB", str(path)], check=True)
+    own(src, *ids)
+    yield path
+
+
+def test_cancel_stops_a_large_copy_within_two_seconds(
+    dirs: tuple[Path, Path], ids: tuple[int, int], big_file: Path
+) -> None:
+    _, dst = dirs
+    cancel = threading.Event()
+    started = threading.Event()
+    outcome: list[BaseException] = []
+
+    def copy() -> None:
+        try:
+            run_copy(
+                spec(big_file, dst, ids, "file"), cancel=cancel, progress=lambda p: started.set(), interval=0
+            )
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=copy)
+    thread.start()
+    assert started.wait(30)
+    t0 = time.monotonic()
+    cancel.set()
+    thread.join(10)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 2.0
+    assert len(outcome) == 1 and isinstance(outcome[0], MoveCancelled)
+    assert worker_pids() == []
+    assert not (dst / "big").exists()
+    assert not list(dst.glob("*.slurmlink-part"))

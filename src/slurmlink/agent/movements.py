@@ -49,7 +49,7 @@ log = logging.getLogger("slurmlink.agent")
 #: Copies one agent runs at once (each has its own worker threads).
 WORKERS = 2
 #: Seconds between progress writes.
-PROGRESS_INTERVAL = 1.0
+PROGRESS_INTERVAL = 0.5
 #: While the allocation is not Ready yet.
 WAIT_RETRY = 2.0
 

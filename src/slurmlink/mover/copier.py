@@ -1,405 +1,451 @@
-"""Carrying out a plan: directories, then links and files on parallel threads, then directory modes and times.
+"""The copy itself: directories, links, and files on parallel threads, hashed and verified.
 
-Each file is read once, hashed (xxh3-128) while it is copied, written under a temporary name beside
-its final one (``.<name>.slurmlink-part``) and renamed into place with its mode and times, so a file
-under its final name is always whole. With ``verify`` the written file is then read back and hashed
-again; a mismatch fails the copy. Large files are split into ranges copied by several threads at once,
-each range hashed on its own (the file's digest is the hash of the range digests).
-
-Final components are opened with ``O_NOFOLLOW``: a symbolic link where a file or directory is to be
-written is an error, never followed. ``skip`` (from a resumed copy's journal) names destination files
-already verified: one whose destination and source still have the recorded size and mtime is not
-copied again.
+Each file is read into a reused buffer, hashed with xxh3-128 as it is read, written under a temporary
+name next to its final one, read back and hashed again (``verify``), given its mode and times, and
+renamed into place: a file under its final name is always complete and verified. Files of
+``SPLIT_AT`` bytes or more are copied in ``RANGE``-sized pieces by several threads at once.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import concurrent.futures.thread  # imported now: after the worker drops root it may not read the stdlib
 import contextlib
-import errno
 import os
-import posixpath
 import stat
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from slurmlink.mover.plan import DirItem, FileItem, Plan, os_error
-from slurmlink.mover.spec import MoveCancelled, MoveError, MoveProgress
+import xxhash
 
-try:
-    import xxhash
+from slurmlink.mover.paths import deepest_existing, error, open_path
+from slurmlink.mover.plan import FileItem, Plan, open_rel
+from slurmlink.mover.spec import MoveError
 
-    def new_hash() -> Any:
-        return xxhash.xxh3_128()
+BUFFER = 8 << 20
+RANGE = 32 << 20
+SPLIT_AT = 64 << 20
+#: Small files go to the threads this many at a time (with one open of their directories).
+BATCH = 32
+PART = ".slurmlink-part"
 
-    HASH_NAME = "xxh3_128"
-except ImportError:  # pragma: no cover - xxhash is a declared dependency
-    import hashlib
+Emit = Callable[[dict[str, Any]], None]
 
-    def new_hash() -> Any:
-        return hashlib.blake2b(digest_size=16)
 
-    HASH_NAME = "blake2b-128"
+class Stopped(Exception):
+    """The copy is being stopped (cancelled, or another thread failed)."""
 
-CHUNK = 4 << 20
-#: Files larger than this are copied in ranges of RANGE bytes by several threads.
-SPLIT = 256 << 20
-RANGE = 64 << 20
-PART_SUFFIX = ".slurmlink-part"
 
-#: (destination size, destination mtime_ns, source size, source mtime_ns, digest) of a verified file.
-Verified = tuple[int, int, int, int, str]
+def dest_digest(hasher: Any) -> bytes:
+    """The digest of what was read back from the destination (a seam for fault-injection tests)."""
+    return bytes(hasher.digest())
+
+
+def temp_name(name: str) -> str:
+    part = f".{name}{PART}"
+    return part if len(part.encode()) <= 255 else f".{xxhash.xxh3_64_hexdigest(name)}{PART}"
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"
+
+
+def check_space(plan: Plan, uid: int) -> None:
+    """Fail before writing anything if a destination's file system cannot hold the copy."""
+    device_of_root: dict[int, int] = {}
+    free: dict[int, tuple[str, int]] = {}  # device -> (a destination on it, bytes free)
+    needed: dict[int, int] = {}
+    for item in plan.files:
+        if item.root not in device_of_root:
+            destination = plan.roots[item.root].destination
+            fd = deepest_existing(destination, uid)
+            try:
+                device = os.fstat(fd).st_dev
+                vfs = os.fstatvfs(fd)
+            finally:
+                os.close(fd)
+            device_of_root[item.root] = device
+            free.setdefault(device, (destination, vfs.f_bavail * vfs.f_frsize))
+        device = device_of_root[item.root]
+        needed[device] = needed.get(device, 0) + item.size
+    for device, total in needed.items():
+        destination, available = free[device]
+        if total > available:
+            raise MoveError(
+                f"not enough space: the copy needs {human(total)} and the file system of "
+                f"{destination} has {human(available)} free"
+            )
+
+
+@dataclass
+class _Large:
+    """A file copied range by range; the last range to finish renames it into place."""
+
+    item: FileItem
+    ranges: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    opened: bool = False
+    src_dir: int = -1
+    dst_dir: int = -1
+    src: int = -1
+    dst: int = -1
+    digests: dict[int, bytes] = field(default_factory=dict)
+    left: int = 0
+    failed: bool = False
 
 
 class Copier:
-    def __init__(
-        self,
-        plan: Plan,
-        *,
-        workers: int,
-        verify: bool,
-        skip: Mapping[str, Verified],
-        on_verified: Callable[[str, Verified], None],
-        stop: threading.Event,
-    ) -> None:
+    """Runs one plan: call :meth:`prepare`, :meth:`run`, :meth:`finish` in that order."""
+
+    def __init__(self, plan: Plan, uid: int, workers: int, verify: bool, emit: Emit, stop: threading.Event):
         self.plan = plan
+        self.uid = uid
         self.workers = max(1, workers)
         self.verify = verify
-        self.skip = skip
-        self.on_verified = on_verified
+        self.emit = emit
         self.stop = stop
-        self.started = time.monotonic()
+        self.bytes_done = 0
+        self.error: MoveError | None = None
         self._lock = threading.Lock()
-        self.progress = MoveProgress(
-            files_total=len(plan.files),
-            bytes_total=plan.bytes_total,
-            specials_skipped=plan.specials,
-        )
         self._local = threading.local()
+        self.src_roots: list[int] = []
+        self.dst_roots: list[int] = []
 
-    # ---- progress ----------------------------------------------------------------------------------
+    # -- directories and links ------------------------------------------------------------------
 
-    def snapshot(self) -> MoveProgress:
-        with self._lock:
-            seconds = time.monotonic() - self.started
-            p = MoveProgress(**self.progress.to_json())
-        p.seconds = seconds
-        p.rate = p.bytes_done / seconds if seconds > 0 else 0.0
-        return p
-
-    def _add(self, **counts: int) -> None:
-        with self._lock:
-            for name, value in counts.items():
-                setattr(self.progress, name, getattr(self.progress, name) + value)
-
-    def _check(self) -> None:
-        if self.stop.is_set():
-            raise MoveCancelled("cancelled")
-
-    # ---- the copy ----------------------------------------------------------------------------------
-
-    def run(self) -> MoveProgress:
-        self._check_space()
-        for item in self.plan.dirs:
-            self._make_dir(item)
-        self._add(directories=sum(1 for d in self.plan.dirs if d.mode is not None))
+    def prepare(self) -> None:
+        """Open the roots, make the destination's directories (writable for now) and its links."""
+        for root in self.plan.roots:
+            self.src_roots.append(open_path(root.source, self.uid))
+            self.dst_roots.append(open_path(root.destination, self.uid, create=True))
+        for fd in self.dst_roots:
+            _writable(fd)
+        for d in self.plan.directories:
+            base = self.plan.roots[d.root].destination
+            fd = open_rel(self.dst_roots[d.root], d.rel, base, create=True)
+            try:
+                _writable(fd)
+            finally:
+                os.close(fd)
         for link in self.plan.links:
-            self._check()
-            self._make_link(link.dst, link.target, link.atime_ns, link.mtime_ns)
-        self._add(links=len(self.plan.links))
-        self._copy_files()
-        for item in reversed(self.plan.dirs):  # children before parents: their times stay
-            if item.mode is not None:
-                self._finish_dir(item)
-        return self.snapshot()
+            path = self.plan.destination_path(link.root, link.rel_dir, link.dst_name)
+            fd = open_rel(self.dst_roots[link.root], link.rel_dir, self.plan.roots[link.root].destination)
+            tmp = temp_name(link.dst_name)
+            try:
+                _unlink(fd, tmp)
+                os.symlink(link.target, tmp, dir_fd=fd)
+                os.utime(tmp, ns=(link.atime_ns, link.mtime_ns), dir_fd=fd, follow_symlinks=False)
+                os.rename(tmp, link.dst_name, src_dir_fd=fd, dst_dir_fd=fd)
+            except OSError as exc:
+                raise error(path, exc) from exc
+            finally:
+                os.close(fd)
 
-    def _check_space(self) -> None:
-        needed = self.plan.bytes_total
-        if not needed or not self.plan.files:
-            return
-        directory = posixpath.dirname(self.plan.files[0].dst)
-        while directory not in ("", "/") and not os.path.isdir(directory):
-            directory = posixpath.dirname(directory)
-        try:
-            fs = os.statvfs(directory or "/")
-        except OSError:
-            return
-        free = fs.f_bavail * fs.f_frsize
-        if free < needed:
-            raise MoveError(
-                f"not enough space: the copy needs {needed} bytes and {directory} has {free} bytes free"
-            )
+    def finish(self) -> None:
+        """Give directories their modes and times, deepest first (writing into one changes its mtime)."""
+        for d in reversed(self.plan.directories):
+            fd = open_rel(self.dst_roots[d.root], d.rel, self.plan.roots[d.root].destination)
+            try:
+                os.fchmod(fd, d.mode)
+                os.utime(fd, ns=(d.atime_ns, d.mtime_ns))
+            finally:
+                os.close(fd)
+        for index, root in enumerate(self.plan.roots):
+            if root.tree and root.top is not None:
+                try:
+                    os.fchmod(self.dst_roots[index], root.top.mode)
+                    os.utime(self.dst_roots[index], ns=(root.top.atime_ns, root.top.mtime_ns))
+                except PermissionError:
+                    pass  # an existing directory of someone else's (a buffer's root) keeps its own
 
-    def _make_dir(self, item: DirItem) -> None:
+    def close(self) -> None:
+        for fd in self.src_roots + self.dst_roots:
+            os.close(fd)
+        self.src_roots, self.dst_roots = [], []
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def run(self, interval: float) -> None:
+        """Copy every file of the plan; progress every ``interval`` seconds; raises the first error."""
+        jobs: list[Callable[[], None]] = []
+        small: dict[tuple[int, str], list[FileItem]] = {}
+        for item in self.plan.files:
+            if item.size >= SPLIT_AT:
+                large = _Large(item, ranges=(item.size + RANGE - 1) // RANGE)
+                large.left = large.ranges
+                jobs.extend(self._range_job(large, i) for i in range(large.ranges))
+            else:
+                small.setdefault((item.root, item.rel_dir), []).append(item)
+        for (root, rel_dir), items in small.items():
+            for start in range(0, len(items), BATCH):
+                jobs.append(self._batch_job(root, rel_dir, items[start : start + BATCH]))
+        with concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="mover") as pool:
+            pending = {pool.submit(self._guarded, job) for job in jobs}
+            while pending:
+                _, pending = concurrent.futures.wait(pending, timeout=interval)
+                self.emit({"t": "p", "bytes": self.bytes_done})
+        if self.error is not None:
+            raise self.error
+        if self.stop.is_set():
+            raise Stopped
+
+    def _guarded(self, job: Callable[[], None]) -> None:
+        """Run a job; each checks ``stop`` itself (a large file's last range must still clean up)."""
         try:
-            os.mkdir(item.dst, 0o700)
-        except FileExistsError:
-            st = os.lstat(item.dst)
-            if stat.S_ISLNK(st.st_mode) and item.link_ok and os.path.isdir(item.dst):
-                return  # a parent outside the buffers that is a link to a directory: as cp does
-            if not stat.S_ISDIR(st.st_mode):
-                what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a directory"
-                raise MoveError(f"{item.dst} exists and is {what}; it is not followed or replaced") from None
+            job()
+        except Stopped:
+            pass
+        except MoveError as exc:
+            self._fail(exc)
         except OSError as exc:
-            raise os_error(item.dst, exc) from None
-        else:
-            if item.mode is None:  # as mkdir -p would: the user's usual mode
-                umask = os.umask(0)
-                os.umask(umask)
-                with contextlib.suppress(OSError):
-                    os.chmod(item.dst, 0o777 & ~umask)
+            self._fail(MoveError(str(exc)))
 
-    def _finish_dir(self, item: DirItem) -> None:
-        try:
-            assert item.mode is not None
-            os.chmod(item.dst, item.mode, follow_symlinks=False)
-            os.utime(item.dst, ns=(item.atime_ns, item.mtime_ns), follow_symlinks=False)
-        except OSError as exc:
-            raise os_error(item.dst, exc) from None
-
-    def _make_link(self, dst: str, target: str, atime_ns: int, mtime_ns: int) -> None:
-        part = _part_name(dst)
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(part)
-            os.symlink(target, part)
-            with contextlib.suppress(OSError):  # not every file system keeps a link's times
-                os.utime(part, ns=(atime_ns, mtime_ns), follow_symlinks=False)
-            _replace(part, dst)
-        except OSError as exc:
-            raise os_error(dst, exc) from None
-
-    # ---- files ---------------------------------------------------------------------------------------
-
-    def _copy_files(self) -> None:
-        if not self.plan.files:
-            return
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="mover") as pool:
-            futures: list[Future[None]] = []
-            for item in self.plan.files:
-                if self._skipped(item):
-                    continue
-                if item.size > SPLIT:
-                    futures.extend(self._submit_ranges(pool, item))
-                else:
-                    futures.append(pool.submit(self._copy_small, item))
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = [f for f in done if f.exception() is not None]
-            if failed:
-                self.stop.set()  # the others stop at their next chunk
-                for future in futures:
-                    future.cancel()
-                errors = [f.exception() for f in failed]
-                real = [e for e in errors if not isinstance(e, MoveCancelled)]
-                raise (real or errors)[0]  # type: ignore[misc]
-
-    def _skipped(self, item: FileItem) -> bool:
-        record = self.skip.get(item.dst)
-        if record is None:
-            return False
-        size, mtime, src_size, src_mtime, _digest = record
-        try:
-            dst_st = os.lstat(item.dst)
-        except OSError:
-            return False
-        if (dst_st.st_size, dst_st.st_mtime_ns, item.size, item.mtime_ns) != (
-            size,
-            mtime,
-            src_size,
-            src_mtime,
-        ):
-            return False
-        self._add(files_skipped=1, bytes_done=item.size)
-        return True
+    def _fail(self, exc: MoveError) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = exc
+        self.stop.set()
 
     def _buffer(self) -> memoryview:
         buf = getattr(self._local, "buf", None)
         if buf is None:
-            buf = memoryview(bytearray(CHUNK))
-            self._local.buf = buf
+            buf = self._local.buf = memoryview(bytearray(BUFFER))
         return buf
 
-    def _copy_small(self, item: FileItem) -> None:
-        self._check()
-        part = _part_name(item.dst)
-        buf = self._buffer()
-        digest = new_hash()
-        with (
-            _open(item.src, os.O_RDONLY) as src,
-            _open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) as dst,
-        ):
-            while True:
-                try:
-                    n = os.readv(src, [buf])
-                except OSError as exc:
-                    raise os_error(item.src, exc) from None
-                if n == 0:
-                    break
-                chunk = buf[:n]
-                digest.update(chunk)
-                _write_all(dst, chunk, part)
-                self._add(bytes_done=n)
-                self._check()
-            self._set_attributes(dst, item, part)
-        self._finish_file(item, part, digest.hexdigest(), lambda: self._hash_file(item.dst))
-
-    def _submit_ranges(self, pool: ThreadPoolExecutor, item: FileItem) -> Iterator[Future[None]]:
-        part = _part_name(item.dst)
-        with _open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) as fd:
+    def _batch_job(self, root: int, rel_dir: str, items: list[FileItem]) -> Callable[[], None]:
+        def job() -> None:
+            if self.stop.is_set():
+                raise Stopped
+            src_dir = open_rel(self.src_roots[root], rel_dir, self.plan.roots[root].source)
+            opened: list[int] = []
             try:
-                os.ftruncate(fd, item.size)
+                # Open the batch's sources first and ask the kernel to read them all ahead: a cold
+                # source is read many files at a time, not one after the other.
+                for item in items:
+                    fd = _open_source(src_dir, item, self.plan.source_path(root, rel_dir, item.src_name))
+                    opened.append(fd)
+                    os.posix_fadvise(fd, 0, item.size, os.POSIX_FADV_WILLNEED)
+                dst_dir = open_rel(self.dst_roots[root], rel_dir, self.plan.roots[root].destination)
+                try:
+                    for item, fd in zip(items, opened, strict=True):
+                        self._copy_file(fd, dst_dir, item)
+                finally:
+                    os.close(dst_dir)
+            finally:
+                for fd in opened:
+                    os.close(fd)
+                os.close(src_dir)
+
+        return job
+
+    def _copy_file(self, src: int, dst_dir: int, item: FileItem) -> None:
+        src_path = self.plan.source_path(item.root, item.rel_dir, item.src_name)
+        dst_path = self.plan.destination_path(item.root, item.rel_dir, item.dst_name)
+        tmp = temp_name(item.dst_name)
+        dst = _create(dst_dir, tmp, dst_path)
+        try:
+            digest = self._copy_range(src, dst, 0, item.size, src_path, dst_path)
+            _set_attributes(dst, item, dst_path)
+        except BaseException:
+            os.close(dst)
+            _unlink(dst_dir, tmp)
+            raise
+        os.close(dst)
+        _rename(dst_dir, tmp, item.dst_name, dst_path)
+        self._verified(item, src_path, dst_path, digest)
+
+    def _range_job(self, large: _Large, index: int) -> Callable[[], None]:
+        def job() -> None:
+            item = large.item
+            src_path = self.plan.source_path(item.root, item.rel_dir, item.src_name)
+            dst_path = self.plan.destination_path(item.root, item.rel_dir, item.dst_name)
+            try:
+                with large.lock:
+                    if large.failed or self.stop.is_set():
+                        raise Stopped
+                    if not large.opened:
+                        self._open_large(large, src_path, dst_path)
+                offset = index * RANGE
+                length = min(RANGE, item.size - offset)
+                # A descriptor of its own: read-ahead state is per open file, and ranges read in
+                # parallel through one would look like random reads and get none.
+                src = _open_source(large.src_dir, item, src_path)
+                try:
+                    if os.fstat(src).st_ino != os.fstat(large.src).st_ino:
+                        raise MoveError(f"{src_path}: replaced while it was being copied")
+                    os.posix_fadvise(src, offset, length, os.POSIX_FADV_SEQUENTIAL)
+                    digest = self._copy_range(src, large.dst, offset, length, src_path, dst_path)
+                finally:
+                    os.close(src)
+                with large.lock:
+                    large.digests[index] = digest
+            except BaseException:
+                with large.lock:
+                    large.failed = True
+                raise
+            finally:
+                with large.lock:
+                    large.left -= 1
+                    last = large.left == 0
+                if last:
+                    self._close_large(large, src_path, dst_path)
+
+        return job
+
+    def _open_large(self, large: _Large, src_path: str, dst_path: str) -> None:
+        item = large.item
+        large.src_dir = open_rel(self.src_roots[item.root], item.rel_dir, self.plan.roots[item.root].source)
+        large.dst_dir = open_rel(
+            self.dst_roots[item.root], item.rel_dir, self.plan.roots[item.root].destination
+        )
+        large.src = _open_source(large.src_dir, item, src_path)
+        large.dst = _create(large.dst_dir, temp_name(item.dst_name), dst_path)
+        large.opened = True
+
+    def _close_large(self, large: _Large, src_path: str, dst_path: str) -> None:
+        item = large.item
+        tmp = temp_name(item.dst_name)
+        try:
+            if large.opened and not large.failed:
+                _set_attributes(large.dst, item, dst_path)
+                os.close(large.dst)
+                large.dst = -1
+                _rename(large.dst_dir, tmp, item.dst_name, dst_path)
+                whole = xxhash.xxh3_128(b"".join(large.digests[i] for i in range(large.ranges))).digest()
+                self._verified(item, src_path, dst_path, whole)
+        finally:
+            for fd in (large.src, large.dst):
+                if fd >= 0:
+                    os.close(fd)
+            if large.failed and large.dst_dir >= 0:
+                _unlink(large.dst_dir, tmp)
+            for fd in (large.src_dir, large.dst_dir):
+                if fd >= 0:
+                    os.close(fd)
+
+    def _copy_range(
+        self, src: int, dst: int, offset: int, length: int, src_path: str, dst_path: str
+    ) -> bytes:
+        """Copy ``length`` bytes at ``offset``; the xxh3-128 digest of what was read."""
+        buf = self._buffer()
+        hasher = xxhash.xxh3_128()
+        pos, end = offset, offset + length
+        while pos < end:
+            if self.stop.is_set():
+                raise Stopped
+            want = min(BUFFER, end - pos)
+            try:
+                n = os.preadv(src, [buf[:want]], pos)
             except OSError as exc:
-                raise os_error(part, exc) from None
-        offsets = list(range(0, item.size, RANGE))
-        digests: list[str] = [""] * len(offsets)
-        left = [len(offsets)]
-        lock = threading.Lock()
-
-        def one(index: int) -> None:
-            self._check()
-            offset = offsets[index]
-            end = min(offset + RANGE, item.size)
-            digests[index] = self._copy_range(item, part, offset, end)
-            with lock:
-                left[0] -= 1
-                last = left[0] == 0
-            if last:
-                with _open(part, os.O_WRONLY) as fd:
-                    self._set_attributes(fd, item, part)
-                self._finish_file(
-                    item, part, _combine(digests), lambda: self._hash_ranges(item.dst, offsets, item.size)
-                )
-
-        for index in range(len(offsets)):
-            yield pool.submit(one, index)
-
-    def _copy_range(self, item: FileItem, part: str, offset: int, end: int) -> str:
-        buf = self._buffer()
-        digest = new_hash()
-        with _open(item.src, os.O_RDONLY) as src, _open(part, os.O_WRONLY) as dst:
-            position = offset
-            while position < end:
-                want = min(CHUNK, end - position)
-                try:
-                    n = os.preadv(src, [buf[:want]], position)
-                except OSError as exc:
-                    raise os_error(item.src, exc) from None
-                if n == 0:
-                    raise MoveError(f"{item.src}: the file shrank while it was being copied")
-                chunk = buf[:n]
-                digest.update(chunk)
-                written = 0
+                raise error(src_path, exc) from exc
+            if n == 0:
+                raise MoveError(f"{src_path}: the file shrank while it was being copied")
+            chunk = buf[:n]
+            hasher.update(chunk)
+            written = 0
+            try:
                 while written < n:
-                    try:
-                        written += os.pwrite(dst, chunk[written:], position + written)
-                    except OSError as exc:
-                        raise os_error(part, exc) from None
-                position += n
-                self._add(bytes_done=n)
-                self._check()
-        return str(digest.hexdigest())
+                    written += os.pwrite(dst, chunk[written:], pos + written)
+            except OSError as exc:
+                raise error(dst_path, exc) from exc
+            pos += n
+            with self._lock:
+                self.bytes_done += n
+        digest = bytes(hasher.digest())
+        if self.verify and dest_digest(self._read_back(dst, offset, end, dst_path)) != digest:
+            raise MoveError(
+                f"{dst_path}: checksum mismatch after copying (the data written differs from the source)"
+            )
+        return digest
 
-    def _set_attributes(self, fd: int, item: FileItem, part: str) -> None:
-        try:
-            os.fchmod(fd, item.mode)
-            os.utime(fd, ns=(item.atime_ns, item.mtime_ns))
-        except OSError as exc:
-            raise os_error(part, exc) from None
-
-    def _finish_file(self, item: FileItem, part: str, digest: str, reread: Callable[[], str]) -> None:
-        try:
-            _replace(part, item.dst)
-        except OSError as exc:
-            raise os_error(item.dst, exc) from None
-        if self.verify:
-            again = reread()
-            if again != digest:
-                raise MoveError(
-                    f"{item.dst}: checksum mismatch after copying (the copy is not what was read)"
-                )
-        try:
-            st = os.lstat(item.dst)
-        except OSError as exc:
-            raise os_error(item.dst, exc) from None
-        self._add(files_done=1, checksums_verified=1 if self.verify else 0)
-        self.on_verified(item.dst, (st.st_size, st.st_mtime_ns, item.size, item.mtime_ns, digest))
-
-    def _hash_file(self, path: str) -> str:
+    def _read_back(self, dst: int, offset: int, end: int, dst_path: str) -> Any:
         buf = self._buffer()
-        digest = new_hash()
-        with _open(path, os.O_RDONLY) as fd:
-            while True:
-                try:
-                    n = os.readv(fd, [buf])
-                except OSError as exc:
-                    raise os_error(path, exc) from None
-                if n == 0:
-                    return str(digest.hexdigest())
-                digest.update(buf[:n])
-                self._check()
+        hasher = xxhash.xxh3_128()
+        pos = offset
+        while pos < end:
+            if self.stop.is_set():
+                raise Stopped
+            try:
+                n = os.preadv(dst, [buf[: min(BUFFER, end - pos)]], pos)
+            except OSError as exc:
+                raise error(dst_path, exc) from exc
+            if n == 0:
+                break
+            hasher.update(buf[:n])
+            pos += n
+        return hasher
 
-    def _hash_ranges(self, path: str, offsets: list[int], size: int) -> str:
-        buf = self._buffer()
-        digests = []
-        with _open(path, os.O_RDONLY) as fd:
-            for offset in offsets:
-                end = min(offset + RANGE, size)
-                digest = new_hash()
-                position = offset
-                while position < end:
-                    n = os.preadv(fd, [buf[: min(CHUNK, end - position)]], position)
-                    if n == 0:
-                        break
-                    digest.update(buf[:n])
-                    position += n
-                    self._check()
-                digests.append(str(digest.hexdigest()))
-        return _combine(digests)
-
-
-def _combine(digests: list[str]) -> str:
-    if len(digests) == 1:
-        return digests[0]
-    outer = new_hash()
-    for d in digests:
-        outer.update(bytes.fromhex(d))
-    return str(outer.hexdigest())
+    def _verified(self, item: FileItem, src_path: str, dst_path: str, digest: bytes) -> None:
+        self.emit(
+            {
+                "t": "v",
+                "src": src_path,
+                "dst": dst_path,
+                "size": item.size,
+                "smt": item.mtime_ns,
+                "dmt": item.mtime_ns,
+                "digest": digest.hex(),
+                "checked": self.verify,
+            }
+        )
 
 
-def _part_name(dst: str) -> str:
-    directory, name = posixpath.split(dst)
-    return posixpath.join(directory, f".{name}{PART_SUFFIX}"[-255:])
-
-
-def _replace(part: str, dst: str) -> None:
-    """Rename ``part`` onto ``dst``, unless ``dst`` is a directory (rename would fail or nest)."""
+def _open_source(src_dir: int, item: FileItem, path: str) -> int:
     try:
-        os.rename(part, dst)
-    except IsADirectoryError:
-        os.unlink(part)
-        raise OSError(errno.EISDIR, "a directory is in the way", dst) from None
-
-
-@contextlib.contextmanager
-def _open(path: str, flags: int, mode: int = 0o600) -> Iterator[int]:
-    try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        fd = os.open(item.src_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise MoveError(f"{path} is a symbolic link; it is not followed") from None
-        raise os_error(path, exc) from None
-    try:
-        yield fd
-    finally:
+        raise error(path, exc) from exc
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != item.size:
         os.close(fd)
+        raise MoveError(f"{path}: changed while it was being copied")
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a larger read-ahead window
+    return fd
 
 
-def _write_all(fd: int, data: memoryview, path: str) -> None:
-    written = 0
-    while written < len(data):
-        try:
-            written += os.write(fd, data[written:])
-        except OSError as exc:
-            raise os_error(path, exc) from None
+def _create(dst_dir: int, tmp: str, path: str) -> int:
+    _unlink(dst_dir, tmp)
+    try:
+        return os.open(
+            tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dst_dir
+        )
+    except OSError as exc:
+        raise error(path, exc) from exc
+
+
+def _set_attributes(fd: int, item: FileItem, path: str) -> None:
+    try:
+        os.fchmod(fd, item.mode)
+        os.utime(fd, ns=(item.atime_ns, item.mtime_ns))
+    except OSError as exc:
+        raise error(path, exc) from exc
+
+
+def _rename(dst_dir: int, tmp: str, name: str, path: str) -> None:
+    try:
+        os.rename(tmp, name, src_dir_fd=dst_dir, dst_dir_fd=dst_dir)
+    except OSError as exc:
+        _unlink(dst_dir, tmp)
+        raise error(path, exc) from exc
+
+
+def _unlink(dir_fd: int, name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def _writable(fd: int) -> None:
+    """Let the user write into a directory a previous run already gave a read-only mode."""
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    if mode & 0o700 != 0o700:
+        with contextlib.suppress(PermissionError):
+            os.fchmod(fd, mode | 0o700)
+
+
+__all__ = ["Copier", "Stopped", "check_space", "dest_digest"]

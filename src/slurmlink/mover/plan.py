@@ -1,8 +1,7 @@
-"""What a copy will do: the directories, files and links to create, found by walking the source.
+"""What a copy consists of: the source walked without following links, and the files a resume skips.
 
-The walk never follows a symbolic link: a link in the source becomes a link in the destination, and a
-directory reached only through a link is not entered. Devices, fifos and sockets are counted and left
-out. Runs as the job's user, so what it cannot read fails here, with the path.
+The walk opens every directory relative to its parent with ``O_NOFOLLOW`` and lists it with
+``scandir`` on the descriptor, so no link in the source is ever followed; links are recorded as links.
 """
 
 from __future__ import annotations
@@ -10,208 +9,232 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from slurmlink.mover.spec import CopySpec, MoveError
+from slurmlink.mover.paths import MissingPath, error, open_child, open_path
+from slurmlink.mover.spec import MoveError
+from slurmlink.mover.targets import Target
 
 
-@dataclass(frozen=True)
+@dataclass
 class FileItem:
-    src: str
-    dst: str
+    root: int  # index of the copy root (see Root)
+    rel_dir: str  # "" for the root's own directory, else "a/b"
+    src_name: str
+    dst_name: str
     size: int
     mode: int
     atime_ns: int
     mtime_ns: int
 
-
-@dataclass(frozen=True)
-class DirItem:
-    dst: str
-    mode: int | None  # None: made to hold the copy, not a copy of a source directory
-    atime_ns: int = 0
-    mtime_ns: int = 0
-    #: A parent outside the burst buffers: a symbolic link to a directory there will do (as for cp).
-    link_ok: bool = False
+    def rel(self, name: str) -> str:
+        return f"{self.rel_dir}/{name}" if self.rel_dir else name
 
 
-@dataclass(frozen=True)
+@dataclass
 class LinkItem:
-    dst: str
+    root: int
+    rel_dir: str
+    src_name: str
+    dst_name: str
     target: str
     atime_ns: int
     mtime_ns: int
 
 
 @dataclass
+class DirItem:
+    root: int
+    rel: str
+    mode: int
+    atime_ns: int
+    mtime_ns: int
+
+
+@dataclass
+class Root:
+    """Where one target's entries are read from and written to.
+
+    A ``tree`` target's roots are its source and destination directories; a ``file`` target's roots
+    are the directories holding its source and destination files.
+    """
+
+    source: str
+    destination: str
+    tree: bool
+    #: The source directory's own mode and times, applied to a destination root the copy creates.
+    top: DirItem | None = None
+
+
+@dataclass
 class Plan:
-    dirs: list[DirItem] = field(default_factory=list)  # parents before children
+    roots: list[Root] = field(default_factory=list)
     files: list[FileItem] = field(default_factory=list)
     links: list[LinkItem] = field(default_factory=list)
-    specials: int = 0
-    #: Where each source went (its copy's root). "Into the destination if it is a directory" depends
-    #: on what exists, which the copy itself changes: a resumed copy reuses the first run's choice.
-    targets: list[str] = field(default_factory=list)
+    directories: list[DirItem] = field(default_factory=list)
+    specials: list[str] = field(default_factory=list)
+    skipped: list[FileItem] = field(default_factory=list)
 
-    @property
-    def bytes_total(self) -> int:
-        return sum(f.size for f in self.files)
+    def source_path(self, root: int, rel_dir: str, name: str) -> str:
+        return _join(self.roots[root].source, rel_dir, name)
 
-
-def os_error(path: str, exc: OSError) -> MoveError:
-    """``<path>: <reason>``, the way a shell says it."""
-    return MoveError(f"{path}: {exc.strerror or exc}")
+    def destination_path(self, root: int, rel_dir: str, name: str) -> str:
+        return _join(self.roots[root].destination, rel_dir, name)
 
 
-def _lstat(path: str) -> os.stat_result:
+def _join(base: str, rel_dir: str, name: str) -> str:
+    return posixpath.join(base, rel_dir, name) if rel_dir else posixpath.join(base, name)
+
+
+def open_rel(root_fd: int, rel: str, base: str, *, create: bool = False) -> int:
+    """Directory ``rel`` below ``root_fd``, each step without following links."""
+    fd = os.dup(root_fd)
+    path = base
     try:
-        return os.lstat(path)
-    except OSError as exc:
-        raise os_error(path, exc) from None
+        for name in [p for p in rel.split("/") if p]:
+            path = posixpath.join(path, name)
+            child = open_child(fd, name, path, create=create)
+            os.close(fd)
+            fd = child
+        return fd
+    except FileNotFoundError as exc:
+        os.close(fd)
+        raise MissingPath(f"{path}: No such file or directory") from exc
+    except BaseException:
+        os.close(fd)
+        raise
 
 
-def _exists_as_dir(path: str, follow: bool) -> bool:
-    """Whether ``path`` is a directory; a symbolic link to one counts only with ``follow`` (never
-    inside a burst buffer, where a planted link could lead the copy out of it)."""
-    try:
-        return stat.S_ISDIR((os.stat(path) if follow else os.lstat(path)).st_mode)
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise os_error(path, exc) from None
-
-
-def _clean(path: str, what: str) -> str:
-    if "\0" in path:
-        raise MoveError(f"{what} {path!r} is not a valid path")
-    parts = path.split("/")
-    if ".." in parts:
-        raise MoveError(f"{what} {path}: '..' is not allowed")
-    return path
-
-
-def build(spec: CopySpec, targets: list[str] | None = None) -> Plan:
-    """The plan of ``spec``; MoveError if the source is missing, unreadable or of the wrong kind.
-
-    ``targets``: the roots an earlier run of the same copy chose (``Plan.targets``), if any.
-    """
-    source = _clean(spec.source, "source")
-    destination = _clean(spec.destination, "destination")
-    if not source.startswith("/") or not destination.startswith("/"):
-        raise MoveError("source and destination must be absolute paths")
+def make_plan(targets: list[Target], uid: int) -> Plan:
+    """Walk every target's source; nothing is written."""
     plan = Plan()
-    follow = spec.buffer_side != "destination"
-    if spec.mode == "list":
-        pairs = read_list(source, destination, spec.buffer_side)
-        mode = "auto"
-    elif spec.mode in ("auto", "file", "directory"):
-        pairs, mode = [(source, destination)], spec.mode
-    else:
-        raise MoveError(f"unknown copy mode {spec.mode!r}: use auto, file, directory or list")
-    earlier = targets if targets is not None and len(targets) == len(pairs) else None
-    for index, (src, dst) in enumerate(pairs):
-        _add(plan, src, dst, mode, follow, earlier[index] if earlier else None)
+    for target in targets:
+        index = len(plan.roots)
+        if target.kind == "tree":
+            plan.roots.append(Root(target.source, target.destination, tree=True))
+            _walk_tree(plan, index, uid)
+        else:
+            src_dir, _, src_name = target.source.rpartition("/")
+            dst_dir, _, dst_name = target.destination.rpartition("/")
+            plan.roots.append(Root(src_dir or "/", dst_dir or "/", tree=False))
+            fd = open_path(src_dir or "/", uid)
+            try:
+                st = os.stat(src_name, dir_fd=fd, follow_symlinks=False)
+                _add(plan, index, "", src_name, dst_name, st, fd)
+            except OSError as exc:
+                raise error(target.source, exc) from exc
+            finally:
+                os.close(fd)
     return plan
 
 
-def _add(plan: Plan, source: str, destination: str, mode: str, follow: bool, earlier: str | None) -> None:
-    st = _lstat(source.rstrip("/") or "/")
-    into = destination.endswith("/")
-    destination = destination.rstrip("/") or "/"
-    name = posixpath.basename(source.rstrip("/"))
-    is_dir = stat.S_ISDIR(st.st_mode)
-    if is_dir and mode == "file":
-        raise MoveError(f"{source} is a directory; copy it with type=directory")
-    if not is_dir and mode == "directory":
-        raise MoveError(f"{source} is not a directory; copy it with type=file")
-    if earlier is not None:
-        root = earlier
-    elif mode == "directory":
-        root = destination
-    else:  # cp -a: into an existing directory, else the destination becomes the copy
-        inside = into or _exists_as_dir(destination, follow)
-        root = posixpath.join(destination, name) if inside else destination
-    plan.targets.append(root)
-    _parents(plan, posixpath.dirname(root), follow)
-    if is_dir:
-        plan.dirs.append(DirItem(root, stat.S_IMODE(st.st_mode), st.st_atime_ns, st.st_mtime_ns))
-        _walk(plan, source.rstrip("/") or "/", root)
-    else:
-        _entry(plan, source, root, st)
+def _walk_tree(plan: Plan, index: int, uid: int) -> None:
+    root = plan.roots[index]
+    root_fd = open_path(root.source, uid)
+    try:
+        st = os.fstat(root_fd)
+        root.top = DirItem(index, "", stat.S_IMODE(st.st_mode), st.st_atime_ns, st.st_mtime_ns)
+        pending = [""]
+        while pending:
+            rel = pending.pop()
+            fd = open_rel(root_fd, rel, root.source)
+            try:
+                for name, st in _entries(fd, _join(root.source, "", rel) if rel else root.source):
+                    if stat.S_ISDIR(st.st_mode):
+                        child = f"{rel}/{name}" if rel else name
+                        plan.directories.append(
+                            DirItem(index, child, stat.S_IMODE(st.st_mode), st.st_atime_ns, st.st_mtime_ns)
+                        )
+                        pending.append(child)
+                    else:
+                        _add(plan, index, rel, name, name, st, fd)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(root_fd)
+    # Parents before children, whatever order the stack visited them in.
+    plan.directories.sort(key=lambda d: (d.root, d.rel.count("/"), d.rel))
 
 
-def _parents(plan: Plan, directory: str, follow: bool) -> None:
-    """Directories the copy needs that may not exist yet (``mkdir -p``), outermost first."""
-    missing = []
-    while directory not in ("", "/") and not _exists_as_dir(directory, follow):
-        missing.append(directory)
-        directory = posixpath.dirname(directory)
-    plan.dirs.extend(DirItem(d, None, link_ok=follow) for d in reversed(missing))
+def _entries(fd: int, path: str) -> Iterator[tuple[str, os.stat_result]]:
+    try:
+        with os.scandir(fd) as listing:
+            entries = [(e.name, e.stat(follow_symlinks=False)) for e in listing]
+    except OSError as exc:
+        raise error(path, exc) from exc
+    return iter(sorted(entries))
 
 
-def _entry(plan: Plan, src: str, dst: str, st: os.stat_result) -> None:
+def _add(plan: Plan, index: int, rel: str, src_name: str, dst_name: str, st: os.stat_result, fd: int) -> None:
     if stat.S_ISREG(st.st_mode):
         plan.files.append(
-            FileItem(src, dst, st.st_size, stat.S_IMODE(st.st_mode), st.st_atime_ns, st.st_mtime_ns)
+            FileItem(
+                index,
+                rel,
+                src_name,
+                dst_name,
+                st.st_size,
+                stat.S_IMODE(st.st_mode),
+                st.st_atime_ns,
+                st.st_mtime_ns,
+            )
         )
     elif stat.S_ISLNK(st.st_mode):
-        try:
-            target = os.readlink(src)
-        except OSError as exc:
-            raise os_error(src, exc) from None
-        plan.links.append(LinkItem(dst, target, st.st_atime_ns, st.st_mtime_ns))
-    elif stat.S_ISDIR(st.st_mode):
-        plan.dirs.append(DirItem(dst, stat.S_IMODE(st.st_mode), st.st_atime_ns, st.st_mtime_ns))
+        target = os.readlink(src_name, dir_fd=fd)
+        plan.links.append(LinkItem(index, rel, src_name, dst_name, target, st.st_atime_ns, st.st_mtime_ns))
     else:
-        plan.specials += 1
+        plan.specials.append(plan.source_path(index, rel, src_name))
 
 
-def _walk(plan: Plan, src_root: str, dst_root: str) -> None:
-    pending = [(src_root, dst_root)]
-    while pending:
-        src_dir, dst_dir = pending.pop()
-        try:
-            with os.scandir(src_dir) as entries:
-                found = sorted(entries, key=lambda e: e.name)
-                stats = [(e, e.stat(follow_symlinks=False)) for e in found]
-        except OSError as exc:
-            raise os_error(getattr(exc, "filename", None) or src_dir, exc) from None
-        subdirs = []
-        for entry, st in stats:
-            dst = posixpath.join(dst_dir, entry.name)
-            _entry(plan, entry.path, dst, st)
-            if stat.S_ISDIR(st.st_mode):
-                subdirs.append((entry.path, dst))
-        pending.extend(reversed(subdirs))
-
-
-def read_list(list_path: str, destination: str, buffer_side: str | None) -> list[tuple[str, str]]:
-    """The ``SOURCE DESTINATION`` pairs of a list file (blank lines and ``#`` comments skipped)."""
+def drop_done(plan: Plan, done: dict[str, dict[str, Any]], uid: int) -> None:
+    """Move files a journal shows verified, and unchanged since on both sides, to ``plan.skipped``."""
+    if not done:
+        return
+    keep: list[FileItem] = []
+    dir_fds: dict[tuple[int, str], int | None] = {}
     try:
-        with open(list_path, "rb", opener=_nofollow) as handle:
-            raw = handle.read(16 << 20)
-    except OSError as exc:
-        raise os_error(list_path, exc) from None
-    base = posixpath.dirname(list_path)
-    pairs = []
-    for number, line in enumerate(raw.decode("utf-8", "replace").splitlines(), 1):
-        words = line.split()
-        if not words or words[0].startswith("#"):
-            continue
-        where = f"{list_path} line {number}"
-        if len(words) != 2:
-            raise MoveError(f"{where}: expected 'SOURCE DESTINATION', found {len(words)} word(s)")
-        src, dst = words
-        for side, path in (("source", src), ("destination", dst)):
-            if ".." in path.split("/"):
-                raise MoveError(f"{where}: '..' is not allowed in {path}")
-            if side == buffer_side and path.startswith("/"):
-                raise MoveError(f"{where}: {path} must be relative to the burst buffer")
-        src = src if src.startswith("/") else posixpath.join(base, src)
-        dst = dst if dst.startswith("/") else posixpath.join(destination, dst)
-        pairs.append((src, dst))
-    return pairs
+        for item in plan.files:
+            record = done.get(plan.destination_path(item.root, item.rel_dir, item.dst_name))
+            if record is None or record.get("size") != item.size or record.get("smt") != item.mtime_ns:
+                keep.append(item)
+                continue
+            key = (item.root, item.rel_dir)
+            if key not in dir_fds:
+                dir_fds[key] = _dest_dir(plan, item, uid)
+            fd = dir_fds[key]
+            try:
+                st = None if fd is None else os.stat(item.dst_name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            if (
+                st is not None
+                and stat.S_ISREG(st.st_mode)
+                and (st.st_size, st.st_mtime_ns)
+                == (
+                    record.get("size"),
+                    record.get("dmt"),
+                )
+            ):
+                plan.skipped.append(item)
+            else:
+                keep.append(item)
+    finally:
+        for fd in dir_fds.values():
+            if fd is not None:
+                os.close(fd)
+    plan.files = keep
 
 
-def _nofollow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW)
+def _dest_dir(plan: Plan, item: FileItem, uid: int) -> int | None:
+    try:
+        root_fd = open_path(plan.roots[item.root].destination, uid)
+    except MoveError:
+        return None
+    try:
+        return open_rel(root_fd, item.rel_dir, plan.roots[item.root].destination)
+    except MoveError:
+        return None
+    finally:
+        os.close(root_fd)

@@ -1,53 +1,140 @@
-"""Running one copy: a worker process as the job's user, its progress, its journal, cancelling it.
+"""``run_copy``: start the worker as the job's user, follow its reports, keep the journal, cancel.
 
-The caller (a storage node's agent, as root) keeps the journal: one JSON line per file the worker
-verified, appended and flushed as it reports them, so a kill -9 of the agent loses at most the line
-being written (a torn last line is ignored when read back). A rerun of the same copy with the same
-journal hands the verified files to the new worker, which skips those still unchanged.
+The copy runs in a child process (``python -m slurmlink.mover.worker``) that ``Popen`` starts with
+the job's uid, gid and groups when the caller is root, so the mover reads and writes exactly what the
+user's own shell could; nothing is ever created as root.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
+import queue
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from slurmlink.mover.copier import Verified
-from slurmlink.mover.spec import MODES, CopySpec, MoveCancelled, MoveError, MoveProgress
+from slurmlink.mover import journal as journals
+from slurmlink.mover.spec import CopySpec, MoveCancelled, MoveError, MoveProgress
 
-#: After SIGTERM, how long the worker gets before SIGKILL.
+#: How long a cancelled worker gets between SIGTERM and SIGKILL.
 TERM_GRACE = 1.0
+#: How often the wait for the worker's next report looks at ``cancel``.
+CANCEL_POLL = 0.05
 
 
-def read_journal(path: Path | None) -> tuple[dict[str, Verified], list[str] | None]:
-    """What a journal records: the verified files (destination path -> record), and where the first
-    run sent each source (None if it never got that far)."""
-    found: dict[str, Verified] = {}
-    targets: list[str] | None = None
-    if path is None:
-        return found, targets
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except FileNotFoundError:
-        return found, targets
-    for line in lines:
+def _command(spec: CopySpec) -> list[str]:
+    """The worker's command line; started by root, it takes the job's identity before anything else.
+
+    (Not ``Popen(user=...)``: the interpreter may live where the user cannot reach it, e.g. under a
+    0700 ``/root``; the worker switches ids right after start-up, before it reads a path.)
+    """
+    if spec.uid == 0:
+        raise MoveError("copies never run as root: the movement has uid 0")
+    argv = [sys.executable, "-m", "slurmlink.mover.worker"]
+    if os.geteuid() == 0:
+        groups = ",".join(str(g) for g in spec.groups)
+        return [*argv, "--uid", str(spec.uid), "--gid", str(spec.gid), "--groups", groups]
+    if spec.uid != os.geteuid():
+        raise MoveError(
+            f"cannot copy as uid {spec.uid}: this process runs as uid {os.geteuid()} and is not root"
+        )
+    return argv
+
+
+def _environment() -> dict[str, str]:
+    """The caller's environment, with this very ``slurmlink`` first on the worker's import path."""
+    here = str(Path(__file__).resolve().parents[2])
+    rest = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": here + (os.pathsep + rest if rest else "")}
+
+
+def _lines(stream: IO[bytes], out: queue.Queue[bytes | None]) -> None:
+    for line in stream:
+        out.put(line)
+    out.put(None)
+
+
+def _tail(stream: IO[bytes], keep: list[bytes]) -> None:
+    for chunk in iter(lambda: stream.read(4096), b""):
+        keep.append(chunk)
+        del keep[:-4]
+
+
+class _Run:
+    """One copy's bookkeeping in the parent: counts, journal, progress calls."""
+
+    def __init__(
+        self,
+        spec: CopySpec,
+        journal: journals.Journal | None,
+        progress: Callable[[MoveProgress], None] | None,
+        interval: float,
+    ) -> None:
+        self.spec = spec
+        self.journal = journal
+        self.callback = progress
+        self.interval = interval
+        self.state = MoveProgress()
+        self.started = time.monotonic()
+        self.last_call = -1e9
+        self.worker_bytes = 0
+        self.skipped_bytes = 0
+        self.error: str | None = None
+        self.finished = False
+
+    def handle(self, record: dict[str, Any]) -> None:
+        s = self.state
+        kind = record.get("t")
+        if kind == "v":
+            s.files_done += 1
+            s.checksums_verified += 1 if record.get("checked") else 0
+            if self.journal is not None:
+                self.journal.write(record)
+        elif kind == "p":
+            self.worker_bytes = max(self.worker_bytes, int(record["bytes"]))
+        elif kind == "plan":
+            s.files_total, s.bytes_total = record["files"], record["bytes"]
+            s.files_skipped, self.skipped_bytes = record["skipped"], record["skipped_bytes"]
+            s.directories, s.links, s.specials_skipped = (
+                record["directories"],
+                record["links"],
+                record["specials"],
+            )
+            if self.journal is not None:
+                self.journal.write(
+                    {"t": "targets", "spec": journals.spec_key(self.spec), "targets": record["targets"]}
+                )
+        elif kind == "error":
+            self.error = str(record.get("message"))
+        elif kind == "done":
+            self.finished = True
+        s.bytes_done = self.skipped_bytes + self.worker_bytes
+        self.tick()
+
+    def tick(self, final: bool = False) -> None:
+        now = time.monotonic()
+        self.state.seconds = now - self.started
+        copied = self.state.bytes_done - self.skipped_bytes
+        self.state.rate = copied / self.state.seconds if self.state.seconds > 0 else 0.0
+        if self.callback is not None and (final or now - self.last_call >= self.interval):
+            self.last_call = now
+            self.callback(self.state)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if the worker is still there after TERM_GRACE."""
+    if proc.poll() is None:
+        proc.terminate()
         try:
-            entry = json.loads(line)
-            if "targets" in entry:
-                targets = [str(t) for t in entry["targets"]]
-            else:
-                found[str(entry["dst"])] = tuple(entry["r"])
-        except (ValueError, KeyError, TypeError):
-            continue  # the line being written when the agent died
-    return found, targets
+            proc.wait(TERM_GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def run_copy(
@@ -58,119 +145,78 @@ def run_copy(
     cancel: threading.Event | None = None,
     interval: float = 1.0,
 ) -> MoveProgress:
-    """Copy as ``spec`` says, in a worker process with the job's ids; blocks until done.
+    """Copy ``spec`` as its user; blocks; the final counts, or MoveError / MoveCancelled.
 
-    Returns the final counts; raises MoveCancelled if ``cancel`` was set first, MoveError with the
-    worker's message otherwise.
+    With ``journal`` (a file the caller can write), files verified by an earlier run of the same spec
+    that are unchanged on both sides are skipped. ``progress`` is called at most every ``interval``
+    seconds and once at the end.
     """
-    if spec.uid == 0:
-        raise MoveError("copies never run as root")
-    if spec.uid < 0 or spec.gid < 0:
-        raise MoveError("a copy needs the job's uid and gid")
-    if spec.mode not in MODES:
-        raise MoveError(f"unknown copy mode {spec.mode!r}: use auto, file, directory or list")
-    if os.geteuid() != 0 and spec.uid != os.geteuid():
-        raise MoveError(f"cannot copy as uid {spec.uid} without root")
-    skip, targets = read_journal(journal)
-    request = {"spec": spec.to_json(), "skip": skip, "targets": targets, "interval": interval}
+    argv = _command(spec)
+    targets, done = journals.load(journal, spec) if journal is not None else (None, [])
+    payload = {
+        "spec": spec.to_json(),
+        "done": done,
+        "targets": targets,
+        "interval": min(max(interval, 0.1), 1.0),
+    }
+    if cancel is not None and cancel.is_set():
+        raise MoveCancelled("the copy was cancelled before it started")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "slurmlink.mover.worker"],
+        argv,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        start_new_session=True,
-        close_fds=True,
         cwd="/",
+        env=_environment(),
+        close_fds=True,
     )
-    cancelled = threading.Event()
-    done = threading.Event()
+    book = _Run(spec, journals.Journal(journal) if journal is not None else None, progress, interval)
+    lines: queue.Queue[bytes | None] = queue.Queue()
     stderr: list[bytes] = []
-    threading.Thread(
-        target=lambda: stderr.append(proc.stderr.read() if proc.stderr else b""), daemon=True
-    ).start()
-    if cancel is not None:
-        threading.Thread(target=_stop_on, args=(cancel, done, cancelled, proc), daemon=True).start()
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    readers = [
+        threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True),
+        threading.Thread(target=_tail, args=(proc.stderr, stderr), daemon=True),
+    ]
     try:
-        assert proc.stdin is not None and proc.stdout is not None
-        with contextlib.suppress(BrokenPipeError):
-            proc.stdin.write(json.dumps(request).encode())
+        for reader in readers:
+            reader.start()
+        try:
+            proc.stdin.write(json.dumps(payload).encode())
             proc.stdin.close()
-        final, message = _follow(proc.stdout, journal, progress, interval)
-        proc.wait()
-    finally:
-        done.set()
-        if proc.poll() is None:
-            _kill(proc)
-    if cancelled.is_set() and final is None:
-        raise MoveCancelled("cancelled")
-    if message is not None:
-        raise MoveError(message)
-    if final is None or proc.returncode != 0:
-        tail = b"".join(stderr).decode(errors="replace").strip().splitlines()[-3:]
-        raise MoveError(
-            f"the copy stopped unexpectedly (exit status {proc.returncode})"
-            + (": " + " ".join(tail) if tail else "")
-        )
-    if progress is not None:
-        progress(final)
-    return final
-
-
-def _follow(
-    stdout: Any,
-    journal: Path | None,
-    progress: Callable[[MoveProgress], None] | None,
-    interval: float,
-) -> tuple[MoveProgress | None, str | None]:
-    """Read the worker's reports until it ends: (final counts, None) or (None, its error)."""
-    final: MoveProgress | None = None
-    message: str | None = None
-    last_report = 0.0
-    log = journal.open("a", encoding="utf-8") if journal is not None else None
-    try:
-        for raw in stdout:
+        except BrokenPipeError:
+            pass
+        while True:
+            if cancel is not None and cancel.is_set():
+                _stop(proc)
+                raise MoveCancelled(f"the copy of {spec.source} to {spec.destination} was cancelled")
             try:
-                event = json.loads(raw)
+                line = lines.get(timeout=CANCEL_POLL if cancel is not None else None)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            try:
+                record = json.loads(line)
             except ValueError:
                 continue
-            kind = event.pop("t", None)
-            if kind in ("v", "targets") and log is not None:
-                log.write(json.dumps(event, separators=(",", ":")) + "\n")
-                log.flush()
-            elif kind == "p" and progress is not None:
-                now = time.monotonic()
-                if now - last_report >= interval * 0.5:
-                    last_report = now
-                    progress(MoveProgress.from_json(event))
-            elif kind == "end":
-                final = MoveProgress.from_json(event)
-            elif kind == "err":
-                message = str(event.get("message") or "the copy failed")
-                if event.get("cancelled"):
-                    message = None
+            if isinstance(record, dict):
+                book.handle(record)
+        code = proc.wait()
+        for reader in readers:
+            reader.join()
+    except BaseException:
+        _stop(proc)
+        raise
     finally:
-        if log is not None:
-            log.close()
-    return final, message
-
-
-def _stop_on(
-    cancel: threading.Event, done: threading.Event, cancelled: threading.Event, proc: subprocess.Popen[bytes]
-) -> None:
-    while not done.is_set():
-        if cancel.wait(0.1):
-            cancelled.set()
-            _kill(proc)
-            return
-
-
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the worker's process group, SIGKILL after TERM_GRACE."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(TERM_GRACE)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        if book.journal is not None:
+            book.journal.close()
+    if book.error is not None:
+        raise MoveError(book.error)
+    if code != 0 or not book.finished:
+        detail = b"".join(stderr).decode(errors="replace").strip().splitlines()[-1:] or [""]
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        what = f"the copy of {spec.source} to {spec.destination} failed"
+        raise MoveError(f"{what}: the copy process {how} {detail[0]}".strip())
+    book.tick(final=True)
+    return book.state

@@ -1,16 +1,15 @@
-"""What a copy is asked to do, how far it got, and how it fails: the mover's public values."""
+"""The mover's public values: what a copy is asked to do, how far it got, and how it fails."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any
 
-Mode = Literal["auto", "file", "directory", "list"]
-MODES: tuple[str, ...] = ("auto", "file", "directory", "list")
+MODES = ("file", "directory", "list", "auto")
 
 
 class MoveError(Exception):
-    """A copy failed; the message is for the job's user (what, which path, why)."""
+    """A copy failed; the message is for the job's user: what failed, which path, why."""
 
 
 class MoveCancelled(MoveError):
@@ -19,25 +18,24 @@ class MoveCancelled(MoveError):
 
 @dataclass(frozen=True)
 class CopySpec:
-    """One copy, run with the job's ``uid``/``gid``/``groups``.
+    """One copy, run with the job's ``uid``/``gid``/``groups`` (never root).
 
-    ``mode``: ``auto`` behaves like ``cp -a source destination``; ``file`` copies one file (into
-    ``destination`` if that is a directory or ends in ``/``); ``directory`` copies the *contents* of
-    ``source`` into ``destination``; ``list`` reads ``source`` as lines of ``SOURCE DESTINATION`` (a
-    relative SOURCE is relative to the list's directory, a relative DESTINATION to ``destination``).
-    ``buffer_side`` names the end inside a burst buffer: in ``list`` mode that end of every line must
-    be relative, so no line leaves the buffer.
+    ``mode``: ``file`` one file (into ``destination`` if that is a directory or ends in ``/``);
+    ``directory`` the contents of ``source`` into ``destination``; ``list`` ``source`` is a file of
+    ``SOURCE DESTINATION`` lines, each copied as ``file``; ``auto`` like ``cp -a source destination``.
     """
 
     source: str
     destination: str
-    mode: str = "auto"
-    uid: int = -1
-    gid: int = -1
+    mode: str
+    uid: int
+    gid: int
     groups: tuple[int, ...] = ()
     workers: int = 8
     verify: bool = True
-    buffer_side: Literal["source", "destination"] | None = None
+    #: The end inside a burst buffer ("source" or "destination"), if any: in ``list`` mode that end of
+    #: every line must be relative to it, so no line leads out of the buffer.
+    buffer_side: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -54,8 +52,11 @@ class CopySpec:
 
 @dataclass
 class MoveProgress:
-    """Counts so far. ``bytes_done`` includes the bytes of files skipped on resume, so a finished copy
-    has ``bytes_done == bytes_total``; ``files_done`` counts files copied (and verified) by this run."""
+    """Counts so far.
+
+    Files skipped on resume count in ``bytes_total`` and ``bytes_done`` too, so a finished copy has
+    ``bytes_done == bytes_total``; ``files_done`` counts the files this run copied.
+    """
 
     files_total: int = 0
     files_done: int = 0
@@ -65,13 +66,13 @@ class MoveProgress:
     bytes_total: int = 0
     bytes_done: int = 0
     checksums_verified: int = 0
-    #: Devices, fifos and sockets found in the source and not copied.
-    specials_skipped: int = 0
     seconds: float = 0.0
     rate: float = 0.0
+    #: Devices, fifos and sockets found in the source and not copied.
+    specials_skipped: int = 0
 
     def to_status(self) -> dict[str, Any]:
-        """The counts as a DataMovement's ``status`` fields."""
+        """The counts under the camelCase names of an API object's ``status``."""
         return {
             "filesTotal": self.files_total,
             "filesDone": self.files_done,
@@ -83,12 +84,5 @@ class MoveProgress:
             "checksumsVerified": self.checksums_verified,
             "seconds": round(self.seconds, 3),
             "rate": round(self.rate, 1),
+            "specialsSkipped": self.specials_skipped,
         }
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> MoveProgress:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})

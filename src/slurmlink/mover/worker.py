@@ -1,116 +1,164 @@
-"""The copy process: ``python -m slurmlink.mover.worker``, started by :func:`slurmlink.mover.run_copy`.
+"""The copying process, run as the job's user: ``python -m slurmlink.mover.worker [--uid U --gid G
+--groups A,B]``. Started by root, it switches to the job's ids before it reads stdin or any path.
 
-It reads one JSON request on stdin (the spec, the files a previous run verified, the progress
-interval), **drops to the job's uid, gid and groups before touching any path** (when started as
-root), asks the kernel to kill it if its parent dies (so a killed agent leaves no copy running), and
-reports on stdout, one JSON object per line: ``{"t": "targets", ...}`` (where each source goes, for the
-journal), ``{"t": "p", ...progress}`` now and then, ``{"t": "v", ...}`` for each file verified (the
-journal), then ``{"t": "end", ...progress}`` or ``{"t":
-"err", "message": ...}``. SIGTERM stops it at the next chunk.
+It reads ``{"spec": ..., "done": [...], "targets": [...] | null, "interval": s}`` as JSON on stdin and
+writes JSON lines on stdout: ``plan`` (totals and the targets chosen), ``v`` (one file verified),
+``p`` (bytes so far), then ``done`` or ``error``. It never touches the journal; the parent keeps it.
+SIGTERM stops it at the next buffer (temporary files removed), exit status 143.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from slurmlink.mover.copier import Copier, Verified
-from slurmlink.mover.plan import build
-from slurmlink.mover.spec import CopySpec, MoveCancelled, MoveError
+from slurmlink.mover.copier import Copier, Stopped, check_space
+from slurmlink.mover.listfile import parse_list
+from slurmlink.mover.paths import error, kind_at, open_parent
+from slurmlink.mover.plan import drop_done, make_plan
+from slurmlink.mover.spec import CopySpec, MoveError
+from slurmlink.mover.targets import Target, list_targets, resolve
 
-_PR_SET_PDEATHSIG = 1
+LIST_LIMIT = 16 << 20
+CANCELLED = 143
 
 
-def drop_privileges(uid: int, gid: int, groups: tuple[int, ...]) -> None:
-    """Become the job's user for good (no way back to root), or fail."""
-    if os.geteuid() != 0:
-        if uid != os.geteuid():
-            raise MoveError(f"cannot copy as uid {uid}: the mover runs as uid {os.geteuid()}, not root")
-        return
-    if uid <= 0 or gid < 0:
-        raise MoveError("copies never run as root")
-    os.setgroups(list(groups))
+def read_list(path: str, uid: int) -> str:
+    """A list file's text, read as the user and not through a final link."""
+    fd, name = open_parent(path, uid)
+    try:
+        try:
+            f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except OSError as exc:
+            raise error(path, exc) from exc
+        with os.fdopen(f, "rb") as stream:
+            data = stream.read(LIST_LIMIT + 1)
+    finally:
+        os.close(fd)
+    if len(data) > LIST_LIMIT:
+        raise MoveError(f"{path}: the list is larger than {LIST_LIMIT >> 20} MiB")
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise MoveError(f"{path}: the list is not UTF-8 text") from exc
+
+
+def choose_targets(spec: CopySpec, uid: int) -> list[Target]:
+    def kind_of(path: str) -> Any:
+        return kind_at(path, uid)
+
+    def dest_kind_of(path: str) -> Any:
+        return kind_at(path, uid, follow_trusted=True)
+
+    if spec.mode == "list":
+        text = read_list(spec.source, uid)
+        pairs = parse_list(text, spec.source, destination=spec.destination, buffer_side=spec.buffer_side)
+        return list_targets(pairs, kind_of, dest_kind_of)
+    return resolve(spec.mode, spec.source, spec.destination, kind_of, dest_kind_of)
+
+
+def execute(payload: dict[str, Any], emit: Callable[[dict[str, Any]], None], stop: threading.Event) -> None:
+    """Run one copy as whoever this process is; raises MoveError, or Stopped when ``stop`` is set."""
+    spec = CopySpec.from_json(payload["spec"])
+    uid = os.geteuid()
+    if payload.get("targets"):
+        targets = [Target(s, d, k) for s, d, k in payload["targets"]]
+    else:
+        targets = choose_targets(spec, uid)
+    plan = make_plan(targets, uid)
+    done = {r["dst"]: r for r in payload.get("done") or []}
+    drop_done(plan, done, uid)
+    check_space(plan, uid)
+    emit(
+        {
+            "t": "plan",
+            "targets": [[t.source, t.destination, t.kind] for t in targets],
+            "files": len(plan.files) + len(plan.skipped),
+            "bytes": sum(f.size for f in plan.files) + sum(f.size for f in plan.skipped),
+            "skipped": len(plan.skipped),
+            "skipped_bytes": sum(f.size for f in plan.skipped),
+            "directories": len(plan.directories) + sum(1 for r in plan.roots if r.tree),
+            "links": len(plan.links),
+            "specials": len(plan.specials),
+            "special_paths": plan.specials[:20],
+        }
+    )
+    copier = Copier(plan, uid, spec.workers, spec.verify, emit, stop)
+    try:
+        copier.prepare()
+        copier.run(float(payload.get("interval", 1.0)))
+        copier.finish()
+    finally:
+        copier.close()
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to kill this process when the agent that started it dies (PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
+def become(uid: int, gid: int, groups: list[int]) -> None:
+    """Take the job's identity for good (all of real, effective and saved ids), then prove root is gone."""
+    os.setgroups(groups)
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     try:
         os.setuid(0)
     except PermissionError:
         return
-    raise MoveError("could not drop root privileges")  # pragma: no cover
+    raise SystemExit("the copy process could not give up root")
 
 
-def _die_with_parent(parent: int) -> None:
-    """SIGKILL when the agent that started us dies (set after the uid change, which clears it)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
-        os._exit(1)
+def _identity(argv: list[str]) -> tuple[int, int, list[int]] | None:
+    """``--uid U --gid G --groups A,B`` (passed by a root parent), or None to stay as we are."""
+    if not argv:
+        return None
+    values = dict(zip(argv[::2], argv[1::2], strict=True))
+    groups = [int(g) for g in values.get("--groups", "").split(",") if g]
+    return int(values["--uid"]), int(values["--gid"]), groups
 
 
-class _Out:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
+def main(argv: list[str]) -> int:
+    identity = _identity(argv)
+    if identity is not None and identity[0] != 0:
+        become(*identity)
+    _die_with_parent()  # after become: changing credentials clears the parent-death signal
+    if os.getppid() == 1:
+        return CANCELLED
+    out = sys.stdout.buffer
+    lock = threading.Lock()
 
-    def send(self, kind: str, **fields: Any) -> None:
-        line = json.dumps({"t": kind, **fields}, separators=(",", ":")) + "\n"
-        with self._lock:
-            sys.stdout.write(line)
-            sys.stdout.flush()
+    def emit(record: dict[str, Any]) -> None:
+        line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
+        with lock:
+            out.write(line)
+            out.flush()
 
-
-def main() -> int:
-    parent = os.getppid()
-    out = _Out()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        request = json.loads(sys.stdin.read())
-        spec = CopySpec.from_json(request["spec"])
-        skip: dict[str, Verified] = {k: tuple(v) for k, v in (request.get("skip") or {}).items()}
-        interval = float(request.get("interval") or 1.0)
-        os.chdir("/")
-        drop_privileges(spec.uid, spec.gid, spec.groups)
-        _die_with_parent(parent)
-        os.umask(0o022)
-        plan = build(spec, request.get("targets"))
-        out.send("targets", targets=plan.targets)  # before anything exists: a rerun chooses the same
-
-        def verified(dst: str, record: Verified) -> None:
-            out.send("v", dst=dst, r=list(record))
-
-        copier = Copier(
-            plan, workers=spec.workers, verify=spec.verify, skip=skip, on_verified=verified, stop=stop
-        )
-        out.send("p", **copier.snapshot().to_json())
-        finished = threading.Event()
-
-        def report() -> None:
-            while not finished.wait(interval):
-                out.send("p", **copier.snapshot().to_json())
-
-        reporter = threading.Thread(target=report, daemon=True)
-        reporter.start()
-        try:
-            final = copier.run()
-        finally:
-            finished.set()
-        out.send("end", **final.to_json())
-        return 0
-    except MoveCancelled as exc:
-        out.send("err", message=str(exc), cancelled=True)
-        return 3
-    except MoveError as exc:
-        out.send("err", message=str(exc))
-        return 2
-    except Exception as exc:  # a bug: say what it was, as the user will see it
-        out.send("err", message=f"the copy failed unexpectedly: {type(exc).__name__}: {exc}")
+    if os.geteuid() == 0 or os.getuid() == 0:
+        emit({"t": "error", "message": "copies never run as root"})
         return 1
+    try:
+        execute(json.loads(sys.stdin.buffer.read()), emit, stop)
+    except Stopped:
+        return CANCELLED
+    except MoveError as exc:
+        if stop.is_set() and not str(exc):
+            return CANCELLED
+        emit({"t": "error", "message": str(exc)})
+        return 1
+    emit({"t": "done"})
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -79,6 +79,8 @@ class DataMovementStatus(Open):
     bytesTotal: Int64 | None = None
     bytesDone: Int64 | None = None
     checksumsVerified: Int64 | None = None
+    #: Devices, fifos and sockets in the source, not copied.
+    specialsSkipped: Int64 | None = None
     seconds: float | None = None
     #: Bytes per second over the copy so far.
     rate: float | None = None
