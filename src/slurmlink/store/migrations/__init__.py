@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 #: Track name -> directory of its revision scripts.
 TRACKS: dict[str, Path] = {
     "objects": HERE / "objects",
+    "bank": HERE / "bank",
 }
 
 VERSION_TABLE = "alembic_version"
