@@ -136,7 +136,7 @@ def test_requeued_runs_are_held_and_charged_separately_and_a_failed_run_is_refun
     refund = ledger.refund(run(5, 0), "astro", actor=ADMIN, reason="NODE_FAIL")
     assert refund["refunded"] == "3.00"
     assert ledger.refund(run(5, 0), "astro", actor=ADMIN, reason="NODE_FAIL")["replayed"]
-    with pytest.raises(InvalidRequest, match="charged 0.00 net; cannot refund"):
+    with pytest.raises(InvalidRequest, match=r"charged 0\.00 net; cannot refund"):
         ledger.refund(run(5, 0), "astro", actor=ADMIN, reason="again", amount=D(1))
     b = ledger.balance("astro")
     assert (b.available, b.spent) == (D(92), D(8))
@@ -184,7 +184,7 @@ def test_transfers_adjustments_caps_and_errors(ledger: Ledger) -> None:
 
     ledger.set_user_cap("a1", "greg", D(5))
     ledger.hold(run(1), "a1", "greg", D(4), actor=HOOK)
-    with pytest.raises(InsufficientFunds, match="user greg may use 5.00 SU of account a1"):
+    with pytest.raises(InsufficientFunds, match=r"user greg may use 5\.00 SU of account a1"):
         ledger.hold(run(2), "a1", "greg", D(2), actor=HOOK)
     ledger.hold(run(3), "a1", "hana", D(2), actor=HOOK)  # others are not capped
 
