@@ -39,6 +39,8 @@ class ServerConfig:
     nice: int = 0  # added to the CPU nice value (slurmlink.cpu_priority), e.g. next to slurmctld
     #: Seconds without a heartbeat (the agent's node Lease renewed) before a node's Storage is Offline.
     node_heartbeat_timeout: float = 40.0
+    #: The Slurm cluster (slurm.conf ClusterName) whose accounts the bank keeps.
+    cluster_name: str = "cluster"
 
     @property
     def host(self) -> str:

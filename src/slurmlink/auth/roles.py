@@ -14,8 +14,9 @@ from slurmlink.auth.identity import Identity
 ROLE_PREFIX = "slurmlink:"
 #: ``admin`` everything; ``workload-manager`` what DWS's ClusterRole of that name grants (the Slurm
 #: plugin); ``viewer`` read-only; ``user`` an HPC user, acting on their own objects only;
-#: ``node-agent`` the agent on one storage or compute node, writing only that node's objects.
-ROLES = ("admin", "workload-manager", "viewer", "user", "node-agent")
+#: ``node-agent`` the agent on one storage or compute node, writing only that node's objects;
+#: ``accountant`` the bank's grants, adjustments, transfers and refunds.
+ROLES = ("admin", "workload-manager", "viewer", "user", "node-agent", "accountant")
 
 #: The ``node-agent`` role's identity rule: the credential's user name is ``system:node:<node>``
 #: (the Kubernetes kubelet's convention), and the node it may act for is read from it on every request.

@@ -197,7 +197,43 @@ class Ledger:
             if cap is not None:
                 units = money.to_units(money.parse(cap, what="user cap"))
                 conn.execute(caps.insert().values(account_id=acct.id, user=user, cap=units))
+                m = schema.members
+                known = conn.execute(
+                    sa.select(m.c.user).where(m.c.account_id == acct.id, m.c.user == user)
+                ).first()
+                if known is None:
+                    conn.execute(m.insert().values(account_id=acct.id, user=user))
             return self._account_json(conn, account)
+
+        return self._run(fn)
+
+    def set_member(self, account: str, user: str, member: bool = True) -> dict[str, Any]:
+        """Record that ``user`` may charge ``account`` (as a Slurm association says), or not."""
+        check_name(user, "user")
+        m = schema.members
+
+        def fn(conn: sa.Connection) -> dict[str, Any]:
+            [acct] = Books(conn).lock(self.cluster, [account])
+            conn.execute(m.delete().where(m.c.account_id == acct.id, m.c.user == user))
+            if member:
+                conn.execute(m.insert().values(account_id=acct.id, user=user))
+            return self._account_json(conn, account)
+
+        return self._run(fn)
+
+    def accounts_of(self, user: str) -> list[str]:
+        """The accounts ``user`` belongs to (members, and those their jobs ran on)."""
+        m, r, a = schema.members, schema.runs, schema.accounts
+
+        def fn(conn: sa.Connection) -> list[str]:
+            listed = sa.select(m.c.account_id).where(m.c.user == user)
+            ran = sa.select(r.c.account_id).where(r.c.user == user)
+            rows = conn.execute(
+                sa.select(a.c.name)
+                .where(a.c.cluster == self.cluster, a.c.id.in_(listed.union(ran)))
+                .order_by(a.c.name)
+            )
+            return [name for (name,) in rows]
 
         return self._run(fn)
 
@@ -215,6 +251,8 @@ class Ledger:
             r.user: money.text(r.cap)
             for r in conn.execute(sa.select(caps.c.user, caps.c.cap).where(caps.c.account_id == row.id))
         }
+        m = schema.members
+        users = sorted(conn.execute(sa.select(m.c.user).where(m.c.account_id == row.id)).scalars())
         return {
             "name": row.name,
             "cluster": row.cluster,
@@ -222,6 +260,7 @@ class Ledger:
             "status": row.status,
             "overdraftLimit": money.text(row.overdraft),
             "description": row.description,
+            "users": users,
             "userCaps": user_caps,
             "createdAt": aware(row.created_at).isoformat(),  # type: ignore[union-attr]
         }
@@ -734,7 +773,12 @@ class Ledger:
         return self._run(fn)
 
     def statement(
-        self, account: str, *, since: dt.datetime | None = None, limit: int = 1000
+        self,
+        account: str,
+        *,
+        since: dt.datetime | None = None,
+        limit: int = 1000,
+        user: str | None = None,
     ) -> list[dict[str, Any]]:
         """The account's transactions, oldest first, with the job each one was for."""
         t, r, a = schema.transactions, schema.runs, schema.accounts
@@ -754,6 +798,8 @@ class Ledger:
             )
             if since is not None:
                 query = query.where(t.c.created_at >= since)
+            if user is not None:  # a user sees their own jobs' lines only
+                query = query.where(r.c.user == user)
             return [_statement_line(row) for row in conn.execute(query)]
 
         return self._run(fn)

@@ -41,6 +41,13 @@ user_caps = sa.Table(
     sa.Column("cap", sa.BigInteger, nullable=False),
 )
 
+members = sa.Table(
+    "bank_members",
+    metadata,
+    sa.Column("account_id", sa.Integer, sa.ForeignKey("bank_accounts.id"), primary_key=True),
+    sa.Column("user", sa.String(64), primary_key=True, index=True),
+)
+
 allocations = sa.Table(
     "bank_allocations",
     metadata,

@@ -9,6 +9,7 @@ def all_commands() -> list[click.Command]:
     """Every top-level sub-command of ``slurmlink``."""
     from slurmlink.cli import (
         agent_cmd,
+        bank_cmd,
         buffers_cmd,
         controller_cmd,
         dev_cluster,
@@ -34,6 +35,8 @@ def all_commands() -> list[click.Command]:
         agent_cmd.agent,
         storage_cmd.storage,
         buffers_cmd.buffers,
+        bank_cmd.bank,
+        bank_cmd.user_balance,
         resources_cmd.get,
         resources_cmd.describe,
         resources_cmd.watch,

@@ -59,6 +59,11 @@ from slurmlink import config as config_mod
     "Offline (default 40).",
 )
 @click.option(
+    "--cluster-name",
+    envvar="SLURMLINK_CLUSTER_NAME",
+    help="The Slurm cluster (slurm.conf ClusterName) whose accounts the bank keeps (default 'cluster').",
+)
+@click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), envvar="SLURMLINK_LOG_LEVEL"
 )
 @click.option("--log-format", type=click.Choice(["json", "console"]), envvar="SLURMLINK_LOG_FORMAT")
@@ -85,6 +90,7 @@ def serve(
     no_test_driver: bool | None,
     no_controllers: bool | None,
     node_heartbeat_timeout: float | None,
+    cluster_name: str | None,
     log_level: str | None,
     log_format: str | None,
     insecure_http: bool | None,
@@ -113,6 +119,7 @@ def serve(
                 "insecure_http": True if insecure_http else None,
                 "nice": nice,
                 "node_heartbeat_timeout": node_heartbeat_timeout,
+                "cluster_name": cluster_name,
             },
         )
     except (ValueError, OSError) as exc:

@@ -230,8 +230,9 @@ class HttpClient:
         params: dict[str, str] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
     ) -> Any:
-        headers = {}
+        headers = dict(headers or {})
         content = None
         if body is not None:
             content = jsonutil.dumps(body)
@@ -252,9 +253,17 @@ class HttpClient:
                 500, "InternalError", f"the server sent a response that is not JSON: {exc}"
             ) from exc
 
-    async def call(self, method: str, path: str, body: Any = None) -> Any:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         """A component route (a REST API beside the resources, e.g. ``/storage/v1/...``): JSON in and out."""
-        return await self._request(method, path, body=body)
+        return await self._request(method, path, body=body, params=params, headers=headers)
 
     # ---- Client protocol ---------------------------------------------------------------------
 

@@ -40,6 +40,12 @@ def upgrade() -> None:
         sa.Column("cap", sa.BigInteger, nullable=False),
     )
     op.create_table(
+        "bank_members",
+        sa.Column("account_id", sa.Integer, sa.ForeignKey("bank_accounts.id"), primary_key=True),
+        sa.Column("user", sa.String(64), primary_key=True),
+    )
+    op.create_index("ix_bank_members_user", "bank_members", ["user"])
+    op.create_table(
         "bank_allocations",
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("account_id", sa.Integer, sa.ForeignKey("bank_accounts.id"), nullable=False),
@@ -145,6 +151,7 @@ def downgrade() -> None:
         "bank_buckets",
         "bank_allocations",
         "bank_user_caps",
+        "bank_members",
         "bank_accounts",
     ):
         op.drop_table(table)
