@@ -1,0 +1,1 @@
+"""Allocation banking: service units per Slurm account."""
