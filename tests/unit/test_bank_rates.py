@@ -887,3 +887,12 @@ def test_charge_inputs_record_the_formula() -> None:
         "rounding": {"places": 2, "mode": "ROUND_HALF_UP"},
     }
     assert result.amount == D("4.00")  # 4 CPUs x 2 h x 0.5
+
+
+def test_the_documented_card_loads() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "bank-rates.md").read_text(encoding="utf-8")
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    card = load_rate_card(example, name="docs/bank-rates.md")
+    assert card.version == "2024-07-01"
+    assert card.slurm_default_partition() == card.partitions["compute"]
+    assert card.partitions["compute"].node_cpus() == 32
