@@ -179,3 +179,38 @@ def test_the_openapi_document_lists_the_bank_and_the_ledger_verifies(
     assert grants["x-slurmlink-roles"] == ["accountant", "admin"]
     assert "sound" in cli(creds["accountant"], "bank", "verify").stdout
     assert http["viewer"].get(f"{BANK}/verify").status_code == 403
+
+
+SEED_CARD = Path(__file__).parents[1] / "unit" / "data" / "bank-config.toml.example"
+
+
+def test_the_seeds_bank_config_prices_a_script_as_the_seed_did(
+    creds: dict[str, Path], tmp_path: Path
+) -> None:
+    accountant = creds["accountant"]
+    first = cli(accountant, "bank", "ratecard", "import", str(SEED_CARD)).stdout
+    assert "imported; it is now the current one" in first
+    assert "already known" in cli(accountant, "bank", "ratecard", "import", str(SEED_CARD)).stdout
+    [card] = json.loads(cli(creds["viewer"], "bank", "ratecard", "list", "--json").stdout)
+    assert card["current"] and card["version"].startswith("seed-")
+
+    script = tmp_path / "job.sh"
+    script.write_text(
+        "#!/bin/bash\n#SBATCH -p savio2_gpu\n#SBATCH --ntasks=4 --time=90\n#SBATCH -A optics\nhostname\n"
+    )
+    priced = json.loads(cli(creds[ALICE], "bank", "quote", str(script), "--json").stdout)
+    # The seed's formula: 2.67 SU per CPU-hour x 4 CPUs x 1.5 h = 16.02.
+    assert priced["amount"] == "16.02" and priced["partition"] == "savio2_gpu"
+    assert priced["rateCardVersion"] == card["version"] and priced["account"] == "optics"
+    assert priced["fits"] is True  # alice belongs to optics
+    # Options after the script override its #SBATCH lines, as in sbatch; an array counts per task.
+    shown = cli(
+        creds[ALICE], "bank", "quote", str(script), "-p", "debug", "-t", "20", "-n", "3", "--array=1-10"
+    ).stdout
+    assert "estimate: 5.00 SU (10 array tasks at 0.50)" in shown
+    # No time limit anywhere (the seed's file knows no partition defaults): refused, not priced at 0.
+    script.write_text("#!/bin/bash\n#SBATCH -p savio2 -n 2\nhostname\n")
+    untimed = cli(creds[ALICE], "bank", "quote", str(script), check=False)
+    assert untimed.returncode == 1 and "time" in untimed.stderr.lower()
+    unknown = cli(creds[ALICE], "bank", "quote", str(script), "-p", "nosuch", "-t", "10", check=False)
+    assert unknown.returncode == 1 and "nosuch" in unknown.stderr

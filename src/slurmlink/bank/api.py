@@ -23,7 +23,9 @@ from slurmlink.auth import roles
 from slurmlink.auth.identity import Identity
 from slurmlink.bank import money
 from slurmlink.bank.errors import BankError
+from slurmlink.bank.estimate import from_job_desc
 from slurmlink.bank.ledger import DENY, Actor, Ledger
+from slurmlink.bank.ratecard import RateCard, RateCardError, load_rate_card
 from slurmlink.bank.runs import RunKey
 from slurmlink.resources import errors
 
@@ -324,6 +326,57 @@ def bank_component(ledger: Ledger) -> Component:
             key=f"refund:{given}" if given else None,
         )
 
+    async def import_card(request: Request, identity: Identity) -> Any:
+        body = await _body(request)
+        try:
+            if isinstance(body.get("toml"), str):
+                card = load_rate_card(body["toml"], name=str(body.get("name") or "the uploaded card"))
+            elif isinstance(body.get("card"), dict):
+                card = RateCard.from_json(jsonutil.dumps_str(body["card"]), source="the uploaded card")
+            else:
+                raise errors.bad_request('give "toml" (the file\'s text) or "card" (a rate card object)')
+        except RateCardError as exc:
+            raise errors.bad_request(str(exc)) from exc
+        make_current = body.get("current", True) is not False
+        return await _call(
+            ledger, ledger.import_rate_card, card, actor=_actor(identity), make_current=make_current
+        )
+
+    async def list_cards(request: Request, identity: Identity) -> Any:
+        return {"items": await _call(ledger, ledger.rate_cards)}
+
+    async def get_card(request: Request, identity: Identity) -> Any:
+        version = request.path_params["version"]
+        card = await _call(ledger, ledger.rate_card, None if version == "current" else version)
+        return card.to_dict()
+
+    async def quote(request: Request, identity: Identity) -> Any:
+        body = await _body(request)
+        job = body.get("job")
+        if not isinstance(job, dict):
+            raise errors.bad_request('"job" is required: the job\'s fields as job_submit sees them')
+        request_fields = from_job_desc(job)
+        priced = await _call(ledger, ledger.quote, request_fields, body.get("rateCardVersion"))
+        answer: dict[str, Any] = {
+            "amount": str(priced.amount),
+            "perTask": str(priced.per_task),
+            "tasks": priced.tasks,
+            "partition": priced.partition,
+            "rateCardVersion": priced.rate_card_version,
+            "inputs": priced.inputs,
+        }
+        account = request_fields.account
+        if account:
+            try:
+                await _readable(ledger, identity, account)
+                balance = await _call(ledger, ledger.balance, account)
+            except errors.ApiError:
+                return answer
+            answer["account"] = account
+            answer["available"] = str(balance.available)
+            answer["fits"] = priced.amount <= balance.available
+        return answer
+
     async def expire(request: Request, identity: Identity) -> Any:
         return {"items": await _call(ledger, ledger.expire_due, actor=_actor(identity))}
 
@@ -350,6 +403,10 @@ def bank_component(ledger: Ledger) -> Component:
         ApiRoute("/runs/{run}/settle", settle, ("POST",), HOOKS),
         ApiRoute("/runs/{run}/release", release, ("POST",), HOOKS),
         ApiRoute("/runs/{run}/refunds", refund, ("POST",), ACCOUNTANT),
+        ApiRoute("/ratecards", import_card, ("POST",), ACCOUNTANT),
+        ApiRoute("/ratecards", list_cards),
+        ApiRoute("/ratecards/{version}", get_card),
+        ApiRoute("/quote", quote, ("POST",)),
         ApiRoute("/expiry", expire, ("POST",), ACCOUNTANT),
         ApiRoute("/verify", verify, ("GET",), ACCOUNTANT),
     ]

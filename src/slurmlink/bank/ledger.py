@@ -24,9 +24,11 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from slurmlink import jsonutil
-from slurmlink.bank import audit, money, schema
+from slurmlink.bank import audit, cards, money, schema
 from slurmlink.bank.books import ACTIVE, CLOSED, CLOSING, Account, Allocation, Books, aware, digest
 from slurmlink.bank.errors import AlreadyExists, InsufficientFunds, InvalidRequest, NotFound
+from slurmlink.bank.estimate import CostError, JobRequest, Quote, quote
+from slurmlink.bank.ratecard import RateCard
 from slurmlink.bank.runs import RunKey
 from slurmlink.store.sql import SqlStore
 from slurmlink.store.transaction import Transaction
@@ -827,6 +829,25 @@ class Ledger:
             return [_run_json(conn, row) for row in conn.execute(query.order_by(r.c.job_id, r.c.run_key))]
 
         return self._run(fn)
+
+    # ---- rate cards and quotes ---------------------------------------------------------------
+
+    def import_rate_card(self, card: RateCard, *, actor: Actor, make_current: bool = True) -> dict[str, Any]:
+        return self._run(lambda conn: cards.store(conn, card, actor.name, make_current=make_current))
+
+    def rate_card(self, version: str | None = None) -> RateCard:
+        return self._run(lambda conn: cards.load(conn, version))
+
+    def rate_cards(self) -> list[dict[str, Any]]:
+        return self._run(cards.listing)
+
+    def quote(self, request: JobRequest, version: str | None = None) -> Quote:
+        """What ``request`` may cost under the current (or the named) rate card."""
+        card = self.rate_card(version)
+        try:
+            return quote(card, request)
+        except CostError as exc:
+            raise InvalidRequest(str(exc)) from exc
 
     def verify(self) -> list[str]:
         """Every broken invariant in the whole ledger (see ``audit``); empty when sound."""

@@ -13,7 +13,7 @@ import json
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote as url_quote
 
 import click
 
@@ -26,7 +26,7 @@ PREFIX = "/bank/v1"
 
 
 def _path(*parts: str) -> str:
-    return PREFIX + "".join("/" + quote(part, safe=":") for part in parts)
+    return PREFIX + "".join("/" + url_quote(part, safe=":") for part in parts)
 
 
 def _request(
@@ -493,3 +493,88 @@ def user_balance(as_json: bool, kubeconfig: Path | None, context: str | None) ->
         ["ACCOUNT", "STATUS", "AVAILABLE", "HELD", "SPENT"],
         [[b["account"], b["status"], b["available"], b["held"], b["spent"]] for b in balances],
     )
+
+
+# ---- rate cards and quotes ---------------------------------------------------------------------
+
+
+@bank.group()
+def ratecard() -> None:
+    """Import and read the versioned rate cards charges are priced with."""
+
+
+@ratecard.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--current/--not-current", default=True, show_default=True, help="Price new quotes and charges with it."
+)
+@kubeconfig_options
+def ratecard_import(file: Path, current: bool, kubeconfig: Path | None, context: str | None) -> None:
+    """Import FILE: slurmlink's rate-card TOML, or the seed's bank-config.toml ([PartitionPrice])."""
+    body = {"toml": file.read_text(), "name": str(file), "current": current}
+    result = _request(kubeconfig, context, "POST", _path("ratecards"), body)
+    state = "imported" if result["new"] else "already known"
+    click.echo(f"rate card {result['version']} {state}" + ("; it is now the current one" if current else ""))
+
+
+@ratecard.command("list")
+@_json_option
+@kubeconfig_options
+def ratecard_list(as_json: bool, kubeconfig: Path | None, context: str | None) -> None:
+    """The rate cards imported so far; the current one is marked."""
+    items = _request(kubeconfig, context, "GET", _path("ratecards"))["items"]
+    if as_json:
+        _emit_json(items)
+        return
+    _table(
+        ["VERSION", "CURRENT", "IMPORTED", "BY"],
+        [[c["version"], "*" if c["current"] else "", c["importedAt"][:19], c["importedBy"]] for c in items],
+    )
+
+
+@ratecard.command("show")
+@click.argument("version", default="current")
+@kubeconfig_options
+def ratecard_show(version: str, kubeconfig: Path | None, context: str | None) -> None:
+    """One rate card (the current one by default), as JSON."""
+    _emit_json(_request(kubeconfig, context, "GET", _path("ratecards", version)))
+
+
+@bank.command(context_settings={"ignore_unknown_options": True})
+@click.argument("script", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("sbatch_options", nargs=-1, type=click.UNPROCESSED)
+@click.option("--rate-card", "version", help="Price with this rate-card version (default: the current one).")
+@_json_option
+@kubeconfig_options
+def quote(
+    script: Path,
+    sbatch_options: tuple[str, ...],
+    version: str | None,
+    as_json: bool,
+    kubeconfig: Path | None,
+    context: str | None,
+) -> None:
+    """What SCRIPT may cost (its #SBATCH lines; sbatch options after it override them, as in sbatch).
+
+    Example: slurmlink bank quote job.sh -p gpu -t 2:00:00
+    """
+    from slurmlink.bank import sbatch
+    from slurmlink.bank.errors import BankError
+
+    try:
+        fields = sbatch.job_fields([*sbatch.directives(script.read_text()), *sbatch_options])
+    except BankError as exc:
+        raise click.ClickException(str(exc)) from exc
+    body: dict[str, Any] = {"job": fields}
+    if version:
+        body["rateCardVersion"] = version
+    result = _request(kubeconfig, context, "POST", _path("quote"), body)
+    if as_json:
+        _emit_json(result)
+        return
+    tasks = f" ({result['tasks']} array tasks at {result['perTask']})" if result["tasks"] > 1 else ""
+    click.echo(f"estimate: {result['amount']} SU{tasks} on partition {result['partition']}")
+    click.echo(f"rate card: {result['rateCardVersion']}")
+    if "available" in result:
+        verdict = "fits" if result["fits"] else "does NOT fit"
+        click.echo(f"account {result['account']}: {result['available']} SU available; this job {verdict}")
