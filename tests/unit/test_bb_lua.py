@@ -281,16 +281,21 @@ def test_render_rejects_bad_values(kwargs: dict[str, Any], match: str) -> None:
 
 
 def test_render_rejects_unknown_or_missing_placeholders(monkeypatch: pytest.MonkeyPatch) -> None:
-    good = "@SOCKET_PATH@ @SYNC_TIMEOUT@ @CONNECT_RETRY@ @SLURM_API@"
-    monkeypatch.setattr(plugin, "_read_resource", lambda name: good + " @EXTRA@")
+    good = "@SOCKET_PATH@ @SYNC_TIMEOUT@ @CONNECT_RETRY@ @SLURM_API@ @GATEWAY_CLIENT@"
+
+    def resources(template: str) -> Callable[[str], str]:
+        return lambda name: "client" if name == "gateway_client.lua" else template
+
+    monkeypatch.setattr(plugin, "_read_resource", resources(good + " @EXTRA@"))
     with pytest.raises(ValueError, match="@EXTRA@"):
         plugin.render_burst_buffer_lua("/run/x.sock")
-    monkeypatch.setattr(plugin, "_read_resource", lambda name: "@SOCKET_PATH@ @SYNC_TIMEOUT@")
+    monkeypatch.setattr(plugin, "_read_resource", resources("@SOCKET_PATH@ @SYNC_TIMEOUT@"))
     with pytest.raises(ValueError, match="@CONNECT_RETRY@"):
         plugin.render_burst_buffer_lua("/run/x.sock")
     # A value that looks like a placeholder is inserted verbatim, never expanded again.
-    monkeypatch.setattr(plugin, "_read_resource", lambda name: good)
-    assert plugin.render_burst_buffer_lua("/run/@SLURM_API@") == '"/run/@SLURM_API@" 5.0 10.0 "22.05"'
+    monkeypatch.setattr(plugin, "_read_resource", resources(good))
+    rendered = plugin.render_burst_buffer_lua("/run/@SLURM_API@")
+    assert rendered == '"/run/@SLURM_API@" 5.0 10.0 "22.05" client'
 
 
 @pytest.mark.parametrize(

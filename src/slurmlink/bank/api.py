@@ -245,7 +245,17 @@ def bank_component(ledger: Ledger) -> Component:
         user = None if _is_privileged(identity) else identity.user
         if user is None and q.get("user"):
             user = q["user"]
-        items = await _call(ledger, ledger.runs, account=q.get("account"), state=q.get("state"), user=user)
+        job = q.get("jobId")
+        if job is not None and not job.isdigit():
+            raise errors.bad_request("jobId must be a Slurm job id (digits)")
+        items = await _call(
+            ledger,
+            ledger.runs,
+            account=q.get("account"),
+            state=q.get("state"),
+            user=user,
+            job_id=int(job) if job else None,
+        )
         return {"items": items}
 
     async def get_run(request: Request, identity: Identity) -> Any:
@@ -377,6 +387,9 @@ def bank_component(ledger: Ledger) -> Component:
             answer["fits"] = priced.amount <= balance.available
         return answer
 
+    async def snapshot(request: Request, identity: Identity) -> Any:
+        return await _call(ledger, ledger.snapshot)
+
     async def expire(request: Request, identity: Identity) -> Any:
         return {"items": await _call(ledger, ledger.expire_due, actor=_actor(identity))}
 
@@ -407,6 +420,7 @@ def bank_component(ledger: Ledger) -> Component:
         ApiRoute("/ratecards", list_cards),
         ApiRoute("/ratecards/{version}", get_card),
         ApiRoute("/quote", quote, ("POST",)),
+        ApiRoute("/snapshot", snapshot, ("GET",), READERS),
         ApiRoute("/expiry", expire, ("POST",), ACCOUNTANT),
         ApiRoute("/verify", verify, ("GET",), ACCOUNTANT),
     ]

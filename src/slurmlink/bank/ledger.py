@@ -814,7 +814,12 @@ class Ledger:
         return self._run(fn)
 
     def runs(
-        self, *, account: str | None = None, state: str | None = None, user: str | None = None
+        self,
+        *,
+        account: str | None = None,
+        state: str | None = None,
+        user: str | None = None,
+        job_id: int | None = None,
     ) -> list[dict[str, Any]]:
         r, a = schema.runs, schema.accounts
 
@@ -826,7 +831,43 @@ class Ledger:
                 query = query.where(r.c.state == state)
             if user is not None:
                 query = query.where(r.c.user == user)
+            if job_id is not None:
+                query = query.where(r.c.job_id == job_id)
             return [_run_json(conn, row) for row in conn.execute(query.order_by(r.c.job_id, r.c.run_key))]
+
+        return self._run(fn)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every account's balance and the current rate card, in one read: what the Slurm side caches
+        to answer submissions without a network call while slurmctld holds its locks."""
+        a = schema.accounts
+
+        def fn(conn: sa.Connection) -> dict[str, Any]:
+            books = Books(conn)
+            rows = conn.execute(
+                sa.select(a.c.id, a.c.cluster, a.c.name, a.c.status, a.c.overdraft).where(
+                    a.c.cluster == self.cluster
+                )
+            )
+            accounts = [Account(r.id, r.cluster, r.name, r.status, r.overdraft) for r in rows]
+            if accounts:
+                books.load_allocations(accounts)
+            version = cards.current_version(conn)
+            card = cards.load(conn, version).to_dict() if version else None
+            return {
+                "asOf": books.now.isoformat(),
+                "cluster": self.cluster,
+                "rateCard": card,
+                "accounts": {
+                    acct.name: {
+                        "available": money.text(acct.available(books.now)),
+                        "held": money.text(acct.held()),
+                        "status": acct.status,
+                        "overdraftLimit": money.text(acct.overdraft),
+                    }
+                    for acct in accounts
+                },
+            }
 
         return self._run(fn)
 

@@ -18,6 +18,7 @@ from slurmlink.client.base import Client
 from slurmlink.cpu_priority import MAX_NICE, lower_cpu_priority
 from slurmlink.resources.errors import ApiError
 from slurmlink.slurm.gateway import config as gwconfig
+from slurmlink.slurm.gateway.banksettings import BankSettings
 
 log = logging.getLogger("slurmlink.gateway")
 #: The worker runs the stage callbacks: a few milliseconds later costs nothing there (see front.py).
@@ -186,6 +187,37 @@ async def _run_worker(kubeconfig: Path, context: str | None, config: gwconfig.Ga
     "job's paths while slurmctld holds its job lock, keeps its priority.",
 )
 @click.option(
+    "--bank/--no-bank",
+    default=False,
+    show_default=True,
+    help="Serve the bank's Slurm hooks: job_submit.lua's submit check (from a copy of the balances "
+    "refreshed every --bank-refresh s) and PrologSlurmctld/EpilogSlurmctld's hold and charge.",
+)
+@click.option("--bank-refresh", type=click.FloatRange(min=0.1), default=2.0, show_default=True)
+@click.option(
+    "--bank-spool",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="/var/spool/slurmlink/bank",
+    show_default=True,
+    help="Where charges the bank could not take wait to be sent again.",
+)
+@click.option(
+    "--bank-on-insufficient",
+    type=click.Choice(["hold_job", "requeue"]),
+    default="hold_job",
+    show_default=True,
+    help="A job whose account cannot cover it at start is requeued; hold_job also holds it, with the "
+    "reason in its AdminComment, so it does not try again every few minutes.",
+)
+@click.option(
+    "--bank-on-unreachable",
+    type=click.Choice(["allow", "deny"]),
+    default="allow",
+    show_default=True,
+    help="When the bank cannot be reached at a job's start: let it run (its run is settled later) or "
+    "requeue it.",
+)
+@click.option(
     "--worker", "as_worker", is_flag=True, hidden=True, help="Run as the worker (started by the front)."
 )
 @log_options
@@ -200,6 +232,11 @@ def gateway(
     sweep_interval: float,
     sweep_min_age: float,
     worker_nice: int,
+    bank: bool,
+    bank_refresh: float,
+    bank_spool: Path,
+    bank_on_insufficient: str,
+    bank_on_unreachable: str,
     as_worker: bool,
     log_level: str,
     log_format: str,
@@ -230,6 +267,14 @@ def gateway(
         api_timeout=api_timeout,
         sweep_interval=sweep_interval,
         sweep_min_age=sweep_min_age,
+        bank=BankSettings(
+            refresh=bank_refresh,
+            spool_dir=bank_spool.expanduser().absolute(),
+            on_insufficient_at_start=bank_on_insufficient,
+            on_unreachable_at_start=bank_on_unreachable,
+        )
+        if bank
+        else None,
     )
     with contextlib.suppress(KeyboardInterrupt):
         if as_worker:
@@ -253,6 +298,11 @@ def gateway(
             "--sweep-interval", repr(sweep_interval),
             "--sweep-min-age", repr(sweep_min_age),
             "--worker-nice", str(worker_nice),
+            "--bank" if bank else "--no-bank",
+            "--bank-refresh", repr(bank_refresh),
+            "--bank-spool", str(bank_spool),
+            "--bank-on-insufficient", bank_on_insufficient,
+            "--bank-on-unreachable", bank_on_unreachable,
             "--log-level", log_level,
             "--log-format", log_format,
         ]  # fmt: skip

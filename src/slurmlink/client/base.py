@@ -47,7 +47,15 @@ class Client(Protocol):
         label_selector: str | None = None,
     ) -> AsyncIterator[WatchEvent]: ...
 
-    async def call(self, method: str, path: str, body: Any = None) -> Any:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         """A component route beside the resources (``/storage/v1/...``); JSON in and out."""
         ...
 

@@ -85,7 +85,15 @@ class InProcessClient:
             kind, kind.storage_version, namespace, resource_version, label_selector, bookmark_interval=30.0
         )
 
-    async def call(self, method: str, path: str, body: Any = None) -> Any:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         raise ApiError(501, "NotImplemented", f"{method} {path}: component routes are served over HTTP only")
 
     async def aclose(self) -> None:

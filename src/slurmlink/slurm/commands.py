@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slurmlink import jsonutil
 from slurmlink.slurm import slurmconf
+
+if TYPE_CHECKING:
+    from slurmlink.slurm.jobrecord import JobRecord
 
 #: Slurm's compiled-in default StateSaveLocation.
 DEFAULT_STATE_SAVE_LOCATION = Path("/var/spool/slurmctld")
@@ -156,6 +160,22 @@ class SlurmCommands:
             return parse_squeue_json(result.stdout)
         except (ValueError, AttributeError, TypeError):
             return None
+
+    async def job_record(self, job_id: str) -> JobRecord | None:
+        """The job as slurmctld holds it, with its RunTime; None when slurmctld no longer knows it."""
+        from slurmlink.slurm.jobrecord import parse_squeue_jobs, run_time_of
+
+        result = await self.run("squeue", "--json", "--states=all", f"--jobs={_job_id(job_id)}")
+        if result.returncode != 0:
+            if "Invalid job id" in result.stderr:
+                return None
+            raise SlurmCommandError(f"squeue --jobs={job_id} failed: {result.stderr.strip()}")
+        found = [r for r in parse_squeue_jobs(result.stdout) if str(r.job_id) == job_id]
+        if not found:
+            return None
+        shown = await self.run("scontrol", "-o", "show", "job", job_id)
+        run_seconds = run_time_of(shown.stdout) if shown.returncode == 0 else None
+        return dataclasses.replace(found[0], run_seconds=run_seconds)
 
     async def job_known(self, job_id: str) -> bool | None:
         """True/False if slurmctld knows/does not know the job; None when it cannot be asked."""

@@ -14,22 +14,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
-from urllib.parse import urlencode
+
+from slurmlink.slurm.gateway_socket import Gateway, GatewayCallError
 
 DEFAULT_SOCKET = "/run/slurmlink/slurm-bb.sock"
 SOCKET_ENV = "SLURMLINK_GATEWAY_SOCKET"
 #: Functions slurmctld waits for under its job lock: one try, bounded (ValidateTimeout is 5 s).
 _SYNC_FUNCTIONS = frozenset({"job_process", "paths", "real_size", "pools"})
-_SYNC_TIMEOUT = 5.0
-#: How long the other functions retry connecting, so a gateway restart fails no job.
-_CONNECT_RETRY = 10.0
 
 #: Options each function takes (long and short spellings map to one name); flags take no value.
 _ALIASES = {
@@ -88,7 +84,7 @@ _POWERS = {"K": 1, "M": 2, "G": 3, "T": 4, "P": 5}
 _DIGITS = re.compile(r"^[0-9]+\Z")
 
 
-class DataWarpError(Exception):
+class DataWarpError(GatewayCallError):
     """The call cannot be done; ``str(e)`` is the one line Slurm shows."""
 
 
@@ -239,51 +235,6 @@ def real_size_json(token: str, gateway_answer: str) -> str:
 # ----------------------------------------------------------------------------------------- the gateway
 
 
-class Gateway:
-    """``POST /v1/<operation>`` over the gateway's Unix socket (HTTP/1.0, one request per connection)."""
-
-    def __init__(self, socket_path: str) -> None:
-        self.socket_path = socket_path
-
-    def call(self, operation: str, fields: Mapping[str, str], *, sync: bool) -> str:
-        body = urlencode(dict(fields)).encode()
-        request = (
-            f"POST /v1/{operation} HTTP/1.0\r\nHost: slurmlink\r\n"
-            f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode() + body
-        deadline = time.monotonic() + (0 if sync else _CONNECT_RETRY)
-        while True:
-            try:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(_SYNC_TIMEOUT if sync else None)
-                sock.connect(self.socket_path)
-                break
-            except OSError as exc:
-                sock.close()
-                if time.monotonic() >= deadline:
-                    raise DataWarpError(
-                        f"slurmlink: cannot reach the slurmlink gateway at {self.socket_path}: "
-                        f"{exc.strerror or exc} (is 'slurmlink slurm gateway' running?)"
-                    ) from None
-                time.sleep(0.2)
-        with sock:
-            try:
-                sock.sendall(request)
-                chunks = []
-                while data := sock.recv(65536):
-                    chunks.append(data)
-            except OSError as exc:
-                raise DataWarpError(f"slurmlink gateway: {operation}: {exc.strerror or exc}") from None
-        head, _, reply = b"".join(chunks).partition(b"\r\n\r\n")
-        parts = head.split(b"\r\n", 1)[0].split(b" ", 2)
-        if len(parts) < 2 or not parts[1].isdigit():
-            raise DataWarpError(f"slurmlink gateway: {operation}: no answer (did the gateway restart?)")
-        text = reply.decode("utf-8", errors="replace")
-        if int(parts[1]) != 200:
-            raise DataWarpError(" ".join(text.split()) or f"slurmlink gateway: {operation} failed")
-        return text
-
-
 # ------------------------------------------------------------------------------------------- functions
 
 
@@ -394,7 +345,7 @@ def main(argv: Sequence[str] | None = None, *, out: Callable[[str], None] | None
     gateway = Gateway(socket_path)
     try:
         text = status(args, gateway) if status_mode else run(parse_args(args), gateway)
-    except DataWarpError as exc:
+    except GatewayCallError as exc:
         print(str(exc), file=sys.stderr, flush=True)
         return 1
     except (OSError, ValueError, KeyError) as exc:

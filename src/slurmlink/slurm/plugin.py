@@ -1,8 +1,9 @@
 """Rendering of slurmlink's ``burst_buffer/lua`` script and its recommended ``burst_buffer.conf``.
 
-The Lua script is package data with four ``@NAME@`` placeholders. They are filled in at install time rather
-than read from a config file at run time because Slurm reloads the script for every callback, some of them
-inside ``slurmctld`` with locks held: the script must not do any work it does not need to.
+The Lua scripts are package data with ``@NAME@`` placeholders (one of them the shared gateway client,
+``gateway_client.lua``). They are filled in at install time rather than read from a config file at run
+time because Slurm runs the scripts inside ``slurmctld``, some callbacks with locks held: a script must not
+do any work it does not need to.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ DEFAULT_CONNECT_RETRY = 10.0
 
 _LUA_PACKAGE = "slurmlink.slurm.lua"
 _TEMPLATE = "burst_buffer.lua"
+#: The gateway transport both Lua scripts include (placeholder GATEWAY_CLIENT).
+_CLIENT = "gateway_client.lua"
 _CONF = "burst_buffer.conf"
 _PLACEHOLDER_RE = re.compile(r"@([A-Za-z_][A-Za-z0-9_]*)@")
 _API_RE = re.compile(r"^\d+\.\d+$")
@@ -78,6 +81,18 @@ def _fill_placeholders(template: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], template)
 
 
+def _checked_socket_path(socket_path: str | Path) -> str:
+    path = str(socket_path)
+    if not path or "\0" in path:
+        raise ValueError(f"invalid gateway socket path {path!r}")
+    if not Path(path).is_absolute():
+        # slurmctld and slurmscriptd do not run in a directory we control.
+        raise ValueError(f"the gateway socket path must be absolute, got {path!r}")
+    if len(path.encode("utf-8")) > _MAX_SOCKET_PATH:
+        raise ValueError(f"the gateway socket path is longer than {_MAX_SOCKET_PATH} bytes: {path!r}")
+    return path
+
+
 def render_burst_buffer_lua(
     socket_path: str | Path,
     *,
@@ -92,14 +107,7 @@ def render_burst_buffer_lua(
     ``sync_timeout`` bounds the callbacks that run inside ``slurmctld``; ``connect_retry`` is how long the
     asynchronous callbacks keep trying to connect, so that a gateway restart does not fail jobs.
     """
-    path = str(socket_path)
-    if not path or "\0" in path:
-        raise ValueError(f"invalid gateway socket path {path!r}")
-    if not Path(path).is_absolute():
-        # slurmctld and slurmscriptd do not run in a directory we control.
-        raise ValueError(f"the gateway socket path must be absolute, got {path!r}")
-    if len(path.encode("utf-8")) > _MAX_SOCKET_PATH:
-        raise ValueError(f"the gateway socket path is longer than {_MAX_SOCKET_PATH} bytes: {path!r}")
+    path = _checked_socket_path(socket_path)
     if not _API_RE.match(slurm_api):
         raise ValueError(f"slurm_api must look like '22.05', got {slurm_api!r}")
     values = {
@@ -107,6 +115,7 @@ def render_burst_buffer_lua(
         "SYNC_TIMEOUT": _lua_number(sync_timeout, "sync_timeout"),
         "CONNECT_RETRY": _lua_number(connect_retry, "connect_retry"),
         "SLURM_API": lua_string_literal(slurm_api),
+        "GATEWAY_CLIENT": _read_resource(_CLIENT),
     }
     return _fill_placeholders(_read_resource(_TEMPLATE), values)
 
@@ -145,31 +154,72 @@ def _safe_path(path: str | Path, what: str) -> str:
     return text
 
 
+def _exec_wrapper(python: str | Path, pythonpath: str | Path, words: list[str], role: str) -> str:
+    """A shell script that runs ``python -m <words>`` with slurmlink on its path, for a Slurm setting
+    that takes a program path without arguments. Every word is checked plain, so nothing needs quoting."""
+    return (
+        "#!/bin/sh\n"
+        f"# Written by slurmlink: Slurm runs this as {role}.\n"
+        f"PYTHONPATH={_safe_path(pythonpath, 'the slurmlink package directory')}\n"
+        "export PYTHONPATH\n"
+        f'exec {_safe_path(python, "the Python interpreter")} -m {" ".join(words)} "$@"\n'
+    )
+
+
 def render_datawarp_wrapper(
     python: str | Path, pythonpath: str | Path, socket_path: str | Path, *, status: bool = False
 ) -> str:
     """The executable Slurm's datawarp plugin runs as GetSysState (``status``: GetSysStatus).
 
-    The plugin passes only the DataWarp arguments, so the wrapper adds where the gateway listens. Every
-    value is a path of plain characters (checked), so the script holds nothing a shell could misread.
+    The plugin passes only the DataWarp arguments, so the wrapper adds where the gateway listens.
     """
-    words = [
-        _safe_path(python, "the Python interpreter"),
-        "-m",
-        "slurmlink.slurm.datawarp",
-        "--socket",
-        _safe_path(socket_path, "the gateway socket"),
-    ]
+    words = ["slurmlink.slurm.datawarp", "--socket", _safe_path(socket_path, "the gateway socket")]
     if status:
         words.append("--status")
-    role = "GetSysStatus (dwstat)" if status else "GetSysState (dw_wlm_cli)"
-    return (
-        "#!/bin/sh\n"
-        f"# Written by slurmlink: Slurm's burst_buffer/datawarp runs this as {role}.\n"
-        f"PYTHONPATH={_safe_path(pythonpath, 'the slurmlink package directory')}\n"
-        "export PYTHONPATH\n"
-        f'exec {" ".join(words)} "$@"\n'
+    role = (
+        "burst_buffer/datawarp's GetSysStatus (dwstat)"
+        if status
+        else "burst_buffer/datawarp's GetSysState (dw_wlm_cli)"
     )
+    return _exec_wrapper(python, pythonpath, words, role)
+
+
+# ------------------------------------------------------------------------------------------- the bank
+
+JOB_SUBMIT_NAME = "job_submit.lua"
+BANK_PROLOG_NAME = "slurmlink-bank-prolog"
+BANK_EPILOG_NAME = "slurmlink-bank-epilog"
+_JOB_SUBMIT_TEMPLATE = "job_submit.lua"
+
+
+def render_job_submit_lua(
+    socket_path: str | Path, *, sync_timeout: float = 0.5, on_unreachable: str = "allow"
+) -> str:
+    """The bank's ``job_submit.lua`` for a gateway listening on ``socket_path``.
+
+    ``sync_timeout`` bounds each submission's round trip (slurmctld holds its job lock meanwhile);
+    ``on_unreachable`` is what a submission gets when the gateway cannot answer: ``allow`` (the hold at
+    the job's start still keeps the account from being overdrawn) or ``deny``.
+    """
+    if on_unreachable not in ("allow", "deny"):
+        raise ValueError(f"on_unreachable must be 'allow' or 'deny', not {on_unreachable!r}")
+    values = {
+        "SOCKET_PATH": lua_string_literal(_checked_socket_path(socket_path)),
+        "SYNC_TIMEOUT": _lua_number(sync_timeout, "sync_timeout"),
+        "CONNECT_RETRY": _lua_number(DEFAULT_CONNECT_RETRY, "connect_retry"),
+        "ON_UNREACHABLE": lua_string_literal(on_unreachable),
+        "GATEWAY_CLIENT": _read_resource(_CLIENT),
+    }
+    return _fill_placeholders(_read_resource(_JOB_SUBMIT_TEMPLATE), values)
+
+
+def render_bank_hook(python: str | Path, pythonpath: str | Path, socket_path: str | Path, which: str) -> str:
+    """The program PrologSlurmctld (``which="prolog"``) or EpilogSlurmctld (``"epilog"``) names."""
+    if which not in ("prolog", "epilog"):
+        raise ValueError(f"which must be 'prolog' or 'epilog', not {which!r}")
+    words = ["slurmlink.slurm.bank_hook", "--socket", _safe_path(socket_path, "the gateway socket"), which]
+    role = f"{'PrologSlurmctld' if which == 'prolog' else 'EpilogSlurmctld'} (the bank's {which})"
+    return _exec_wrapper(python, pythonpath, words, role)
 
 
 def datawarp_conf_text(get_sys_state: str | Path, get_sys_status: str | Path, default_pool: str) -> str:

@@ -11,6 +11,7 @@ from slurmlink.resources.dws.directiverule import DW_DIRECTIVE_RULE
 from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.slurm.commands import SlurmCommands
 from slurmlink.slurm.gateway.activity import CallbackActivity
+from slurmlink.slurm.gateway.bank import BankHooks
 from slurmlink.slurm.gateway.buffers import BufferView
 from slurmlink.slurm.gateway.config import GatewayConfig
 from slurmlink.slurm.gateway.datawarp import DataWarpOps
@@ -38,6 +39,7 @@ class Gateway:
         self.datawarp = DataWarpOps(self.ops)
         self.activity = CallbackActivity()
         self.sweeper = OrphanSweeper(self.ops, self.workflows, self.slurm, config, self.activity)
+        self.bank = BankHooks(client, self.slurm, config.bank) if config.bank is not None else None
         self.server = GatewayServer(
             config.socket_path, self.operations(), self.health, self.activity, quick=QUICK_OPERATIONS
         )
@@ -63,6 +65,11 @@ class Gateway:
             "sessions": self.datawarp.sessions,
             "create_persistent": self.datawarp.create_persistent,
             "destroy_persistent": self.datawarp.destroy_persistent,
+            **(
+                {"bank_prolog": self.bank.prolog, "bank_epilog": self.bank.epilog}
+                if self.bank is not None
+                else {}
+            ),
         }
 
     async def health(self) -> str | None:
@@ -75,6 +82,8 @@ class Gateway:
         await self.server.start()
         if self.config.sweep_interval > 0:
             self._sweep_task = asyncio.create_task(self.sweeper.run_forever(), name="orphan-sweeper")
+        if self.bank is not None:
+            self.bank.start()
         log.info("gateway listening on %s (namespace %s)", self.config.socket_path, self.config.namespace)
 
     async def stop(self) -> None:
@@ -83,6 +92,8 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweep_task
         await self.server.stop()
+        if self.bank is not None:
+            await self.bank.stop()
         await self.ops.aclose()
         await self.workflows.stop()
         await self.rules.stop()

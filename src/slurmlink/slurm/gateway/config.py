@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from slurmlink.slurm.gateway.banksettings import BankSettings
+
 #: Namespace of the Workflows when the kubeconfig's context names none (upstream's tests use ``slurm``).
 DEFAULT_NAMESPACE = "slurm"
 #: DWS recommends a WLM waits about 30 s on a TransientCondition before giving up on the state.
@@ -36,6 +38,8 @@ class GatewayConfig:
     sweep_min_age: float = DEFAULT_SWEEP_MIN_AGE
     #: DWDirectiveRules live here (the API server's system namespace).
     rules_namespace: str = "dws-system"
+    #: The bank's hooks (job_submit.lua, PrologSlurmctld, EpilogSlurmctld); None: not served.
+    bank: BankSettings | None = None
 
 
 #: Where the gateway listens and burst_buffer.lua connects, unless configured otherwise.

@@ -26,6 +26,7 @@ from slurmlink.client.base import Client
 from slurmlink.resources.dws.directiverule import DW_DIRECTIVE_RULE
 from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.slurm.commands import SlurmCommands
+from slurmlink.slurm.gateway.bank import BankView, bank_submit
 from slurmlink.slurm.gateway.buffers import BufferView
 from slurmlink.slurm.gateway.config import GatewayConfig
 from slurmlink.slurm.gateway.informer import Informer, sync_problem
@@ -47,6 +48,9 @@ FORWARDED = (
     "sessions",
     "create_persistent",
     "destroy_persistent",
+    # the bank's PrologSlurmctld and EpilogSlurmctld
+    "bank_prolog",
+    "bank_epilog",
 )
 #: Delay before restarting a worker that died: the first one, and the cap it doubles up to.
 _RESTART_DELAY = (0.5, 10.0)
@@ -79,6 +83,7 @@ class FrontGateway:
         self.ops = BurstBufferOps(
             client, config, self.workflows, self.rules, SlurmCommands(config.slurm_conf), self.buffers
         )
+        self.bank = BankView(client, config.bank) if config.bank is not None else None
         self.server = GatewayServer(
             config.socket_path, self.operations(), self.health, quick=QUICK_OPERATIONS
         )
@@ -97,6 +102,13 @@ class FrontGateway:
         }
         for name in FORWARDED:
             table[name] = self._forwarder(name)
+        if self.bank is not None:
+            bank = self.bank
+
+            async def submit(fields: Fields) -> str:
+                return await bank_submit(bank, fields)
+
+            table["bank_submit"] = submit
         return table
 
     def _forwarder(self, name: str) -> Operation:
@@ -127,6 +139,8 @@ class FrontGateway:
         self.workflows.start()
         self.rules.start()
         self.buffers.start()
+        if self.bank is not None:
+            self.bank.start()
         await self.server.start()
         log.info("gateway listening on %s (namespace %s)", self.config.socket_path, self.config.namespace)
 
@@ -137,6 +151,8 @@ class FrontGateway:
         if self._submissions:
             await asyncio.wait(list(self._submissions))
         await self.ops.aclose()
+        if self.bank is not None:
+            await self.bank.stop()
         await self.workflows.stop()
         await self.rules.stop()
         await self.buffers.stop()

@@ -1,0 +1,396 @@
+"""The bank's Slurm hooks in the gateway: the submit check, the hold at start, the charge at the end.
+
+``bank_submit`` runs in the front for job_submit.lua while slurmctld holds its job lock, so it answers
+from memory: ``BankView`` keeps a copy of every account's balance and the current rate card, refreshed
+every ``refresh`` seconds from the bank's ``/bank/v1/snapshot``. ``bank_prolog`` and ``bank_epilog`` run
+in the worker for PrologSlurmctld and EpilogSlurmctld (``python3 -m slurmlink.slurm.bank_hook``), outside
+slurmctld's locks: they read the job from slurmctld, price it with the same rate card and formula, and
+hold or settle it through the bank's API, keyed by the job run, so a hook run twice changes nothing.
+
+A settle the bank cannot take now is written to the spool and sent again until it is taken; the bank's
+reconciler settles from Slurm's accounting whatever was lost even so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from decimal import Decimal
+from typing import Any
+
+from slurmlink import jsonutil
+from slurmlink.bank.estimate import CostError, JobRequest, RunUsage, charge, from_job_desc, quote
+from slurmlink.bank.ratecard import RateCard, RateCardError
+from slurmlink.bank.runs import RunKey
+from slurmlink.bank.tres import parse_tres
+from slurmlink.client.base import Client
+from slurmlink.resources.errors import ApiError
+from slurmlink.slurm.commands import SlurmCommandError, SlurmCommands
+from slurmlink.slurm.gateway.banksettings import ALLOW, HOLD_JOB, BankSettings
+from slurmlink.slurm.gateway.operations import Fields, GatewayError
+from slurmlink.slurm.jobrecord import JobRecord
+
+log = logging.getLogger(__name__)
+
+BANK = "/bank/v1"
+#: Slurm's NO_VAL sentinels arrive as numbers in text.
+_NUMERIC_FIELDS = frozenset(
+    {
+        "user_id",
+        "num_tasks",
+        "cpus_per_task",
+        "min_cpus",
+        "min_nodes",
+        "ntasks_per_node",
+        "time_limit",
+        "shared",
+        "min_mem_per_node",
+        "min_mem_per_cpu",
+    }
+)
+_HELD_REASON = "slurmlink-bank:"
+
+
+class BankView:
+    """The bank's balances and current rate card, as of the last refresh (front process)."""
+
+    def __init__(self, client: Client, settings: BankSettings) -> None:
+        self.client = client
+        self.settings = settings
+        self.snapshot: dict[str, Any] | None = None
+        self.card: RateCard | None = None
+        self.fetched_at = 0.0
+        self.problem: str | None = "the bank's balances have not been read yet"
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        try:
+            snapshot = await self.client.call("GET", f"{BANK}/snapshot")
+        except ApiError as exc:
+            self.problem = f"cannot read the bank's balances: {exc.message}"
+            log.warning("%s", self.problem)
+            return
+        card_data = snapshot.get("rateCard")
+        card = self.card
+        if card_data is None:
+            card = None
+        elif card is None or card.version != card_data.get("version"):
+            try:
+                card = RateCard.from_json(
+                    jsonutil.dumps_str(card_data), source="the bank's current rate card"
+                )
+            except RateCardError as exc:
+                self.problem = str(exc)
+                return
+        self.snapshot, self.card, self.fetched_at, self.problem = snapshot, card, time.monotonic(), None
+
+    async def run_forever(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self.settings.refresh)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run_forever(), name="bank-view")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def current(self) -> tuple[dict[str, Any], RateCard]:
+        """The snapshot and card to decide with; GatewayError(503) when there is none fit to use."""
+        if self.snapshot is None:
+            raise GatewayError(f"slurmlink bank: {self.problem}", 503)
+        age = time.monotonic() - self.fetched_at
+        if age > self.settings.stale_after:
+            raise GatewayError(
+                f"slurmlink bank: the copy of the bank's balances is {age:.0f} s old ({self.problem})", 503
+            )
+        if self.card is None:
+            raise GatewayError(
+                "slurmlink bank: no rate card has been imported (slurmlink bank ratecard import FILE)", 503
+            )
+        return self.snapshot, self.card
+
+
+def job_request(fields: Fields) -> JobRequest:
+    """The submission's fields as job_submit.lua sent them (numbers as text, NO_VAL included)."""
+    desc: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name in _NUMERIC_FIELDS:
+            with contextlib.suppress(ValueError):
+                desc[name] = int(value)
+        else:
+            desc[name] = value
+    return from_job_desc(desc)
+
+
+async def bank_submit(view: BankView, fields: Fields) -> str:
+    """``accept <per task> <total>``, or a GatewayError whose message sbatch shows the user."""
+    snapshot, card = view.current()
+    request = job_request(fields)
+    try:
+        priced = quote(card, request)
+    except CostError as exc:
+        raise GatewayError(f"slurmlink bank: {exc}", 400) from exc
+    account = request.account
+    if not account:
+        raise GatewayError(
+            "slurmlink bank: the job names no account (sbatch --account=NAME) and you have no default one",
+            400,
+        )
+    entry = (snapshot.get("accounts") or {}).get(account)
+    if entry is None:
+        raise GatewayError(
+            f"slurmlink bank: account {account} has no service units (it has no bank account); ask your "
+            "allocation manager to create one, or submit with another --account",
+            404,
+        )
+    if entry.get("status") != "active":
+        raise GatewayError(
+            f"slurmlink bank: account {account} is {entry.get('status')}; no new jobs may be charged to it. "
+            "Ask your allocation manager",
+            402,
+        )
+    available = Decimal(entry["available"])
+    pending = Decimal(fields.get("pending") or "0")
+    left = available - pending
+    if priced.amount > left:
+        tasks = f" ({priced.tasks} array tasks at {priced.per_task} SU)" if priced.tasks > 1 else ""
+        raise GatewayError(
+            f"slurmlink bank: job rejected: it may cost {priced.amount} SU{tasks} on partition "
+            f"{priced.partition} (rate card {priced.rate_card_version}), but account {account} has "
+            f"{available} SU available, of which {pending} SU may still be spent by its pending jobs "
+            f"({entry.get('held')} SU are held by its running jobs). Ask your allocation manager for more "
+            "service units, or ask for less time or fewer CPUs ('slurmlink bank quote SCRIPT' prices a "
+            "script before you submit it)",
+            402,
+        )
+    return f"accept {priced.per_task} {priced.amount}"
+
+
+def run_key(job: JobRecord, cluster: str) -> RunKey:
+    return RunKey(cluster or job.cluster, job.job_id, job.restart_count, job.submit_time)
+
+
+def usage_of(job: JobRecord, *, elapsed: int, end_state: str) -> RunUsage:
+    return RunUsage(
+        partition=job.partition,
+        qos=job.qos or None,
+        tres=parse_tres(job.tres_alloc),
+        elapsed_s=elapsed,
+        end_state=end_state,
+        account=job.account or None,
+    )
+
+
+class BankHooks:
+    """PrologSlurmctld's hold and EpilogSlurmctld's settle (worker process)."""
+
+    def __init__(self, client: Client, slurm: SlurmCommands, settings: BankSettings) -> None:
+        self.client = client
+        self.slurm = slurm
+        self.settings = settings
+        self._card: RateCard | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._after: set[asyncio.Task[None]] = set()
+
+    async def _rate_card(self) -> RateCard:
+        data = await self.client.call("GET", f"{BANK}/ratecards/current")
+        if self._card is None or self._card.version != data.get("version"):
+            self._card = RateCard.from_json(jsonutil.dumps_str(data), source="the bank's current rate card")
+        return self._card
+
+    async def _job(self, fields: Fields) -> JobRecord:
+        job_id = fields.get("job_id", "")
+        try:
+            job = await self.slurm.job_record(job_id)
+        except (SlurmCommandError, ValueError) as exc:
+            raise GatewayError(
+                f"slurmlink bank: cannot read job {job_id} from slurmctld: {exc}", 503
+            ) from exc
+        if job is None:
+            raise GatewayError(f"slurmlink bank: slurmctld does not know job {job_id}", 404)
+        return job
+
+    async def prolog(self, fields: Fields) -> str:
+        """Hold what the job may cost for its time limit on its allocation; the run's key makes it once."""
+        job = await self._job(fields)
+        key = run_key(job, fields.get("cluster", ""))
+        try:
+            card = await self._rate_card()
+            limit = job.time_limit
+            if limit is None:
+                rate = card.partition(job.partition)
+                limit = rate.max_time if rate is not None and rate.max_time else None
+            if limit is None:
+                raise GatewayError(
+                    f"slurmlink bank: job {job.job_id} has no time limit and partition {job.partition} has "
+                    "no max_time on the rate card: its cost cannot be bounded",
+                    400,
+                )
+            priced = charge(card, usage_of(job, elapsed=limit * 60, end_state="COMPLETED"))
+            body = {
+                "account": job.account,
+                "user": job.user,
+                "amount": str(priced.amount),
+                "details": {
+                    "partition": job.partition,
+                    "qos": job.qos,
+                    "tres": job.tres_alloc,
+                    "timeLimit": limit,
+                },
+            }
+            await self.client.call("POST", f"{BANK}/runs/{key.text}/hold", body)
+        except ApiError as exc:
+            return self._hold_failed(job, exc)
+        except CostError as exc:
+            raise GatewayError(f"slurmlink bank: job {job.job_id}: {exc}", 400) from exc
+        return f"held {priced.amount} SU for run {key.text}"
+
+    def _hold_failed(self, job: JobRecord, exc: ApiError) -> str:
+        if exc.code == 402:  # the account cannot cover it
+            if self.settings.on_insufficient_at_start == HOLD_JOB:
+                task = asyncio.create_task(self._hold_when_pending(job.job_id, exc.message))
+                self._after.add(task)
+                task.add_done_callback(self._after.discard)
+            raise GatewayError(exc.message, 402)
+        unreachable = exc.code in (502, 503, 504) or exc.reason == "ServiceUnavailable"
+        if unreachable and self.settings.on_unreachable_at_start == ALLOW:
+            log.warning(
+                "bank unreachable at the start of job %s (%s): letting it run", job.job_id, exc.message
+            )
+            return f"bank unreachable ({exc.message}); the job runs, its run is settled later"
+        raise GatewayError(f"slurmlink bank: {exc.message}", exc.code or 503)
+
+    async def _hold_when_pending(self, job_id: int, reason: str, timeout: float = 120.0) -> None:
+        """After Slurm requeued the job (the prolog failed), hold it with the bank's reason, so it does
+        not start and fail again every few minutes; the reason is in ``scontrol show job``'s AdminComment."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(SlurmCommandError, ValueError):
+                job = await self.slurm.job_record(str(job_id))
+                if job is None:
+                    return
+                if job.state == "PENDING":
+                    comment = f"{_HELD_REASON} not started: {reason}"[:1000]
+                    await self.slurm.run("scontrol", "hold", str(job_id))
+                    await self.slurm.run("scontrol", "update", f"JobId={job_id}", f"AdminComment={comment}")
+                    return
+            await asyncio.sleep(0.5)
+
+    async def _held_key(self, job: JobRecord, cluster: str, restart: int) -> RunKey:
+        """The key the run was held under (the prolog read the job then); else one made from now."""
+        runs = await self.client.call("GET", f"{BANK}/runs", params={"jobId": str(job.job_id)})
+        for run in runs.get("items") or []:
+            with contextlib.suppress(Exception):
+                key = RunKey.parse(run["run"])
+                if key.restart_count == restart and (not cluster or key.cluster == cluster):
+                    return key
+        return RunKey(cluster or job.cluster, job.job_id, restart, job.submit_time)
+
+    async def epilog(self, fields: Fields) -> str:
+        """Charge what the run used (its RunTime on its allocation, per the card's end-state policy)."""
+        job = await self._job(fields)
+        restart = int(fields["restart"]) if fields.get("restart", "").isdigit() else job.restart_count
+        if restart != job.restart_count or job.state in ("PENDING", "REQUEUED", "REQUEUE_HOLD"):
+            # Requeued: slurmctld now describes the next run. Slurm's accounting keeps this one's
+            # numbers; the reconciler settles it from there.
+            return f"job {job.job_id} run {restart} was requeued; the reconciler settles it from accounting"
+        try:
+            key = await self._held_key(job, fields.get("cluster", ""), restart)
+        except ApiError:
+            key = run_key(job, fields.get("cluster", ""))
+        elapsed = job.run_seconds
+        if elapsed is None:
+            elapsed = max(job.end_time - job.start_time, 0) if job.start_time else 0
+        state = fields.get("state") or job.state
+        try:
+            card = await self._rate_card()
+        except ApiError as exc:
+            return self._spool(key, {"job": job.job_id, "pending": "rate card", "fields": dict(fields)}, exc)
+        try:
+            priced = charge(card, usage_of(job, elapsed=elapsed, end_state=state))
+        except CostError as exc:
+            raise GatewayError(f"slurmlink bank: job {job.job_id}: {exc}", 400) from exc
+        body = {
+            "account": job.account,
+            "user": job.user,
+            "amount": str(priced.amount),
+            "rateCardVersion": priced.rate_card_version,
+            "inputs": {
+                **priced.inputs,
+                "policy": priced.policy,
+                "endState": state,
+                "elapsedSeconds": elapsed,
+            },
+            "details": {"partition": job.partition, "qos": job.qos, "tres": job.tres_alloc, "state": state},
+        }
+        try:
+            await self.client.call("POST", f"{BANK}/runs/{key.text}/settle", body)
+        except ApiError as exc:
+            if exc.code == 409:  # settled before with other numbers (reconciler): the first stands
+                return f"run {key.text} was settled before"
+            return self._spool(key, body, exc)
+        return f"charged {priced.amount} SU for run {key.text} ({state}, {elapsed} s)"
+
+    # ---- spool: settles the bank could not take -------------------------------------------------
+
+    def _spool(self, key: RunKey, body: dict[str, Any], exc: ApiError) -> str:
+        directory = self.settings.spool_dir
+        if directory is None:
+            raise GatewayError(f"slurmlink bank: cannot settle run {key.text}: {exc.message}", 503)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{key.text.replace(':', '_')}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(jsonutil.dumps({"run": key.text, "body": body}))
+        tmp.replace(path)
+        log.warning("bank unreachable at the end of run %s (%s): spooled to %s", key.text, exc.message, path)
+        return f"bank unreachable ({exc.message}); the charge of run {key.text} is spooled and sent later"
+
+    async def send_spooled(self) -> int:
+        """Send what the spool holds; returns how many were taken."""
+        directory = self.settings.spool_dir
+        if directory is None or not directory.is_dir():
+            return 0
+        taken = 0
+        for path in sorted(directory.glob("*.json")):
+            try:
+                entry = jsonutil.loads(path.read_bytes())
+                body = entry["body"]
+                if "amount" not in body:  # the rate card was not readable: price it now
+                    fields = {k: str(v) for k, v in (entry["body"].get("fields") or {}).items()}
+                    await self.epilog(fields)
+                else:
+                    await self.client.call("POST", f"{BANK}/runs/{entry['run']}/settle", body)
+            except ApiError as exc:
+                if exc.code != 409:
+                    continue
+            except (GatewayError, OSError, ValueError, KeyError) as exc:
+                log.warning("spooled settle %s: %s", path.name, exc)
+                continue
+            path.unlink(missing_ok=True)
+            taken += 1
+        return taken
+
+    async def run_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.spool_retry)
+            try:
+                await self.send_spooled()
+            except Exception:
+                log.exception("sending spooled settles failed")
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run_forever(), name="bank-spool")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._task, *self._after) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,105 @@
+"""One job as slurmctld reports it (``squeue --json`` plus ``scontrol``'s RunTime): what the bank's
+hooks price a run from.
+
+``squeue --json`` (Slurm 22.05's data_parser) has the allocation, times and run count; its time limit
+is ``None`` when unlimited. Only ``scontrol show job``'s RunTime leaves out suspended time, so the
+elapsed time comes from there.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from slurmlink import jsonutil
+
+_RUN_TIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d\d):(\d\d)$")
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: int
+    cluster: str
+    account: str
+    user: str
+    user_id: int
+    partition: str
+    qos: str
+    state: str
+    #: Minutes; None when the job may run without limit.
+    time_limit: int | None
+    submit_time: int
+    start_time: int
+    end_time: int
+    restart_count: int
+    tres_alloc: str
+    admin_comment: str
+    array_job_id: int
+    array_task_id: int | None
+    #: Seconds it ran, suspended time excluded (scontrol's RunTime); None when not known.
+    run_seconds: int | None = None
+
+
+def _int(value: Any, default: int = 0) -> int:
+    if isinstance(value, dict):  # later releases: {"set": true, "number": N}
+        value = value.get("number") if value.get("set", True) else None
+    if isinstance(value, bool) or value is None:
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _state(value: Any) -> str:
+    if isinstance(value, list):
+        value = value[0] if value else ""
+    return str(value or "")
+
+
+def parse_squeue_jobs(text: str) -> list[JobRecord]:
+    """Every job of a ``squeue --json`` answer."""
+    data = jsonutil.loads(text)
+    records = []
+    for job in data.get("jobs") or []:
+        limit = job.get("time_limit")
+        if isinstance(limit, dict):
+            limit = limit.get("number") if limit.get("set", True) and not limit.get("infinite") else None
+        records.append(
+            JobRecord(
+                job_id=_int(job.get("job_id")),
+                cluster=str(job.get("cluster") or ""),
+                account=str(job.get("account") or ""),
+                user=str(job.get("user_name") or ""),
+                user_id=_int(job.get("user_id"), -1),
+                partition=str(job.get("partition") or ""),
+                qos=str(job.get("qos") or ""),
+                state=_state(job.get("job_state")),
+                time_limit=None if limit is None else _int(limit),
+                submit_time=_int(job.get("submit_time")),
+                start_time=_int(job.get("start_time")),
+                end_time=_int(job.get("end_time")),
+                restart_count=_int(job.get("restart_cnt")),
+                tres_alloc=str(job.get("tres_alloc_str") or ""),
+                admin_comment=str(job.get("admin_comment") or ""),
+                array_job_id=_int(job.get("array_job_id")),
+                array_task_id=None if job.get("array_task_id") is None else _int(job.get("array_task_id")),
+            )
+        )
+    return records
+
+
+def parse_run_time(text: str) -> int | None:
+    """``[D-]HH:MM:SS`` as seconds (None if it is not one)."""
+    match = _RUN_TIME.match(text.strip())
+    if not match:
+        return None
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def run_time_of(scontrol_line: str) -> int | None:
+    """RunTime from one ``scontrol -o show job`` line."""
+    match = re.search(r"(?:^|\s)RunTime=(\S+)", scontrol_line)
+    return parse_run_time(match.group(1)) if match else None
