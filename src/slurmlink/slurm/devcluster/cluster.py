@@ -196,9 +196,8 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         self.cluster_name = cluster_name.lower()
         self.accounting = accounting
         self.dbd_port = dbd_port
+        #: Kept without accounting too (saved for a later ``up`` with it), but only used with it.
         self.accounting_enforce = slurmdbd.parse_enforce(accounting_enforce)
-        if self.accounting_enforce and not accounting:
-            raise DevClusterError("AccountingStorageEnforce needs accounting (slurmdbd)")
         self.log: LogFn = log or stderr_log
         #: Pids this object started, by daemon name: alive even while the daemon rewrites its pid file.
         self._spawned: dict[str, int] = {}

@@ -1,4 +1,5 @@
-"""What the host needs: Debian's Slurm and munge packages, and the unprivileged job user."""
+"""What the host needs: Debian's Slurm and munge packages (for accounting also slurmdbd and MariaDB), and
+the unprivileged job user."""
 
 from __future__ import annotations
 
