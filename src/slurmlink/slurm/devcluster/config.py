@@ -36,6 +36,8 @@ RESTART_KEYS = frozenset(
         "accountingstoragetype",
         "accountingstoragehost",
         "accountingstorageport",
+        "accountingstoragepass",
+        "accountingstorageenforce",
         "jobacctgathertype",
     }
 )
