@@ -7,12 +7,20 @@ and its own state dir; the last test takes it down and up again, so it runs last
 from __future__ import annotations
 
 import itertools
+import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from slurmlink.slurm.devcluster import DEFAULT_ACCOUNT, DevCluster, DevClusterStatus, free_port_pair
+from slurmlink.slurm.devcluster import (
+    DEFAULT_ACCOUNT,
+    DevCluster,
+    DevClusterError,
+    DevClusterStatus,
+    free_port_pair,
+)
 from support.devcluster import make_state_dir, skip_unless_possible, teardown_cluster
 from support.postgres import free_port
 from support.unix_users import ensure_unix_user
@@ -169,6 +177,34 @@ def _accounting_processes(state_dir: Path) -> dict[int, str]:
         except OSError:
             continue
     return found
+
+
+def test_taken_dbd_port_fails_up_cleanly_and_says_so() -> None:
+    skip_unless_possible()
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ctld_port, slurmd_port = free_port_pair()
+        scratch = DevCluster(
+            make_state_dir("slurmlink-accounting-taken-"),
+            ctld_port=ctld_port,
+            slurmd_port=slurmd_port,
+            dbd_port=port,
+            storage_nodes=0,
+            accounting=True,
+        )
+        try:
+            with pytest.raises(
+                DevClusterError, match=re.escape(f"DbdPort {port} (pick another with --dbd-port)")
+            ):
+                scratch.up(wait_timeout=60)
+            assert not scratch.mariadb.datadir.exists()  # found before anything started
+            assert _accounting_processes(scratch.state_dir) == {}
+            status = scratch.status()
+            assert not (status.munged or status.mariadb or status.slurmdbd), status
+        finally:
+            teardown_cluster(scratch)
 
 
 def test_down_stops_everything_and_up_keeps_the_jobs(cluster: DevCluster) -> None:

@@ -677,10 +677,7 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
             self.log("slurmdbd.conf changed; restarting slurmdbd")
             self._stop(dbd, 10)
         if self._pid(dbd) is None:
-            if not port_free(self.dbd_port):
-                raise DevClusterError(
-                    f"port already in use: DbdPort {self.dbd_port}; pick another with --dbd-port"
-                )
+            self._check_ports()  # again: slurmctld may run, so up did not check DbdPort yet
             self._start(dbd)
         wait_until(
             lambda: slurmdbd.dbd_answers(self.run_slurm),
@@ -820,11 +817,18 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         return daemon
 
     def _check_ports(self) -> None:
-        """SlurmctldPort must be free on the host (slurmds listen in their nodes' own network stacks)."""
-        if self._pid(self._daemon("slurmctld")) is None and not port_free(self.ctld_port):
-            raise DevClusterError(
-                f"port(s) already in use: SlurmctldPort {self.ctld_port}; pick another with --ctld-port"
-            )
+        """SlurmctldPort (and with accounting DbdPort) must be free on the host, unless our own daemon has
+        it (slurmds listen in their nodes' own network stacks)."""
+        wanted = [("slurmctld", "SlurmctldPort", self.ctld_port, "--ctld-port")]
+        if self.accounting:
+            wanted.append(("slurmdbd", "DbdPort", self.dbd_port, "--dbd-port"))
+        taken = [
+            f"{key} {port} (pick another with {option})"
+            for daemon, key, port, option in wanted
+            if self._pid(self._daemon(daemon)) is None and not port_free(port)
+        ]
+        if taken:
+            raise DevClusterError(f"port(s) already in use: {'; '.join(taken)}")
 
     def _wait_idle(self, timeout: float, daemons: Sequence[Daemon]) -> None:
         checks = [self._died_check(d) for d in daemons]
