@@ -143,14 +143,32 @@ def write_pid(pid_file: Path, pid: int) -> None:
     tmp.replace(pid_file)
 
 
-def running_pid(pid_file: Path, matches: Callable[[list[str]], bool]) -> int | None:
-    """The pid in ``pid_file`` if that process is alive and is the daemon (its cmdline ``matches``)."""
+def environ(pid: int) -> dict[str, str]:
+    """The environment ``pid`` was started with ({} if it is gone or not readable)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (entry.decode(errors="replace").partition("=") for entry in raw.split(b"\0") if entry)
+    return {key: value for key, _, value in pairs}
+
+
+def running_pid(
+    pid_file: Path,
+    matches: Callable[[list[str]], bool],
+    environ_matches: Callable[[dict[str, str]], bool] | None = None,
+) -> int | None:
+    """The pid in ``pid_file`` if that process is alive and is the daemon (its cmdline ``matches``, and
+    its environment ``environ_matches`` when given: for daemons whose command line names nothing of
+    their own, such as ``slurmdbd -D``)."""
     pid = read_pid(pid_file)
     if pid is None or not process_alive(pid):
         return None
     if is_child(pid):
         return pid  # ours and not reaped, so the pid cannot have been reused
-    return pid if matches(cmdline(pid)) else None
+    if not matches(cmdline(pid)):
+        return None
+    return pid if environ_matches is None or environ_matches(environ(pid)) else None
 
 
 def died_check(pid: int, name: str, log_tail: Callable[[], str]) -> Callable[[], None]:

@@ -426,10 +426,10 @@ def test_quickstart_up_runs_the_seed_job_then_down_purges() -> None:
     ctld_port, slurmd_port = free_port_pair()
     listen = f"127.0.0.1:{free_port()}"
     where = ["--state-dir", str(directory)]
+    ports = ["--ctld-port", str(ctld_port), "--slurmd-port", str(slurmd_port)]
     try:
-        up = quickstart_cli(
-            "up", *where, "--listen", listen, "--ctld-port", str(ctld_port), "--slurmd-port", str(slurmd_port)
-        )
+        # The quick start's defaults, accounting storage included (slurmdbd on a free port).
+        up = quickstart_cli("up", *where, "--listen", listen, *ports, "--dbd-port", str(free_port("0.0.0.0")))
         if "not implemented yet" in up.stderr:
             pytest.skip("'slurmlink slurm gateway' is not implemented yet")
         assert up.returncode == 0, up.stderr
@@ -466,7 +466,17 @@ def test_quickstart_up_runs_the_seed_job_then_down_purges() -> None:
 
         status = quickstart_cli("status", *where, timeout=60)
         assert status.returncode == 0, status.stdout + status.stderr
+        assert "slurmdbd" in status.stdout and "sacct -X" in up.stdout
+        wait_for(  # slurmctld reports job ends to slurmdbd asynchronously
+            lambda: (
+                cluster.sacct([job_id], ("JobIDRaw", "Account", "State"))
+                == [{"JobIDRaw": job_id, "Account": "default", "State": "COMPLETED"}]
+            ),
+            timeout=30,
+            message=f"sacct to show job {job_id} COMPLETED in account default",
+        )
         pids = cluster.status().pids
+        assert pids["mariadbd"] and pids["slurmdbd"], pids
         server_pid = int((directory / "run" / "server.pid").read_text())
 
         again = quickstart_cli("up", *where)  # idempotent: same listen address and ports remembered

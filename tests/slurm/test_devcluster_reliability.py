@@ -52,7 +52,8 @@ def test_quickstart_up_down_cycles_start_every_time_and_leave_nothing_behind() -
         directory = make_state_dir(f"slurmlink-qs-cycle{cycle}-")
         ctld_port, slurmd_port = free_port_pair()
         where = ["--state-dir", str(directory)]
-        ports = ["--ctld-port", str(ctld_port), "--slurmd-port", str(slurmd_port)]
+        # Accounting (MariaDB, slurmdbd) is covered by test_accounting and the seed-job quick start test.
+        ports = ["--ctld-port", str(ctld_port), "--slurmd-port", str(slurmd_port), "--no-accounting"]
         started: dict[int, int | None] = {}
         network = None
         began = time.monotonic()
@@ -83,7 +84,13 @@ def test_failed_quickstart_up_stops_the_server_it_started_and_says_why() -> None
         ctld_port = taken.getsockname()[1]
         try:
             up = quickstart_cli(
-                "up", *where, "--listen", f"127.0.0.1:{free_port()}", "--ctld-port", str(ctld_port)
+                "up",
+                *where,
+                "--listen",
+                f"127.0.0.1:{free_port()}",
+                "--ctld-port",
+                str(ctld_port),
+                "--no-accounting",
             )
             assert up.returncode != 0
             # The API server was up before the dev cluster found its port taken.

@@ -78,15 +78,23 @@ class QuickStart:
 
 @contextmanager
 def running_quickstart(
-    prefix: str, *, compute_nodes: int = 2, storage_nodes: int = 3, extra_args: tuple[str, ...] = ()
+    prefix: str,
+    *,
+    compute_nodes: int = 2,
+    storage_nodes: int = 3,
+    extra_args: tuple[str, ...] = (),
+    accounting: bool = False,
 ) -> Iterator[QuickStart]:
     """Bring one up on a fresh state dir and free ports; take it down (``--purge``) afterwards.
 
-    ``extra_args`` go to ``quickstart up`` (e.g. ``--burst-buffer-plugin datawarp``)."""
+    ``extra_args`` go to ``quickstart up`` (e.g. ``--burst-buffer-plugin datawarp``). Accounting storage
+    (slurmdbd, on a free port) only with ``accounting``: the quick start's default, but it adds seconds to
+    every start that tests without sacct need not spend (a later ``up`` remembers the choice)."""
     skip_unless_possible()
     directory = make_state_dir(prefix)
     ctld_port, slurmd_port = free_port_pair()
     ports = ["--ctld-port", str(ctld_port), "--slurmd-port", str(slurmd_port)]
+    ports += ["--accounting", "--dbd-port", str(free_port("0.0.0.0"))] if accounting else ["--no-accounting"]
     quick = QuickStart(
         directory,
         f"127.0.0.1:{free_port()}",

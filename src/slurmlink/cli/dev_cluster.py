@@ -12,12 +12,15 @@ from typing import Any, TypeVar
 import click
 
 from slurmlink.slurm.devcluster import (
+    DEFAULT_ACCOUNT,
     DEFAULT_COMPUTE_NODES,
     DEFAULT_CTLD_PORT,
+    DEFAULT_DBD_PORT,
     DEFAULT_JOB_USER,
     DEFAULT_SLURMD_PORT,
     DEFAULT_STATE_DIR,
     DEFAULT_STORAGE_NODES,
+    ENFORCE_FLAGS,
     MAX_COMPUTE_NODES,
     MAX_STORAGE_NODES,
     DevCluster,
@@ -27,6 +30,7 @@ from slurmlink.slurm.devcluster import (
     gateway_healthy,
     placeholder_burst_buffer,
 )
+from slurmlink.slurm.devcluster.slurmdbd import parse_enforce
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -96,6 +100,53 @@ def node_count_options(func: _F) -> _F:
     return func
 
 
+def accounting_options(default: str) -> Callable[[_F], _F]:
+    """``--accounting/--no-accounting``, ``--dbd-port`` and ``--accounting-enforce`` (for ``up`` here and
+    in the quick start); ``default`` says, for the help text, what applies when none was ever given."""
+
+    def decorate(func: _F) -> _F:
+        options = [
+            click.option(
+                "--accounting/--no-accounting",
+                default=None,
+                help="Run Slurm's accounting storage: slurmdbd on a private MariaDB (data dir and socket "
+                "under the state dir), so sacct and sacctmgr work; the job user's jobs are charged to "
+                f"account '{DEFAULT_ACCOUNT}' unless they name another. Adds a second or two to 'up' (a few "
+                f"more the first time, which makes the database). Default: the last 'up's, else {default}.",
+            ),
+            click.option(
+                "--dbd-port",
+                type=click.IntRange(1, 65535),
+                default=None,
+                help=f"slurmdbd's port (default: the last 'up's, else {DEFAULT_DBD_PORT}); MariaDB "
+                "listens on a Unix socket only.",
+            ),
+            click.option(
+                "--accounting-enforce",
+                metavar="FLAGS",
+                default=None,
+                help="Slurm's AccountingStorageEnforce with accounting, e.g. 'associations,limits,safe' "
+                f"(flags: {', '.join(ENFORCE_FLAGS)}); 'none' turns it off. Default: the last 'up's, "
+                "else none, so users without an association still run jobs.",
+            ),
+        ]
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def check_accounting_options(accounting: bool | None, accounting_enforce: str | None) -> None:
+    """Known flags only; and enforcement without accounting means nothing: refuse it rather than ignore it."""
+    try:
+        enforcing = parse_enforce(accounting_enforce)
+    except DevClusterError as exc:
+        raise click.BadParameter(str(exc), param_hint="--accounting-enforce") from None
+    if accounting is False and enforcing:
+        raise click.UsageError("--accounting-enforce needs accounting (drop --no-accounting)")
+
+
 def _cluster(
     state_dir: Path,
     ctld_port: int | None,
@@ -103,6 +154,7 @@ def _cluster(
     job_user: str | None,
     compute_nodes: int | None = None,
     storage_nodes: int | None = None,
+    **accounting: Any,
 ) -> DevCluster:
     try:
         return DevCluster.from_state_dir(
@@ -113,6 +165,7 @@ def _cluster(
             job_user=job_user,
             compute_nodes=compute_nodes,
             storage_nodes=storage_nodes,
+            **accounting,
         )
     except DevClusterError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -164,6 +217,7 @@ def dev_cluster() -> None:
     help="Do not enable BurstBufferType=burst_buffer/lua. Without it, and without a kubeconfig given now or "
     "by an earlier 'up', a do-nothing placeholder plugin is installed so '#DW' jobs run.",
 )
+@accounting_options(default="off")
 @click.option(
     "--wait-timeout",
     type=click.FloatRange(min=1),
@@ -182,6 +236,9 @@ def up(
     gateway_args: tuple[str, ...],
     burst_buffer_plugin: str,
     no_burst_buffer: bool,
+    accounting: bool | None,
+    dbd_port: int | None,
+    accounting_enforce: str | None,
     wait_timeout: float,
 ) -> None:
     """Start the cluster, or refresh a running one, and wait until its compute nodes are idle.
@@ -191,10 +248,24 @@ def up(
     other node counts add or remove nodes (and restart Slurm).
     With --kubeconfig, slurmlink's plugin goes into STATE_DIR/etc and its gateway runs as a fourth daemon
     (log: STATE_DIR/log/gateway.log); a changed kubeconfig restarts the gateway.
+    With --accounting, MariaDB (STATE_DIR/mariadb) and slurmdbd (STATE_DIR/etc/slurmdbd.conf, log
+    STATE_DIR/log/slurmdbd.log) start before slurmctld; off by default, since most uses need no sacct.
+    --no-accounting later stops them and keeps the database for the next --accounting.
     """
     if no_burst_buffer and (kubeconfig is not None or gateway_args):
         raise click.UsageError("--no-burst-buffer cannot be combined with --kubeconfig or --gateway-arg")
-    cluster = _cluster(state_dir, ctld_port, slurmd_port, job_user, compute_nodes, storage_nodes)
+    check_accounting_options(accounting, accounting_enforce)
+    cluster = _cluster(
+        state_dir,
+        ctld_port,
+        slurmd_port,
+        job_user,
+        compute_nodes,
+        storage_nodes,
+        accounting=accounting,
+        dbd_port=dbd_port,
+        accounting_enforce=accounting_enforce,
+    )
     gateway = None
     if not no_burst_buffer:
         if kubeconfig is None:
@@ -228,6 +299,11 @@ def up(
         click.echo(
             f"slurmlink's burst buffer plugin talks to the gateway at {cluster.gateway_socket} "
             f"(log: {cluster.gateway_log})."
+        )
+    if cluster.accounting:
+        click.echo(
+            f"Accounting: slurmdbd on port {cluster.dbd_port}; sacct and sacctmgr work with SLURM_CONF "
+            f"(jobs of {cluster.job_user} go to account '{DEFAULT_ACCOUNT}')."
         )
 
 
@@ -269,8 +345,9 @@ def down(
 ) -> None:
     """Stop the cluster's daemons (only those it started, found by pid file) and remove its nodes.
 
-    Every process still inside a node is killed, the nodes' namespaces, veths and the bridge are removed.
-    Keeps the state directory, so the next 'up' finds jobs, config and addresses again, unless --purge.
+    Every process still inside a node is killed, the nodes' namespaces, veths and the bridge are removed;
+    slurmdbd and MariaDB are stopped too. Keeps the state directory, so the next 'up' finds jobs, the
+    accounting database, config and addresses again, unless --purge.
     """
     cluster = _cluster(state_dir, ctld_port, slurmd_port, job_user)
     purge = purge and cluster.state_dir.exists()
@@ -309,6 +386,8 @@ def status(state_dir: Path, ctld_port: int | None, slurmd_port: int | None, job_
         table.add_row("gateway", state, f"socket {cluster.gateway_socket}, log {cluster.gateway_log}")
     else:
         table.add_row("gateway", "[dim]not used[/]", "placeholder burst_buffer.lua (no --kubeconfig given)")
+    for row in accounting_rows(cluster, st):
+        table.add_row(*row)
     for row in node_rows(st):
         table.add_row(*row)
     table.add_row("SLURM_CONF", "", str(cluster.slurm_conf))
@@ -316,6 +395,21 @@ def status(state_dir: Path, ctld_port: int | None, slurmd_port: int | None, job_
     Console().print(table)
     if not st.running:
         raise SystemExit(1)
+
+
+def accounting_rows(cluster: DevCluster, st: DevClusterStatus) -> list[tuple[str, str, str]]:
+    """Status-table rows for MariaDB and slurmdbd (one "not used" row without accounting)."""
+    if not (st.accounting_enabled or st.mariadb or st.slurmdbd):
+        return [("accounting", "[dim]not used[/]", "no slurmdbd (up --accounting to run it)")]
+    rows = []
+    for name, alive, detail in [
+        ("mariadbd", st.mariadb, f"socket {cluster.mariadb.socket}, data {cluster.mariadb.datadir}"),
+        ("slurmdbd", st.slurmdbd, f"port {cluster.dbd_port}, {cluster.slurmdbd_conf}"),
+    ]:
+        pid = st.pids.get(name)
+        state = f"[green]running[/] (pid {pid})" if alive else "[red]stopped[/]"
+        rows.append((name, state, detail))
+    return rows
 
 
 def node_rows(st: DevClusterStatus) -> list[tuple[str, str, str]]:

@@ -2,7 +2,8 @@
 
 ``up`` makes the dev cluster's network and nodes, starts the API server (``slurmlink serve``, detached) on
 ``--listen`` and on the cluster bridge's address (where the nodes reach the host), issues the Slurm plugin's
-credentials from its CA, brings up Slurm with slurmlink's burst buffer plugin and its gateway, starts one
+credentials from its CA, brings up Slurm with slurmlink's burst buffer plugin and its gateway (and, unless
+``--no-accounting``, Slurm's accounting storage: slurmdbd on a private MariaDB, for sacct), starts one
 storage agent inside each storage node (on a sparse loop file) and a compute agent (``agent --compute``,
 which mounts burst buffers) inside each compute node, and makes the default storage pools; then it
 prints how to submit the DWS install guide's test job and watch its Workflow. Everything lives under one
@@ -12,7 +13,8 @@ directory:
     DIR/server/                 the server's state: database, CA, admin.kubeconfig
     DIR/slurm-dws.kubeconfig    the plugin's credentials (role workload-manager, namespace slurm)
     DIR/cluster/                the dev cluster (slurm.conf, munge, Slurm state, gateway socket, logs,
-                                the nodes' namespace pins under ns/)
+                                the nodes' namespace pins under ns/, the accounting database under
+                                mariadb/)
     DIR/storage/                per storage node: NODE.img (the loop file), NODE/ (the agent's state dir,
                                 its node-agent.kubeconfig, pool/ where the node mounts its device);
                                 per compute node: NODE/ (its compute agent's state dir and kubeconfig)
@@ -35,10 +37,17 @@ import click
 
 from slurmlink import supervise
 from slurmlink.agent.devcluster import DEFAULT_POOLS, DevClusterAgents, StorageSetupError
-from slurmlink.cli.dev_cluster import node_count_options, node_rows
+from slurmlink.cli.dev_cluster import (
+    accounting_options,
+    accounting_rows,
+    check_accounting_options,
+    node_count_options,
+    node_rows,
+)
 from slurmlink.cpu_priority import COLOCATED_SERVE_NICE
 from slurmlink.serve_process import ServeError, ServeProcess
 from slurmlink.slurm.devcluster import (
+    DEFAULT_ACCOUNT,
     DEFAULT_CTLD_PORT,
     DEFAULT_SLURMD_PORT,
     DevCluster,
@@ -147,8 +156,12 @@ class Quickstart:
         *,
         compute_nodes: int | None = None,
         storage_nodes: int | None = None,
+        accounting: bool | None = None,
+        dbd_port: int | None = None,
+        accounting_enforce: str | None = None,
     ) -> DevCluster:
-        """The dev cluster; ports and node counts not given are its last ``up``'s (else the defaults)."""
+        """The dev cluster; ports, node counts and accounting settings not given are its last ``up``'s (else
+        the defaults)."""
         return DevCluster.from_state_dir(
             self.cluster_dir,
             log=_progress,
@@ -156,6 +169,9 @@ class Quickstart:
             slurmd_port=slurmd_port,
             compute_nodes=compute_nodes,
             storage_nodes=storage_nodes,
+            accounting=accounting,
+            dbd_port=dbd_port,
+            accounting_enforce=accounting_enforce,
         )
 
     # --------------------------------------------------------------- settings
@@ -169,8 +185,21 @@ class Quickstart:
     def saved_listen(self) -> str | None:
         return self._saved("listen")
 
+    def saved_accounting(self) -> bool:
+        """Whether the last ``up`` ran accounting storage; True for a quick start that never said."""
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            value = json.loads((self.dir / SETTINGS_FILE).read_text()).get("accounting")
+            if isinstance(value, bool):
+                return value
+        return True
+
     def _save_settings(
-        self, listen: str, storage_size: str, storage_capacity: str | None, plugin: str = "lua"
+        self,
+        listen: str,
+        storage_size: str,
+        storage_capacity: str | None,
+        plugin: str = "lua",
+        accounting: bool = True,
     ) -> None:
         path = self.dir / SETTINGS_FILE
         tmp = path.with_name(f".{path.name}.tmp")
@@ -179,6 +208,7 @@ class Quickstart:
             "storage_size": storage_size,
             "storage_capacity": storage_capacity,
             "burst_buffer_plugin": plugin,
+            "accounting": accounting,
         }
         tmp.write_text(json.dumps(settings, indent=2) + "\n")
         tmp.replace(path)
@@ -419,7 +449,12 @@ class Quickstart:
         storage_size: str | None = None,
         storage_capacity: str | None = None,
         burst_buffer_plugin: str | None = None,
+        accounting: bool | None = None,
+        dbd_port: int | None = None,
+        accounting_enforce: str | None = None,
     ) -> None:
+        """Start (or refresh) everything. Accounting storage is on unless turned off, now or by the last
+        ``up``: the quick start is where the bank's reconciler and ``sacct`` users try things."""
         if os.geteuid() != 0:
             raise QuickstartError("the quick start runs Slurm's daemons as root: run it as root (sudo)")
         listen = listen or self.saved_listen() or DEFAULT_LISTEN
@@ -429,9 +464,16 @@ class Quickstart:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)  # the job user must reach DIR/cluster
         plugin = burst_buffer_plugin or self._saved("burst_buffer_plugin") or "lua"
-        self._save_settings(listen, size, capacity, plugin)
+        accounting = self.saved_accounting() if accounting is None else accounting
+        self._save_settings(listen, size, capacity, plugin, accounting)
         cluster = self.cluster(
-            ctld_port, slurmd_port, compute_nodes=compute_nodes, storage_nodes=storage_nodes
+            ctld_port,
+            slurmd_port,
+            compute_nodes=compute_nodes,
+            storage_nodes=storage_nodes,
+            accounting=accounting,
+            dbd_port=dbd_port,
+            accounting_enforce=accounting_enforce,
         )
         # The nodes reach the server at the bridge's address, which exists once the network does.
         try:
@@ -515,6 +557,13 @@ See the storage nodes and pools, drain and undrain a node:
 """
         else:
             storage = storage_help = ""
+        accounting = (
+            f"  accounting   slurmdbd on port {cluster.dbd_port} (MariaDB in {cluster.mariadb.directory}); "
+            f"jobs go to account '{DEFAULT_ACCOUNT}':\n"
+            f"               SLURM_CONF={conf} sacct -X -o JobID,Account,State,Elapsed,AllocTRES\n"
+            if cluster.accounting
+            else ""
+        )
         return f"""\
 slurmlink quick start is up ({self.dir}).
   API server   {self.server_url(self.saved_listen() or DEFAULT_LISTEN)}   log {self.server_log}
@@ -522,7 +571,7 @@ slurmlink quick start is up ({self.dir}).
   nodes        {", ".join(cluster.node_names())}   controller (as nodes see it) {controller}
                a shell on one: slurmlink dev-cluster exec --state-dir {cluster_dir} NODE -- bash
   gateway      {cluster.gateway_socket}   log {cluster.gateway_log}
-{storage}
+{accounting}{storage}
 Submit {what} ({job}):
 {script}
   as the job user (root may not use burst buffers):
@@ -613,6 +662,7 @@ def quickstart() -> None:
     "(Slurm's burst_buffer/datawarp running 'slurmlink dw-wlm-cli': #DW jobdw and #BB "
     "create_persistent/destroy_persistent; DefaultPool=gluster). Default: the last 'up's, else lua.",
 )
+@accounting_options(default="on")
 def up(
     state_dir: Path,
     listen: str | None,
@@ -624,6 +674,9 @@ def up(
     storage_size: str | None,
     storage_capacity: str | None,
     burst_buffer_plugin: str | None,
+    accounting: bool | None,
+    dbd_port: int | None,
+    accounting_enforce: str | None,
 ) -> None:
     """Start (or refresh) everything and print how to submit a burst buffer job.
 
@@ -633,8 +686,11 @@ def up(
     slurmlink's burst_buffer.lua and the gateway, starts a storage agent inside each storage node (each on
     a sparse loop file under STATE_DIR/storage, with its own node-agent kubeconfig), a compute agent inside
     each compute node (it mounts the nodes' burst buffers) and creates the default storage pools over them.
+    Slurm's accounting storage (slurmdbd on a private MariaDB in STATE_DIR/cluster/mariadb) runs too, so
+    sacct and sacctmgr work, unless --no-accounting.
     Running it again keeps what is running and restarts only what changed.
     """
+    check_accounting_options(accounting, accounting_enforce)
     qs = Quickstart(state_dir)
     try:
         qs.up(
@@ -647,6 +703,9 @@ def up(
             storage_size=storage_size,
             storage_capacity=storage_capacity,
             burst_buffer_plugin=burst_buffer_plugin,
+            accounting=accounting,
+            dbd_port=dbd_port,
+            accounting_enforce=accounting_enforce,
         )
     except QuickstartError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -664,8 +723,9 @@ def up(
     help="Seconds to wait after SIGTERM before sending SIGKILL.",
 )
 def down(state_dir: Path, purge: bool, timeout: float) -> None:
-    """Stop the storage agents, the dev cluster (Slurm, gateway, munge, nodes), then the API server; by pid
-    file only. The storage nodes' loop devices are detached (their files stay unless --purge)."""
+    """Stop the storage agents, the dev cluster (Slurm, gateway, slurmdbd, MariaDB, munge, nodes), then the
+    API server; by pid file only. The storage nodes' loop devices are detached (their files stay unless
+    --purge)."""
     qs = Quickstart(state_dir)
     try:
         qs.down(purge, timeout)
@@ -710,6 +770,8 @@ def status(state_dir: Path) -> None:
             "munged": f"socket {cluster.munge_socket}",
         }[name]
         table.add_row(name, state, detail)
+    for row in accounting_rows(cluster, st):
+        table.add_row(*row)
     for row in node_rows(st):
         table.add_row(*row)
     agents_ok = True

@@ -13,23 +13,30 @@ unprivileged user (the lua plugin refuses root), hence :meth:`DevCluster.ensure_
 Running something on a node: ``cluster.node("storage1")`` (a :class:`Node`), then :func:`node_command`
 (the nsenter argv), :func:`run_in_node`, :func:`popen_in_node` or :func:`spawn_in_node`.
 
+With ``accounting=True`` it also runs Slurm's accounting storage: slurmdbd on a private MariaDB (its own
+data dir and socket under the state dir), so ``sacct`` and ``sacctmgr`` work with the cluster's SLURM_CONF;
+the job user's jobs are charged to the account :data:`DEFAULT_ACCOUNT` unless they name another.
+
 One module per job: ``layout`` (paths, nodes and addresses, defaults), ``nodes`` (namespaces, bridge and
 veths; running programs inside a node), ``host`` (packages, job user), ``config`` (slurm.conf rendering),
-``daemons`` (what runs and how it is recognised), ``cluster`` (up/down/status), ``jobs`` (Slurm clients and
-job helpers for tests). Processes are supervised with :mod:`slurmlink.supervise`.
+``daemons`` (what runs and how it is recognised), ``mariadb`` (the accounting database's server),
+``slurmdbd`` (slurmdbd.conf, slurm.conf's accounting lines, the records it starts with), ``cluster``
+(up/down/status), ``jobs`` (Slurm clients and job helpers for tests). Processes are supervised with
+:mod:`slurmlink.supervise`.
 """
 
 from slurmlink.slurm.devcluster.cluster import DevCluster, DevClusterStatus, GatewaySetup, NodeStatus
 from slurmlink.slurm.devcluster.config import BurstBufferSetup, placeholder_burst_buffer
 from slurmlink.slurm.devcluster.daemons import free_port_pair, gateway_healthy, unix_http_get
 from slurmlink.slurm.devcluster.errors import DevClusterError
-from slurmlink.slurm.devcluster.host import PACKAGES
+from slurmlink.slurm.devcluster.host import ACCOUNTING_PACKAGES, PACKAGES
 from slurmlink.slurm.devcluster.jobs import parse_scontrol_record
 from slurmlink.slurm.devcluster.layout import (
     COMPUTE,
     DEFAULT_CLUSTER_NAME,
     DEFAULT_COMPUTE_NODES,
     DEFAULT_CTLD_PORT,
+    DEFAULT_DBD_PORT,
     DEFAULT_JOB_UID,
     DEFAULT_JOB_USER,
     DEFAULT_SLURMD_PORT,
@@ -43,6 +50,7 @@ from slurmlink.slurm.devcluster.layout import (
     Node,
     NodeRole,
 )
+from slurmlink.slurm.devcluster.mariadb import MariaDB
 from slurmlink.slurm.devcluster.nodes import (
     node_command,
     node_exists,
@@ -51,18 +59,23 @@ from slurmlink.slurm.devcluster.nodes import (
     run_in_node,
     spawn_in_node,
 )
+from slurmlink.slurm.devcluster.slurmdbd import DEFAULT_ACCOUNT, ENFORCE_FLAGS
 from slurmlink.supervise import running_pid, spawn_detached, stop_pid
 
 __all__ = [
+    "ACCOUNTING_PACKAGES",
     "COMPUTE",
+    "DEFAULT_ACCOUNT",
     "DEFAULT_CLUSTER_NAME",
     "DEFAULT_COMPUTE_NODES",
     "DEFAULT_CTLD_PORT",
+    "DEFAULT_DBD_PORT",
     "DEFAULT_JOB_UID",
     "DEFAULT_JOB_USER",
     "DEFAULT_SLURMD_PORT",
     "DEFAULT_STATE_DIR",
     "DEFAULT_STORAGE_NODES",
+    "ENFORCE_FLAGS",
     "MAX_COMPUTE_NODES",
     "MAX_STORAGE_NODES",
     "PACKAGES",
@@ -73,6 +86,7 @@ __all__ = [
     "DevClusterError",
     "DevClusterStatus",
     "GatewaySetup",
+    "MariaDB",
     "Network",
     "Node",
     "NodeRole",

@@ -10,6 +10,11 @@ With a :class:`GatewaySetup` the cluster runs slurmlink's real burst buffer plug
 the plugin kubeconfig are installed into ``state_dir/etc`` (:func:`slurmlink.slurm.install.install_plugin`)
 and a fourth daemon, ``slurmlink slurm gateway``, is started before slurmctld, because slurmctld calls
 ``slurm_bb_pools`` through it as soon as it starts.
+
+With ``accounting`` the cluster also runs Slurm's accounting storage: a private MariaDB (:mod:`.mariadb`)
+and slurmdbd on it (:mod:`.slurmdbd`), both started before slurmctld, which registers with slurmdbd as it
+starts; ``sacct`` and ``sacctmgr`` then work with the cluster's SLURM_CONF. ``down`` stops them with the rest
+and keeps the database, so the next ``up`` finds the old jobs.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from slurmlink import supervise
-from slurmlink.slurm.devcluster import host, nodes
+from slurmlink.slurm.devcluster import host, nodes, slurmdbd
 from slurmlink.slurm.devcluster.config import RESTART_KEYS, BurstBufferSetup, SlurmConfig
 from slurmlink.slurm.devcluster.daemons import (
     SLURMD_PREFIX,
@@ -47,6 +52,7 @@ from slurmlink.slurm.devcluster.layout import (
     DEFAULT_CLUSTER_NAME,
     DEFAULT_COMPUTE_NODES,
     DEFAULT_CTLD_PORT,
+    DEFAULT_DBD_PORT,
     DEFAULT_JOB_UID,
     DEFAULT_JOB_USER,
     DEFAULT_SLURMD_PORT,
@@ -125,16 +131,23 @@ class DevClusterStatus:
     nodes: tuple[NodeStatus, ...] = ()
     #: The bridge's address (where nodes reach slurmctld), None without a network.
     controller_address: str | None = None
+    #: The cluster is set up with accounting storage, so MariaDB and slurmdbd should be running.
+    accounting_enabled: bool = False
+    mariadb: bool = False
+    slurmdbd: bool = False
+    dbd_port: int | None = None
 
     @property
     def running(self) -> bool:
-        """All daemons and nodes are there (nodes may still be coming up); the gateway only if enabled."""
+        """All daemons and nodes are there (nodes may still be coming up); the gateway only if enabled,
+        MariaDB and slurmdbd only with accounting."""
         return (
             self.munged
             and self.slurmctld
             and self.slurmd
             and all(node.exists for node in self.nodes)
             and (self.gateway or not self.gateway_enabled)
+            and ((self.mariadb and self.slurmdbd) or not self.accounting_enabled)
         )
 
 
@@ -146,6 +159,11 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
     ``env`` calls (other processes, the CLI) find the same ports and nodes via :meth:`from_state_dir`.
     Its nodes (:attr:`nodes`, :meth:`node`) are where node agents and their file systems run: see
     :meth:`node_command` and :mod:`slurmlink.slurm.devcluster.nodes`.
+
+    ``accounting`` runs slurmdbd on a private MariaDB, slurmdbd listening on ``dbd_port``; off by default,
+    as it adds a second or two to ``up`` (more on the first, which makes the database) and most tests
+    need no ``sacct``. ``accounting_enforce`` sets ``AccountingStorageEnforce`` (e.g.
+    ``("associations", "limits", "safe")``); none by default, so users without an association still run.
     """
 
     def __init__(
@@ -159,6 +177,10 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         log: LogFn | None = None,
         compute_nodes: int = DEFAULT_COMPUTE_NODES,
         storage_nodes: int = DEFAULT_STORAGE_NODES,
+        *,
+        accounting: bool = False,
+        dbd_port: int = DEFAULT_DBD_PORT,
+        accounting_enforce: str | Sequence[str] = (),
     ) -> None:
         if not 1 <= compute_nodes <= MAX_COMPUTE_NODES:
             raise DevClusterError(f"compute nodes must be 1 to {MAX_COMPUTE_NODES}, got {compute_nodes}")
@@ -172,6 +194,10 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         self.job_user = job_user
         self.job_uid = job_uid
         self.cluster_name = cluster_name.lower()
+        self.accounting = accounting
+        self.dbd_port = dbd_port
+        #: Kept without accounting too (saved for a later ``up`` with it), but only used with it.
+        self.accounting_enforce = slurmdbd.parse_enforce(accounting_enforce)
         self.log: LogFn = log or stderr_log
         #: Pids this object started, by daemon name: alive even while the daemon rewrites its pid file.
         self._spawned: dict[str, int] = {}
@@ -206,6 +232,9 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
             "cluster_name",
             "compute_nodes",
             "storage_nodes",
+            "accounting",
+            "dbd_port",
+            "accounting_enforce",
         }
         settings = {key: value for key, value in settings.items() if key in known}
         settings.update({key: value for key, value in overrides.items() if value is not None})
@@ -213,14 +242,15 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
 
     # ------------------------------------------------------------- host setup
 
-    @staticmethod
-    def missing_packages() -> list[str]:
-        """Packages of :data:`host.PACKAGES` that dpkg does not report as installed."""
-        return host.missing_packages()
+    def missing_packages(self) -> list[str]:
+        """Packages of :data:`host.PACKAGES` (and, with accounting, :data:`host.ACCOUNTING_PACKAGES`) that
+        dpkg does not report as installed."""
+        return host.missing_packages(self.accounting)
 
     def ensure_packages(self) -> None:
-        """Install the Debian Slurm + munge packages if any is missing (needs root and apt)."""
-        host.ensure_packages(self.log)
+        """Install the Debian Slurm + munge packages (with accounting: slurmdbd, MariaDB) if any is missing
+        (needs root and apt)."""
+        host.ensure_packages(self.log, self.accounting)
 
     def ensure_job_user(self) -> pwd.struct_passwd:
         """Create the unprivileged job user (root may not use burst buffers) with a home, if missing."""
@@ -235,6 +265,9 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
             "cluster_name": self.cluster_name,
             "compute_nodes": self.compute_node_count,
             "storage_nodes": self.storage_node_count,
+            "accounting": self.accounting,
+            "dbd_port": self.dbd_port,
+            "accounting_enforce": list(self.accounting_enforce),
         }
         self._write(self.state_dir / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
 
@@ -428,11 +461,11 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
 
     def _pid(self, daemon: Daemon) -> int | None:
         """Pid of ``daemon`` if its pid file names a live process that really is our daemon."""
-        return running_pid(daemon.pid_file, daemon.matches)
+        return running_pid(daemon.pid_file, daemon.matches, daemon.environ_matches if daemon.env else None)
 
     def _start(self, daemon: Daemon) -> int:
         self.log(f"starting {daemon.name}")
-        env = dict(os.environ, SLURM_CONF=str(self.slurm_conf), PYTHONUNBUFFERED="1")
+        env = {**os.environ, "SLURM_CONF": str(self.slurm_conf), "PYTHONUNBUFFERED": "1", **dict(daemon.env)}
         pid = spawn_detached(daemon.argv, daemon.log_file, env=env, cwd=self.state_dir)
         self._spawned[daemon.name] = pid
         self._start_order.append((daemon, pid))
@@ -598,16 +631,64 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
             )
         elif not running["slurmctld"]:
             self._check_ports()
-        # slurmctld calls slurm_bb_pools through the gateway as soon as it starts.
+        # slurmctld registers with slurmdbd, and calls slurm_bb_pools through the gateway, as it starts.
+        watched = self._ensure_accounting(wait_timeout)
         gateway_daemon = self._ensure_gateway(gateway, wait_timeout)
         for name in ("slurmctld", *slurmds):
             if not running[name]:
                 self._start(daemons[name])
 
-        watched = [daemons["slurmctld"], *(daemons[name] for name in slurmds)]
+        watched += [daemons["slurmctld"], *(daemons[name] for name in slurmds)]
         if gateway_daemon is not None:
             watched.append(gateway_daemon)
         self._wait_idle(wait_timeout, watched)
+
+    # -------------------------------------------------------------- accounting
+
+    def _ensure_accounting(self, timeout: float) -> list[Daemon]:
+        """With accounting: MariaDB and slurmdbd running, the database, the cluster, its default account
+        and the job user's association there; the daemons to watch. Without: both stopped (the database
+        stays on disk for a later ``up`` with accounting)."""
+        mariadbd, dbd = self._daemon("mariadbd"), self._daemon("slurmdbd")
+        if not self.accounting:
+            self._stop(dbd, 10)  # after slurmctld (stopped for the config change): it flushes to slurmdbd
+            self._stop(mariadbd, 30)
+            return []
+        started = time.monotonic()
+        database = self.mariadb
+        if database.prepare(self.log) and self._pid(mariadbd) is not None:
+            self.log("MariaDB's my.cnf changed; restarting it")
+            self._stop(dbd, 10)
+            self._stop(mariadbd, 30)
+        if self._pid(mariadbd) is None:
+            database.socket.unlink(missing_ok=True)  # no server of ours runs, so it is stale
+            self._start(mariadbd)
+        wait_until(database.ready, timeout, f"MariaDB on {database.socket}", check=self._died_check(mariadbd))
+        password = database.password(slurmdbd.STORAGE_USER)
+        database.ensure_database(slurmdbd.DATABASE, slurmdbd.STORAGE_USER, password)
+        conf = slurmdbd.render_slurmdbd_conf(
+            dbd_port=self.dbd_port,
+            munge_socket=self.munge_socket,
+            log_file=self.log_dir / "slurmdbd.log",
+            pid_file=dbd.pid_file,
+            storage_password=password,
+        )
+        if slurmdbd.write_slurmdbd_conf(self.slurmdbd_conf, conf) and self._pid(dbd) is not None:
+            self.log("slurmdbd.conf changed; restarting slurmdbd")
+            self._stop(dbd, 10)
+        if self._pid(dbd) is None:
+            self._check_ports()  # again: slurmctld may run, so up did not check DbdPort yet
+            self._start(dbd)
+        wait_until(
+            lambda: slurmdbd.dbd_answers(self.run_slurm),
+            timeout,
+            f"slurmdbd to answer on port {self.dbd_port}",
+            check=self._died_check(dbd),
+        )
+        slurmdbd.register(self.run_slurm, self.cluster_name, [self.job_user], self.log)
+        took = time.monotonic() - started
+        self.log(f"accounting ready in {took:.1f} s (MariaDB, slurmdbd on port {self.dbd_port})")
+        return [mariadbd, dbd]
 
     # ----------------------------------------------------------------- gateway
 
@@ -736,11 +817,18 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         return daemon
 
     def _check_ports(self) -> None:
-        """SlurmctldPort must be free on the host (slurmds listen in their nodes' own network stacks)."""
-        if self._pid(self._daemon("slurmctld")) is None and not port_free(self.ctld_port):
-            raise DevClusterError(
-                f"port(s) already in use: SlurmctldPort {self.ctld_port}; pick another with --ctld-port"
-            )
+        """SlurmctldPort (and with accounting DbdPort) must be free on the host, unless our own daemon has
+        it (slurmds listen in their nodes' own network stacks)."""
+        wanted = [("slurmctld", "SlurmctldPort", self.ctld_port, "--ctld-port")]
+        if self.accounting:
+            wanted.append(("slurmdbd", "DbdPort", self.dbd_port, "--dbd-port"))
+        taken = [
+            f"{key} {port} (pick another with {option})"
+            for daemon, key, port, option in wanted
+            if self._pid(self._daemon(daemon)) is None and not port_free(port)
+        ]
+        if taken:
+            raise DevClusterError(f"port(s) already in use: {'; '.join(taken)}")
 
     def _wait_idle(self, timeout: float, daemons: Sequence[Daemon]) -> None:
         checks = [self._died_check(d) for d in daemons]
@@ -789,7 +877,8 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         slurmds = [self._slurmd_daemon(name) for name in sorted(names) if name.startswith(COMPUTE)]
         for daemon in [*slurmds, self._legacy_slurmd()]:
             self._stop(daemon, timeout)
-        for name in ("slurmctld", "gateway", "munged"):
+        # slurmdbd after slurmctld, which sends it what it still holds; MariaDB after slurmdbd.
+        for name in ("slurmctld", "gateway", "slurmdbd", "mariadbd", "munged"):
             self._stop(self._daemon(name), timeout)
         with contextlib.suppress(FileNotFoundError):
             self.gateway_socket.unlink()
@@ -836,6 +925,10 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
             gateway_enabled=(self.run_dir / GATEWAY_STATE_FILE).exists(),
             nodes=tuple(node_rows),
             controller_address=self.network.controller_address if self.network is not None else None,
+            accounting_enabled=self.accounting,
+            mariadb=pids["mariadbd"] is not None,
+            slurmdbd=pids["slurmdbd"] is not None,
+            dbd_port=self.dbd_port if self.accounting else None,
         )
 
     def env(self) -> dict[str, str]:

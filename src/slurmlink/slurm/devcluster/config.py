@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from slurmlink.slurm.devcluster import slurmdbd
 from slurmlink.slurm.devcluster.errors import DevClusterError
 from slurmlink.slurm.devcluster.layout import CONTROLLER_NAME, PARTITION, Layout, Network
 from slurmlink.slurm.slurmconf import line_keys
@@ -31,6 +32,13 @@ RESTART_KEYS = frozenset(
         "slurmdpidfile",
         "slurmdlogfile",
         "slurmdspooldir",
+        # Accounting on or off: slurmctld loads its storage plugin, slurmd its gather plugin, at start-up.
+        "accountingstoragetype",
+        "accountingstoragehost",
+        "accountingstorageport",
+        "accountingstoragepass",
+        "accountingstorageenforce",
+        "jobacctgathertype",
     }
 )
 
@@ -118,13 +126,17 @@ class SlurmConfig(Layout):
     """Renders and writes this cluster's config files.
 
     Needs ``cluster_name``, the two ports and the ``network`` (the nodes' addresses): slurmctld is reached
-    at the bridge's address, each compute node at its own, all on the same SlurmdPort.
+    at the bridge's address, each compute node at its own, all on the same SlurmdPort. With ``accounting``
+    slurmdbd is reached there too, on ``dbd_port``.
     """
 
     cluster_name: str
     ctld_port: int
     slurmd_port: int
     network: Network | None
+    accounting: bool
+    dbd_port: int
+    accounting_enforce: tuple[str, ...]
 
     def _base_conf_lines(self, burst_buffer: BurstBufferSetup | None) -> list[str]:
         if self.network is None:
@@ -151,7 +163,8 @@ class SlurmConfig(Layout):
             f"SlurmdLogFile={self.log_dir}/slurmd.%n.log",
             "SlurmctldDebug=info",
             "SlurmdDebug=info",
-            # No cgroups and no systemd: /proc based tracking, no task binding, no accounting daemons.
+            # No cgroups and no systemd: /proc based tracking, no task binding; accounting daemons only with
+            # accounting (its lines replace the two below).
             "ProctrackType=proctrack/linuxproc",
             "TaskPlugin=task/none",
             "JobAcctGatherType=jobacct_gather/none",
@@ -180,6 +193,12 @@ class SlurmConfig(Layout):
             if node.is_compute
         ]
         lines.append(f"PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP")
+        if self.accounting:
+            accounting = slurmdbd.slurm_conf_lines(
+                self.network.controller_address, self.dbd_port, self.munge_socket, self.accounting_enforce
+            )
+            replaced = set().union(*map(line_keys, accounting))
+            lines = [line for line in lines if not line_keys(line) & replaced] + accounting
         return lines
 
     def render_slurm_conf(

@@ -1,9 +1,10 @@
 """The dev cluster's daemons: how each is started and recognised, and how to tell the gateway is ready.
 
-munged, ``slurmctld -D`` and ``slurmd -D`` run in the foreground (so the pid we spawn is the daemon's) and
-carry this cluster's paths on their command lines; the gateway's ``--socket`` does the same for it. Each
-compute node has its own slurmd (``slurmd@<node>``), started inside the node's namespaces by nsenter, which
-execs it: the spawned pid is slurmd's.
+munged, ``slurmctld -D``, ``slurmd -D`` and ``mariadbd`` run in the foreground (so the pid we spawn is the
+daemon's) and carry this cluster's paths on their command lines; the gateway's ``--socket`` does the same
+for it. ``slurmdbd -D`` takes no path at all (it finds its config next to ``SLURM_CONF``), so it is
+recognised by its environment instead. Each compute node has its own slurmd (``slurmd@<node>``), started
+inside the node's namespaces by nsenter, which execs it: the spawned pid is slurmd's.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slurmlink.slurm.devcluster.layout import COMPUTE, Layout
+from slurmlink.slurm.devcluster.mariadb import MariaDB
 from slurmlink.slurm.devcluster.nodes import ns_command
 
 #: slurmd of a compute node is the daemon ``slurmd@<node>``.
@@ -34,6 +36,9 @@ class Daemon:
     python_prefix: tuple[str, ...] = ()
     #: The command line the daemon shows once running, when it differs from ``argv`` (nsenter execs it).
     program: tuple[str, ...] = ()
+    #: Variables it is started with, on top of the supervisor's. A running process is this daemon only if
+    #: its environment has them too (what tells one cluster's ``slurmdbd -D`` from another's).
+    env: tuple[tuple[str, str], ...] = ()
 
     def matches(self, argv: Sequence[str]) -> bool:
         """Whether a process with command line ``argv`` is this daemon (not a process that reused its pid)."""
@@ -54,6 +59,10 @@ class Daemon:
             and program[-1] in argv
             and _option_value(list(argv), "-N") == _option_value(program, "-N")
         )
+
+    def environ_matches(self, environ: dict[str, str]) -> bool:
+        """Whether a process started with ``environ`` has this daemon's :attr:`env`."""
+        return all(environ.get(key) == value for key, value in self.env)
 
 
 def _option_value(argv: list[str], option: str) -> str | None:
@@ -119,7 +128,27 @@ def free_port_pair() -> tuple[int, int]:
 
 
 class DaemonSpecs(Layout):
-    """This cluster's daemons (munged, slurmctld, slurmd, the gateway) as :class:`Daemon` specs."""
+    """This cluster's daemons (munged, slurmctld, slurmd, the gateway, and for accounting MariaDB and
+    slurmdbd) as :class:`Daemon` specs."""
+
+    @property
+    def mariadb(self) -> MariaDB:
+        """The private MariaDB that slurmdbd keeps the accounting in."""
+        return MariaDB(self.mariadb_dir)
+
+    def _accounting_daemons(self) -> list[Daemon]:
+        """mariadbd, and slurmdbd with the socket it reaches it through (see :mod:`.slurmdbd`)."""
+        mariadb = self.mariadb
+        return [
+            Daemon("mariadbd", self.run_dir / "mariadbd.pid", self.log_dir / "mariadbd.log", mariadb.argv()),
+            Daemon(
+                "slurmdbd",
+                self.run_dir / "slurmdbd.pid",
+                self.log_dir / "slurmdbd.stdout",
+                ("slurmdbd", "-D"),
+                env=(("SLURM_CONF", str(self.slurm_conf)), ("MYSQL_UNIX_PORT", str(mariadb.socket))),
+            ),
+        ]
 
     def _gateway_daemon(self, extra_args: Sequence[str] = ()) -> Daemon:
         prefix = ("-m", "slurmlink.cli.main", "slurm", "gateway")
@@ -166,6 +195,7 @@ class DaemonSpecs(Layout):
             ),
             *(self._slurmd_daemon(node) for node in self.node_names(COMPUTE)),
             self._gateway_daemon(),
+            *self._accounting_daemons(),
         ]
 
     def _slurmd_daemon(self, node: str) -> Daemon:

@@ -1,4 +1,5 @@
-"""What the host needs: Debian's Slurm and munge packages, and the unprivileged job user."""
+"""What the host needs: Debian's Slurm and munge packages (for accounting also slurmdbd and MariaDB), and
+the unprivileged job user."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import pwd
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from slurmlink.slurm.devcluster.errors import DevClusterError, LogFn
@@ -28,10 +29,24 @@ PACKAGES = (
 )
 
 
-def missing_packages() -> list[str]:
-    """Packages of :data:`PACKAGES` that dpkg does not report as installed."""
+#: With accounting: slurmdbd and its database. mariadb-client provides ``mariadb``, with which the dev
+#: cluster creates slurmdbd's database and account.
+ACCOUNTING_PACKAGES = ("slurmdbd", "mariadb-server", "mariadb-client")
+#: Services those packages enable (and, without a policy-rc.d, start) at install: the dev cluster runs
+#: private instances, so the system's are stopped and disabled when the dev cluster installs them.
+_SYSTEM_SERVICES = {"mariadb-server": "mariadb", "slurmdbd": "slurmdbd"}
+_POLICY_RC = Path("/usr/sbin/policy-rc.d")
+
+
+def wanted_packages(accounting: bool = False) -> tuple[str, ...]:
+    return PACKAGES + ACCOUNTING_PACKAGES if accounting else PACKAGES
+
+
+def missing_packages(accounting: bool = False) -> list[str]:
+    """Packages of :data:`PACKAGES` (and :data:`ACCOUNTING_PACKAGES`) that dpkg does not report as
+    installed."""
     missing = []
-    for package in PACKAGES:
+    for package in wanted_packages(accounting):
         probe = subprocess.run(
             ["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True, check=False
         )
@@ -40,27 +55,66 @@ def missing_packages() -> list[str]:
     return missing
 
 
-def ensure_packages(log: LogFn) -> None:
-    """Install the Debian Slurm + munge packages if any is missing (needs root and apt)."""
+def ensure_packages(log: LogFn, accounting: bool = False) -> None:
+    """Install the Debian Slurm + munge packages (and with ``accounting`` slurmdbd and MariaDB) if any is
+    missing (needs root and apt)."""
     if shutil.which("dpkg-query") is None:
         raise DevClusterError("dpkg-query not found: the dev cluster needs Debian/Ubuntu Slurm packages")
-    missing = missing_packages()
+    missing = missing_packages(accounting)
     if not missing:
         return
     if os.geteuid() != 0:
         raise DevClusterError(
             f"missing packages {' '.join(missing)}; run as root or install them with "
             f"'apt-get install --no-install-recommends {' '.join(missing)}'"
+            + (
+                " (or run without accounting: --no-accounting)"
+                if set(missing) & set(ACCOUNTING_PACKAGES)
+                else ""
+            )
         )
     log(f"installing {' '.join(missing)} with apt-get")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     # The distro's postinst may try to start its own services (using /etc/slurm); without systemd that
-    # fails harmlessly and they never touch this cluster's files.
+    # fails harmlessly and they never touch this cluster's files. MariaDB's would start for real, so
+    # services are kept from starting (policy-rc.d) and those the dev cluster replaces are disabled.
     _stream(["apt-get", "update"], env, log)
-    _stream(["apt-get", "install", "-y", "--no-install-recommends", *missing], env, log)
-    still_missing = missing_packages()
+    with _services_held():
+        _stream(["apt-get", "install", "-y", "--no-install-recommends", *missing], env, log)
+    _disable_services([_SYSTEM_SERVICES[p] for p in missing if p in _SYSTEM_SERVICES], log)
+    still_missing = missing_packages(accounting)
     if still_missing:
         raise DevClusterError(f"apt-get did not install {' '.join(still_missing)}")
+
+
+@contextlib.contextmanager
+def _services_held() -> Iterator[None]:
+    """A policy-rc.d that refuses every service start while packages install (unless one exists)."""
+    if _POLICY_RC.exists():
+        yield
+        return
+    _POLICY_RC.write_text("#!/bin/sh\n# temporary, from slurmlink dev-cluster's package install\nexit 101\n")
+    _POLICY_RC.chmod(0o755)
+    try:
+        yield
+    finally:
+        _POLICY_RC.unlink(missing_ok=True)
+
+
+def _disable_services(services: Sequence[str], log: LogFn) -> None:
+    """Stop and disable system services that the dev cluster replaces with private instances."""
+    for service in services:
+        if Path("/run/systemd/system").is_dir():
+            argv = ["systemctl", "disable", "--now", f"{service}.service"]
+        elif Path(f"/etc/init.d/{service}").exists() and shutil.which("update-rc.d"):
+            argv = ["update-rc.d", service, "disable"]
+        else:
+            continue
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if result.returncode == 0:
+            log(f"disabled the system's {service} service (the dev cluster runs its own)")
+        else:
+            log(f"could not disable the system's {service} service: {result.stderr.strip()}")
 
 
 def _stream(argv: Sequence[str], env: Mapping[str, str], log: LogFn) -> None:

@@ -73,6 +73,37 @@ class SlurmClients(Layout):
         result: subprocess.CompletedProcess[str] = subprocess.run(argv, **kw)
         return result
 
+    def sacctmgr(self, args: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """``sacctmgr -i ARGS`` as root (``-i``: commit without the confirmation prompt). Needs a cluster
+        with accounting; exit status and output are the caller's to judge."""
+        return self.run_slurm(["sacctmgr", "-i", *args], timeout=timeout)
+
+    def sacct(
+        self,
+        job_ids: Iterable[int | str],
+        fields: Sequence[str],
+        *,
+        steps: bool = False,
+        duplicates: bool = False,
+        timeout: float = 30,
+    ) -> list[dict[str, str]]:
+        """``sacct -P -n -o FIELDS -j IDS`` as root, one dict per line (by field name as given).
+
+        Allocations only (``-X``) unless ``steps``; every run of a requeued job with ``duplicates``
+        (``-D``), else its last. Raises :class:`DevClusterError` if sacct fails (no accounting, slurmdbd
+        down).
+        """
+        ids = ",".join(str(job_id) for job_id in job_ids)
+        argv = ["sacct", "-P", "-n", "-o", ",".join(fields), "-j", ids]
+        argv += [] if steps else ["-X"]
+        argv += ["-D"] if duplicates else []
+        result = self.run_slurm(argv, timeout=timeout)
+        if result.returncode != 0:
+            raise DevClusterError(f"sacct failed: {result.stderr.strip()}")
+        return [
+            dict(zip(fields, line.split("|"), strict=False)) for line in result.stdout.splitlines() if line
+        ]
+
     def node_states(self) -> dict[str, str] | None:
         """``sinfo``'s state of each compute node (e.g. ``idle``, ``down*``), by node name.
 

@@ -18,6 +18,8 @@ from typing import Literal
 DEFAULT_STATE_DIR = Path("/var/tmp/slurmlink/dev-cluster")
 DEFAULT_CTLD_PORT = 6917
 DEFAULT_SLURMD_PORT = 6918
+#: slurmdbd's port (with accounting); its MariaDB listens on a Unix socket only.
+DEFAULT_DBD_PORT = 6919
 DEFAULT_JOB_USER = "slurmlink-job"
 DEFAULT_JOB_UID = 23001
 DEFAULT_CLUSTER_NAME = "slurmlink-dev"
@@ -206,6 +208,16 @@ class Layout:
     @property
     def munge_socket(self) -> Path:
         return self.munge_dir / "munge.socket.2"
+
+    @property
+    def slurmdbd_conf(self) -> Path:
+        """Next to slurm.conf, where slurmdbd looks for it (it takes no option naming it)."""
+        return self.etc_dir / "slurmdbd.conf"
+
+    @property
+    def mariadb_dir(self) -> Path:
+        """The private MariaDB of slurmdbd: option file, data dir, socket (:mod:`.mariadb`)."""
+        return self.state_dir / "mariadb"
 
     @property
     def log_dir(self) -> Path:
