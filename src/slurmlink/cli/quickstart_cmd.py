@@ -32,6 +32,7 @@ import shlex
 import shutil
 import socket
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -45,6 +46,7 @@ from slurmlink.cli.dev_cluster import (
     node_rows,
 )
 from slurmlink.cpu_priority import COLOCATED_SERVE_NICE
+from slurmlink.resources.errors import ApiError
 from slurmlink.serve_process import ServeError, ServeProcess
 from slurmlink.slurm.devcluster import (
     DEFAULT_ACCOUNT,
@@ -55,6 +57,8 @@ from slurmlink.slurm.devcluster import (
     GatewaySetup,
     gateway_healthy,
 )
+from slurmlink.slurm.devcluster.banksetup import bank_hook_files
+from slurmlink.slurm.devcluster.layout import PARTITION
 from slurmlink.supervise import running_pid, stop_pid
 
 DEFAULT_DIR = Path("/var/tmp/slurmlink/quickstart")
@@ -185,6 +189,15 @@ class Quickstart:
     def saved_listen(self) -> str | None:
         return self._saved("listen")
 
+    def saved_bank(self, accounting: bool) -> bool:
+        """Whether the last ``up`` ran the bank's Slurm hooks; else: with accounting (it finds the user's
+        default account there)."""
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            value = json.loads((self.dir / SETTINGS_FILE).read_text()).get("bank")
+            if isinstance(value, bool):
+                return value
+        return accounting
+
     def saved_accounting(self) -> bool:
         """Whether the last ``up`` ran accounting storage; True for a quick start that never said."""
         with contextlib.suppress(OSError, ValueError, AttributeError):
@@ -200,6 +213,7 @@ class Quickstart:
         storage_capacity: str | None,
         plugin: str = "lua",
         accounting: bool = True,
+        bank: bool = True,
     ) -> None:
         path = self.dir / SETTINGS_FILE
         tmp = path.with_name(f".{path.name}.tmp")
@@ -209,13 +223,16 @@ class Quickstart:
             "storage_capacity": storage_capacity,
             "burst_buffer_plugin": plugin,
             "accounting": accounting,
+            "bank": bank,
         }
         tmp.write_text(json.dumps(settings, indent=2) + "\n")
         tmp.replace(path)
 
     # ----------------------------------------------------------------- server
 
-    def server(self, listen: str, node_address: str | None = None) -> ServeProcess:
+    def server(
+        self, listen: str, node_address: str | None = None, cluster_name: str | None = None
+    ) -> ServeProcess:
         """``slurmlink serve`` on DIR/server, listening on ``listen``; detached, with a pid file.
 
         ``node_address`` is where the cluster's nodes reach the host (the bridge): the server also
@@ -233,7 +250,14 @@ class Quickstart:
             host=host,
             log_path=self.server_log,
             # It shares the host with slurmctld: stage-in waves must not slow down submissions.
-            extra_args=("--log-format", "console", "--nice", str(COLOCATED_SERVE_NICE), *extra),
+            extra_args=(
+                "--log-format",
+                "console",
+                "--nice",
+                str(COLOCATED_SERVE_NICE),
+                *(("--cluster-name", cluster_name) if cluster_name else ()),
+                *extra,
+            ),
             pid_file=self.server_pid_file,
             ignore_host_config=False,
         )
@@ -270,14 +294,14 @@ class Quickstart:
         return supervise.log_tail([self.server_log], lines)
 
     def ensure_server(
-        self, listen: str, timeout: float, node_address: str | None = None
+        self, listen: str, timeout: float, node_address: str | None = None, cluster_name: str | None = None
     ) -> tuple[str, ServeProcess | None]:
         """Start ``slurmlink serve`` detached (or keep the running one) and wait for /readyz.
 
         Returns the URL and the server if this call started it (so that a later failure can stop it).
         """
         pid = self.server_pid()
-        server = self.server(listen, node_address)
+        server = self.server(listen, node_address, cluster_name)
         if pid is not None and self.server_listen(pid) != listen:
             _progress(f"server listens on {self.server_listen(pid)}, wanted {listen}; restarting it")
             stop_pid(pid, "slurmlink serve", 10, _progress)
@@ -452,6 +476,7 @@ class Quickstart:
         accounting: bool | None = None,
         dbd_port: int | None = None,
         accounting_enforce: str | None = None,
+        bank: bool | None = None,
     ) -> None:
         """Start (or refresh) everything. Accounting storage is on unless turned off, now or by the last
         ``up``: the quick start is where the bank's reconciler and ``sacct`` users try things."""
@@ -465,7 +490,8 @@ class Quickstart:
         self.dir.chmod(0o755)  # the job user must reach DIR/cluster
         plugin = burst_buffer_plugin or self._saved("burst_buffer_plugin") or "lua"
         accounting = self.saved_accounting() if accounting is None else accounting
-        self._save_settings(listen, size, capacity, plugin, accounting)
+        bank = self.saved_bank(accounting) if bank is None else bank
+        self._save_settings(listen, size, capacity, plugin, accounting, bank)
         cluster = self.cluster(
             ctld_port,
             slurmd_port,
@@ -483,13 +509,27 @@ class Quickstart:
         started_server: ServeProcess | None = None
         started_agents: list[str] = []
         try:
-            url, started_server = self.ensure_server(listen, timeout, cluster.controller_address)
+            url, started_server = self.ensure_server(
+                listen, timeout, cluster.controller_address, cluster.cluster_name
+            )
             node_url = self.node_url(listen, cluster.controller_address)
             _progress(f"API server ready at {url} (nodes reach it at {node_url})")
             kubeconfig = self.ensure_plugin_kubeconfig()
             # On failure the cluster stops the daemons it started itself.
-            cluster.up(wait_timeout=timeout, gateway=GatewaySetup(kubeconfig=kubeconfig, plugin=plugin))
+            gateway_args: tuple[str, ...] = ()
+            hooks = None
+            if bank:
+                hooks = bank_hook_files(cluster.etc_dir, cluster.gateway_socket)
+                gateway_args = ("--bank", "--bank-spool", str(self.dir / "bank-spool"))
+            cluster.up(
+                wait_timeout=timeout,
+                gateway=GatewaySetup(kubeconfig=kubeconfig, plugin=plugin, extra_args=gateway_args),
+                extra_lines=hooks.lines if hooks else (),
+                extra_files=hooks.files if hooks else None,
+            )
             self.ensure_storage(cluster, listen, size, capacity, timeout, started_agents)
+            if bank:
+                self.ensure_bank(cluster)
         except BaseException as exc:
             agents = self.agents(cluster)
             for node in started_agents:
@@ -509,6 +549,32 @@ class Quickstart:
         if not job.exists() or job.read_text() != example_job(plugin):
             job.write_text(example_job(plugin))
         job.chmod(0o644)
+
+    def ensure_bank(self, cluster: DevCluster) -> None:
+        """The quick start's rate card, and its account with a first grant (once)."""
+        import asyncio
+
+        from slurmlink.bank.bootstrap import ensure_bank
+        from slurmlink.client.http import HttpClient
+
+        async def run() -> dict[str, Any]:
+            client = HttpClient.from_kubeconfig(self.admin_kubeconfig)
+            try:
+                return await ensure_bank(
+                    client,
+                    partition=PARTITION,
+                    cpus_per_node=os.cpu_count() or 1,
+                    account=DEFAULT_ACCOUNT,
+                    users=[cluster.job_user],
+                )
+            finally:
+                await client.aclose()
+
+        try:
+            balance = asyncio.run(run())
+        except ApiError as exc:
+            raise QuickstartError(f"setting up the bank failed: {exc.message}") from exc
+        _progress(f"bank: account {DEFAULT_ACCOUNT} has {balance['available']} SU available")
 
     def down(self, purge: bool, timeout: float) -> None:
         cluster = self.cluster()
@@ -663,6 +729,14 @@ def quickstart() -> None:
     "create_persistent/destroy_persistent; DefaultPool=gluster). Default: the last 'up's, else lua.",
 )
 @accounting_options(default="on")
+@click.option(
+    "--bank/--no-bank",
+    default=None,
+    help="Run the bank's Slurm hooks (job_submit.lua, PrologSlurmctld, EpilogSlurmctld): jobs are "
+    "checked against their account's service units at sbatch, held at start and charged at the end. "
+    "Sets up a rate card (1 SU per CPU-hour) and account 'default' with 1000 SU. Default: the last "
+    "'up's, else on with --accounting.",
+)
 def up(
     state_dir: Path,
     listen: str | None,
@@ -677,6 +751,7 @@ def up(
     accounting: bool | None,
     dbd_port: int | None,
     accounting_enforce: str | None,
+    bank: bool | None,
 ) -> None:
     """Start (or refresh) everything and print how to submit a burst buffer job.
 
@@ -706,6 +781,7 @@ def up(
             accounting=accounting,
             dbd_port=dbd_port,
             accounting_enforce=accounting_enforce,
+            bank=bank,
         )
     except QuickstartError as exc:
         raise click.ClickException(str(exc)) from exc

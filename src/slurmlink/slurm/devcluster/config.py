@@ -26,6 +26,8 @@ RESTART_KEYS = frozenset(
         "authtype",
         "statesavelocation",
         "burstbuffertype",
+        # job_submit plugins are loaded when slurmctld starts.
+        "jobsubmitplugins",
         # Slurm 22.05 adds or removes nodes only on a restart; the rest are read at start-up.
         "nodename",
         "slurmctldhost",
@@ -249,7 +251,8 @@ class SlurmConfig(Layout):
             if content is None:
                 path.unlink()
             else:
-                self._write(path, content, 0o755 if name in programs else 0o644)
+                executable = name in programs or content.startswith("#!")
+                self._write(path, content, 0o755 if executable else 0o644)
             # Lua scripts are re-read by the plugins on every call; .conf files need a reconfigure.
             if name.endswith(".conf"):
                 changed.add("*")

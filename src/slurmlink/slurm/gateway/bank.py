@@ -156,7 +156,12 @@ async def bank_submit(view: BankView, fields: Fields) -> str:
             402,
         )
     available = Decimal(entry["available"])
-    pending = Decimal(fields.get("pending") or "0")
+    try:
+        pending = Decimal(fields.get("pending") or "0").quantize(Decimal("0.01"))
+    except ArithmeticError:
+        raise GatewayError(
+            f"slurmlink bank: unreadable pending amount {fields.get('pending')!r}", 400
+        ) from None
     left = available - pending
     if priced.amount > left:
         tasks = f" ({priced.tasks} array tasks at {priced.per_task} SU)" if priced.tasks > 1 else ""
@@ -277,8 +282,9 @@ class BankHooks:
                     return
                 if job.state == "PENDING":
                     comment = f"{_HELD_REASON} not started: {reason}"[:1000]
-                    await self.slurm.run("scontrol", "hold", str(job_id))
+                    # The reason first: whoever sees the job held sees why.
                     await self.slurm.run("scontrol", "update", f"JobId={job_id}", f"AdminComment={comment}")
+                    await self.slurm.run("scontrol", "hold", str(job_id))
                     return
             await asyncio.sleep(0.5)
 
@@ -293,8 +299,40 @@ class BankHooks:
         return RunKey(cluster or job.cluster, job.job_id, restart, job.submit_time)
 
     async def epilog(self, fields: Fields) -> str:
-        """Charge what the run used (its RunTime on its allocation, per the card's end-state policy)."""
+        """Charge what the run used (its RunTime on its allocation, per the card's end-state policy).
+
+        slurmctld runs EpilogSlurmctld while the job is still COMPLETING, which hides how it ended (the
+        card charges a TIMEOUT and refunds a NODE_FAIL): the charge is then made in the background once
+        the job's state is final, and the hook returns at once.
+        """
         job = await self._job(fields)
+        if job.state == "COMPLETING":
+            task = asyncio.create_task(self._settle_when_final(dict(fields)))
+            self._after.add(task)
+            task.add_done_callback(self._after.discard)
+            return f"job {job.job_id} is completing; it is charged once its end state is known"
+        return await self._settle(job, fields)
+
+    async def _settle_when_final(self, fields: dict[str, str], timeout: float = 600.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            try:
+                job = await self._job(fields)
+            except GatewayError as exc:
+                log.warning("charging job %s: %s", fields.get("job_id"), exc.message)
+                continue
+            if job.state != "COMPLETING":
+                try:
+                    log.info("%s", await self._settle(job, fields))
+                except GatewayError as exc:
+                    log.warning("charging job %s failed: %s", job.job_id, exc.message)
+                return
+        log.warning(
+            "job %s stayed COMPLETING for %.0f s; the reconciler charges it", fields.get("job_id"), timeout
+        )
+
+    async def _settle(self, job: JobRecord, fields: Fields) -> str:
         restart = int(fields["restart"]) if fields.get("restart", "").isdigit() else job.restart_count
         if restart != job.restart_count or job.state in ("PENDING", "REQUEUED", "REQUEUE_HOLD"):
             # Requeued: slurmctld now describes the next run. Slurm's accounting keeps this one's

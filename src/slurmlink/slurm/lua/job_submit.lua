@@ -23,6 +23,8 @@ local ON_UNREACHABLE = @ON_UNREACHABLE@
 local SYNC = true
 local JOB_PENDING = 0
 local TAG = "slurmlink-bank:estimate="
+-- TAG as a Lua pattern ("-" is a quantifier there).
+local TAG_PATTERN = "slurmlink%-bank:estimate="
 -- Seconds an accepted job's estimate is counted from memory before slurm.jobs is expected to show it.
 local RECENT_SECONDS = 30
 
@@ -33,14 +35,14 @@ local function estimate_of(comment)
 	if comment == nil then
 		return nil
 	end
-	local value = string.match(tostring(comment), TAG .. "([%d%.]+)")
+	local value = string.match(tostring(comment), TAG_PATTERN .. "([%d%.]+)")
 	return tonumber(value)
 end
 
 local function with_estimate(comment, per_task)
 	local base = ""
 	if comment ~= nil then
-		base = string.gsub(tostring(comment), "%s*" .. TAG .. "[%d%.]+", "")
+		base = string.gsub(tostring(comment), "%s*" .. TAG_PATTERN .. "[%d%.]+", "")
 	end
 	if base ~= "" then
 		base = base .. " "
@@ -48,22 +50,34 @@ local function with_estimate(comment, per_task)
 	return base .. TAG .. per_task
 end
 
--- What the account's pending jobs (all but skip_job) may still spend, and the recent accepts not yet
--- in slurm.jobs.
+-- What the account's pending jobs (all but skip_job) may still spend, plus the jobs accepted moments
+-- ago that slurm.jobs does not show yet. An accepted job that shows up (same account and estimate,
+-- submitted at or after its acceptance) is counted once, from slurm.jobs.
 local function pending_exposure(account, skip_job)
 	local total = 0
-	local seen = {}
+	local oldest = nil
+	for _, accepted in ipairs(recent_accepts) do
+		if oldest == nil or accepted.time < oldest then
+			oldest = accepted.time
+		end
+	end
+	local shown = {}
 	if type(slurm.jobs) == "table" then
-		for job_id, job in pairs(slurm.jobs) do
-			seen[tonumber(job_id) or job_id] = true
-			if job.account == account and job.job_state == JOB_PENDING and job.job_id ~= skip_job then
+		for _, job in pairs(slurm.jobs) do
+			if job.account == account and job.job_id ~= skip_job then
 				local per_task = estimate_of(job.admin_comment)
-				if per_task then
+				if per_task and (tonumber(job.job_state) or -1) % 256 == JOB_PENDING then
 					local tasks = tonumber(job.array_task_cnt) or 1
 					if tasks < 1 then
 						tasks = 1
 					end
 					total = total + per_task * tasks
+				end
+				local submitted = tonumber(job.submit_time) or 0
+				if per_task and oldest ~= nil and submitted >= oldest then
+					local key = tostring(per_task)
+					shown[key] = shown[key] or {}
+					table.insert(shown[key], submitted)
 				end
 			end
 		end
@@ -71,7 +85,18 @@ local function pending_exposure(account, skip_job)
 	local now = os.time()
 	local kept = {}
 	for _, accepted in ipairs(recent_accepts) do
-		if now - accepted.time <= RECENT_SECONDS then
+		local seen = false
+		local times = shown[tostring(tonumber(accepted.per_task))]
+		if accepted.account == account and times then
+			for i, submitted in ipairs(times) do
+				if submitted >= accepted.time then
+					table.remove(times, i)
+					seen = true
+					break
+				end
+			end
+		end
+		if not seen and now - accepted.time <= RECENT_SECONDS then
 			kept[#kept + 1] = accepted
 			if accepted.account == account then
 				total = total + accepted.amount
@@ -80,6 +105,14 @@ local function pending_exposure(account, skip_job)
 	end
 	recent_accepts = kept
 	return total
+end
+
+-- Slurm hands unset strings over as nil or "".
+local function given(value)
+	if value == nil or value == "" then
+		return nil
+	end
+	return value
 end
 
 local FIELDS = {
@@ -99,7 +132,8 @@ local function check(job_desc, fallback, skip_job)
 		end
 		fields[#fields + 1] = { name, value }
 	end
-	local account = job_desc.account or (fallback and fallback.account) or job_desc.default_account
+	local account = given(job_desc.account) or (fallback and given(fallback.account))
+		or given(job_desc.default_account)
 	fields[#fields + 1] = { "pending", string.format("%.4f", pending_exposure(account, skip_job)) }
 	local code, body = request("bank_submit", fields, SYNC)
 	if code == nil then
@@ -137,7 +171,9 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
 		return slurm.ESLURM_ACCOUNTING_POLICY
 	end
 	job_desc.admin_comment = with_estimate(job_desc.admin_comment, per_task)
-	recent_accepts[#recent_accepts + 1] = { account = account, amount = total, time = os.time() }
+	recent_accepts[#recent_accepts + 1] = {
+		account = account, amount = total, per_task = per_task, time = os.time(),
+	}
 	return slurm.SUCCESS
 end
 
