@@ -155,6 +155,8 @@ def test_the_seeds_call_sequence_holds_then_settles_once(
     assert can_submit(seed, "70.00", uid, "fc_optics").json()["success"] is False
     # The start plugin runs on every node: the same POST again changes nothing.
     assert seed.post("/jobs/", json=started(4242, uid, "fc_optics", "40.00")).status_code == 201
+    clash = seed.post("/jobs/", json=started(4242, uid, "fc_optics", "41.00"))
+    assert clash.status_code == 400 and "already exists" in clash.json()["jobslurmid"][0]
     assert balance(admin, "fc_optics") == ("60.00", "40.00", "0.00")
     # A status of a job still running updates nothing.
     running = seed.put("/jobs/4242/", json=ended(4242, uid, "fc_optics", "1.00", status="RUNNING"))
@@ -250,7 +252,8 @@ def test_malformed_costs_and_unknown_users_or_accounts_are_answered_as_the_seed_
     assert missing.status_code == 400 and missing.json() == {
         "accountid": ["Object with name=fc_nosuch does not exist."]
     }
-    assert seed.post("/jobs/", content=b"{not json").status_code == 400
+    garbled = seed.post("/jobs/", content=b"{not json")
+    assert garbled.status_code == 400 and garbled.json()["detail"].startswith("JSON parse error")
     assert seed.get("/jobs/?page=999").json() == {"detail": "Invalid page."}
     assert seed.get("/jobs/?page=999").status_code == 404
 

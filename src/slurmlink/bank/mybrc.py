@@ -67,7 +67,7 @@ def _answer(status: int, success: bool, message: str) -> Response:
     return json_response({"success": success, "message": message}, status)
 
 
-def _invalid(errors: dict[str, list[str]]) -> Response:
+def _invalid(errors: dict[str, Any]) -> Response:
     return json_response(errors, 400)
 
 
@@ -76,7 +76,7 @@ async def _body(request: Request) -> Any:
     try:
         return jsonutil.loads(raw)
     except ValueError as exc:
-        raise JobInvalid({"detail": [f"JSON parse error - {exc}"]}) from None
+        raise JobInvalid({"detail": f"JSON parse error - {exc}"}) from None
 
 
 def _job_of_run(run: dict[str, Any]) -> dict[str, Any]:
@@ -158,9 +158,8 @@ def mybrc_component(ledger: Ledger) -> Component:
         except NotFound:
             return _invalid({"accountid": [f"Object with name={job.account} does not exist."]})
         except IdempotencyConflict:
-            return _invalid(
-                {"jobslurmid": ["job with this jobslurmid already exists (held for a different amount)."]}
-            )
+            message = "job with this jobslurmid already exists (held with another amount, account or user)."
+            return _invalid({"jobslurmid": [message]})
         except BankError as exc:  # cannot cover it, locked account, ...: refused, never overdrawn
             return _invalid({"non_field_errors": [str(exc)]})
         return json_response(job.fields, 201)

@@ -31,8 +31,8 @@ _NUMBERS = ("raw_time", "cpu_time")
 class JobInvalid(Exception):
     """A request the seed's server would refuse with 400: ``errors`` is the body it would send."""
 
-    def __init__(self, errors: dict[str, list[str]]) -> None:
-        super().__init__("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()))
+    def __init__(self, errors: dict[str, Any]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
         self.errors = errors
 
 
