@@ -22,8 +22,11 @@ from slurmlink.auth import roles
 from slurmlink.auth.kubeconfig import build_kubeconfig, load_kubeconfig, write_kubeconfig
 from slurmlink.auth.pki import CertificateAuthority, ensure_server_credentials
 from slurmlink.auth.tokens import TokenStore
+from slurmlink.bank import observe
 from slurmlink.bank.api import bank_component
+from slurmlink.bank.kubeview import bank_account_kind
 from slurmlink.bank.ledger import Ledger
+from slurmlink.bank.mybrc import mybrc_component
 from slurmlink.burstbuffer import directives as bbd
 from slurmlink.burstbuffer.api import storage_component
 from slurmlink.client.inprocess import InProcessClient
@@ -143,8 +146,16 @@ class Server:
         tokens = TokenStore(cfg.state_dir / "tokens.json")
         auth = Authenticator(tokens, open_access=cfg.insecure_http)
         ledger = Ledger(self.store, cfg.cluster_name)
-        components = (WHOAMI, storage_component(self.service), bank_component(ledger))
-        app = build_app(self.service, auth, ready, components=components)
+        self.service.registry.add(bank_account_kind(ledger))
+        components = (
+            WHOAMI,
+            storage_component(self.service),
+            bank_component(ledger),
+            mybrc_component(ledger),
+        )
+        app = build_app(
+            self.service, auth, ready, components=components, scrape_hooks=(observe.refresher(ledger),)
+        )
         uv_kwargs: dict[str, object] = {}
         if not cfg.insecure_http:
             creds = ensure_server_credentials(cfg.state_dir, certificate_hosts(cfg))

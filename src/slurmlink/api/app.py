@@ -3,6 +3,7 @@ resource routes of the Kubernetes dialect, and the component routers mounted bes
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -26,6 +27,10 @@ from slurmlink.apiserver.service import ResourceService
 from slurmlink.resources import errors
 
 ReadyCheck = Callable[[], Awaitable[bool]]
+#: Called before each ``/metrics`` answer, to set gauges read from elsewhere (the bank's balances).
+ScrapeHook = Callable[[], Awaitable[None]]
+
+log = logging.getLogger(__name__)
 
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
@@ -56,9 +61,10 @@ def build_app(
     *,
     bookmark_interval: float | None = None,
     components: Sequence[Component] = (WHOAMI,),
+    scrape_hooks: Sequence[ScrapeHook] = (),
 ) -> Starlette:
     """Wire routes to the service and mount ``components``. ``ready`` says whether controllers and the
-    store are up.
+    store are up; ``scrape_hooks`` refresh gauges when ``/metrics`` is read.
 
     Only the health endpoints are open; the authentication middleware answers everything else,
     unknown paths included, with 401 unless it carries a client certificate or a bearer token.
@@ -138,6 +144,11 @@ def build_app(
 
     async def metrics_endpoint(_request: Request) -> Response:
         metrics.STORE_REVISION.set(service.hub.revision if service.hub else 0)
+        for hook in scrape_hooks:
+            try:
+                await hook()
+            except Exception:  # a failed refresh leaves its gauges as they were; the rest is served
+                log.exception("refreshing metrics before a scrape failed")
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     h = resources.handle

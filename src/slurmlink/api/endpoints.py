@@ -19,7 +19,7 @@ from slurmlink.api.status import error_response
 from slurmlink.api.status import json_response as _json
 from slurmlink.apiserver.service import ResourceService
 from slurmlink.auth.identity import Identity
-from slurmlink.resources import errors, patching, pruning
+from slurmlink.resources import errors, patching, pruning, selectors
 from slurmlink.resources.access import Scope
 from slurmlink.resources.kind import Kind, Obj
 from slurmlink.resources.watch import WatchEvent
@@ -89,6 +89,8 @@ class ResourceEndpoints:
             raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
         if kind.namespaced and name is not None and namespace is None:
             raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+        if kind.source is not None:
+            return await self._virtual(request, kind, version, identity, name)
         method = request.method
         query = request.query_params
         dry_run = _dry_run(query.getlist("dryRun")) if method in ("POST", "PUT", "PATCH", "DELETE") else False
@@ -184,6 +186,34 @@ class ResourceEndpoints:
             )
             return _json(obj)
         raise errors.method_not_allowed(f"{method} is not supported")
+
+    async def _virtual(
+        self, request: Request, kind: Kind, version: str, identity: Identity, name: str | None
+    ) -> Response:
+        """List and get of a kind computed by its source (``resources.kind.VirtualSource``)."""
+        source = kind.source
+        assert source is not None
+        q = request.query_params
+        if request.method != "GET":
+            raise errors.method_not_allowed(source.read_only_message)
+        as_table = tables.wants_table(request.headers.get("accept"))
+        include = q.get("includeObject", "Metadata")
+        if name is not None:
+            obj = await source.get_object(name, authorize(identity, kind, "get", None, name))
+            return _json(tables.table(kind, [obj], None, include_object=include) if as_table else obj)
+        if q.get("watch") in _TRUE:
+            raise errors.method_not_allowed(
+                f"{kind.plural} cannot be watched: they are computed on each read, not stored; list again"
+            )
+        scope = authorize(identity, kind, "list", None, None)
+        match_labels = selectors.parse_label_selector(q.get("labelSelector"))
+        match_fields = selectors.parse_field_selector(q.get("fieldSelector"), kind.strategy.field_labels)
+        items = [obj for obj in await source.list_objects(scope) if match_labels(obj) and match_fields(obj)]
+        if as_table:
+            return _json(tables.table(kind, items, None, include_object=include))
+        return _json(
+            {"apiVersion": kind.api_version(version), "kind": kind.list_kind, "metadata": {}, "items": items}
+        )
 
     async def _list(
         self, request: Request, kind: Kind, version: str, namespace: str | None, scope: Scope | None

@@ -1,4 +1,4 @@
-"""Authentication (client certificate or bearer token) and authorisation of API requests."""
+"""Authentication (client certificate or token) and authorisation of API requests."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from slurmlink.resources.kind import Kind
 
 #: The only paths served without credentials (health checks); see ``api.app``.
 ANONYMOUS_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
+#: ``Authorization`` schemes that carry an issued token: ``Bearer`` (Kubernetes clients) and ``Token``
+#: (Django REST framework's, which the seed's banking plugins send to ``/mybrc-rest``).
+TOKEN_SCHEMES = frozenset({"bearer", "token"})
 
 
 class Authenticator:
@@ -27,9 +30,9 @@ class Authenticator:
         identity = request.scope.get("extensions", {}).get(PEER_IDENTITY)
         if identity is not None:
             return identity
-        header = request.headers.get("authorization", "")
-        if header[:7].lower() == "bearer " and self.tokens is not None:
-            return self.tokens.lookup(header[7:].strip())
+        scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() in TOKEN_SCHEMES and self.tokens is not None:
+            return self.tokens.lookup(credential.strip())
         if self.open_access:
             return Identity("anonymous", (roles.role_group("admin"),))
         return None

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from slurmlink import jsonutil
-from slurmlink.bank import audit, cards, money, schema
+from slurmlink.bank import audit, cards, money, observe, schema
 from slurmlink.bank.books import ACTIVE, CLOSED, CLOSING, Account, Allocation, Books, aware, digest
 from slurmlink.bank.errors import AlreadyExists, InsufficientFunds, InvalidRequest, NotFound
 from slurmlink.bank.estimate import CostError, JobRequest, Quote, quote
@@ -120,7 +120,10 @@ class Ledger:
             result = work(books, accounts)
             return {**result, "replayed": False}
 
-        return self._run(fn)
+        with observe.operation(payload["op"]) as outcome:
+            result = self._run(fn)
+            outcome.replayed = result["replayed"]
+        return result
 
     # ---- accounts ----------------------------------------------------------------------------
 
@@ -688,7 +691,9 @@ class Ledger:
 
         done = []
         for alloc_id, name in self._run(due):
-            result = self._expire(alloc_id, name, actor, moment)
+            with observe.operation("expire") as outcome:
+                result = self._expire(alloc_id, name, actor, moment)
+                outcome.skipped = result is None
             if result is not None:
                 done.append(result)
         return done
@@ -733,19 +738,38 @@ class Ledger:
         def fn(conn: sa.Connection) -> Balance:
             books = Books(conn, now)
             [acct] = _load(books, self.cluster, account)
-            drawable = acct.drawable(books.now)
-            upcoming = [x for x in acct.allocations if x.state == ACTIVE and x.starts_at > books.now]
-            return Balance(
-                account=acct.name,
-                cluster=acct.cluster,
-                status=acct.status,
-                available=money.from_units(acct.available(books.now)),
-                held=money.from_units(acct.held()),
-                spent=money.from_units(acct.spent(books.now)),
-                granted=money.from_units(sum(x.amount for x in drawable)),
-                upcoming=money.from_units(sum(x.balance("available") for x in upcoming)),
-                overdraft=money.from_units(acct.overdraft),
+            return _balance(books, acct)
+
+        return self._run(fn)
+
+    def balances(self, *, now: dt.datetime | None = None) -> list[Balance]:
+        """Every account's balance, by name: two queries however many accounts there are, so a
+        metrics scrape or a ``kubectl get bankaccounts`` stays cheap."""
+        a = schema.accounts
+
+        def fn(conn: sa.Connection) -> list[Balance]:
+            books = Books(conn, now)
+            rows = conn.execute(
+                sa.select(a.c.id, a.c.cluster, a.c.name, a.c.status, a.c.overdraft)
+                .where(a.c.cluster == self.cluster)
+                .order_by(a.c.name)
             )
+            accounts = [Account(r.id, r.cluster, r.name, r.status, r.overdraft) for r in rows]
+            if accounts:
+                books.load_allocations(accounts)
+            return [_balance(books, acct) for acct in accounts]
+
+        return self._run(fn)
+
+    def user_usage(self, account: str, user: str) -> tuple[Decimal | None, Decimal]:
+        """``user``'s cap in ``account`` (None when uncapped) and what their runs there hold or were
+        charged, net of refunds: the two numbers a hold for them is checked against."""
+
+        def fn(conn: sa.Connection) -> tuple[Decimal | None, Decimal]:
+            [acct] = _load(Books(conn), self.cluster, account)
+            cap = _cap(conn, acct.id, user)
+            used = money.from_units(_used(conn, acct.id, user))
+            return (money.from_units(cap) if cap is not None else None), used
 
         return self._run(fn)
 
@@ -921,17 +945,10 @@ class Ledger:
         )
 
     def _check_user_cap(self, books: Books, acct: Account, user: str, units: int) -> None:
-        caps, r = schema.user_caps, schema.runs
-        cap = books.conn.execute(
-            sa.select(caps.c.cap).where(caps.c.account_id == acct.id, caps.c.user == user)
-        ).scalar()
+        cap = _cap(books.conn, acct.id, user)
         if cap is None:
             return
-        used = books.conn.execute(
-            sa.select(sa.func.coalesce(sa.func.sum(r.c.held + r.c.charged - r.c.refunded), 0)).where(
-                r.c.account_id == acct.id, r.c.user == user
-            )
-        ).scalar_one()
+        used = _used(books.conn, acct.id, user)
         if used + units > cap:
             raise InsufficientFunds(
                 f"user {user} may use {money.text(cap)} SU of account {acct.name} and has used or holds "
@@ -945,6 +962,41 @@ class Ledger:
 
 
 # ---- module helpers (inside a transaction) ---------------------------------------------------------
+
+
+def _balance(books: Books, acct: Account) -> Balance:
+    drawable = acct.drawable(books.now)
+    upcoming = [x for x in acct.allocations if x.state == ACTIVE and x.starts_at > books.now]
+    return Balance(
+        account=acct.name,
+        cluster=acct.cluster,
+        status=acct.status,
+        available=money.from_units(acct.available(books.now)),
+        held=money.from_units(acct.held()),
+        spent=money.from_units(acct.spent(books.now)),
+        granted=money.from_units(sum(x.amount for x in drawable)),
+        upcoming=money.from_units(sum(x.balance("available") for x in upcoming)),
+        overdraft=money.from_units(acct.overdraft),
+    )
+
+
+def _cap(conn: sa.Connection, account_id: int, user: str) -> int | None:
+    """The user's cap in the account, in units (None: uncapped)."""
+    caps = schema.user_caps
+    return conn.execute(
+        sa.select(caps.c.cap).where(caps.c.account_id == account_id, caps.c.user == user)
+    ).scalar()
+
+
+def _used(conn: sa.Connection, account_id: int, user: str) -> int:
+    """What the user's runs in the account hold or were charged, net of refunds, in units."""
+    r = schema.runs
+    used: int = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(r.c.held + r.c.charged - r.c.refunded), 0)).where(
+            r.c.account_id == account_id, r.c.user == user
+        )
+    ).scalar_one()
+    return used
 
 
 def _load(books: Books, cluster: str, name: str) -> list[Account]:

@@ -11,11 +11,11 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
-from slurmlink.resources.access import AccessPolicy
+from slurmlink.resources.access import AccessPolicy, Scope
 from slurmlink.resources.errors import Cause
 
 if TYPE_CHECKING:
@@ -164,6 +164,30 @@ class Strategy:
         return any(new.get(k) != old.get(k) for k in set(new) | set(old) if k not in ("metadata", "status"))
 
 
+class VirtualSource(Protocol):
+    """Where the objects of a *virtual* kind come from: computed from other data on each read (the
+    bank's accounts, from the ledger), never stored as objects.
+
+    Such a kind is cluster-scoped and read-only: the endpoints answer its list and get from the
+    source (as JSON or as a Table, with label and field selectors), refuse every write with 405 and
+    ``read_only_message``, and refuse watches with 405, since no store revision tracks its changes.
+    Authorisation is the kind's ``access`` policy as for any kind; the scope it yields for a ``user``
+    (None for roles that read everything) is handed over, and the source answers only what that
+    scope may read, since it alone knows what its objects stand for.
+    """
+
+    #: Why writes are refused and what to use instead (the 405's message).
+    read_only_message: str
+
+    async def list_objects(self, scope: Scope | None) -> list[Obj]:
+        """Every object the scope may read, in the kind's served version."""
+        ...
+
+    async def get_object(self, name: str, scope: Scope | None) -> Obj:
+        """One object; raise an ApiError (404, or 403 outside the scope) when it cannot be read."""
+        ...
+
+
 @dataclass
 class Kind:
     """Identity and serving facts of one resource kind."""
@@ -191,6 +215,8 @@ class Kind:
         "update",
         "watch",
     )
+    #: Set for a virtual kind (see ``VirtualSource``); its ``verbs`` are then ``get`` and ``list``.
+    source: VirtualSource | None = None
 
     @property
     def key(self) -> str:
