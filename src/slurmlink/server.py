@@ -25,7 +25,7 @@ from slurmlink.auth.tokens import TokenStore
 from slurmlink.bank import observe
 from slurmlink.bank.api import bank_component
 from slurmlink.bank.kubeview import bank_account_kind
-from slurmlink.bank.ledger import Ledger
+from slurmlink.bank.ledger import Actor, Ledger
 from slurmlink.bank.mybrc import mybrc_component
 from slurmlink.burstbuffer import directives as bbd
 from slurmlink.burstbuffer.api import storage_component
@@ -45,6 +45,8 @@ from slurmlink.store.hub import WatchHub
 from slurmlink.store.sql import SqlStore
 
 log = logging.getLogger("slurmlink.server")
+#: Seconds between sweeps for bank allocations past their end.
+BANK_EXPIRY_INTERVAL = 300.0
 
 
 def pki_dir(state_dir: Path) -> Path:
@@ -179,6 +181,7 @@ class Server:
         server = uvicorn.Server(uv_config)
         sockets = listening_sockets([cfg.listen, *cfg.extra_listen])
         compactor = asyncio.create_task(self._compact_forever(), name="compactor")
+        expiry = asyncio.create_task(self._expire_forever(ledger), name="bank-expiry")
         log.info(
             "serving",
             extra={
@@ -191,11 +194,22 @@ class Server:
             await server.serve(sockets=sockets)
         finally:
             compactor.cancel()
-            await asyncio.wait({compactor})
+            expiry.cancel()
+            await asyncio.wait({compactor, expiry})
             if self.manager is not None:
                 await self.manager.stop()
             await self.hub.stop()
             self.store.close()
+
+    async def _expire_forever(self, ledger: Ledger) -> None:
+        """Close the bank's allocations past their end (what is left of them expires)."""
+        actor = Actor("system:slurmlink", "server")
+        while True:
+            await asyncio.sleep(BANK_EXPIRY_INTERVAL)
+            try:
+                await anyio.to_thread.run_sync(lambda: ledger.expire_due(actor=actor))
+            except Exception:
+                log.exception("closing ended bank allocations failed")
 
     async def _compact_forever(self) -> None:
         while True:
