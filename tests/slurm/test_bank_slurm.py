@@ -13,13 +13,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from slurmlink.cli.quickstart_cmd import Quickstart
 from support.quickstart import QuickStart, finish_job, run_job, running_quickstart, submit_job
 from support.waiting import wait_for
 
@@ -65,7 +68,8 @@ def balance(bank: httpx.Client) -> dict[str, Any]:
 
 
 def set_available(bank: httpx.Client, amount: Decimal) -> None:
-    """Adjust the account so that exactly ``amount`` is available (nothing is held meanwhile)."""
+    """Adjust the account so that exactly ``amount`` is available (nothing is held meanwhile); the
+    gateway's copy follows within its refresh (``fund`` waits for it)."""
     now = Decimal(balance(bank)["available"])
     if now != amount:
         r = bank.post(
@@ -73,6 +77,11 @@ def set_available(bank: httpx.Client, amount: Decimal) -> None:
             json={"amount": str(amount - now), "reason": "test setup"},
         )
         assert r.status_code == 200, r.text
+
+
+def fund(qs: QuickStart, bank: httpx.Client, amount: Decimal) -> None:
+    set_available(bank, amount)
+    wait_for(lambda: gateway_sees(qs, amount), 30, 0.5, message=f"the gateway to see {amount} SU")
 
 
 def gateway_sees(qs: QuickStart, available: Decimal) -> bool:
@@ -98,7 +107,7 @@ def sacct(qs: QuickStart, job: str, *fields: str) -> dict[str, str]:
 def test_a_job_within_budget_is_held_at_start_and_charged_what_it_used(
     qs: QuickStart, bank: httpx.Client
 ) -> None:
-    set_available(bank, Decimal(1000))
+    fund(qs, bank, Decimal(1000))
     before = balance(bank)
     job = run_job(qs, "#SBATCH --time=5 -n1\nsleep 3\n")
     finish_job(qs, job)
@@ -123,8 +132,7 @@ def test_a_job_within_budget_is_held_at_start_and_charged_what_it_used(
 def test_a_job_over_budget_is_rejected_at_sbatch_with_balance_and_estimate(
     qs: QuickStart, bank: httpx.Client
 ) -> None:
-    set_available(bank, Decimal(1000))
-    wait_for(lambda: gateway_sees(qs, Decimal(1000)), 20)
+    fund(qs, bank, Decimal(1000))
     refused = submit_job(qs, "#SBATCH --time=20\nsleep 1\n")
     assert refused.returncode != 0
     assert (
@@ -141,8 +149,7 @@ def test_a_job_over_budget_is_rejected_at_sbatch_with_balance_and_estimate(
 
 
 def test_what_pending_jobs_may_spend_counts_against_the_balance(qs: QuickStart, bank: httpx.Client) -> None:
-    set_available(bank, Decimal(1000))
-    wait_for(lambda: gateway_sees(qs, Decimal(1000)), 20)
+    fund(qs, bank, Decimal(1000))
     held = [run_job(qs, "sleep 1\n", "--hold", "--time=8") for _ in range(2)]  # 480 + 480 pending
     refused = submit_job(qs, "sleep 1\n", "--hold", "--time=1")  # 60 > 1000 - 960
     assert refused.returncode != 0 and "960.00 SU may still be spent by its pending jobs" in refused.stderr
@@ -159,7 +166,7 @@ def test_what_pending_jobs_may_spend_counts_against_the_balance(qs: QuickStart, 
 
 
 def test_each_hook_run_again_changes_nothing(qs: QuickStart, bank: httpx.Client) -> None:
-    set_available(bank, Decimal(1000))
+    fund(qs, bank, Decimal(1000))
     job = run_job(qs, "#SBATCH --time=2\nsleep 1\n")
     finish_job(qs, job)
     wait_for(lambda: any(x["kind"] == "charge" for x in job_lines(bank, job)), 30)
@@ -194,7 +201,7 @@ def test_each_hook_run_again_changes_nothing(qs: QuickStart, bank: httpx.Client)
 def test_a_job_its_account_cannot_cover_at_start_is_held_with_the_reason(
     qs: QuickStart, bank: httpx.Client
 ) -> None:
-    set_available(bank, Decimal(1000))
+    fund(qs, bank, Decimal(1000))
     job = run_job(qs, "sleep 1\n", "--hold", "--time=10")  # 600 accepted at submission
     set_available(bank, Decimal(100))  # then the account shrinks
     qs.cluster.run_slurm(["scontrol", "release", job], timeout=10)
@@ -214,6 +221,105 @@ def test_a_job_its_account_cannot_cover_at_start_is_held_with_the_reason(
     assert all(x["kind"] != "hold" or x["amount"] == "0.00" for x in job_lines(bank, job))
     assert balance(bank)["available"] == "100.00"  # nothing held, nothing charged
     qs.cluster.run_slurm(["scancel", job], timeout=10)
+
+
+def reconcile(qs: QuickStart, *args: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "slurmlink.cli.main", "bank", "reconcile", "--json", "--hours", "1", *args],
+        env={**os.environ, "SLURM_CONF": str(qs.cluster.slurm_conf), "KUBECONFIG": str(qs.admin)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+def wait_running(qs: QuickStart, job: str) -> None:
+    wait_for(
+        lambda: (qs.cluster.job_info(job) or {}).get("JobState") == "RUNNING",
+        60,
+        0.2,
+        message=f"job {job} to run",
+    )
+
+
+def test_a_requeued_run_is_charged_once_from_accounting(qs: QuickStart, bank: httpx.Client) -> None:
+    fund(qs, bank, Decimal(1000))
+    job = run_job(qs, "#SBATCH --time=5\nsleep 60\n")
+    wait_running(qs, job)
+    assert qs.cluster.run_slurm(["scontrol", "requeuehold", job], timeout=10).returncode == 0
+    # Its epilog leaves the requeued run to the reconciler (slurmctld now describes the next run).
+    wait_for(lambda: sacct(qs, job, "State").get("State") == "REQUEUED", 60, 0.5, message="sacct's REQUEUED")
+    first = reconcile(qs, "--job", job)
+    assert first["settled"] == 1 and first["problems"] == []
+    [charge] = [x for x in job_lines(bank, job) if x["kind"] == "charge"]
+    assert charge["run"].split(":")[2] == "0" and charge["inputs"]["endState"] == "REQUEUED"
+    assert charge["inputs"]["source"] == "sacct"
+    elapsed = int(qs.cluster.sacct([job], ("ElapsedRaw",), duplicates=True)[0]["ElapsedRaw"])
+    assert Decimal(charge["amount"]) == Decimal(elapsed)
+    assert balance(bank)["held"] == "0.00"
+    again = reconcile(qs, "--job", job)
+    assert (again["settled"], again["already"]) == (0, 1)
+    assert len([x for x in job_lines(bank, job) if x["kind"] == "charge"]) == 1
+    qs.cluster.run_slurm(["scancel", job], timeout=10)
+
+
+def test_a_run_ended_by_a_node_failure_is_refunded_per_policy(qs: QuickStart, bank: httpx.Client) -> None:
+    fund(qs, bank, Decimal(1000))
+    job = run_job(qs, "#SBATCH --time=5 --no-requeue\nsleep 120\n")
+    wait_running(qs, job)
+    node = qs.cluster.job_info(job)["NodeList"]
+    down = ["scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=bank-test"]
+    assert qs.cluster.run_slurm(down, timeout=10).returncode == 0
+    try:
+        qs.cluster.wait_for_job(job, ("NODE_FAIL",), timeout=60)
+        lines = wait_for(lambda: [x for x in job_lines(bank, job) if x["kind"] == "charge"], 60, 0.5)
+        [charge] = lines
+        assert charge["amount"] == "0.00" and charge["inputs"]["policy"] == "refund"
+        assert charge["inputs"]["endState"] == "NODE_FAIL"
+        assert balance(bank)["available"] == "1000.00"
+    finally:
+        resume = ["scontrol", "update", f"NodeName={node}", "State=RESUME"]
+        qs.cluster.run_slurm(resume, timeout=10)
+        wait_for(lambda: (qs.cluster.node_states() or {}).get(node, "").startswith("idle"), 60, 0.5)
+
+
+def test_with_the_bank_down_jobs_run_and_are_charged_once_when_it_is_back(
+    qs: QuickStart, bank: httpx.Client
+) -> None:
+    fund(qs, bank, Decimal(1000))
+    quickstart = [sys.executable, "-m", "slurmlink.cli.main", "quickstart"]
+    pid = Quickstart(qs.dir).server_pid()
+    assert pid is not None
+    os.kill(pid, 15)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, 0.2, message="the server to stop")
+    slowest = 0.0
+    try:
+        job = run_job(qs, "#SBATCH --time=5\nsleep 2\n")  # checked against the gateway's copy
+        for _ in range(40):  # squeue answers at once throughout, bank or no bank
+            started = time.monotonic()
+            assert qs.cluster.run_slurm(["squeue"], timeout=10).returncode == 0
+            slowest = max(slowest, time.monotonic() - started)
+            if (qs.cluster.job_info(job) or {}).get("JobState") == "COMPLETED":
+                break
+            time.sleep(0.25)
+        qs.cluster.wait_for_job(job, ("COMPLETED",), timeout=60)
+        wait_for(lambda: list((qs.dir / "bank-spool").glob("*.json")), 30, 0.5, message="the spooled charge")
+    finally:
+        up = subprocess.run(
+            [*quickstart, "up", *qs.where], capture_output=True, text=True, timeout=300, check=False
+        )
+        assert up.returncode == 0, up.stderr
+    assert slowest < 1.0, f"squeue took {slowest:.2f} s with the bank down"
+    # The gateway sends the spool again every 15 s; the reconciler finds it settled.
+    lines = wait_for(lambda: [x for x in job_lines(bank, job) if x["kind"] == "charge"], 60, 0.5)
+    assert len(lines) == 1 and not list((qs.dir / "bank-spool").glob("*.json"))
+    assert all(x["kind"] != "hold" for x in job_lines(bank, job))  # the bank was down at its start
+    later = reconcile(qs, "--job", job)
+    assert (later["settled"], later["already"]) == (0, 1)
+    assert len([x for x in job_lines(bank, job) if x["kind"] == "charge"]) == 1
 
 
 def test_the_ledger_stays_sound(bank: httpx.Client) -> None:

@@ -578,3 +578,74 @@ def quote(
     if "available" in result:
         verdict = "fits" if result["fits"] else "does NOT fit"
         click.echo(f"account {result['account']}: {result['available']} SU available; this job {verdict}")
+
+
+@bank.command()
+@click.option(
+    "--hours",
+    type=click.FloatRange(min=0.01),
+    default=48.0,
+    show_default=True,
+    help="Look at runs that ended this many hours back.",
+)
+@click.option("--job", "jobs", type=int, multiple=True, help="Only this job id (repeatable).")
+@click.option(
+    "--slurm-conf",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="slurm.conf of the cluster (default: $SLURM_CONF, else /etc/slurm/slurm.conf).",
+)
+@_json_option
+@kubeconfig_options
+def reconcile(
+    hours: float,
+    jobs: tuple[int, ...],
+    slurm_conf: Path | None,
+    as_json: bool,
+    kubeconfig: Path | None,
+    context: str | None,
+) -> None:
+    """Settle from Slurm's accounting (sacct -D) every run the bank has not charged.
+
+    Runs on a host with Slurm's commands and needs accounting storage (slurmdbd). Each run is settled
+    once, by its key: running it again, or next to the gateway's own periodic reconciliation, changes
+    nothing.
+    """
+    import asyncio
+    import os
+
+    from slurmlink.cli.resources_cmd import CliError, error_text, open_client
+    from slurmlink.resources.errors import ApiError
+    from slurmlink.slurm.commands import SlurmCommandError, SlurmCommands
+    from slurmlink.slurm.gateway.bank import BankHooks, ReconcileReport
+    from slurmlink.slurm.gateway.banksettings import BankSettings
+
+    conf = slurm_conf or Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
+
+    async def run() -> ReconcileReport:
+        client = open_client(kubeconfig, context)
+        try:
+            hooks = BankHooks(client, SlurmCommands(conf, timeout=300), BankSettings(reconcile_interval=0))
+            return await hooks.reconcile(int(hours * 3600), jobs)
+        finally:
+            await client.aclose()
+
+    try:
+        report = asyncio.run(run())
+    except ApiError as exc:
+        raise CliError(error_text(exc)) from exc
+    except SlurmCommandError as exc:
+        raise CliError(f"error: {exc} (the reconciler needs Slurm's accounting storage, slurmdbd)") from exc
+    if as_json:
+        _emit_json(
+            {
+                "seen": report.seen,
+                "settled": report.settled,
+                "already": report.already,
+                "problems": report.problems,
+            }
+        )
+    else:
+        click.echo(report.summary())
+    if report.problems:
+        raise SystemExit(1)

@@ -122,8 +122,8 @@ class SlurmCommands:
         number = int(_job_id(job_id))
         return self.state_save_location() / f"hash.{number % 10}" / f"job.{number}"
 
-    async def run(self, *argv: str) -> CommandResult:
-        env = dict(os.environ)
+    async def run(self, *argv: str, env_extra: dict[str, str] | None = None) -> CommandResult:
+        env = {**os.environ, **(env_extra or {})}
         if self.slurm_conf is not None:
             env["SLURM_CONF"] = str(self.slurm_conf)
         try:

@@ -14,19 +14,23 @@ reconciler settles from Slurm's accounting whatever was lost even so.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
 import logging
 import time
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
 from slurmlink import jsonutil
-from slurmlink.bank.estimate import CostError, JobRequest, RunUsage, charge, from_job_desc, quote
+from slurmlink.bank.estimate import Charge, CostError, JobRequest, RunUsage, charge, from_job_desc, quote
 from slurmlink.bank.ratecard import RateCard, RateCardError
 from slurmlink.bank.runs import RunKey
 from slurmlink.bank.tres import parse_tres
 from slurmlink.client.base import Client
 from slurmlink.resources.errors import ApiError
+from slurmlink.slurm.accounting import ended_runs
 from slurmlink.slurm.commands import SlurmCommandError, SlurmCommands
 from slurmlink.slurm.gateway.banksettings import ALLOW, HOLD_JOB, BankSettings
 from slurmlink.slurm.gateway.operations import Fields, GatewayError
@@ -53,6 +57,20 @@ _NUMERIC_FIELDS = frozenset(
 _HELD_REASON = "slurmlink-bank:"
 
 
+@dataclasses.dataclass
+class ReconcileReport:
+    seen: int = 0
+    settled: int = 0
+    already: int = 0
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        text = f"{self.seen} ended runs in accounting: {self.settled} settled now, {self.already} before"
+        return text + (
+            f"; {len(self.problems)} could not be: {'; '.join(self.problems[:5])}" if self.problems else ""
+        )
+
+
 class BankView:
     """The bank's balances and current rate card, as of the last refresh (front process)."""
 
@@ -64,6 +82,22 @@ class BankView:
         self.fetched_at = 0.0
         self.problem: str | None = "the bank's balances have not been read yet"
         self._task: asyncio.Task[None] | None = None
+        #: account -> (wall time, amount) of the jobs accepted lately, oldest first (see bank_submit).
+        self.accepted: dict[str, collections.deque[tuple[float, Decimal]]] = {}
+
+    def unseen(self, account: str, seen: int, window: float) -> Decimal:
+        """What the account's jobs accepted in the last ``window`` seconds, beyond the ``seen`` that
+        slurm.jobs shows, may cost: they are the newest (slurmctld numbers jobs in order)."""
+        recent = self.accepted.get(account)
+        if not recent:
+            return Decimal(0)
+        horizon = time.time() - window
+        while recent and recent[0][0] < horizon:
+            recent.popleft()
+        return sum((amount for _, amount in list(recent)[max(seen, 0) :]), Decimal(0))
+
+    def record(self, account: str, amount: Decimal) -> None:
+        self.accepted.setdefault(account, collections.deque()).append((time.time(), amount))
 
     async def refresh(self) -> None:
         try:
@@ -157,11 +191,12 @@ async def bank_submit(view: BankView, fields: Fields) -> str:
         )
     available = Decimal(entry["available"])
     try:
-        pending = Decimal(fields.get("pending") or "0").quantize(Decimal("0.01"))
-    except ArithmeticError:
-        raise GatewayError(
-            f"slurmlink bank: unreadable pending amount {fields.get('pending')!r}", 400
-        ) from None
+        pending = Decimal(fields.get("pending") or "0")
+        seen = int(fields.get("recent_seen") or 0)
+        window = float(fields.get("recent_window") or 0)
+    except (ArithmeticError, ValueError):
+        raise GatewayError("slurmlink bank: unreadable pending amounts from job_submit.lua", 400) from None
+    pending = (pending + view.unseen(account, seen, window)).quantize(Decimal("0.01"))
     left = available - pending
     if priced.amount > left:
         tasks = f" ({priced.tasks} array tasks at {priced.per_task} SU)" if priced.tasks > 1 else ""
@@ -174,11 +209,46 @@ async def bank_submit(view: BankView, fields: Fields) -> str:
             "script before you submit it)",
             402,
         )
+    if fields.get("modify") != "1":  # a new job; a changed pending job is in slurm.jobs already
+        view.record(account, priced.amount)
     return f"accept {priced.per_task} {priced.amount}"
 
 
 def run_key(job: JobRecord, cluster: str) -> RunKey:
     return RunKey(cluster or job.cluster, job.job_id, job.restart_count, job.submit_time)
+
+
+def settle_request(
+    card: RateCard,
+    *,
+    account: str,
+    user: str,
+    partition: str,
+    qos: str,
+    tres: str,
+    elapsed: int,
+    state: str,
+) -> tuple[Charge, dict[str, Any]]:
+    """What a run that ended in ``state`` after ``elapsed`` seconds on ``tres`` costs, and the settle
+    request for it (the epilog's and the reconciler's: one formula, one shape)."""
+    usage = RunUsage(
+        partition=partition,
+        qos=qos or None,
+        tres=parse_tres(tres),
+        elapsed_s=elapsed,
+        end_state=state,
+        account=account or None,
+    )
+    priced = charge(card, usage)
+    body = {
+        "account": account,
+        "user": user,
+        "amount": str(priced.amount),
+        "rateCardVersion": priced.rate_card_version,
+        "inputs": {**priced.inputs, "policy": priced.policy, "endState": state, "elapsedSeconds": elapsed},
+        "details": {"partition": partition, "qos": qos, "tres": tres, "state": state},
+    }
+    return priced, body
 
 
 def usage_of(job: JobRecord, *, elapsed: int, end_state: str) -> RunUsage:
@@ -281,7 +351,11 @@ class BankHooks:
                 if job is None:
                     return
                 if job.state == "PENDING":
-                    comment = f"{_HELD_REASON} not started: {reason}"[:1000]
+                    # Kept: job_submit.lua's estimate tag, so the job still counts as pending.
+                    tag = " ".join(
+                        w for w in job.admin_comment.split() if w.startswith("slurmlink-bank:estimate=")
+                    )
+                    comment = f"{tag} {_HELD_REASON} not started: {reason}".strip()[:1000]
                     # The reason first: whoever sees the job held sees why.
                     await self.slurm.run("scontrol", "update", f"JobId={job_id}", f"AdminComment={comment}")
                     await self.slurm.run("scontrol", "hold", str(job_id))
@@ -351,22 +425,18 @@ class BankHooks:
         except ApiError as exc:
             return self._spool(key, {"job": job.job_id, "pending": "rate card", "fields": dict(fields)}, exc)
         try:
-            priced = charge(card, usage_of(job, elapsed=elapsed, end_state=state))
+            priced, body = settle_request(
+                card,
+                account=job.account,
+                user=job.user,
+                partition=job.partition,
+                qos=job.qos,
+                tres=job.tres_alloc,
+                elapsed=elapsed,
+                state=state,
+            )
         except CostError as exc:
             raise GatewayError(f"slurmlink bank: job {job.job_id}: {exc}", 400) from exc
-        body = {
-            "account": job.account,
-            "user": job.user,
-            "amount": str(priced.amount),
-            "rateCardVersion": priced.rate_card_version,
-            "inputs": {
-                **priced.inputs,
-                "policy": priced.policy,
-                "endState": state,
-                "elapsedSeconds": elapsed,
-            },
-            "details": {"partition": job.partition, "qos": job.qos, "tres": job.tres_alloc, "state": state},
-        }
         try:
             await self.client.call("POST", f"{BANK}/runs/{key.text}/settle", body)
         except ApiError as exc:
@@ -374,6 +444,76 @@ class BankHooks:
                 return f"run {key.text} was settled before"
             return self._spool(key, body, exc)
         return f"charged {priced.amount} SU for run {key.text} ({state}, {elapsed} s)"
+
+    # ---- reconciler: settles from Slurm's accounting ----------------------------------------------
+
+    async def reconcile(self, seconds_back: int, job_ids: Iterable[int] = ()) -> ReconcileReport:
+        """Settle every run that ended in the window and that the bank has not charged: runs whose
+        epilog was lost, requeued runs, runs that ended while the bank was down. Idempotent: each run is
+        settled by its key, once."""
+        report = ReconcileReport()
+        runs = await ended_runs(self.slurm, seconds_back, job_ids)
+        report.seen = len(runs)
+        if not runs:
+            return report
+        card = await self._rate_card()
+        known: dict[tuple[int, int], dict[str, Any]] = {}
+        for item in (await self.client.call("GET", f"{BANK}/runs"))["items"]:
+            with contextlib.suppress(Exception):
+                key = RunKey.parse(item["run"])
+                known[(key.job_id, key.restart_count)] = item
+        for run in runs:
+            bank_run = known.get((run.job_id, run.restart_count))
+            if bank_run is not None and bank_run["state"] == "settled":
+                report.already += 1
+                continue
+            key = (
+                RunKey.parse(bank_run["run"])
+                if bank_run is not None
+                else RunKey(run.cluster, run.job_id, run.restart_count, run.submit_time)
+            )
+            try:
+                _priced, body = settle_request(
+                    card,
+                    account=run.account,
+                    user=run.user,
+                    partition=run.partition,
+                    qos=run.qos,
+                    tres=run.tres_alloc,
+                    elapsed=run.elapsed,
+                    state=run.state,
+                )
+            except CostError as exc:
+                report.problems.append(f"run {key.text}: {exc}")
+                continue
+            body["inputs"]["source"] = "sacct"
+            try:
+                answer = await self.client.call("POST", f"{BANK}/runs/{key.text}/settle", body)
+            except ApiError as exc:
+                if exc.code == 409:
+                    report.already += 1
+                else:
+                    report.problems.append(f"run {key.text}: {exc.message}")
+                continue
+            if answer.get("replayed"):
+                report.already += 1
+            else:
+                report.settled += 1
+        return report
+
+    async def reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reconcile_interval)
+            try:
+                report = await self.reconcile(self.settings.reconcile_window)
+            except (ApiError, SlurmCommandError, RateCardError) as exc:
+                log.warning("bank reconcile: %s", exc)
+                continue
+            except Exception:
+                log.exception("bank reconcile failed")
+                continue
+            if report.settled or report.problems:
+                log.info("bank reconcile: %s", report.summary())
 
     # ---- spool: settles the bank could not take -------------------------------------------------
 
@@ -424,6 +564,9 @@ class BankHooks:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run_forever(), name="bank-spool")
+        if self.settings.reconcile_interval > 0:
+            task = asyncio.create_task(self.reconcile_forever(), name="bank-reconcile")
+            self._after.add(task)
 
     async def stop(self) -> None:
         tasks = [t for t in (self._task, *self._after) if t is not None]

@@ -6,8 +6,8 @@ the network. The job's fields go to the local slurmlink gateway over a Unix sock
 round trip, one attempt, hard deadline SYNC_TIMEOUT), which prices the job with the bank's current rate
 card and compares it with the account's balance from its in-memory copy of the bank. This script adds
 what only slurmctld knows: what the account's pending jobs may still spend (each accepted job carries its
-estimate in its AdminComment, which users cannot change) plus the jobs accepted in the last moments that
-slurm.jobs does not show yet.
+estimate in its AdminComment, which users cannot change), and how many of the jobs accepted in the last
+moments slurm.jobs shows (the gateway adds those it accepted that slurm.jobs does not show yet).
 
 A job over budget is rejected with the gateway's message, which sbatch prints ("sbatch: error: ...").
 If the gateway cannot be asked, ON_UNREACHABLE decides ("allow": the hold placed when the job starts still
@@ -25,11 +25,8 @@ local JOB_PENDING = 0
 local TAG = "slurmlink-bank:estimate="
 -- TAG as a Lua pattern ("-" is a quantifier there).
 local TAG_PATTERN = "slurmlink%-bank:estimate="
--- Seconds an accepted job's estimate is counted from memory before slurm.jobs is expected to show it.
+-- Jobs accepted this many seconds back are matched against what slurm.jobs shows (see pending_exposure).
 local RECENT_SECONDS = 30
-
--- Survives between calls: slurmctld keeps this Lua state until the file changes.
-recent_accepts = recent_accepts or {}
 
 local function estimate_of(comment)
 	if comment == nil then
@@ -50,18 +47,13 @@ local function with_estimate(comment, per_task)
 	return base .. TAG .. per_task
 end
 
--- What the account's pending jobs (all but skip_job) may still spend, plus the jobs accepted moments
--- ago that slurm.jobs does not show yet. An accepted job that shows up (same account and estimate,
--- submitted at or after its acceptance) is counted once, from slurm.jobs.
+-- What the account's pending jobs (all but skip_job) may still spend, and how many of its jobs accepted
+-- in the last RECENT_SECONDS slurm.jobs shows: slurm.jobs is refreshed only when slurmctld's job table
+-- changed in an earlier second, so the gateway adds what it accepted beyond that count.
 local function pending_exposure(account, skip_job)
 	local total = 0
-	local oldest = nil
-	for _, accepted in ipairs(recent_accepts) do
-		if oldest == nil or accepted.time < oldest then
-			oldest = accepted.time
-		end
-	end
-	local shown = {}
+	local seen = 0
+	local since = os.time() - RECENT_SECONDS
 	if type(slurm.jobs) == "table" then
 		for _, job in pairs(slurm.jobs) do
 			if job.account == account and job.job_id ~= skip_job then
@@ -73,38 +65,13 @@ local function pending_exposure(account, skip_job)
 					end
 					total = total + per_task * tasks
 				end
-				local submitted = tonumber(job.submit_time) or 0
-				if per_task and oldest ~= nil and submitted >= oldest then
-					local key = tostring(per_task)
-					shown[key] = shown[key] or {}
-					table.insert(shown[key], submitted)
+				if per_task and (tonumber(job.submit_time) or 0) >= since then
+					seen = seen + 1
 				end
 			end
 		end
 	end
-	local now = os.time()
-	local kept = {}
-	for _, accepted in ipairs(recent_accepts) do
-		local seen = false
-		local times = shown[tostring(tonumber(accepted.per_task))]
-		if accepted.account == account and times then
-			for i, submitted in ipairs(times) do
-				if submitted >= accepted.time then
-					table.remove(times, i)
-					seen = true
-					break
-				end
-			end
-		end
-		if not seen and now - accepted.time <= RECENT_SECONDS then
-			kept[#kept + 1] = accepted
-			if accepted.account == account then
-				total = total + accepted.amount
-			end
-		end
-	end
-	recent_accepts = kept
-	return total
+	return total, seen
 end
 
 -- Slurm hands unset strings over as nil or "".
@@ -134,7 +101,13 @@ local function check(job_desc, fallback, skip_job)
 	end
 	local account = given(job_desc.account) or (fallback and given(fallback.account))
 		or given(job_desc.default_account)
-	fields[#fields + 1] = { "pending", string.format("%.4f", pending_exposure(account, skip_job)) }
+	local pending, seen = pending_exposure(account, skip_job)
+	fields[#fields + 1] = { "pending", string.format("%.4f", pending) }
+	fields[#fields + 1] = { "recent_seen", seen }
+	fields[#fields + 1] = { "recent_window", RECENT_SECONDS }
+	if skip_job ~= nil then
+		fields[#fields + 1] = { "modify", "1" }
+	end
 	local code, body = request("bank_submit", fields, SYNC)
 	if code == nil then
 		return nil, body
@@ -162,7 +135,7 @@ local function unreachable(message)
 end
 
 function slurm_job_submit(job_desc, part_list, submit_uid)
-	local ok, per_task, total, account = check(job_desc, nil, nil)
+	local ok, per_task = check(job_desc, nil, nil)
 	if ok == nil then
 		return unreachable(per_task)
 	end
@@ -171,9 +144,6 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
 		return slurm.ESLURM_ACCOUNTING_POLICY
 	end
 	job_desc.admin_comment = with_estimate(job_desc.admin_comment, per_task)
-	recent_accepts[#recent_accepts + 1] = {
-		account = account, amount = total, per_task = per_task, time = os.time(),
-	}
 	return slurm.SUCCESS
 end
 
