@@ -145,7 +145,18 @@ def test_a_job_over_budget_is_rejected_at_sbatch_with_balance_and_estimate(
     assert quoted.returncode == 0, quoted.stderr
     job = quoted.stdout.strip().split(";")[0]
     assert "estimate=300.00" in qs.cluster.job_info(job)["AdminComment"]
+    # A pending job's longer time limit is priced again: refused when it no longer fits.
+    limit = qs.cluster.job_info(job)["TimeLimit"]  # Slurm's DefaultTime (the card priced its own)
+    longer = qs.cluster.run_slurm(["scontrol", "update", f"JobId={job}", "TimeLimit=30"], timeout=10)
+    assert longer.returncode != 0 and "accounting/QOS policy" in longer.stderr
+    assert qs.cluster.job_info(job)["TimeLimit"] == limit
+    shorter = qs.cluster.run_slurm(["scontrol", "update", f"JobId={job}", "TimeLimit=2"], timeout=10)
+    assert shorter.returncode == 0, shorter.stderr
+    assert "estimate=120.00" in qs.cluster.job_info(job)["AdminComment"]
     qs.cluster.run_slurm(["scancel", job], timeout=10)
+    # An array is priced per task.
+    array = submit_job(qs, "#SBATCH --time=5 --array=1-4\nsleep 1\n")
+    assert array.returncode != 0 and "may cost 1200.00 SU (4 array tasks at 300.00 SU)" in array.stderr
 
 
 def test_what_pending_jobs_may_spend_counts_against_the_balance(qs: QuickStart, bank: httpx.Client) -> None:
@@ -320,6 +331,25 @@ def test_with_the_bank_down_jobs_run_and_are_charged_once_when_it_is_back(
     later = reconcile(qs, "--job", job)
     assert (later["settled"], later["already"]) == (0, 1)
     assert len([x for x in job_lines(bank, job) if x["kind"] == "charge"]) == 1
+
+
+def test_accounts_are_imported_from_slurms_associations(qs: QuickStart, bank: httpx.Client) -> None:
+    assert qs.cluster.sacctmgr(["add", "account", "optics", "Description=lenses"]).returncode == 0
+    add_user = ["add", "user", qs.cluster.job_user, "account=optics"]
+    assert qs.cluster.sacctmgr(add_user).returncode == 0
+    done = subprocess.run(
+        [sys.executable, "-m", "slurmlink.cli.main", "bank", "import-accounts"],
+        env={**os.environ, "SLURM_CONF": str(qs.cluster.slurm_conf), "KUBECONFIG": str(qs.admin)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1 bank accounts created" in done.stdout
+    optics = bank.get(f"{BANK}/accounts/optics").json()
+    assert qs.cluster.job_user in optics["users"] and optics["status"] == "active"
+    assert bank.get(f"{BANK}/accounts/optics/balance").json()["available"] == "0.00"
 
 
 def test_the_ledger_stays_sound(bank: httpx.Client) -> None:

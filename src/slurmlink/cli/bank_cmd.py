@@ -649,3 +649,60 @@ def reconcile(
         click.echo(report.summary())
     if report.problems:
         raise SystemExit(1)
+
+
+@bank.command("import-accounts")
+@click.option("--cluster", help="Only this cluster's associations (default: every cluster slurmdbd has).")
+@kubeconfig_options
+def import_accounts(cluster: str | None, kubeconfig: Path | None, context: str | None) -> None:
+    """Create a bank account for every Slurm account (sacctmgr's associations), with its users as
+    members and its parent; accounts that exist are kept (their users are added). Grants are yours to make."""
+    from slurmlink.cli.resources_cmd import CliError
+    from slurmlink.slurm import sacctmgr
+
+    try:
+        found = sacctmgr.associations(cluster)
+    except sacctmgr.SacctmgrError as exc:
+        raise click.ClickException(str(exc)) from exc
+    parents = {a.account: a.parent for a in found if not a.user}
+    users: dict[str, set[str]] = {}
+    for assoc in found:
+        users.setdefault(assoc.account, set())
+        if assoc.user:
+            users[assoc.account].add(assoc.user)
+    existing = {a["name"] for a in _request(kubeconfig, context, "GET", _path("accounts"))["items"]}
+    created = 0
+    for account in _parents_first(parents):
+        if account == "root":
+            continue  # Slurm's own root account holds no units
+        if account not in existing:
+            parent = parents.get(account)
+            body = {"name": account, "parent": parent if parent and parent != "root" else None}
+            try:
+                _request(kubeconfig, context, "POST", _path("accounts"), body)
+            except CliError as exc:
+                raise click.ClickException(f"account {account}: {exc.message}") from exc
+            created += 1
+        for user in sorted(users.get(account, ())):
+            _request(kubeconfig, context, "PUT", _path("accounts", account, "users", user), {})
+    kept = len([a for a in parents if a != "root"]) - created
+    click.echo(f"{created} bank accounts created, {kept} existed already")
+
+
+def _parents_first(parents: dict[str, str]) -> list[str]:
+    """Accounts ordered so that each comes after its parent."""
+    ordered: list[str] = []
+    placed: set[str] = set()
+
+    def place(name: str, depth: int = 0) -> None:
+        if name in placed or depth > 100:
+            return
+        parent = parents.get(name)
+        if parent and parent in parents:
+            place(parent, depth + 1)
+        placed.add(name)
+        ordered.append(name)
+
+    for name in sorted(parents):
+        place(name)
+    return ordered

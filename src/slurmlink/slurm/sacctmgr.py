@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import dataclass
 
 _TIMEOUT = 30.0
 
@@ -47,6 +48,26 @@ def add_account(name: str, *, parent: str | None = None, description: str = "") 
     if description:
         args.append(f"Description={description}")
     _run(args)
+
+
+@dataclass(frozen=True)
+class Association:
+    account: str
+    user: str  # "" for the account's own association
+    parent: str
+
+
+def associations(cluster: str | None = None) -> list[Association]:
+    """Slurm's associations (account, user, parent account), of ``cluster`` when given."""
+    args = ["show", "associations", "format=Account,User,ParentName"]
+    if cluster:
+        args.append(f"cluster={cluster}")
+    found = []
+    for line in _run(args).splitlines():
+        parts = line.split("|")
+        if len(parts) == 3 and parts[0]:
+            found.append(Association(parts[0], parts[1], parts[2]))
+    return found
 
 
 def ensure_account(name: str, *, parent: str | None = None, description: str = "") -> str:
