@@ -243,3 +243,22 @@ def test_500_concurrent_runs_against_an_account_that_covers_100_never_overdraw_i
     assert sorted(per_run) == sorted(run(job).text for job in held)
     assert set(per_run.values()) == {1}
     assert {r["state"] for r in ledger.runs(account="race")} == {"settled"}
+
+
+def test_an_allocation_rolls_part_of_what_is_left_into_a_new_one(ledger: Ledger) -> None:
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    start, end = now - dt.timedelta(days=10), now + dt.timedelta(days=10)
+    ledger.create_account("roll")
+    ledger.grant("roll", D(100), key="half", actor=ADMIN, starts_at=start, ends_at=end, rollover_percent=25)
+    with pytest.raises(InvalidRequest, match="percentage from 0 to 100"):
+        ledger.grant("roll", D(1), key="bad", actor=ADMIN, ends_at=end, rollover_percent=150)
+    ledger.hold(run(1), "roll", "ann", D(20), actor=HOOK)
+    ledger.settle(run(1), "roll", "ann", D(20), actor=HOOK)
+    [expired] = ledger.expire_due(actor=ADMIN, now=end + dt.timedelta(seconds=1))
+    assert (expired["expired"], expired["rolledOver"]) == ("60.00", "20.00")  # 25% of the 80 left
+    [successor] = ledger.allocations("roll")
+    assert successor["kind"] == "rollover" and successor["available"] == "20.00"
+    assert successor["startsAt"] == end.isoformat()
+    assert successor["endsAt"] == (end + dt.timedelta(days=20)).isoformat()  # as long again
+    assert ledger.balance("roll", now=end + dt.timedelta(days=1)).available == D(20)
+    assert ledger.verify() == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +225,21 @@ def test_a_store_opens_while_another_connection_creates_the_database(tmp_path: P
         assert store.current_revision() == 0
     finally:
         store.close()
+
+
+def test_the_bank_track_upgrades_a_ledger_in_place(store: SqlStore) -> None:
+    """A ledger written at bank_0001 (before rollover) keeps its books through bank_0002."""
+    from alembic import command
+
+    from slurmlink.bank.ledger import Actor, Ledger
+
+    ledger = Ledger(store, "c1")
+    ledger.create_account("lab")
+    ledger.grant("lab", Decimal(10), key="g", actor=Actor("admin"))
+    with store.engine.begin() as conn:
+        command.downgrade(migrations.config(conn), "bank_0001")
+        assert "rollover_percent" not in {c["name"] for c in sa.inspect(conn).get_columns("bank_allocations")}
+    assert migrations.migrate(store.engine)["bank"] == migrations.heads()["bank"]
+    [allocation] = ledger.allocations("lab")
+    assert allocation["available"] == "10.00"
+    assert ledger.balance("lab").available == Decimal(10) and ledger.verify() == []

@@ -209,6 +209,7 @@ def bank_component(ledger: Ledger) -> Component:
             ends_at=_time(body, "endsAt"),
             priority=int(body.get("priority") or 0),
             reference=str(body.get("reference") or ""),
+            rollover_percent=int(body.get("rolloverPercent") or 0),
         )
 
     async def adjust(request: Request, identity: Identity) -> Any:
@@ -255,6 +256,7 @@ def bank_component(ledger: Ledger) -> Component:
             state=q.get("state"),
             user=user,
             job_id=int(job) if job else None,
+            updated_since=_time(dict(q), "updatedSince"),
         )
         return {"items": items}
 

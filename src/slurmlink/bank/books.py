@@ -54,6 +54,7 @@ class Allocation:
     priority: int
     state: str
     reference: str
+    rollover_percent: int = 0
     #: bucket kind -> (bucket id, balance as read, plus this transaction's moves)
     buckets: dict[str, list[int]] = field(default_factory=dict)
 
@@ -153,6 +154,7 @@ class Books:
                 al.c.priority,
                 al.c.state,
                 al.c.reference,
+                al.c.rollover_percent,
                 b.c.kind.label("bucket_kind"),
                 b.c.id.label("bucket_id"),
                 b.c.balance,
@@ -177,6 +179,7 @@ class Books:
                     row.priority,
                     row.state,
                     row.reference,
+                    row.rollover_percent,
                 )
                 allocations[row.id] = alloc
                 by_id[row.account_id].allocations.append(alloc)
@@ -226,6 +229,7 @@ class Books:
         ends_at: dt.datetime | None,
         priority: int,
         reference: str,
+        rollover_percent: int = 0,
     ) -> Allocation:
         al, b = schema.allocations, schema.buckets
         allocation_id = self.conn.execute(
@@ -239,12 +243,22 @@ class Books:
                 priority=priority,
                 state=ACTIVE,
                 reference=reference,
+                rollover_percent=rollover_percent,
                 created_at=self.now,
             )
             .returning(al.c.id)
         ).scalar_one()
         alloc = Allocation(
-            allocation_id, account.id, kind, amount, starts_at, ends_at, priority, ACTIVE, reference
+            allocation_id,
+            account.id,
+            kind,
+            amount,
+            starts_at,
+            ends_at,
+            priority,
+            ACTIVE,
+            reference,
+            rollover_percent,
         )
         for bucket_kind in BUCKET_KINDS:
             bucket_id = self.conn.execute(

@@ -296,8 +296,10 @@ class Ledger:
         priority: int = 0,
         reference: str = "",
         kind: str = "grant",
+        rollover_percent: int = 0,
     ) -> dict[str, Any]:
-        """A new allocation of ``amount`` for ``account``, drawable from ``starts_at`` to ``ends_at``."""
+        """A new allocation of ``amount`` for ``account``, drawable from ``starts_at`` to ``ends_at``;
+        ``rollover_percent`` of what is left at its end moves into a new allocation of the same length."""
         units = money.to_units(money.parse(amount))
         if units == 0:
             raise InvalidRequest("a grant must be for more than 0 service units")
@@ -313,7 +315,12 @@ class Ledger:
             "ends": ends_at.isoformat() if ends_at else None,
             "priority": priority,
             "reference": reference,
+            "rollover": rollover_percent,
         }
+        if isinstance(rollover_percent, bool) or not 0 <= rollover_percent <= 100:
+            raise InvalidRequest(f"rollover must be a percentage from 0 to 100, not {rollover_percent!r}")
+        if rollover_percent and ends_at is None:
+            raise InvalidRequest("a rollover needs an allocation that ends (give its end)")
 
         def work(books: Books, accounts: list[Account]) -> dict[str, Any]:
             [acct] = accounts
@@ -325,6 +332,7 @@ class Ledger:
                 ends_at=ends_at,
                 priority=priority,
                 reference=reference,
+                rollover_percent=rollover_percent,
             )
             books.move(schema.EXTERNAL_BUCKET, alloc, ("external", "available"), units)
             return books.post(
@@ -716,18 +724,32 @@ class Ledger:
             if books.replay(key, request_digest) is not None:
                 return None
             left = alloc.balance("available")
-            books.move(alloc, schema.EXPIRED_BUCKET, ("available", "expired"), left)
+            carried = left * alloc.rollover_percent // 100 if left > 0 else 0
+            result: dict[str, Any] = {"allocation": alloc_id, "expired": money.text(left - carried)}
+            if carried:
+                successor = books.add_allocation(
+                    acct,
+                    kind="rollover",
+                    amount=carried,
+                    starts_at=alloc.ends_at,
+                    ends_at=alloc.ends_at + (alloc.ends_at - alloc.starts_at),
+                    priority=alloc.priority,
+                    reference=f"{alloc.rollover_percent}% of what allocation {alloc_id} left",
+                )
+                books.move(alloc, successor, ("available", "available"), carried)
+                result.update(rolledOver=money.text(carried), newAllocation=successor.id)
+            books.move(alloc, schema.EXPIRED_BUCKET, ("available", "expired"), left - carried)
             books.set_state(alloc, CLOSED)
             return books.post(
                 kind="expire",
                 key=key,
                 request_digest=request_digest,
                 account=acct,
-                amount=left,
+                amount=left - carried,
                 actor=actor.name,
                 source=actor.source,
                 reason=f"allocation {alloc_id} ended {alloc.ends_at.isoformat()}",
-                result={"allocation": alloc_id, "expired": money.text(left)},
+                result=result,
             )
 
         return self._run(fn)
@@ -844,6 +866,7 @@ class Ledger:
         state: str | None = None,
         user: str | None = None,
         job_id: int | None = None,
+        updated_since: dt.datetime | None = None,
     ) -> list[dict[str, Any]]:
         r, a = schema.runs, schema.accounts
 
@@ -857,6 +880,8 @@ class Ledger:
                 query = query.where(r.c.user == user)
             if job_id is not None:
                 query = query.where(r.c.job_id == job_id)
+            if updated_since is not None:
+                query = query.where(r.c.updated_at >= updated_since)
             return [_run_json(conn, row) for row in conn.execute(query.order_by(r.c.job_id, r.c.run_key))]
 
         return self._run(fn)

@@ -60,6 +60,8 @@ allocations = sa.Table(
     sa.Column("priority", sa.Integer, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("reference", sa.String(200), nullable=False),
+    #: Percent of what is left at the end that moves into a new allocation (migration bank_0002).
+    sa.Column("rollover_percent", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 

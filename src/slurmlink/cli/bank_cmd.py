@@ -263,6 +263,13 @@ def account_remove_user(name: str, user: str, kubeconfig: Path | None, context: 
 @click.option("--ends", help="When it expires (ISO 8601; default never).")
 @click.option("--priority", type=int, default=0, show_default=True, help="Draw order among equal end dates.")
 @click.option("--reference", default="", help="Where the grant comes from (proposal, award id).")
+@click.option(
+    "--rollover",
+    type=click.IntRange(0, 100),
+    default=0,
+    show_default=True,
+    help="Percent of what is left at --ends that moves into a new allocation of the same length.",
+)
 @_key_option
 @_json_option
 @kubeconfig_options
@@ -273,6 +280,7 @@ def grant(
     ends: str | None,
     priority: int,
     reference: str,
+    rollover: int,
     key: str | None,
     as_json: bool,
     kubeconfig: Path | None,
@@ -285,6 +293,7 @@ def grant(
         "endsAt": ends,
         "priority": priority,
         "reference": reference,
+        "rolloverPercent": rollover,
     }
     key = _new_key(key)
     result = _request(kubeconfig, context, "POST", _path("accounts", account_name, "grants"), body, key=key)
@@ -480,9 +489,13 @@ def expire(kubeconfig: Path | None, context: str | None) -> None:
 @_json_option
 @kubeconfig_options
 def user_balance(as_json: bool, kubeconfig: Path | None, context: str | None) -> None:
-    """Your accounts: available, held by your running jobs, spent."""
+    """Your accounts: available, held by your running jobs, spent, and what your pending jobs may still
+    cost (their estimates, from squeue, when Slurm's commands are here)."""
     items = _request(kubeconfig, context, "GET", _path("accounts"))["items"]
     balances = [_request(kubeconfig, context, "GET", _path("accounts", a["name"], "balance")) for a in items]
+    pending = _my_pending_estimates()
+    for b in balances:
+        b["pendingJobs"] = str(pending.get(b["account"], "0.00")) if pending is not None else None
     if as_json:
         _emit_json(balances)
         return
@@ -490,9 +503,46 @@ def user_balance(as_json: bool, kubeconfig: Path | None, context: str | None) ->
         click.echo("you belong to no bank account yet; ask your allocation manager")
         return
     _table(
-        ["ACCOUNT", "STATUS", "AVAILABLE", "HELD", "SPENT"],
-        [[b["account"], b["status"], b["available"], b["held"], b["spent"]] for b in balances],
+        ["ACCOUNT", "STATUS", "AVAILABLE", "HELD", "SPENT", "PENDING JOBS"],
+        [
+            [b["account"], b["status"], b["available"], b["held"], b["spent"], b["pendingJobs"] or "-"]
+            for b in balances
+        ],
     )
+
+
+def _my_pending_estimates() -> dict[str, Any] | None:
+    """Account -> what the caller's pending jobs may cost (job_submit.lua's estimates); None without
+    Slurm's commands or an answer from slurmctld."""
+    import shutil
+    import subprocess
+    from decimal import Decimal
+
+    from slurmlink.slurm.jobrecord import parse_squeue_jobs
+
+    squeue = shutil.which("squeue")
+    if squeue is None:
+        return None
+    try:
+        done = subprocess.run(
+            [squeue, "--json", "--me", "--states=PENDING"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+        jobs = parse_squeue_jobs(done.stdout) if done.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+    if jobs is None:
+        return None
+    totals: dict[str, Decimal] = {}
+    for job in jobs:
+        for word in job.admin_comment.split():
+            if word.startswith("slurmlink-bank:estimate="):
+                amount = Decimal(word.split("=", 1)[1])
+                totals[job.account] = totals.get(job.account, Decimal(0)) + amount
+    return {account: f"{amount:.2f}" for account, amount in totals.items()}
 
 
 # ---- rate cards and quotes ---------------------------------------------------------------------

@@ -32,7 +32,9 @@ def fields(env: Mapping[str, str]) -> dict[str, str]:
     return {name: env[var] for name, var in _ENV.items() if env.get(var)}
 
 
-def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None, *, connect_retry: float = 10.0
+) -> int:
     """``[--socket PATH] prolog|epilog``; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
     environ = os.environ if env is None else env
@@ -47,7 +49,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print("slurmlink bank hook: SLURM_JOB_ID is not set (run by Slurm's slurmscriptd)", file=sys.stderr)
         return 2
     try:
-        answer = Gateway(socket_path).call(f"bank_{args[0]}", sent, sync=False)
+        answer = Gateway(socket_path, connect_retry=connect_retry).call(f"bank_{args[0]}", sent, sync=False)
     except GatewayCallError as exc:
         print(f"slurmlink bank {args[0]} of job {sent['job_id']}: {exc}", file=sys.stderr, flush=True)
         return 1

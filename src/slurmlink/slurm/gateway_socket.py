@@ -30,8 +30,9 @@ class GatewayCallError(Exception):
 class Gateway:
     """``POST /v1/<operation>`` over the gateway's Unix socket (HTTP/1.0, one request per connection)."""
 
-    def __init__(self, socket_path: str) -> None:
+    def __init__(self, socket_path: str, *, connect_retry: float = _CONNECT_RETRY) -> None:
         self.socket_path = socket_path
+        self.connect_retry = connect_retry
 
     def call(self, operation: str, fields: Mapping[str, str], *, sync: bool) -> str:
         body = urlencode(dict(fields)).encode()
@@ -39,7 +40,7 @@ class Gateway:
             f"POST /v1/{operation} HTTP/1.0\r\nHost: slurmlink\r\n"
             f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode() + body
-        deadline = time.monotonic() + (0 if sync else _CONNECT_RETRY)
+        deadline = time.monotonic() + (0 if sync else self.connect_retry)
         while True:
             try:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

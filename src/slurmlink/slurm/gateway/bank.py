@@ -17,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import datetime as dt
 import logging
 import time
 from collections.abc import Iterable
@@ -458,7 +459,11 @@ class BankHooks:
             return report
         card = await self._rate_card()
         known: dict[tuple[int, int], dict[str, Any]] = {}
-        for item in (await self.client.call("GET", f"{BANK}/runs"))["items"]:
+        # Runs the bank touched in the window (a run that ended in it was held or settled after its
+        # start, so a little before the window is enough).
+        since = dt.datetime.fromtimestamp(time.time() - seconds_back - 7 * 24 * 3600, dt.UTC)
+        listed = await self.client.call("GET", f"{BANK}/runs", params={"updatedSince": since.isoformat()})
+        for item in listed["items"]:
             with contextlib.suppress(Exception):
                 key = RunKey.parse(item["run"])
                 known[(key.job_id, key.restart_count)] = item

@@ -1,0 +1,108 @@
+"""What the bank's Slurm side reads: sacct -D records as runs, squeue --json as job records, the hook's
+environment, and job_submit.lua's fields as a job request."""
+
+from __future__ import annotations
+
+import json
+
+from slurmlink.bank.tres import INFINITE
+from slurmlink.slurm import bank_hook
+from slurmlink.slurm.accounting import FIELDS, parse_sacct
+from slurmlink.slurm.gateway.bank import job_request
+from slurmlink.slurm.jobrecord import parse_run_time, parse_squeue_jobs, run_time_of
+
+
+def sacct_line(**values: str) -> str:
+    defaults = {
+        "JobIDRaw": "7",
+        "DBIndex": "1",
+        "Cluster": "c1",
+        "Account": "physics",
+        "User": "alice",
+        "Partition": "debug",
+        "QOS": "normal",
+        "State": "COMPLETED",
+        "Submit": "1000",
+        "Start": "1010",
+        "End": "1070",
+        "ElapsedRaw": "60",
+        "AllocTRES": "cpu=2,node=1,billing=2",
+    }
+    defaults.update(values)
+    return "|".join(defaults[name] for name in FIELDS)
+
+
+def test_every_run_of_a_requeued_job_is_its_own_record_in_dbindex_order() -> None:
+    text = "\n".join(
+        [
+            sacct_line(DBIndex="12", State="COMPLETED", Start="2000", ElapsedRaw="30"),
+            sacct_line(DBIndex="5", State="REQUEUED", Start="1010"),
+            sacct_line(JobIDRaw="8", State="CANCELLED by 1000", Start="0", ElapsedRaw="0"),  # never ran
+            sacct_line(JobIDRaw="9", State="RUNNING"),  # not over
+            sacct_line(JobIDRaw="10_3"),  # an array task's display id: not a raw id
+            "garbage",
+        ]
+    )
+    runs = parse_sacct(text)
+    assert [(r.job_id, r.restart_count, r.state, r.elapsed) for r in runs] == [
+        (7, 0, "REQUEUED", 60),
+        (7, 1, "COMPLETED", 30),
+    ]
+    assert runs[0].tres_alloc == "cpu=2,node=1,billing=2" and runs[0].submit_time == 1000
+
+
+def test_squeue_json_and_scontrol_run_time() -> None:
+    job = {
+        "job_id": 42,
+        "cluster": "c1",
+        "account": "physics",
+        "user_name": "alice",
+        "user_id": 1000,
+        "partition": "debug",
+        "qos": "normal",
+        "job_state": "COMPLETED",
+        "time_limit": None,
+        "submit_time": 100,
+        "start_time": 110,
+        "end_time": 170,
+        "restart_cnt": 2,
+        "tres_alloc_str": "cpu=1,node=1",
+        "admin_comment": "slurmlink-bank:estimate=1.00",
+        "array_job_id": 0,
+        "array_task_id": None,
+    }
+    later = {**job, "job_id": 43, "job_state": ["RUNNING"], "time_limit": {"set": True, "number": 30}}
+    first, second = parse_squeue_jobs(json.dumps({"jobs": [job, later]}))
+    assert first.time_limit is None and first.restart_count == 2 and first.state == "COMPLETED"
+    assert second.time_limit == 30 and second.state == "RUNNING"
+    assert parse_run_time("1-02:03:04") == 93784 and parse_run_time("00:00:07") == 7
+    assert parse_run_time("Unknown") is None
+    assert run_time_of("JobId=42 JobName=x RunTime=00:01:05 TimeLimit=UNLIMITED") == 65
+
+
+def test_the_hook_sends_the_job_from_its_environment_and_needs_a_job() -> None:
+    env = {"SLURM_JOB_ID": "42", "SLURM_CLUSTER_NAME": "c1", "SLURM_JOB_RESTART_COUNT": "1", "HOME": "/"}
+    assert bank_hook.fields(env) == {"job_id": "42", "cluster": "c1", "restart": "1"}
+    assert bank_hook.main(["prolog"], env={}) == 2
+    assert bank_hook.main(["nonsense"], env=env) == 2
+    # No gateway at that socket: a failure Slurm sees (exit 1), after the connect retries.
+    assert (
+        bank_hook.main(["--socket", "/nonexistent/slurmlink.sock", "epilog"], env=env, connect_retry=0.3) == 1
+    )
+
+
+def test_job_submit_fields_arrive_as_text_with_slurms_sentinels() -> None:
+    request = job_request(
+        {
+            "partition": "debug",
+            "default_account": "physics",
+            "num_tasks": "4294967294",  # NO_VAL: not given
+            "cpus_per_task": "65534",  # NO_VAL16
+            "time_limit": "30",
+            "shared": "0",  # --exclusive
+            "array_inx": "1-10%2",
+        }
+    )
+    assert request.account == "physics" and request.num_tasks is None and request.cpus_per_task is None
+    assert request.time_limit == 30 and request.exclusive and request.array_inx == "1-10%2"
+    assert job_request({"time_limit": str(INFINITE)}).time_limit == INFINITE
