@@ -843,10 +843,10 @@ def test_nnf_copies_resolve_buffer_variables() -> None:
     copies = staged(
         [
             "#DW jobdw type=xfs capacity=1GiB name=fs-a",
-            "#DW persistentdw name=mine",
+            "#DW persistentdw name=team-data",
             "#DW copy_in source=/lus/in/ destination=$DW_JOB_fs_a/in",
             "#DW copy_out source=${DW_JOB_fs_a}/out/./x destination=/lus//out",
-            "#DW copy_in source=/lus/ref destination=$DW_PERSISTENT_mine",
+            "#DW copy_in source=/lus/ref destination=$DW_PERSISTENT_team_data",
             "#DW copy_in source=/lus/t destination=$DW_JOB_XFS/t",
         ]
     )
@@ -860,8 +860,8 @@ def test_nnf_copies_resolve_buffer_variables() -> None:
     assert copies[0].destination == StagePath("in", "job/fs-a", "$DW_JOB_fs_a/in")
     assert copies[1].source == StagePath("out/x", "job/fs-a", "${DW_JOB_fs_a}/out/./x")
     assert copies[1].destination.path == "/lus/out"
-    assert copies[2].destination == StagePath("", "persistent/mine", "$DW_PERSISTENT_mine")
-    assert copies[2].buffer == "persistent/mine"
+    assert copies[2].destination == StagePath("", "persistent/team-data", "$DW_PERSISTENT_team_data")
+    assert copies[2].buffer == "persistent/team-data"
     assert copies[3].buffer == "job/fs-a"  # DW_JOB_XFS: the job's first xfs buffer
 
 
@@ -932,3 +932,16 @@ def test_raw_buffers_cannot_be_copied_into() -> None:
 def test_copies_without_buffers_name_none() -> None:
     error = rejected(["#DW copy_in source=/lus/x destination=$DW_JOB_x"])
     assert "$DW_JOB_x names no burst buffer of this job (its buffers: none)" in str(error)
+
+
+def test_a_persistent_xfs_buffer_cannot_be_staged_into() -> None:
+    """Jobs using it mount it on their compute nodes; mounting it on a storage node too would corrupt it."""
+    error = rejected(
+        ["#DW persistentdw name=mine", "#DW copy_in source=/lus/x destination=$DW_PERSISTENT_mine"]
+    )
+    assert "$DW_PERSISTENT_mine is the persistent type=xfs buffer mine" in str(error)
+    assert "Copy inside the job's script" in str(error) and error.index == 1
+    out = rejected(
+        ["#DW persistentdw name=mine", "#DW copy_out source=$DW_PERSISTENT_mine/r destination=/lus/r"]
+    )
+    assert "persistent type=xfs buffer mine" in str(out)

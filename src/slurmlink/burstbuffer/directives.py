@@ -65,6 +65,8 @@ STAGING_COMMANDS = STAGE_IN_COMMANDS + STAGE_OUT_COMMANDS
 UNSUPPORTED_COMMANDS = ("swap",)
 #: Types without a file system: nothing can be copied into them.
 BLOCK_TYPES = frozenset({"raw"})
+#: Types whose one file system is mounted by one node at a time (a job's compute node).
+PER_NODE_MOUNTED_TYPES = frozenset({"xfs"})
 
 #: Types with one shared file system for all compute nodes; every other type has one per node.
 SHARED_TYPES = frozenset({"gluster", "lustre"})
@@ -847,6 +849,7 @@ def staging(directives: Sequence[str], requests: Sequence[BufferRequest]) -> lis
     """
     variables = _buffer_variables(requests)
     types = {r.key: r.fs_type for r in requests}
+    persistent = {r.key for r in requests if r.command == "persistentdw"}
     out: list[StagingRequest] = []
     for index, text in enumerate(directives):
         try:
@@ -865,6 +868,15 @@ def staging(directives: Sequence[str], requests: Sequence[BufferRequest]) -> lis
             raise d.fail(
                 f"{inside.text.split('/')[0]} is a type={fs_type} buffer, a block device without a file "
                 "system: nothing can be copied into or out of it"
+            )
+        if inside.buffer in persistent and fs_type in PER_NODE_MOUNTED_TYPES:
+            # Other jobs may have it mounted on their compute nodes right now; an XFS mounted twice
+            # is corrupted, so the storage node may not mount it to copy.
+            raise d.fail(
+                f"{inside.text.split('/')[0]} is the persistent type={fs_type} buffer "
+                f"{inside.buffer.split('/', 1)[1]}: the jobs using it mount its file system on their compute "
+                "nodes, so slurmlink cannot mount it elsewhere to copy data. Copy inside the job's script, "
+                "or stage into a job buffer (#DW jobdw) or a persistent buffer of a shared type (gluster)"
             )
         if command.startswith("stage_"):
             mode = d.require(
