@@ -61,6 +61,22 @@ def bank(qs: QuickStart) -> Iterator[httpx.Client]:
     client.close()
 
 
+@pytest.fixture(autouse=True)
+def no_jobs_left(qs: QuickStart) -> Iterator[None]:
+    """Each test starts with no jobs of the job user's: a pending one would count against the next
+    test's balance, however this one ended."""
+    yield
+    qs.cluster.run_slurm(["scancel", "-u", qs.cluster.job_user], timeout=30)
+    wait_for(
+        lambda: (
+            not qs.cluster.run_slurm(["squeue", "-h", "-u", qs.cluster.job_user], timeout=10).stdout.strip()
+        ),
+        60,
+        0.5,
+        message="the job user's jobs to be gone",
+    )
+
+
 def balance(bank: httpx.Client) -> dict[str, Any]:
     r = bank.get(f"{BANK}/accounts/{ACCOUNT}/balance")
     assert r.status_code == 200, r.text
@@ -324,8 +340,13 @@ def test_with_the_bank_down_jobs_run_and_are_charged_once_when_it_is_back(
         )
         assert up.returncode == 0, up.stderr
     assert slowest < 1.0, f"squeue took {slowest:.2f} s with the bank down"
-    # The gateway sends the spool again every 15 s; the reconciler finds it settled.
-    lines = wait_for(lambda: [x for x in job_lines(bank, job) if x["kind"] == "charge"], 60, 0.5)
+    # The gateway sends the spool again every 5 s; the reconciler finds it settled.
+    lines = wait_for(
+        lambda: [x for x in job_lines(bank, job) if x["kind"] == "charge"],
+        120,
+        0.5,
+        message="the spooled charge",
+    )
     assert len(lines) == 1 and not list((qs.dir / "bank-spool").glob("*.json"))
     assert all(x["kind"] != "hold" for x in job_lines(bank, job))  # the bank was down at its start
     later = reconcile(qs, "--job", job)

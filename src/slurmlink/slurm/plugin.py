@@ -193,7 +193,7 @@ _JOB_SUBMIT_TEMPLATE = "job_submit.lua"
 
 
 def render_job_submit_lua(
-    socket_path: str | Path, *, sync_timeout: float = 0.5, on_unreachable: str = "allow"
+    socket_path: str | Path, *, sync_timeout: float = 2.0, on_unreachable: str = "allow"
 ) -> str:
     """The bank's ``job_submit.lua`` for a gateway listening on ``socket_path``.
 

@@ -40,6 +40,10 @@ from slurmlink.slurm.jobrecord import JobRecord
 log = logging.getLogger(__name__)
 
 BANK = "/bank/v1"
+#: How long an acceptance may stay out of slurm.jobs before it stops counting, and the width of the
+#: acceptance tokens (microseconds since the epoch, so they grow across gateway restarts too).
+RECENT_SECONDS = 60.0
+TOKEN_DIGITS = 16
 #: Slurm's NO_VAL sentinels arrive as numbers in text.
 _NUMERIC_FIELDS = frozenset(
     {
@@ -83,22 +87,29 @@ class BankView:
         self.fetched_at = 0.0
         self.problem: str | None = "the bank's balances have not been read yet"
         self._task: asyncio.Task[None] | None = None
-        #: account -> (wall time, amount) of the jobs accepted lately, oldest first (see bank_submit).
-        self.accepted: dict[str, collections.deque[tuple[float, Decimal]]] = {}
+        #: account -> (wall time, token, amount) of the jobs accepted lately, oldest first: what
+        #: slurm.jobs may not show yet (see bank_submit).
+        self.accepted: dict[str, collections.deque[tuple[float, str, Decimal]]] = {}
+        self._last_token = 0
 
-    def unseen(self, account: str, seen: int, window: float) -> Decimal:
-        """What the account's jobs accepted in the last ``window`` seconds, beyond the ``seen`` that
-        slurm.jobs shows, may cost: they are the newest (slurmctld numbers jobs in order)."""
+    def unseen(self, account: str, seen_token: str) -> Decimal:
+        """What the account's jobs accepted after ``seen_token`` (the newest job_submit.lua saw in
+        slurm.jobs) may cost; acceptances older than RECENT_SECONDS no longer count (Slurm refused
+        them after job_submit, or they were seen long since)."""
         recent = self.accepted.get(account)
         if not recent:
             return Decimal(0)
-        horizon = time.time() - window
-        while recent and recent[0][0] < horizon:
+        horizon = time.time() - RECENT_SECONDS
+        while recent and (recent[0][0] < horizon or recent[0][1] <= seen_token):
             recent.popleft()
-        return sum((amount for _, amount in list(recent)[max(seen, 0) :]), Decimal(0))
+        return sum((amount for _, token, amount in recent if token > seen_token), Decimal(0))
 
-    def record(self, account: str, amount: Decimal) -> None:
-        self.accepted.setdefault(account, collections.deque()).append((time.time(), amount))
+    def record(self, account: str, amount: Decimal) -> str:
+        """Remember an acceptance; its token, which job_submit.lua stamps on the job."""
+        self._last_token = max(time.time_ns() // 1000, self._last_token + 1)
+        token = f"{self._last_token:0{TOKEN_DIGITS}d}"
+        self.accepted.setdefault(account, collections.deque()).append((time.time(), token, amount))
+        return token
 
     async def refresh(self) -> None:
         try:
@@ -193,11 +204,12 @@ async def bank_submit(view: BankView, fields: Fields) -> str:
     available = Decimal(entry["available"])
     try:
         pending = Decimal(fields.get("pending") or "0")
-        seen = int(fields.get("recent_seen") or 0)
-        window = float(fields.get("recent_window") or 0)
-    except (ArithmeticError, ValueError):
-        raise GatewayError("slurmlink bank: unreadable pending amounts from job_submit.lua", 400) from None
-    pending = (pending + view.unseen(account, seen, window)).quantize(Decimal("0.01"))
+    except ArithmeticError:
+        raise GatewayError("slurmlink bank: unreadable pending amount from job_submit.lua", 400) from None
+    seen = fields.get("seen_token") or ""
+    if not seen.isdigit() or len(seen) != TOKEN_DIGITS:
+        seen = ""
+    pending = (pending + view.unseen(account, seen)).quantize(Decimal("0.01"))
     left = available - pending
     if priced.amount > left:
         tasks = f" ({priced.tasks} array tasks at {priced.per_task} SU)" if priced.tasks > 1 else ""
@@ -210,9 +222,9 @@ async def bank_submit(view: BankView, fields: Fields) -> str:
             "script before you submit it)",
             402,
         )
-    if fields.get("modify") != "1":  # a new job; a changed pending job is in slurm.jobs already
-        view.record(account, priced.amount)
-    return f"accept {priced.per_task} {priced.amount}"
+    if fields.get("modify") == "1":  # a changed pending job: in slurm.jobs already
+        return f"accept {priced.per_task} {priced.amount}"
+    return f"accept {priced.per_task} {priced.amount} {view.record(account, priced.amount)}"
 
 
 def run_key(job: JobRecord, cluster: str) -> RunKey:

@@ -22,7 +22,7 @@ class BankSettings:
     on_unreachable_at_start: str = ALLOW
     #: Where settles the bank could not take wait to be sent again.
     spool_dir: Path | None = None
-    spool_retry: float = 15.0
+    spool_retry: float = 5.0
     #: Seconds between reconciliations from Slurm's accounting (0: none), and how far back each looks.
     reconcile_interval: float = 300.0
     reconcile_window: int = 2 * 24 * 3600

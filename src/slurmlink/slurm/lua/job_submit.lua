@@ -6,8 +6,8 @@ the network. The job's fields go to the local slurmlink gateway over a Unix sock
 round trip, one attempt, hard deadline SYNC_TIMEOUT), which prices the job with the bank's current rate
 card and compares it with the account's balance from its in-memory copy of the bank. This script adds
 what only slurmctld knows: what the account's pending jobs may still spend (each accepted job carries its
-estimate in its AdminComment, which users cannot change), and how many of the jobs accepted in the last
-moments slurm.jobs shows (the gateway adds those it accepted that slurm.jobs does not show yet).
+estimate in its AdminComment, which users cannot change), and the newest acceptance it shows (the
+gateway adds the jobs it accepted after that one, which slurm.jobs does not show yet).
 
 A job over budget is rejected with the gateway's message, which sbatch prints ("sbatch: error: ...").
 If the gateway cannot be asked, ON_UNREACHABLE decides ("allow": the hold placed when the job starts still
@@ -25,9 +25,9 @@ local JOB_PENDING = 0
 local TAG = "slurmlink-bank:estimate="
 -- TAG as a Lua pattern ("-" is a quantifier there).
 local TAG_PATTERN = "slurmlink%-bank:estimate="
--- Jobs accepted this many seconds back are matched against what slurm.jobs shows (see pending_exposure).
-local RECENT_SECONDS = 30
 
+-- The stamp is "slurmlink-bank:estimate=<per task>:<token>"; the gateway's tokens grow with every job it
+-- accepts (fixed width, so they compare as strings).
 local function estimate_of(comment)
 	if comment == nil then
 		return nil
@@ -36,24 +36,34 @@ local function estimate_of(comment)
 	return tonumber(value)
 end
 
-local function with_estimate(comment, per_task)
+local function token_of(comment)
+	if comment == nil then
+		return nil
+	end
+	return string.match(tostring(comment), TAG_PATTERN .. "[%d%.]+:(%d+)")
+end
+
+local function with_estimate(comment, per_task, token)
 	local base = ""
 	if comment ~= nil then
-		base = string.gsub(tostring(comment), "%s*" .. TAG_PATTERN .. "[%d%.]+", "")
+		base = string.gsub(tostring(comment), "%s*" .. TAG_PATTERN .. "[%d%.]+:?%d*", "")
 	end
 	if base ~= "" then
 		base = base .. " "
 	end
+	if token ~= nil and token ~= "" then
+		return base .. TAG .. per_task .. ":" .. token
+	end
 	return base .. TAG .. per_task
 end
 
--- What the account's pending jobs (all but skip_job) may still spend, and how many of its jobs accepted
--- in the last RECENT_SECONDS slurm.jobs shows: slurm.jobs is refreshed only when slurmctld's job table
--- changed in an earlier second, so the gateway adds what it accepted beyond that count.
+-- What the account's pending jobs (all but skip_job) may still spend, and the newest acceptance token
+-- among the account's jobs in slurm.jobs. slurm.jobs is rebuilt only when slurmctld's job table changed
+-- in an earlier second, so jobs accepted moments ago may be missing: the gateway adds those it accepted
+-- after that token.
 local function pending_exposure(account, skip_job)
 	local total = 0
-	local seen = 0
-	local since = os.time() - RECENT_SECONDS
+	local newest = ""
 	if type(slurm.jobs) == "table" then
 		for _, job in pairs(slurm.jobs) do
 			if job.account == account and job.job_id ~= skip_job then
@@ -65,13 +75,15 @@ local function pending_exposure(account, skip_job)
 					end
 					total = total + per_task * tasks
 				end
-				if per_task and (tonumber(job.submit_time) or 0) >= since then
-					seen = seen + 1
+				local token = token_of(job.admin_comment)
+				if token ~= nil and (string.len(token) > string.len(newest)
+					or (string.len(token) == string.len(newest) and token > newest)) then
+					newest = token
 				end
 			end
 		end
 	end
-	return total, seen
+	return total, newest
 end
 
 -- Slurm hands unset strings over as nil or "".
@@ -101,10 +113,9 @@ local function check(job_desc, fallback, skip_job)
 	end
 	local account = given(job_desc.account) or (fallback and given(fallback.account))
 		or given(job_desc.default_account)
-	local pending, seen = pending_exposure(account, skip_job)
+	local pending, newest = pending_exposure(account, skip_job)
 	fields[#fields + 1] = { "pending", string.format("%.4f", pending) }
-	fields[#fields + 1] = { "recent_seen", seen }
-	fields[#fields + 1] = { "recent_window", RECENT_SECONDS }
+	fields[#fields + 1] = { "seen_token", newest }
 	if skip_job ~= nil then
 		fields[#fields + 1] = { "modify", "1" }
 	end
@@ -113,9 +124,9 @@ local function check(job_desc, fallback, skip_job)
 		return nil, body
 	end
 	if code == 200 then
-		local per_task, total = string.match(body, "^accept ([%d%.]+) ([%d%.]+)")
+		local per_task, token = string.match(body, "^accept ([%d%.]+) [%d%.]+ ?(%d*)")
 		if per_task then
-			return true, per_task, tonumber(total), account
+			return true, per_task, token
 		end
 		return nil, "slurmlink: unreadable answer from the gateway: " .. string.sub(body, 1, 80)
 	end
@@ -135,7 +146,7 @@ local function unreachable(message)
 end
 
 function slurm_job_submit(job_desc, part_list, submit_uid)
-	local ok, per_task = check(job_desc, nil, nil)
+	local ok, per_task, token = check(job_desc, nil, nil)
 	if ok == nil then
 		return unreachable(per_task)
 	end
@@ -143,7 +154,7 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
 		slurm.log_user("%s", per_task)
 		return slurm.ESLURM_ACCOUNTING_POLICY
 	end
-	job_desc.admin_comment = with_estimate(job_desc.admin_comment, per_task)
+	job_desc.admin_comment = with_estimate(job_desc.admin_comment, per_task, token)
 	return slurm.SUCCESS
 end
 
@@ -168,6 +179,6 @@ function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
 		slurm.log_info("slurmlink bank: refused change of job %s: %s", tostring(job_rec.job_id), per_task)
 		return slurm.ESLURM_ACCOUNTING_POLICY
 	end
-	job_desc.admin_comment = with_estimate(job_rec.admin_comment, per_task)
+	job_desc.admin_comment = with_estimate(job_rec.admin_comment, per_task, token_of(job_rec.admin_comment))
 	return slurm.SUCCESS
 end
