@@ -65,6 +65,54 @@ def api(clients: dict[str, httpx.Client]) -> httpx.Client:
     return clients["admin"]
 
 
+def partition(name: str, slurm_name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "slurmlink.io/v1",
+        "kind": "Partition",
+        "metadata": {"name": name},
+        "spec": {"slurmName": slurm_name, "cluster": "minikube", **spec},
+    }
+
+
+#: What the bridge would publish for a small site: a limited default partition, an unlimited one with
+#: the admin's label for the seed's ``cow`` example, the seed README's ``cpu`` and an uppercase name.
+PUBLISHED = [
+    partition(
+        "debug",
+        "debug",
+        default=True,
+        nodes="compute[1-4]",
+        totalNodes=4,
+        cpusPerNode=2,
+        memoryPerNode="7812Mi",
+        maxTime=60,
+        defaultTime=10,
+        maxNodesPerJob=2,
+        features=["avx2"],
+        gres=["gpu:a100:2"],
+        allowedAccounts=["physics"],
+        extraFeatures=[{"name": "cuda", "quantity": 10}, {"name": "singularity", "version": "3.2.0"}],
+    ),
+    partition("long", "long", totalNodes=4, cpusPerNode=2, features=["avx2", "ib"]),
+    partition("cpu", "cpu", totalNodes=3, cpusPerNode=4, memoryPerNode="8Gi", maxTime=600),
+    partition("gpu-short", "GPU_Short", totalNodes=4, cpusPerNode=2),
+]
+PUBLISHED[1]["metadata"]["labels"] = {"wlm.sylabs.io/containers": "singularity"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def published(api: httpx.Client) -> None:
+    """The Partitions every test here may name; jobs are judged against them at creation."""
+    for body in PUBLISHED:
+        ok(api.post(PARTITIONS, json=body), 201)
+    ok(
+        api.patch(
+            f"{PARTITIONS}/debug/status", json={"status": {"state": "UP", "idleCPUs": 6}}, headers=MERGE
+        )
+    )
+    ok(api.patch(f"{PARTITIONS}/cpu/status", json={"status": {"state": "UP"}}, headers=MERGE))
+
+
 def kubectl(binary: Path, config: Path, *args: str, stdin: str | None = None) -> str:
     r = run_kubectl(binary, config, *args, input=stdin)
     assert r.returncode == 0, f"kubectl {' '.join(args)}: {r.stderr}"
@@ -102,15 +150,6 @@ def slurmjob(name: str, **spec: Any) -> dict[str, Any]:
         "kind": "SlurmJob",
         "metadata": {"name": name},
         "spec": {"script": "#!/bin/sh\necho hi\n", **spec},
-    }
-
-
-def partition(name: str, slurm_name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "slurmlink.io/v1",
-        "kind": "Partition",
-        "metadata": {"name": name},
-        "spec": {"slurmName": slurm_name, "cluster": "minikube", **spec},
     }
 
 
@@ -344,7 +383,7 @@ def test_quantities_kubernetes_writes_are_accepted(api: httpx.Client) -> None:
     for i, memory in enumerate(("4G", "4Gi", "4096Mi", 4294967296, "1.5Gi", "4e9")):
         ok(api.post(SJ, json=slurmjob(f"mem{i}", resources={"memoryPerNode": memory})), 201)
     for i, limit in enumerate((30, "30", "30:00", "1:00:00", "2-0", "2-12:30", "2h", "UNLIMITED")):
-        ok(api.post(SJ, json=slurmjob(f"time{i}", resources={"timeLimit": limit})), 201)
+        ok(api.post(SJ, json=slurmjob(f"time{i}", partition="long", resources={"timeLimit": limit})), 201)
 
 
 def test_spec_is_fixed_but_suspend_and_cancel(
@@ -448,29 +487,6 @@ def test_users_read_partitions_and_nodes_but_never_write_them(
 def test_partitions_print_limits_and_unlimited(
     kubectl_132: Path, server: ServerProcess, api: httpx.Client
 ) -> None:
-    debug = partition(
-        "debug",
-        "debug",
-        default=True,
-        nodes="compute[1-4]",
-        totalNodes=4,
-        cpusPerNode=2,
-        memoryPerNode="7812Mi",
-        maxTime=60,
-        defaultTime=10,
-        maxNodesPerJob=2,
-        features=["avx2"],
-        gres=["gpu:a100:2"],
-        allowedAccounts=["physics"],
-        extraFeatures=[{"name": "cuda", "quantity": 10}, {"name": "singularity", "version": "3.2.0"}],
-    )
-    unlimited = partition("gpu-short", "GPU_Short", totalNodes=4, cpusPerNode=2)
-    kubectl(kubectl_132, server.kubeconfig, "apply", "-f", "-", stdin=yaml.safe_dump_all([debug, unlimited]))
-    ok(
-        api.patch(
-            f"{PARTITIONS}/debug/status", json={"status": {"state": "UP", "idleCPUs": 6}}, headers=MERGE
-        )
-    )
     rows = {
         r["NAME"]: r
         for r in table(kubectl(kubectl_132, server.kubeconfig, "get", "partitions", "debug", "gpu-short"))
@@ -492,7 +508,14 @@ def test_partitions_print_limits_and_unlimited(
         "gres.slurmlink.io/gpu": "true",
     }
     selected = kubectl(
-        kubectl_132, server.kubeconfig, "get", "partitions", "-l", "feature.slurmlink.io/avx2", "-o", "name"
+        kubectl_132,
+        server.kubeconfig,
+        "get",
+        "partitions",
+        "-l",
+        "feature.slurmlink.io/cuda=10",
+        "-o",
+        "name",
     )
     assert selected.split() == ["partition.slurmlink.io/debug"]
 
@@ -535,19 +558,10 @@ def test_partition_names_are_dns_labels(api: httpx.Client) -> None:
 def test_nodes_show_partitions_as_the_seed_did(
     kubectl_132: Path, server: ServerProcess, api: httpx.Client
 ) -> None:
-    ok(
-        api.post(
-            PARTITIONS,
-            json=partition("cpu", "cpu", totalNodes=3, cpusPerNode=4, memoryPerNode="8Gi", maxTime=600),
-        ),
-        201,
-    )
-    ok(api.post(PARTITIONS, json=partition("big-u", "Big_U", totalNodes=2)), 201)
-    ok(api.patch(f"{PARTITIONS}/cpu/status", json={"status": {"state": "UP"}}, headers=MERGE))
     rows = {r["NAME"]: r for r in table(kubectl(kubectl_132, server.kubeconfig, "get", "nodes"))}
     assert list(rows["slurm-minikube-cpu"]) == ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]
     assert rows["slurm-minikube-cpu"]["STATUS"] == "Ready" and rows["slurm-minikube-cpu"]["ROLES"] == "agent"
-    assert rows["slurm-minikube-big-u"]["STATUS"].startswith("NotReady")
+    assert rows["slurm-minikube-gpu-short"]["STATUS"].startswith("NotReady")
     cpu = ok(api.get(f"{NODES}/slurm-minikube-cpu"))
     assert {
         k: v for k, v in cpu["metadata"]["labels"].items() if not k.startswith(("feature.", "slurmlink.io/"))
@@ -563,15 +577,18 @@ def test_nodes_show_partitions_as_the_seed_did(
         "wlm.sylabs.io/mem-per-node": "8192",
     }
     assert cpu["status"]["capacity"] == {"pods": "0", "cpu": "4", "memory": "8192Mi"}
-    unlimited = ok(api.get(f"{NODES}/slurm-minikube-big-u"))["metadata"]["labels"]
-    assert unlimited["wlm.sylabs.io/partition"] == "Big_U"
-    assert not {"wlm.sylabs.io/wall-time", "wlm.sylabs.io/mem-per-node", "wlm.sylabs.io/cpu-per-node"} & set(
-        unlimited
-    )
+    unlimited = ok(api.get(f"{NODES}/slurm-minikube-gpu-short"))["metadata"]["labels"]
+    assert unlimited["wlm.sylabs.io/partition"] == "GPU_Short"
+    assert unlimited["wlm.sylabs.io/cpu-per-node"] == "2"
+    assert not {"wlm.sylabs.io/wall-time", "wlm.sylabs.io/mem-per-node"} & set(unlimited)
+    long = ok(api.get(f"{NODES}/slurm-minikube-long"))["metadata"]["labels"]
+    assert long["wlm.sylabs.io/containers"] == "singularity"  # the admin's label on the Partition
     picked = kubectl(
         kubectl_132, server.kubeconfig, "get", "nodes", "-l", "wlm.sylabs.io/wall-time", "-o", "name"
     )
-    assert "node/slurm-minikube-big-u" not in picked.split() and "node/slurm-minikube-cpu" in picked.split()
+    assert (
+        "node/slurm-minikube-gpu-short" not in picked.split() and "node/slurm-minikube-cpu" in picked.split()
+    )
     r = api.delete(f"{NODES}/slurm-minikube-cpu")
     assert r.status_code == 405 and "kubectl get partitions" in r.json()["message"]
     assert api.get(f"{NODES}/slurm-minikube-nothing").status_code == 404
@@ -582,6 +599,118 @@ def test_get_with_kubectl_120(kubectl_120: Path, server: ServerProcess, api: htt
     rows = table(kubectl(kubectl_120, server.kubeconfig, "get", "slurmjobs.slurmlink.io", "old-kubectl"))
     assert rows[0]["NAME"] == "old-kubectl"
     assert "slurm-minikube-" in kubectl(kubectl_120, server.kubeconfig, "get", "nodes")
+
+
+# ---- fitting the published partitions -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "text"),
+    [
+        (
+            {"partition": "debug", "resources": {"nodes": 3}},
+            "spec.resources.nodes",
+            'partition "debug" allows at most 2 nodes per job',
+        ),
+        (
+            {"partition": "long", "resources": {"nodes": 5}},
+            "spec.resources.nodes",
+            'partition "long" has only 4 nodes',
+        ),
+        (
+            {"partition": "debug", "resources": {"timeLimit": "2:00:00"}},
+            "spec.resources.timeLimit",
+            "allows at most 1:00:00",
+        ),
+        (
+            {"partition": "debug", "resources": {"memoryPerNode": "16Gi"}},
+            "spec.resources.memoryPerNode",
+            "has 7812Mi of memory per node",
+        ),
+        (
+            {"partition": "debug", "resources": {"memoryPerCPU": "4Gi", "cpusPerTask": 2}},
+            "spec.resources.memoryPerCPU",
+            "7812Mi",
+        ),
+        (
+            {"partition": "debug", "resources": {"cpusPerTask": 3}},
+            "spec.resources.cpusPerTask",
+            "has 2 CPUs per node",
+        ),
+        (
+            {"partition": "debug", "resources": {"constraints": "avx2&ib"}},
+            "spec.resources.constraints",
+            "has no node with ib",
+        ),
+        ({"partition": "debug", "account": "chemistry"}, "spec.account", "(allowed: physics)"),
+        ({"partition": "nope"}, "spec.partition", "no such partition"),
+        ({"partitions": ["long", "nope"]}, "spec.partitions[1]", "no such partition"),
+        (
+            {"partitionSelector": {"matchLabels": {"feature.slurmlink.io/quantum": "true"}}},
+            "spec.partitionSelector",
+            "no Partition matches",
+        ),
+        ({"resources": {"nodes": 3}}, "spec.resources.nodes", 'partition "debug"'),  # the default partition
+    ],
+)
+def test_jobs_that_fit_no_partition_are_refused(
+    api: httpx.Client, spec: dict[str, Any], field: str, text: str
+) -> None:
+    found = causes(api.post(SJ, json=slurmjob("misfit", **spec)))
+    assert text in found[field], found
+
+
+def test_jobs_that_fit_one_partition_are_taken(api: httpx.Client) -> None:
+    fits = [
+        {"partitions": ["debug", "long"], "resources": {"timeLimit": "2:00:00", "nodes": 4}},
+        {
+            "partitionSelector": {"matchLabels": {"feature.slurmlink.io/ib": "true"}},
+            "resources": {"nodes": 4},
+        },
+        {"partition": "GPU_Short", "resources": {"timeLimit": "1000-0", "memoryPerNode": "1Ti", "nodes": 4}},
+        {
+            "partition": "debug",
+            "account": "physics",
+            "resources": {"memoryPerNode": "4G", "constraints": "a|b"},
+        },
+    ]
+    for i, spec in enumerate(fits):
+        ok(api.post(SJ, json=slurmjob(f"fits{i}", **spec)), 201)
+
+
+def test_seed_jobs_must_fit_the_node_they_select(
+    kubectl_132: Path, server: ServerProcess, api: httpx.Client
+) -> None:
+    body = yaml.safe_load((DATA / "hello.yaml").read_text())
+
+    def seed(name: str, lines: str, selector: dict[str, Any] | None = None) -> httpx.Response:
+        job = copy.deepcopy(body)
+        job["metadata"]["name"] = name
+        job["spec"]["batch"] = f"#!/bin/sh\n{lines}echo hi\n"
+        if selector is not None:
+            job["spec"]["nodeSelector"] = selector
+        return api.post(WLM, json=job)
+
+    assert seed("mem4g", "#SBATCH --mem=4G\n#SBATCH -N 3\n#SBATCH --time=10:00:00\n").status_code == 201
+    found = causes(seed("mem16g", "#SBATCH --mem=16G\n"))
+    assert found == {"spec.batch": 'Invalid value: "16384Mi": partition "cpu" has 8192Mi of memory per node'}
+    assert "has only 3 nodes" in causes(seed("n4", "#SBATCH --nodes=4-8\n"))["spec.batch"]
+    assert "allows at most 10:00:00" in causes(seed("t11", "#SBATCH -t 11:00:00\n"))["spec.batch"]
+    assert "has 4 CPUs per node" in causes(seed("c8", "#SBATCH -c 4 --ntasks-per-node=2\n"))["spec.batch"]
+    # Lines after the first command are the script's, not options (as sbatch reads them).
+    assert seed("late", "echo start\n#SBATCH --nodes=99\n").status_code == 201
+    manifest = yaml.safe_dump(
+        {
+            **body,
+            "metadata": {"name": "nowhere"},
+            "spec": {**body["spec"], "nodeSelector": {"kubernetes.io/hostname": "slurm-minikube-gpu"}},
+        }
+    )
+    err = kubectl_fails(kubectl_132, server.kubeconfig, "apply", "-f", "-", stdin=manifest)
+    assert "spec.nodeSelector: Invalid value" in err and "no node matches this selector" in err
+    # An unlimited partition takes any time and memory.
+    anywhere = {"wlm.sylabs.io/partition": "GPU_Short"}
+    assert seed("unlimited", "#SBATCH --time=UNLIMITED\n#SBATCH --mem=1T\n", anywhere).status_code == 201
 
 
 # ---- wlm.sylabs.io/v1alpha1 SlurmJob --------------------------------------------------------------

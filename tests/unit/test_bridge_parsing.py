@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from slurmlink.resources.bridge.common import relative_path_error
+from slurmlink.resources.bridge.fit import misfits, request_of, request_of_script, slurm_mem_mib
 from slurmlink.resources.bridge.node import matches, node_labels, node_object
 from slurmlink.resources.bridge.partition import node_name, object_name, selection_labels
 from slurmlink.resources.bridge.timelimit import TimeLimitError, format_minutes, parse_time_limit
@@ -221,3 +222,57 @@ def test_seed_status_follows_the_phase() -> None:
         "Unknown",
         "Pending",
     ]
+
+
+def test_sbatch_lines_are_read_as_sbatch_reads_them() -> None:
+    script = (
+        "#!/bin/bash\n"
+        "# a comment\n"
+        "\n"
+        "#SBATCH -N 2-4 # total number of nodes\n"
+        "#SBATCH --time=1-00:00:00 --mem 4G\n"
+        "#SBATCH -c4 --ntasks-per-node=2\n"
+        "srun hostname\n"
+        "#SBATCH --nodes=99\n"
+    )
+    req = request_of_script(script)
+    assert req.nodes == (2, "spec.batch")  # the minimum of a range, as the seed took it
+    assert req.minutes == (1440, "spec.batch")
+    assert req.memory_mib == (4096, "spec.batch")  # --mem=4G is Slurm's 4 GiB, where the seed failed
+    assert req.cpus_per_node == (8, "spec.batch")
+
+
+@pytest.mark.parametrize(
+    ("text", "mib"),
+    [("2048", 2048), ("4G", 4096), ("4g", 4096), ("1T", 2**20), ("512K", 1), ("0", None), ("lots", None)],
+)
+def test_slurm_memory_units(text: str, mib: int | None) -> None:
+    assert slurm_mem_mib(text) == mib
+
+
+def test_unlimited_partitions_refuse_nothing() -> None:
+    unlimited = {"spec": {"slurmName": "long", "cluster": "c"}}
+    req = request_of(
+        {
+            "account": "a",
+            "resources": {"nodes": 500, "timeLimit": "UNLIMITED", "memoryPerNode": "1Ei", "cpusPerTask": 64},
+        }
+    )
+    assert misfits(req, unlimited) == []
+    limited = {
+        "spec": {
+            "slurmName": "debug",
+            "cluster": "c",
+            "maxNodesPerJob": 2,
+            "totalNodes": 1,
+            "allowedAccounts": [],
+        }
+    }
+    found = {c.field: c.message for c in misfits(req, limited)}
+    assert (
+        found["spec.resources.nodes"]
+        == 'Invalid value: 500: partition "debug" allows at most 2 nodes per job'
+    )
+    assert "does not allow it (allowed: none)" in found["spec.account"]
+    gone = {"spec": {"slurmName": "old"}, "status": {"state": "GONE"}}
+    assert "no longer exists" in misfits(req, gone)[0].message

@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 from slurmlink.resources import errors
 from slurmlink.resources.access import ALL, AccessPolicy, base_roles
 from slurmlink.resources.admission import AdmissionContext
+from slurmlink.resources.bridge import fit
 from slurmlink.resources.bridge.common import (
     GROUP,
     VERSION,
@@ -43,6 +44,7 @@ from slurmlink.resources.bridge.timelimit import TimeLimitError, format_minutes,
 from slurmlink.resources.dws.common import Open, check_immutable, section_causes
 from slurmlink.resources.errors import Cause
 from slurmlink.resources.kind import Kind, Obj, PrinterColumn, Strategy, field_of
+from slurmlink.resources.storage.capacity import selector_matches
 from slurmlink.resources.storage.storagepool import LabelSelector
 
 Positive = Annotated[StrictInt, Field(ge=1)]
@@ -329,6 +331,12 @@ class SlurmJobStrategy(Strategy):
             return section_causes(new, {"status": JobStatus}) + status_causes(new.get("status"))
         return self.validate_schema(new)
 
+    def validate_create(self, obj: Obj, ctx: AdmissionContext) -> None:
+        """The job must fit one of its partitions, as far as the published Partitions tell (``fit``)."""
+        published = ctx.list_storage(GROUP, "Partition", None)
+        if published:
+            fit.check(GROUP, "SlurmJob", obj, candidates(obj, published), fit.request_of(obj["spec"]))
+
     def validate_update(self, new: Obj, old: Obj, ctx: AdmissionContext) -> None:
         before, after = old.get("spec") or {}, new.get("spec") or {}
         fixed = sorted((set(before) | set(after)) - MUTABLE)
@@ -337,6 +345,54 @@ class SlurmJobStrategy(Strategy):
             name = (new.get("metadata") or {}).get("name", "")
             cause = Cause("spec.cancel", "Invalid value: false: a cancelled job stays cancelled")
             raise errors.invalid(GROUP, "SlurmJob", name, [cause])
+
+
+def candidates(obj: Obj, published: list[Obj]) -> list[Obj]:
+    """The published Partitions ``obj`` may run in: those it names, or those its selector matches, or
+    the default partition. A name or selector that picks none is refused here, with the reason."""
+    spec = obj["spec"]
+
+    def named(name: str) -> Obj | None:
+        return next((p for p in published if (p.get("spec") or {}).get("slurmName") == name), None)
+
+    if spec.get("partitionSelector") is not None:
+        chosen = [
+            p
+            for p in published
+            if selector_matches(spec["partitionSelector"], (p.get("metadata") or {}).get("labels") or {})
+        ]
+        if not chosen:
+            fit.refuse(
+                GROUP,
+                "SlurmJob",
+                obj,
+                Cause(
+                    "spec.partitionSelector",
+                    "Invalid value: no Partition matches (see kubectl get partitions --show-labels)",
+                ),
+            )
+        return chosen
+    names = [spec["partition"]] if spec.get("partition") else list(spec.get("partitions") or [])
+    if not names:
+        return [p for p in published if (p.get("spec") or {}).get("default") is True]
+    chosen = []
+    for i, name in enumerate(names):
+        partition = named(name)
+        if partition is None:
+            path = "spec.partition" if spec.get("partition") else f"spec.partitions[{i}]"
+            fit.refuse(
+                GROUP,
+                "SlurmJob",
+                obj,
+                Cause(
+                    path,
+                    f"Not found: {json.dumps(name)}: no such partition (see kubectl get partitions)",
+                    "FieldValueNotFound",
+                ),
+            )
+        else:
+            chosen.append(partition)
+    return chosen
 
 
 def _time_limit(obj: Obj) -> str | None:

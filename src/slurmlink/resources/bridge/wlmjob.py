@@ -31,7 +31,10 @@ from pydantic import BaseModel, Field, StrictStr
 from slurmlink.resources import errors
 from slurmlink.resources.access import ALL, AccessPolicy, base_roles
 from slurmlink.resources.admission import AdmissionContext
+from slurmlink.resources.bridge import fit
+from slurmlink.resources.bridge.common import GROUP as BRIDGE_GROUP
 from slurmlink.resources.bridge.common import JobStatus, invalid_value, relative_path_error, status_causes
+from slurmlink.resources.bridge.node import matches
 from slurmlink.resources.dws.common import Open, section_causes
 from slurmlink.resources.errors import Cause
 from slurmlink.resources.kind import Kind, Obj, PrinterColumn, Strategy, dns_label_causes, field_of
@@ -173,6 +176,22 @@ class WlmSlurmJobStrategy(Strategy):
         if new.get("spec") == old.get("spec"):
             return section_causes(new, {"status": WlmSlurmJobStatus}) + status_causes(new.get("status"))
         return self.validate_schema(new)
+
+    def validate_create(self, obj: Obj, ctx: AdmissionContext) -> None:
+        """As the seed's scheduler did: some partition's virtual Node matches the node selector, and the
+        ``#SBATCH`` resources fit it; refused with the reason instead of pending for ever."""
+        published = ctx.list_storage(BRIDGE_GROUP, "Partition", None)
+        if not published:
+            return
+        selector = node_selector(obj)
+        chosen = [p for p in published if matches(selector, p)]
+        if not chosen:
+            text = (
+                f"Invalid value: {json.dumps(selector, sort_keys=True)}: no node matches this selector "
+                "(see kubectl get nodes --show-labels)"
+            )
+            fit.refuse(GROUP, "SlurmJob", obj, Cause("spec.nodeSelector", text))
+        fit.check(GROUP, "SlurmJob", obj, chosen, fit.request_of_script(str(obj["spec"].get("batch", ""))))
 
     def validate_update(self, new: Obj, old: Obj, ctx: AdmissionContext) -> None:
         before, after = old.get("spec") or {}, new.get("spec") or {}
