@@ -20,7 +20,7 @@ import json
 import re
 import shlex
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from slurmlink.resources import errors
 from slurmlink.resources.bridge.timelimit import TimeLimitError, format_minutes, parse_time_limit
@@ -191,5 +191,6 @@ def check(group: str, kind: str, obj: dict[str, Any], candidates: list[dict[str,
         raise errors.invalid(group, kind, name, [cause for causes in found for cause in causes])
 
 
-def refuse(group: str, kind: str, obj: dict[str, Any], cause: Cause) -> None:
+def refuse(group: str, kind: str, obj: dict[str, Any], cause: Cause) -> NoReturn:
+    """Refuse (422) the creation of ``obj`` for ``cause``."""
     raise errors.invalid(group, kind, str((obj.get("metadata") or {}).get("name") or ""), [cause])
