@@ -9,6 +9,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 import uvicorn
@@ -36,6 +37,8 @@ from slurmlink.controllers.manager import Manager
 from slurmlink.controllers.registry import ControllerSettings
 from slurmlink.cpu_priority import lower_cpu_priority
 from slurmlink.resources import errors
+from slurmlink.resources.bridge.node import node_kind
+from slurmlink.resources.bridge.partition import PARTITION
 from slurmlink.resources.catalog import default_registry
 from slurmlink.resources.coordination import NODE_LEASE_NAMESPACE
 from slurmlink.resources.core import NAMESPACE
@@ -128,6 +131,10 @@ class Server:
         )
         bootstrap(self.service, cfg)
 
+    async def _partitions(self) -> list[dict[str, Any]]:
+        """Every Partition, for the virtual Nodes (``resources.bridge.node``)."""
+        return await self.service.run(self.service.list_cached, PARTITION, None)
+
     async def run(self) -> None:
         cfg = self.config
         await self.hub.start()
@@ -149,6 +156,7 @@ class Server:
         auth = Authenticator(tokens, open_access=cfg.insecure_http)
         ledger = Ledger(self.store, cfg.cluster_name)
         self.service.registry.add(bank_account_kind(ledger))
+        self.service.registry.add(node_kind(self._partitions))
         components = (
             WHOAMI,
             storage_component(self.service),

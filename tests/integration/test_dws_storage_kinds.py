@@ -123,6 +123,8 @@ def test_kubectl_api_resources(which: str, request: pytest.FixtureRequest, serve
     lines = kubectl(binary, server, "api-resources", "--api-group=slurmlink.io").splitlines()
     assert sorted(line.split() for line in lines[1:]) == [
         ["datamovements", "dm", "slurmlink.io/v1", "true", "DataMovement"],
+        ["partitions", "part", "slurmlink.io/v1", "false", "Partition"],
+        ["slurmjobs", "sj", "slurmlink.io/v1", "true", "SlurmJob"],
         ["storageallocations", "salloc", "slurmlink.io/v1", "true", "StorageAllocation"],
         ["storagepools", "pool", "slurmlink.io/v1", "false", "StoragePool"],
         ["storageprofiles", "profile", "slurmlink.io/v1", "false", "StorageProfile"],

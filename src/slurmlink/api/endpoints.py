@@ -139,7 +139,7 @@ class ResourceEndpoints:
                 )
             return _json(obj)
         if method == "PUT":
-            scope = authorize(identity, kind, "update", namespace, name)
+            scope = authorize(identity, kind, "update", namespace, name, subresource)
             body = await _body(request)
             obj = await self._run(
                 functools.partial(self.service.replace, subresource=subresource, scope=scope, **writes),
@@ -152,7 +152,7 @@ class ResourceEndpoints:
             )
             return _json(obj, 200, warnings)
         if method == "PATCH":
-            scope = authorize(identity, kind, "patch", namespace, name)
+            scope = authorize(identity, kind, "patch", namespace, name, subresource)
             content_type = request.headers.get("content-type", "")
             if patching.media_type(content_type) not in patching.SUPPORTED:
                 raise errors.unsupported_media_type(content_type)

@@ -45,14 +45,32 @@ class Authenticator:
 
 
 def authorize(
-    identity: Identity, kind: Kind, verb: str, namespace: str | None, name: str | None
+    identity: Identity,
+    kind: Kind,
+    verb: str,
+    namespace: str | None,
+    name: str | None,
+    subresource: str | None = None,
 ) -> Scope | None:
     """Refuse what the identity's roles do not grant on ``kind``; otherwise the scope it acts in.
 
     None means the verb reaches every object; an ``OwnerScope`` limits it to the user's own (and, for
-    reads, the kind's ``user_reads``); a ``NodeScope`` to the objects of the agent's node.
+    reads, the kind's ``user_reads``); a ``NodeScope`` to the objects of the agent's node. A ``user``
+    writes ``/status`` only where the kind allows it (``AccessPolicy.user_writes_status``).
     """
     reach = access.decide(kind.access, roles.roles_of(identity), verb)
+    if (
+        reach is access.Reach.OWN
+        and subresource == "status"
+        and verb in access.WRITE
+        and not kind.access.user_writes_status
+    ):
+        raise errors.forbidden(
+            roles.forbidden_message(identity, kind.group, kind.plural, verb, namespace, name, subresource),
+            kind.group,
+            kind.plural,
+            name,
+        )
     if reach is None:
         raise errors.forbidden(
             roles.forbidden_message(identity, kind.group, kind.plural, verb, namespace, name),

@@ -39,14 +39,22 @@ def roles_of(identity: Identity) -> list[str]:
 
 
 def forbidden_message(
-    identity: Identity, group: str, resource: str, verb: str, namespace: str | None, name: str | None
+    identity: Identity,
+    group: str,
+    resource: str,
+    verb: str,
+    namespace: str | None,
+    name: str | None,
+    subresource: str | None = None,
 ) -> str:
-    """The API server's wording for an authorisation refusal."""
+    """The API server's wording for an authorisation refusal (``resource "slurmjobs/status"`` for a
+    subresource)."""
     qualified = f"{resource}.{group}" if group else resource
     subject = f'{qualified} "{name}"' if name else qualified
     where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
+    target = f"{resource}/{subresource}" if subresource else resource
     return (
-        f'{subject} is forbidden: User "{identity.user}" cannot {verb} resource "{resource}" in API group '
+        f'{subject} is forbidden: User "{identity.user}" cannot {verb} resource "{target}" in API group '
         f'"{group}"{where}'
     )
 

@@ -69,6 +69,9 @@ class AccessPolicy:
     user-creatable). ``user_reads`` names further objects a user may get, list and watch.
     ``node_verbs`` are the verbs the ``node-agent`` role has on the objects ``node_writes(obj,
     node)`` accepts for its node (checked on the object before and after the write).
+    ``user_writes_status`` lets the ``user`` role write ``/status`` of its own objects too; by default
+    it may not, since a status is what the system reports (a job's phase, its outputs' digests) and
+    an owner who could write it could claim anything.
     """
 
     roles: Mapping[str, frozenset[str]] = field(default_factory=lambda: dict(_BASE_ROLES))
@@ -76,6 +79,7 @@ class AccessPolicy:
     user_reads: Callable[[Obj, UnixAccount], bool] | None = None
     node_verbs: frozenset[str] = frozenset()
     node_writes: Callable[[Obj, str], bool] | None = None
+    user_writes_status: bool = False
 
     def user_may(self, verb: str) -> bool:
         return verb in self.user_verbs or (verb in READ and self.user_reads is not None)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from slurmlink.resources.bridge.partition import PARTITION
+from slurmlink.resources.bridge.slurmjob import SLURM_JOB
+from slurmlink.resources.bridge.wlmjob import WLM_SLURM_JOB
 from slurmlink.resources.configmap import CONFIG_MAP
 from slurmlink.resources.coordination import LEASE
 from slurmlink.resources.core import NAMESPACE
@@ -41,5 +44,8 @@ def default_registry() -> Registry:
             STORAGE_PROFILE,
             STORAGE_ALLOCATION,
             DATA_MOVEMENT,
+            SLURM_JOB,
+            PARTITION,
+            WLM_SLURM_JOB,
         ]
     )
