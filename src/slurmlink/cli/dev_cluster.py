@@ -30,6 +30,8 @@ from slurmlink.slurm.devcluster import (
     gateway_healthy,
     placeholder_burst_buffer,
 )
+from slurmlink.slurm.devcluster.layout import DEFAULT_CLUSTER_NAME, check_cluster_name
+from slurmlink.slurm.devcluster.partitions import PartitionSpec, PartitionSpecError, parse_partitions
 from slurmlink.slurm.devcluster.slurmdbd import parse_enforce
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -100,6 +102,57 @@ def node_count_options(func: _F) -> _F:
     return func
 
 
+def _partition_specs(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[PartitionSpec, ...] | None:
+    if not values:
+        return None
+    try:
+        return parse_partitions(values)
+    except PartitionSpecError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _cluster_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return check_cluster_name(value)
+    except DevClusterError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def partition_options(func: _F) -> _F:
+    """``--cluster-name`` and ``--partition`` (for ``up`` here and in the quick start)."""
+    options = [
+        click.option(
+            "--cluster-name",
+            default=None,
+            callback=_cluster_name,
+            help="Slurm's ClusterName (lower case; changing it restarts Slurm). Default: the last 'up's, "
+            f"else {DEFAULT_CLUSTER_NAME}.",
+        ),
+        click.option(
+            "--partition",
+            "partitions",
+            multiple=True,
+            metavar="NAME[:KEY=VALUE,...]",
+            callback=_partition_specs,
+            help="A Slurm partition (repeatable; together they replace the last 'up's, else one 'debug' "
+            "partition on every compute node). Keys: Nodes (a count of compute nodes, or node names; "
+            "default all), MaxTime and DefaultTime (minutes, D-HH:MM:SS or UNLIMITED), MaxNodes, "
+            "MaxMemPerNode or MaxMemPerCPU, DefMemPerNode or DefMemPerCPU (MiB, or 4G), Default=YES "
+            "(else the first is the default), State (UP, DOWN, DRAIN, INACTIVE), Hidden=YES, AllowAccounts, "
+            "AllowQos, "
+            "Features (node features of its nodes). E.g. --partition 'short:MaxTime=30,MaxNodes=1'. "
+            "Changes are applied with a reconfigure.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def accounting_options(default: str) -> Callable[[_F], _F]:
     """``--accounting/--no-accounting``, ``--dbd-port`` and ``--accounting-enforce`` (for ``up`` here and
     in the quick start); ``default`` says, for the help text, what applies when none was ever given."""
@@ -154,7 +207,7 @@ def _cluster(
     job_user: str | None,
     compute_nodes: int | None = None,
     storage_nodes: int | None = None,
-    **accounting: Any,
+    **settings: Any,
 ) -> DevCluster:
     try:
         return DevCluster.from_state_dir(
@@ -165,7 +218,7 @@ def _cluster(
             job_user=job_user,
             compute_nodes=compute_nodes,
             storage_nodes=storage_nodes,
-            **accounting,
+            **settings,
         )
     except DevClusterError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -186,6 +239,7 @@ def dev_cluster() -> None:
 @dev_cluster.command()
 @_common_options
 @node_count_options
+@partition_options
 @click.option(
     "--kubeconfig",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -232,6 +286,8 @@ def up(
     job_user: str | None,
     compute_nodes: int | None,
     storage_nodes: int | None,
+    cluster_name: str | None,
+    partitions: tuple[PartitionSpec, ...] | None,
     kubeconfig: Path | None,
     gateway_args: tuple[str, ...],
     burst_buffer_plugin: str,
@@ -251,6 +307,8 @@ def up(
     With --accounting, MariaDB (STATE_DIR/mariadb) and slurmdbd (STATE_DIR/etc/slurmdbd.conf, log
     STATE_DIR/log/slurmdbd.log) start before slurmctld; off by default, since most uses need no sacct.
     --no-accounting later stops them and keeps the database for the next --accounting.
+    --partition (repeatable) replaces the partitions; 'slurmlink slurm partitions' shows what Slurm made
+    of them.
     """
     if no_burst_buffer and (kubeconfig is not None or gateway_args):
         raise click.UsageError("--no-burst-buffer cannot be combined with --kubeconfig or --gateway-arg")
@@ -265,6 +323,8 @@ def up(
         accounting=accounting,
         dbd_port=dbd_port,
         accounting_enforce=accounting_enforce,
+        cluster_name=cluster_name,
+        partitions=partitions,
     )
     gateway = None
     if not no_burst_buffer:
@@ -390,11 +450,22 @@ def status(state_dir: Path, ctld_port: int | None, slurmd_port: int | None, job_
         table.add_row(*row)
     for row in node_rows(st):
         table.add_row(*row)
+    table.add_row(*partition_row(cluster))
     table.add_row("SLURM_CONF", "", str(cluster.slurm_conf))
     table.add_row("job user", "", cluster.job_user)
     Console().print(table)
     if not st.running:
         raise SystemExit(1)
+
+
+def partition_row(cluster: DevCluster) -> tuple[str, str, str]:
+    """Status-table row: the cluster name and its partitions as configured (default marked ``*``)."""
+    default = cluster.default_partition
+    specs = []
+    for spec in cluster.partitions:
+        name, sep, rest = spec.to_text().partition(":")
+        specs.append(f"{name}{'*' if name == default else ''}{sep}{rest}")
+    return (f"cluster {cluster.cluster_name}", "", "partitions " + "  ".join(specs))
 
 
 def accounting_rows(cluster: DevCluster, st: DevClusterStatus) -> list[tuple[str, str, str]]:

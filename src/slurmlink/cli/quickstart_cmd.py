@@ -44,6 +44,8 @@ from slurmlink.cli.dev_cluster import (
     check_accounting_options,
     node_count_options,
     node_rows,
+    partition_options,
+    partition_row,
 )
 from slurmlink.cpu_priority import COLOCATED_SERVE_NICE
 from slurmlink.resources.errors import ApiError
@@ -57,8 +59,8 @@ from slurmlink.slurm.devcluster import (
     GatewaySetup,
     gateway_healthy,
 )
-from slurmlink.slurm.devcluster.banksetup import bank_hook_files
-from slurmlink.slurm.devcluster.layout import PARTITION
+from slurmlink.slurm.devcluster.banksetup import BANK_DEFAULT_TIME, bank_hook_files
+from slurmlink.slurm.devcluster.partitions import PartitionSpec
 from slurmlink.supervise import running_pid, stop_pid
 
 DEFAULT_DIR = Path("/var/tmp/slurmlink/quickstart")
@@ -163,9 +165,11 @@ class Quickstart:
         accounting: bool | None = None,
         dbd_port: int | None = None,
         accounting_enforce: str | None = None,
+        cluster_name: str | None = None,
+        partitions: tuple[PartitionSpec, ...] | None = None,
     ) -> DevCluster:
-        """The dev cluster; ports, node counts and accounting settings not given are its last ``up``'s (else
-        the defaults)."""
+        """The dev cluster; ports, node counts, accounting settings, name and partitions not given are its
+        last ``up``'s (else the defaults)."""
         return DevCluster.from_state_dir(
             self.cluster_dir,
             log=_progress,
@@ -176,6 +180,8 @@ class Quickstart:
             accounting=accounting,
             dbd_port=dbd_port,
             accounting_enforce=accounting_enforce,
+            cluster_name=cluster_name,
+            partitions=partitions,
         )
 
     # --------------------------------------------------------------- settings
@@ -477,6 +483,8 @@ class Quickstart:
         dbd_port: int | None = None,
         accounting_enforce: str | None = None,
         bank: bool | None = None,
+        cluster_name: str | None = None,
+        partitions: tuple[PartitionSpec, ...] | None = None,
     ) -> None:
         """Start (or refresh) everything. Accounting storage is on unless turned off, now or by the last
         ``up``: the quick start is where the bank's reconciler and ``sacct`` users try things."""
@@ -492,15 +500,20 @@ class Quickstart:
         accounting = self.saved_accounting() if accounting is None else accounting
         bank = self.saved_bank(accounting) if bank is None else bank
         self._save_settings(listen, size, capacity, plugin, accounting, bank)
-        cluster = self.cluster(
-            ctld_port,
-            slurmd_port,
-            compute_nodes=compute_nodes,
-            storage_nodes=storage_nodes,
-            accounting=accounting,
-            dbd_port=dbd_port,
-            accounting_enforce=accounting_enforce,
-        )
+        try:
+            cluster = self.cluster(
+                ctld_port,
+                slurmd_port,
+                compute_nodes=compute_nodes,
+                storage_nodes=storage_nodes,
+                accounting=accounting,
+                dbd_port=dbd_port,
+                accounting_enforce=accounting_enforce,
+                cluster_name=cluster_name,
+                partitions=partitions,
+            )
+        except DevClusterError as exc:
+            raise QuickstartError(str(exc)) from exc
         # The nodes reach the server at the bridge's address, which exists once the network does.
         try:
             created_network = cluster.ensure_network()
@@ -526,6 +539,7 @@ class Quickstart:
                 gateway=GatewaySetup(kubeconfig=kubeconfig, plugin=plugin, extra_args=gateway_args),
                 extra_lines=hooks.lines if hooks else (),
                 extra_files=hooks.files if hooks else None,
+                partition_default_time=hooks.default_time if hooks else None,
             )
             self.ensure_storage(cluster, listen, size, capacity, timeout, started_agents)
             if bank:
@@ -562,7 +576,11 @@ class Quickstart:
             try:
                 return await ensure_bank(
                     client,
-                    partition=PARTITION,
+                    partitions={
+                        spec.name: spec.effective_default_time(BANK_DEFAULT_TIME) or BANK_DEFAULT_TIME
+                        for spec in cluster.partitions
+                    },
+                    default_partition=cluster.default_partition,
                     cpus_per_node=os.cpu_count() or 1,
                     account=DEFAULT_ACCOUNT,
                     users=[cluster.job_user],
@@ -706,6 +724,7 @@ def quickstart() -> None:
     help=f"slurmd port of the dev cluster (default: the last 'up's, else {DEFAULT_SLURMD_PORT}).",
 )
 @node_count_options
+@partition_options
 @click.option(
     "--storage-size",
     metavar="SIZE",
@@ -745,6 +764,8 @@ def up(
     slurmd_port: int | None,
     compute_nodes: int | None,
     storage_nodes: int | None,
+    cluster_name: str | None,
+    partitions: tuple[PartitionSpec, ...] | None,
     storage_size: str | None,
     storage_capacity: str | None,
     burst_buffer_plugin: str | None,
@@ -762,7 +783,9 @@ def up(
     a sparse loop file under STATE_DIR/storage, with its own node-agent kubeconfig), a compute agent inside
     each compute node (it mounts the nodes' burst buffers) and creates the default storage pools over them.
     Slurm's accounting storage (slurmdbd on a private MariaDB in STATE_DIR/cluster/mariadb) runs too, so
-    sacct and sacctmgr work, unless --no-accounting.
+    sacct and sacctmgr work, unless --no-accounting. --cluster-name and --partition shape Slurm as in
+    'slurmlink dev-cluster up'; with the bank, a partition without DefaultTime gets an hour, and the
+    quick start's rate card prices every partition.
     Running it again keeps what is running and restarts only what changed.
     """
     check_accounting_options(accounting, accounting_enforce)
@@ -782,6 +805,8 @@ def up(
             dbd_port=dbd_port,
             accounting_enforce=accounting_enforce,
             bank=bank,
+            cluster_name=cluster_name,
+            partitions=partitions,
         )
     except QuickstartError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -881,6 +906,7 @@ def status(state_dir: Path) -> None:
             state = f"[green]running[/] (pid {agent_pid})" if agent_pid is not None else "[red]stopped[/]"
             detail = f"compute (ClientMounts); log {agents.files(node).log_file}"
             table.add_row(f"agent {node}", state, detail)
+    table.add_row(*partition_row(cluster))
     table.add_row("job user", "", cluster.job_user)
     Console().print(table)
     if not (ready and st.running and st.gateway and agents_ok):

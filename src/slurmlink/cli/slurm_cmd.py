@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from slurmlink.cli.slurm_gateway_cmd import gateway
+from slurmlink.cli.slurm_partitions_cmd import partitions
 
 #: Shown in --help; the value itself comes from slurmlink.slurm.plugin at run time.
 _SOCKET_HELP_DEFAULT = "/run/slurmlink/slurm-bb.sock"
@@ -24,7 +25,7 @@ def _progress(message: str) -> None:
 
 @click.group("slurm")
 def slurm() -> None:
-    """Slurm integration: install the burst buffer plugin, run its gateway.
+    """Slurm integration: install the burst buffer plugin, run its gateway, show the partitions.
 
     The plugin is Slurm's stock burst_buffer/lua with slurmlink's thin burst_buffer.lua, which forwards every
     callback over a Unix socket to the gateway daemon; the gateway turns them into DWS Workflows.
@@ -160,3 +161,4 @@ def install(
 
 
 slurm.add_command(gateway)
+slurm.add_command(partitions)

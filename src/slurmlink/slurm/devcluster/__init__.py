@@ -18,7 +18,8 @@ data dir and socket under the state dir), so ``sacct`` and ``sacctmgr`` work wit
 the job user's jobs are charged to the account :data:`DEFAULT_ACCOUNT` unless they name another.
 
 One module per job: ``layout`` (paths, nodes and addresses, defaults), ``nodes`` (namespaces, bridge and
-veths; running programs inside a node), ``host`` (packages, job user), ``config`` (slurm.conf rendering),
+veths; running programs inside a node), ``host`` (packages, job user), ``partitions`` (``--partition``
+specs and their slurm.conf lines), ``config`` (slurm.conf rendering),
 ``daemons`` (what runs and how it is recognised), ``mariadb`` (the accounting database's server),
 ``slurmdbd`` (slurmdbd.conf, slurm.conf's accounting lines, the records it starts with), ``cluster``
 (up/down/status), ``jobs`` (Slurm clients and job helpers for tests). Processes are supervised with
@@ -59,6 +60,7 @@ from slurmlink.slurm.devcluster.nodes import (
     run_in_node,
     spawn_in_node,
 )
+from slurmlink.slurm.devcluster.partitions import PartitionSpec, PartitionSpecError
 from slurmlink.slurm.devcluster.slurmdbd import DEFAULT_ACCOUNT, ENFORCE_FLAGS
 from slurmlink.supervise import running_pid, spawn_detached, stop_pid
 
@@ -91,6 +93,8 @@ __all__ = [
     "Node",
     "NodeRole",
     "NodeStatus",
+    "PartitionSpec",
+    "PartitionSpecError",
     "free_port_pair",
     "gateway_healthy",
     "node_command",

@@ -13,13 +13,18 @@ from pathlib import Path
 
 import slurmlink
 from slurmlink.slurm import plugin
-from slurmlink.slurm.devcluster.layout import PARTITION
+
+#: A job without --time gets an hour, as the quick start's rate card prices it: a limit the bank can hold
+#: for (an unlimited job's cost has no bound).
+BANK_DEFAULT_TIME = 60
 
 
 @dataclass(frozen=True)
 class BankHookFiles:
     lines: tuple[str, ...]
     files: dict[str, str]
+    #: DefaultTime (minutes) of every partition that sets none: ``DevCluster.up(partition_default_time=)``.
+    default_time: int = BANK_DEFAULT_TIME
 
 
 def bank_hook_files(etc_dir: Path, gateway_socket: Path) -> BankHookFiles:
@@ -34,8 +39,5 @@ def bank_hook_files(etc_dir: Path, gateway_socket: Path) -> BankHookFiles:
         "JobSubmitPlugins=lua",
         f"PrologSlurmctld={prolog}",
         f"EpilogSlurmctld={epilog}",
-        # A job without --time gets an hour, as the quick start's rate card prices it: a limit the bank
-        # can hold for (an unlimited job's cost has no bound).
-        f"PartitionName={PARTITION} Nodes=ALL Default=YES DefaultTime=60 MaxTime=INFINITE State=UP",
     )
     return BankHookFiles(lines, files)

@@ -66,7 +66,15 @@ from slurmlink.slurm.devcluster.layout import (
     Network,
     Node,
     NodeRole,
+    check_cluster_name,
     parse_node_name,
+)
+from slurmlink.slurm.devcluster.partitions import (
+    PartitionSpec,
+    check_partitions,
+    default_partition_name,
+    default_partitions,
+    parse_partitions,
 )
 from slurmlink.supervise import running_pid, spawn_detached, stop_pid
 
@@ -181,6 +189,7 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         accounting: bool = False,
         dbd_port: int = DEFAULT_DBD_PORT,
         accounting_enforce: str | Sequence[str] = (),
+        partitions: Sequence[PartitionSpec | str] | None = None,
     ) -> None:
         if not 1 <= compute_nodes <= MAX_COMPUTE_NODES:
             raise DevClusterError(f"compute nodes must be 1 to {MAX_COMPUTE_NODES}, got {compute_nodes}")
@@ -193,7 +202,14 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         self.slurmd_port = slurmd_port
         self.job_user = job_user
         self.job_uid = job_uid
-        self.cluster_name = cluster_name.lower()
+        self.cluster_name = check_cluster_name(cluster_name)
+        #: Its partitions (``--partition`` specs); without any, :func:`default_partitions`.
+        self.partitions: tuple[PartitionSpec, ...] = (
+            default_partitions()
+            if not partitions
+            else parse_partitions(p.to_text() if isinstance(p, PartitionSpec) else p for p in partitions)
+        )
+        check_partitions(self.partitions, self.node_names(COMPUTE))
         self.accounting = accounting
         self.dbd_port = dbd_port
         #: Kept without accounting too (saved for a later ``up`` with it), but only used with it.
@@ -235,6 +251,7 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
             "accounting",
             "dbd_port",
             "accounting_enforce",
+            "partitions",
         }
         settings = {key: value for key, value in settings.items() if key in known}
         settings.update({key: value for key, value in overrides.items() if value is not None})
@@ -268,6 +285,7 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
             "accounting": self.accounting,
             "dbd_port": self.dbd_port,
             "accounting_enforce": list(self.accounting_enforce),
+            "partitions": [spec.to_text() for spec in self.partitions],
         }
         self._write(self.state_dir / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
 
@@ -287,6 +305,11 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
             text = (self.state_dir / KUBECONFIG_REF_FILE).read_text().strip()
             return Path(text) if text else None
         return None
+
+    @property
+    def default_partition(self) -> str | None:
+        """The partition jobs without ``--partition`` go to (None if every spec says Default=NO)."""
+        return default_partition_name(self.partitions)
 
     # ------------------------------------------------------------------ nodes
 
@@ -552,6 +575,7 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         extra_lines: Iterable[str] = (),
         extra_files: Mapping[str, str] | None = None,
         gateway: GatewaySetup | None = None,
+        partition_default_time: int | None = None,
     ) -> DevClusterStatus:
         """Start the cluster (or refresh a running one) and wait until every compute node is idle.
 
@@ -565,6 +589,10 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         get ``scontrol reconfigure`` (or a restart, for keys such as ports or BurstBufferType that need
         one). An unchanged config is not reconfigured, because a reconfigure delays the next burst buffer
         job's stage-in by 10+ s. The gateway is restarted only when its kubeconfig or options changed.
+
+        Partitions (:attr:`partitions`) added, removed or changed take a reconfigure, as do node features;
+        a new cluster name takes a restart. ``partition_default_time`` (minutes) is the DefaultTime of
+        partitions whose spec sets none (the quick start's bank prices jobs without ``--time`` by it).
         """
         started = time.monotonic()
         if gateway is not None and burst_buffer is not None:
@@ -583,7 +611,12 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         self._created_bridge, self._created_nodes = False, []
         try:
             self._ensure_network(timeout=10)
-            changed = self.render_config(burst_buffer, extra_lines=extra_lines, extra_files=extra_files)
+            changed = self.render_config(
+                burst_buffer,
+                extra_lines=extra_lines,
+                extra_files=extra_files,
+                partition_default_time=partition_default_time,
+            )
             if plugin_conf_changed:
                 changed.add("*")
             self._save_settings()
@@ -618,6 +651,10 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
                 raise DevClusterError(f"scontrol reconfigure failed: {result.stderr.strip()}")
         elif all(running[name] for name in ("munged", "slurmctld", *slurmds)):
             self.log("already running; configuration unchanged")
+        if "clustername" in changed:
+            # slurmctld (stopped above) refuses to start on state saved under another ClusterName, its
+            # guard against two clusters sharing a StateSaveLocation; this state dir is this cluster's.
+            (self.state_dir / "state" / "clustername").unlink(missing_ok=True)
 
         if not running["munged"]:
             self._check_ports()  # before anything starts, so a clash fails cleanly

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from slurmlink.slurm.devcluster import slurmdbd
 from slurmlink.slurm.devcluster.errors import DevClusterError
-from slurmlink.slurm.devcluster.layout import CONTROLLER_NAME, PARTITION, Layout, Network
-from slurmlink.slurm.slurmconf import line_keys
+from slurmlink.slurm.devcluster.layout import CONTROLLER_NAME, Layout, Network
+from slurmlink.slurm.devcluster.partitions import PartitionSpec, node_features, partition_lines
+from slurmlink.slurm.slurmconf import line_keys, pairs
 
 # Keys whose change a running slurmctld/slurmd cannot pick up with "scontrol reconfigure".
 RESTART_KEYS = frozenset(
@@ -110,18 +111,33 @@ def _memory_mib() -> int:
     raise DevClusterError("MemTotal missing from /proc/meminfo")
 
 
+#: Reported instead of ``nodename`` when NodeName lines differ only in their Features: a reconfigure
+#: applies node features (tried on 22.05: added and removed ones show in ``scontrol show node``).
+NODE_FEATURES_KEY = "nodename:features"
+
+
+def _without_features(line: str) -> str:
+    return " ".join(f"{key}={value}" for key, value in pairs(line) if key.lower() != "features")
+
+
 def changed_keys(old: str, new: str) -> set[str]:
     """Config keys whose lines differ between two slurm.conf texts."""
 
-    def lines_by_key(text: str) -> dict[str, set[str]]:
+    def lines_by_key(text: str, strip_features: bool = False) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
         for line in text.splitlines():
             for key in line_keys(line):
-                out.setdefault(key, set()).add(line.strip())
+                value = _without_features(line) if strip_features and key == "nodename" else line.strip()
+                out.setdefault(key, set()).add(value)
         return out
 
     before, after = lines_by_key(old), lines_by_key(new)
-    return {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
+    changed = {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
+    if "nodename" in changed and (
+        lines_by_key(old, True).get("nodename") == lines_by_key(new, True).get("nodename")
+    ):
+        changed = (changed - {"nodename"}) | {NODE_FEATURES_KEY}
+    return changed
 
 
 class SlurmConfig(Layout):
@@ -139,8 +155,11 @@ class SlurmConfig(Layout):
     accounting: bool
     dbd_port: int
     accounting_enforce: tuple[str, ...]
+    partitions: tuple[PartitionSpec, ...]
 
-    def _base_conf_lines(self, burst_buffer: BurstBufferSetup | None) -> list[str]:
+    def _base_conf_lines(
+        self, burst_buffer: BurstBufferSetup | None, partition_default_time: int | None = None
+    ) -> list[str]:
         if self.network is None:
             raise DevClusterError("the cluster has no network yet, so its nodes have no addresses")
         cpus = os.cpu_count() or 1
@@ -183,18 +202,24 @@ class SlurmConfig(Layout):
             "SelectTypeParameters=CR_Core",
             # Completed jobs stay visible to "scontrol show job" for 5 minutes.
             "MinJobAge=300",
+            # sbatch refuses a job beyond its partition's limits (MaxNodes, MaxTime, memory) instead of
+            # queueing it forever (Slurm's default, NO); with several partitions, beyond all of them.
+            "EnforcePartLimits=ANY",
         ]
         if burst_buffer is not None:
             lines += [f"BurstBufferType={burst_buffer.plugin_type}", "DebugFlags=BurstBuffer"]
         # Compute nodes only: storage nodes run no slurmd. Each node sees the whole host, so each may
         # claim all of its CPUs and memory.
-        lines += [
-            f"NodeName={node.name} NodeAddr={node.address} NodeHostname={node.name} CPUs={cpus} "
-            f"RealMemory={memory} State=UNKNOWN"
-            for node in self.node_layout(self.network)
-            if node.is_compute
-        ]
-        lines.append(f"PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP")
+        compute = [node for node in self.node_layout(self.network) if node.is_compute]
+        names = [node.name for node in compute]
+        features = node_features(self.partitions, names)
+        for node in compute:
+            extra = f"Features={','.join(features[node.name])} " if node.name in features else ""
+            lines.append(
+                f"NodeName={node.name} NodeAddr={node.address} NodeHostname={node.name} CPUs={cpus} "
+                f"RealMemory={memory} {extra}State=UNKNOWN"
+            )
+        lines += partition_lines(self.partitions, names, partition_default_time)
         if self.accounting:
             accounting = slurmdbd.slurm_conf_lines(
                 self.network.controller_address, self.dbd_port, self.munge_socket, self.accounting_enforce
@@ -204,12 +229,20 @@ class SlurmConfig(Layout):
         return lines
 
     def render_slurm_conf(
-        self, burst_buffer: BurstBufferSetup | None, extra_lines: Iterable[str] = ()
+        self,
+        burst_buffer: BurstBufferSetup | None,
+        extra_lines: Iterable[str] = (),
+        partition_default_time: int | None = None,
     ) -> str:
-        """The slurm.conf text; an extra line replaces the default line with the same key."""
+        """The slurm.conf text; an extra line replaces the default line with the same key (an extra
+        ``PartitionName`` line replaces all of the cluster's partitions).
+
+        ``partition_default_time`` (minutes) is the DefaultTime of partitions whose spec sets none.
+        """
         extra = [line.strip() for line in extra_lines if line.strip()]
         overridden = set().union(*map(line_keys, extra))
-        lines = [line for line in self._base_conf_lines(burst_buffer) if not line_keys(line) & overridden]
+        base = self._base_conf_lines(burst_buffer, partition_default_time)
+        lines = [line for line in base if not line_keys(line) & overridden]
         header = "# Generated by slurmlink dev-cluster; rewritten on every 'up'.\n"
         return header + "\n".join([*lines, *extra]) + "\n"
 
@@ -219,6 +252,7 @@ class SlurmConfig(Layout):
         *,
         extra_lines: Iterable[str] = (),
         extra_files: Mapping[str, str] | None = None,
+        partition_default_time: int | None = None,
     ) -> set[str]:
         """Write slurm.conf (and the burst buffer files, and ``extra_files``) into ``state_dir/etc``.
 
@@ -230,7 +264,7 @@ class SlurmConfig(Layout):
         self.etc_dir.chmod(0o755)
         changed: set[str] = set()
         old_conf = self.slurm_conf.read_text() if self.slurm_conf.exists() else ""
-        new_conf = self.render_slurm_conf(burst_buffer, extra_lines)
+        new_conf = self.render_slurm_conf(burst_buffer, extra_lines, partition_default_time)
         if old_conf != new_conf:
             changed |= changed_keys(old_conf, new_conf)
             self._write(self.slurm_conf, new_conf)

@@ -9,9 +9,12 @@ inside them.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from slurmlink.slurm.devcluster.errors import DevClusterError
 
 #: Under /var/tmp, not the invoking user's home: the unprivileged job user must reach slurm.conf, the
 #: munge socket and the spool directory, and root's home is private.
@@ -23,6 +26,8 @@ DEFAULT_DBD_PORT = 6919
 DEFAULT_JOB_USER = "slurmlink-job"
 DEFAULT_JOB_UID = 23001
 DEFAULT_CLUSTER_NAME = "slurmlink-dev"
+#: Slurm keeps ClusterName in lower case; slurmdbd names tables after it, hence the short plain form.
+_CLUSTER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
 PARTITION = "debug"
 DEFAULT_COMPUTE_NODES = 1
@@ -45,6 +50,16 @@ STORAGE: NodeRole = "storage"
 _ADDRESS_BASE = {COMPUTE: 100, STORAGE: 200}
 #: A node's namespaces, as files under its directory: what nsenter's --net/--uts/--mount take.
 NS_KINDS = ("net", "uts", "mnt")
+
+
+def check_cluster_name(name: str) -> str:
+    """The name in lower case, as Slurm keeps it; an error if slurm.conf or slurmdbd would not take it."""
+    lowered = name.strip().lower()
+    if not _CLUSTER_NAME.match(lowered):
+        raise DevClusterError(
+            f"cluster name {name!r} must be 1-40 letters, digits, '_' or '-', starting with a letter or digit"
+        )
+    return lowered
 
 
 def node_name(role: NodeRole, index: int) -> str:
