@@ -101,13 +101,17 @@ def fund(qs: QuickStart, bank: httpx.Client, amount: Decimal) -> None:
 
 
 def gateway_sees(qs: QuickStart, available: Decimal) -> bool:
-    """Whether the gateway's copy of the bank (refreshed every 2 s) shows the test card and ``available``:
-    a probe too dear for any account is refused with both in the message."""
+    """Whether the gateway's copy of the bank and of the queue (refreshed every 2 s) shows the test card,
+    ``available`` and no pending jobs: a probe too dear for any account is refused with all three in
+    the message."""
     probe = submit_job(qs, "#SBATCH --time=100000\nsleep 1\n")
     if probe.returncode == 0:  # the gateway had no copy yet and let it through: cancel it
         qs.cluster.run_slurm(["scancel", probe.stdout.strip().split(";")[0]], timeout=10)
         return False
-    return f"has {available:.2f} SU available" in probe.stderr and "test-per-cpu-second" in probe.stderr
+    return (
+        f"has {available:.2f} SU available, of which 0.00 SU may still be spent" in probe.stderr
+        and "test-per-cpu-second" in probe.stderr
+    )
 
 
 def job_lines(bank: httpx.Client, job: str) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ environment, and job_submit.lua's fields as a job request."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from slurmlink.bank.tres import INFINITE
 from slurmlink.slurm import bank_hook
@@ -106,3 +107,78 @@ def test_job_submit_fields_arrive_as_text_with_slurms_sentinels() -> None:
     assert request.account == "physics" and request.num_tasks is None and request.cpus_per_task is None
     assert request.time_limit == 30 and request.exclusive and request.array_inx == "1-10%2"
     assert job_request({"time_limit": str(INFINITE)}).time_limit == INFINITE
+
+
+def test_the_submit_check_counts_pending_jobs_from_the_queue_and_acceptances_since() -> None:
+    import asyncio
+    from decimal import Decimal
+
+    from slurmlink.slurm.gateway.bank import BankView, PendingJobs
+    from slurmlink.slurm.gateway.banksettings import BankSettings
+    from slurmlink.slurm.jobrecord import JobRecord
+
+    view = BankView(None, BankSettings())  # type: ignore[arg-type]
+    first = view.record("physics", Decimal("10.00"))
+    second = view.record("physics", Decimal("20.00"))
+    assert len(first) == 16 and second > first
+    assert view.exposure("physics") == Decimal(30)  # the queue shows neither yet
+
+    def job(job_id: int, state: str, comment: str, tasks: str = "") -> JobRecord:
+        return JobRecord(
+            job_id,
+            "c1",
+            "physics",
+            "alice",
+            1000,
+            "debug",
+            "",
+            state,
+            5,
+            0,
+            0,
+            0,
+            0,
+            "",
+            comment,
+            0,
+            None,
+            array_task_string=tasks,
+        )
+
+    view.pending = PendingJobs.from_jobs(
+        [
+            job(1, "PENDING", f"slurmlink-bank:estimate=10.00:{first}"),
+            job(2, "RUNNING", "note slurmlink-bank:estimate=7.00:0000000000000001"),  # held by now
+            job(3, "PENDING", "slurmlink-bank:estimate=2.50:0000000000000002", tasks="1-4"),  # an array
+            job(4, "PENDING", "no stamp: accepted while the gateway was away"),
+        ]
+    )
+    # Job 1 is seen (10), the array counts 4 x 2.50, the second acceptance is not in the queue yet.
+    assert view.pending.newest_token == first
+    assert view.exposure("physics") == Decimal(10) + Decimal(10) + Decimal(20)
+    assert view.exposure("physics", modified_job=1) == Decimal(30)  # its new estimate replaces it
+    assert view.exposure("chemistry") == 0
+    asyncio.run(view.poll_pending())  # without Slurm commands: nothing changes
+    assert view.pending.newest_token == first
+
+
+def test_a_spooled_charge_stays_in_the_spool_until_the_bank_takes_it(tmp_path: Path) -> None:
+    import asyncio
+
+    from slurmlink.client.http import UnreachableError
+    from slurmlink.slurm.gateway.bank import BankHooks
+    from slurmlink.slurm.gateway.banksettings import BankSettings
+
+    class DownBank:
+        """The bank's API while the server is stopped."""
+
+        async def call(self, method: str, path: str, body: object = None, **_: object) -> object:
+            raise UnreachableError("https://127.0.0.1:1", "connection refused")
+
+    hooks = BankHooks(DownBank(), None, BankSettings(spool_dir=tmp_path))  # type: ignore[arg-type]
+    spooled = tmp_path / "c1_7_0_5.json"
+    spooled.write_text(
+        json.dumps({"run": "c1:7:0:5", "body": {"account": "a", "user": "u", "amount": "1.00"}})
+    )
+    assert asyncio.run(hooks.send_spooled()) == 0
+    assert spooled.exists()  # kept for the next round

@@ -161,6 +161,15 @@ class SlurmCommands:
         except (ValueError, AttributeError, TypeError):
             return None
 
+    async def queued_jobs(self) -> list[JobRecord]:
+        """Every pending and running job (squeue's default states), in one call."""
+        from slurmlink.slurm.jobrecord import parse_squeue_jobs
+
+        result = await self.run("squeue", "--json")
+        if result.returncode != 0:
+            raise SlurmCommandError(f"squeue failed: {result.stderr.strip() or result.returncode}")
+        return parse_squeue_jobs(result.stdout)
+
     async def job_record(self, job_id: str) -> JobRecord | None:
         """The job as slurmctld holds it, with its RunTime; None when slurmctld no longer knows it."""
         from slurmlink.slurm.jobrecord import parse_squeue_jobs, run_time_of

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from slurmlink import jsonutil
+from slurmlink.bank.tres import TresError, array_task_count
 
 _RUN_TIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d\d):(\d\d)$")
 
@@ -39,6 +40,18 @@ class JobRecord:
     array_task_id: int | None
     #: Seconds it ran, suspended time excluded (scontrol's RunTime); None when not known.
     run_seconds: int | None = None
+    #: A pending array's tasks not split off yet (``1-4``, ``5,7``); empty for other jobs.
+    array_task_string: str = ""
+
+    @property
+    def pending_tasks(self) -> int:
+        """How many runs this record still stands for: an unsplit array's task count, else 1."""
+        if self.array_task_id is None and self.array_task_string:
+            try:
+                return array_task_count(self.array_task_string)
+            except TresError:
+                return 1
+        return 1
 
 
 def _int(value: Any, default: int = 0) -> int:
@@ -85,6 +98,7 @@ def parse_squeue_jobs(text: str) -> list[JobRecord]:
                 admin_comment=str(job.get("admin_comment") or ""),
                 array_job_id=_int(job.get("array_job_id")),
                 array_task_id=None if job.get("array_task_id") is None else _int(job.get("array_task_id")),
+                array_task_string=str(job.get("array_task_string") or ""),
             )
         )
     return records

@@ -44,6 +44,8 @@ BANK = "/bank/v1"
 #: acceptance tokens (microseconds since the epoch, so they grow across gateway restarts too).
 RECENT_SECONDS = 60.0
 TOKEN_DIGITS = 16
+#: job_submit.lua's stamp in an accepted job's AdminComment: ``<STAMP><per task>:<token>``.
+STAMP = "slurmlink-bank:estimate="
 #: Slurm's NO_VAL sentinels arrive as numbers in text.
 _NUMERIC_FIELDS = frozenset(
     {
@@ -76,26 +78,77 @@ class ReconcileReport:
         )
 
 
-class BankView:
-    """The bank's balances and current rate card, as of the last refresh (front process)."""
+@dataclasses.dataclass(frozen=True)
+class PendingJobs:
+    """What the account's pending jobs may still spend, from one ``squeue``: each accepted job carries
+    its per-task estimate and its acceptance token in its AdminComment (which users cannot change)."""
 
-    def __init__(self, client: Client, settings: BankSettings) -> None:
+    by_account: dict[str, Decimal]
+    by_job: dict[int, tuple[str, Decimal]]
+    #: The newest acceptance token among the jobs slurmctld showed.
+    newest_token: str
+
+    @classmethod
+    def from_jobs(cls, jobs: Iterable[JobRecord]) -> PendingJobs:
+        by_account: dict[str, Decimal] = {}
+        by_job: dict[int, tuple[str, Decimal]] = {}
+        newest = ""
+        for job in jobs:
+            stamp = _stamp(job.admin_comment)
+            if stamp is None:
+                continue
+            per_task, token = stamp
+            newest = max(newest, token)
+            if job.state == "PENDING":
+                amount = per_task * max(job.pending_tasks, 1)
+                by_account[job.account] = by_account.get(job.account, Decimal(0)) + amount
+                by_job[job.job_id] = (job.account, amount)
+        return cls(by_account, by_job, newest)
+
+
+def _stamp(comment: str) -> tuple[Decimal, str] | None:
+    """(per-task estimate, acceptance token) from job_submit.lua's AdminComment stamp."""
+    for word in comment.split():
+        if word.startswith(STAMP):
+            per_task, _, token = word[len(STAMP) :].partition(":")
+            try:
+                return Decimal(per_task), token if token.isdigit() else ""
+            except ArithmeticError:
+                return None
+    return None
+
+
+class BankView:
+    """The bank's balances and current rate card, and the pending jobs' estimates, as of the last
+    refresh (front process): what the submit check decides with, without a network call."""
+
+    def __init__(self, client: Client, settings: BankSettings, slurm: SlurmCommands | None = None) -> None:
         self.client = client
         self.settings = settings
+        self.slurm = slurm
         self.snapshot: dict[str, Any] | None = None
         self.card: RateCard | None = None
         self.fetched_at = 0.0
         self.problem: str | None = "the bank's balances have not been read yet"
-        self._task: asyncio.Task[None] | None = None
-        #: account -> (wall time, token, amount) of the jobs accepted lately, oldest first: what
-        #: slurm.jobs may not show yet (see bank_submit).
+        self.pending = PendingJobs({}, {}, "")
+        self._tasks: list[asyncio.Task[None]] = []
+        #: account -> (wall time, token, amount) of the jobs accepted lately, oldest first: what the
+        #: last squeue may not show yet (see bank_submit).
         self.accepted: dict[str, collections.deque[tuple[float, str, Decimal]]] = {}
         self._last_token = 0
 
+    def exposure(self, account: str, modified_job: int | None = None) -> Decimal:
+        """What the account's pending jobs may still spend: those slurmctld showed at the last poll
+        (less ``modified_job``, whose new estimate is being checked), plus those accepted since."""
+        pending = self.pending.by_account.get(account, Decimal(0))
+        if modified_job is not None and modified_job in self.pending.by_job:
+            pending -= self.pending.by_job[modified_job][1]
+        return pending + self.unseen(account, self.pending.newest_token)
+
     def unseen(self, account: str, seen_token: str) -> Decimal:
-        """What the account's jobs accepted after ``seen_token`` (the newest job_submit.lua saw in
-        slurm.jobs) may cost; acceptances older than RECENT_SECONDS no longer count (Slurm refused
-        them after job_submit, or they were seen long since)."""
+        """What the account's jobs accepted after ``seen_token`` (the newest slurmctld showed) may cost;
+        acceptances older than RECENT_SECONDS no longer count (Slurm refused them after job_submit,
+        or they started and ended between two polls)."""
         recent = self.accepted.get(account)
         if not recent:
             return Decimal(0)
@@ -132,19 +185,30 @@ class BankView:
                 return
         self.snapshot, self.card, self.fetched_at, self.problem = snapshot, card, time.monotonic(), None
 
+    async def poll_pending(self) -> None:
+        """One squeue (pending and running jobs, all users) for the pending jobs' estimates."""
+        if self.slurm is None:
+            return
+        try:
+            jobs = await self.slurm.queued_jobs()
+        except SlurmCommandError as exc:
+            log.warning("cannot read the queue for the bank's submit check: %s", exc)
+            return
+        self.pending = PendingJobs.from_jobs(jobs)
+
     async def run_forever(self) -> None:
         while True:
-            await self.refresh()
+            await asyncio.gather(self.refresh(), self.poll_pending())
             await asyncio.sleep(self.settings.refresh)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run_forever(), name="bank-view")
+        self._tasks.append(asyncio.create_task(self.run_forever(), name="bank-view"))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
 
     def current(self) -> tuple[dict[str, Any], RateCard]:
         """The snapshot and card to decide with; GatewayError(503) when there is none fit to use."""
@@ -202,14 +266,8 @@ async def bank_submit(view: BankView, fields: Fields) -> str:
             402,
         )
     available = Decimal(entry["available"])
-    try:
-        pending = Decimal(fields.get("pending") or "0")
-    except ArithmeticError:
-        raise GatewayError("slurmlink bank: unreadable pending amount from job_submit.lua", 400) from None
-    seen = fields.get("seen_token") or ""
-    if not seen.isdigit() or len(seen) != TOKEN_DIGITS:
-        seen = ""
-    pending = (pending + view.unseen(account, seen)).quantize(Decimal("0.01"))
+    modified = fields.get("modify_job", "")
+    pending = view.exposure(account, int(modified) if modified.isdigit() else None).quantize(Decimal("0.01"))
     left = available - pending
     if priced.amount > left:
         tasks = f" ({priced.tasks} array tasks at {priced.per_task} SU)" if priced.tasks > 1 else ""
@@ -222,7 +280,7 @@ async def bank_submit(view: BankView, fields: Fields) -> str:
             "script before you submit it)",
             402,
         )
-    if fields.get("modify") == "1":  # a changed pending job: in slurm.jobs already
+    if modified:  # a changed pending job: known to slurmctld already
         return f"accept {priced.per_task} {priced.amount}"
     return f"accept {priced.per_task} {priced.amount} {view.record(account, priced.amount)}"
 
@@ -419,7 +477,9 @@ class BankHooks:
             "job %s stayed COMPLETING for %.0f s; the reconciler charges it", fields.get("job_id"), timeout
         )
 
-    async def _settle(self, job: JobRecord, fields: Fields) -> str:
+    async def _settle(self, job: JobRecord, fields: Fields, *, spool: bool = True) -> str:
+        """Charge the run; what the bank cannot take now is spooled (``spool``) or raised as the
+        ApiError (the spool's own retry, which must keep its entry)."""
         restart = int(fields["restart"]) if fields.get("restart", "").isdigit() else job.restart_count
         if restart != job.restart_count or job.state in ("PENDING", "REQUEUED", "REQUEUE_HOLD"):
             # Requeued: slurmctld now describes the next run. Slurm's accounting keeps this one's
@@ -436,6 +496,8 @@ class BankHooks:
         try:
             card = await self._rate_card()
         except ApiError as exc:
+            if not spool:
+                raise
             return self._spool(key, {"job": job.job_id, "pending": "rate card", "fields": dict(fields)}, exc)
         try:
             priced, body = settle_request(
@@ -455,6 +517,8 @@ class BankHooks:
         except ApiError as exc:
             if exc.code == 409:  # settled before with other numbers (reconciler): the first stands
                 return f"run {key.text} was settled before"
+            if not spool:
+                raise
             return self._spool(key, body, exc)
         return f"charged {priced.amount} SU for run {key.text} ({state}, {elapsed} s)"
 
@@ -558,7 +622,10 @@ class BankHooks:
                 body = entry["body"]
                 if "amount" not in body:  # the rate card was not readable: price it now
                     fields = {k: str(v) for k, v in (entry["body"].get("fields") or {}).items()}
-                    await self.epilog(fields)
+                    job = await self._job(fields)
+                    if job.state == "COMPLETING":
+                        continue  # its end state is not known yet: next round
+                    log.info("spooled: %s", await self._settle(job, fields, spool=False))
                 else:
                     await self.client.call("POST", f"{BANK}/runs/{entry['run']}/settle", body)
             except ApiError as exc:

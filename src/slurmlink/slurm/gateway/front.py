@@ -83,7 +83,11 @@ class FrontGateway:
         self.ops = BurstBufferOps(
             client, config, self.workflows, self.rules, SlurmCommands(config.slurm_conf), self.buffers
         )
-        self.bank = BankView(client, config.bank) if config.bank is not None else None
+        self.bank = (
+            BankView(client, config.bank, SlurmCommands(config.slurm_conf))
+            if config.bank is not None
+            else None
+        )
         self.server = GatewayServer(
             config.socket_path, self.operations(), self.health, quick=QUICK_OPERATIONS
         )

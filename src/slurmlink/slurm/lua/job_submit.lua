@@ -4,10 +4,10 @@ job_submit.lua -- slurmlink's bank check for Slurm's job_submit/lua plugin (JobS
 At every submission slurmctld runs slurm_job_submit with its job lock held, so nothing here may wait on
 the network. The job's fields go to the local slurmlink gateway over a Unix socket (a sub-millisecond
 round trip, one attempt, hard deadline SYNC_TIMEOUT), which prices the job with the bank's current rate
-card and compares it with the account's balance from its in-memory copy of the bank. This script adds
-what only slurmctld knows: what the account's pending jobs may still spend (each accepted job carries its
-estimate in its AdminComment, which users cannot change), and the newest acceptance it shows (the
-gateway adds the jobs it accepted after that one, which slurm.jobs does not show yet).
+card and compares it with the account's balance less what its pending jobs may still spend, all from
+its memory (refreshed every few seconds from the bank and from one squeue). An accepted job gets the
+estimate and the gateway's acceptance token in its AdminComment (which users cannot change): that is how
+the gateway recognises it in the queue.
 
 A job over budget is rejected with the gateway's message, which sbatch prints ("sbatch: error: ...").
 If the gateway cannot be asked, ON_UNREACHABLE decides ("allow": the hold placed when the job starts still
@@ -27,15 +27,7 @@ local TAG = "slurmlink-bank:estimate="
 local TAG_PATTERN = "slurmlink%-bank:estimate="
 
 -- The stamp is "slurmlink-bank:estimate=<per task>:<token>"; the gateway's tokens grow with every job it
--- accepts (fixed width, so they compare as strings).
-local function estimate_of(comment)
-	if comment == nil then
-		return nil
-	end
-	local value = string.match(tostring(comment), TAG_PATTERN .. "([%d%.]+)")
-	return tonumber(value)
-end
-
+-- accepts.
 local function token_of(comment)
 	if comment == nil then
 		return nil
@@ -55,35 +47,6 @@ local function with_estimate(comment, per_task, token)
 		return base .. TAG .. per_task .. ":" .. token
 	end
 	return base .. TAG .. per_task
-end
-
--- What the account's pending jobs (all but skip_job) may still spend, and the newest acceptance token
--- among the account's jobs in slurm.jobs. slurm.jobs is rebuilt only when slurmctld's job table changed
--- in an earlier second, so jobs accepted moments ago may be missing: the gateway adds those it accepted
--- after that token.
-local function pending_exposure(account, skip_job)
-	local total = 0
-	local newest = ""
-	if type(slurm.jobs) == "table" then
-		for _, job in pairs(slurm.jobs) do
-			if job.account == account and job.job_id ~= skip_job then
-				local per_task = estimate_of(job.admin_comment)
-				if per_task and (tonumber(job.job_state) or -1) % 256 == JOB_PENDING then
-					local tasks = tonumber(job.array_task_cnt) or 1
-					if tasks < 1 then
-						tasks = 1
-					end
-					total = total + per_task * tasks
-				end
-				local token = token_of(job.admin_comment)
-				if token ~= nil and (string.len(token) > string.len(newest)
-					or (string.len(token) == string.len(newest) and token > newest)) then
-					newest = token
-				end
-			end
-		end
-	end
-	return total, newest
 end
 
 -- Slurm hands unset strings over as nil or "".
@@ -111,13 +74,8 @@ local function check(job_desc, fallback, skip_job)
 		end
 		fields[#fields + 1] = { name, value }
 	end
-	local account = given(job_desc.account) or (fallback and given(fallback.account))
-		or given(job_desc.default_account)
-	local pending, newest = pending_exposure(account, skip_job)
-	fields[#fields + 1] = { "pending", string.format("%.4f", pending) }
-	fields[#fields + 1] = { "seen_token", newest }
 	if skip_job ~= nil then
-		fields[#fields + 1] = { "modify", "1" }
+		fields[#fields + 1] = { "modify_job", skip_job }
 	end
 	local code, body = request("bank_submit", fields, SYNC)
 	if code == nil then
@@ -161,7 +119,7 @@ end
 -- A pending job's new time limit, partition or size is priced again (log_user is not available here
 -- in 22.05: the reason goes to slurmctld's log).
 function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
-	if job_rec == nil or job_rec.job_state ~= JOB_PENDING then
+	if job_rec == nil or (tonumber(job_rec.job_state) or -1) % 256 ~= JOB_PENDING then
 		return slurm.SUCCESS
 	end
 	local changed = job_desc.time_limit ~= nil and job_desc.time_limit ~= slurm.NO_VAL
