@@ -110,6 +110,9 @@ class Books:
         self.postgres = conn.dialect.name == "postgresql"
         self.accounts: dict[int, Account] = {}
         self._moves: list[tuple[int, int]] = []  # (bucket id, signed units)
+        #: The idempotency key and request digest of the operation this transaction answers.
+        self.key = ""
+        self.request_digest = ""
         self._system: dict[int, int] = {}  # system bucket id -> units moved
 
     # ---- reading -----------------------------------------------------------------------------
@@ -295,8 +298,8 @@ class Books:
         self,
         *,
         kind: str,
-        key: str,
-        request_digest: str,
+        key: str | None = None,
+        request_digest: str | None = None,
         account: Account | None,
         amount: int,
         actor: str,
@@ -310,8 +313,13 @@ class Books:
         """Check, then write the transaction, its entries and the buckets' new balances.
 
         Returns ``result`` completed with the transaction id and the account's balances after it;
-        the same dict is stored, and a retry with the same key gets it back.
+        the same dict is stored, and a retry with the same key gets it back. ``key`` and
+        ``request_digest`` default to those of the request being answered (``answering``).
         """
+        key = key or self.key
+        request_digest = request_digest or self.request_digest
+        if not key or not request_digest:
+            raise InvariantViolation("a ledger transaction needs its idempotency key")
         self.check()
         t, e, b = schema.transactions, schema.entries, schema.buckets
         available_after = account.available(self.now) if account is not None else None

@@ -113,6 +113,7 @@ class Ledger:
 
         def fn(conn: sa.Connection) -> dict[str, Any]:
             books = Books(conn, now)
+            books.key, books.request_digest = key, request_digest
             accounts = books.lock(self.cluster, names)
             stored = books.replay(key, request_digest)
             if stored is not None:
@@ -337,8 +338,6 @@ class Ledger:
             books.move(schema.EXTERNAL_BUCKET, alloc, ("external", "available"), units)
             return books.post(
                 kind="grant",
-                key=key,
-                request_digest=digest({"key": key, **payload}),
                 account=acct,
                 amount=units,
                 actor=actor.name,
@@ -378,7 +377,7 @@ class Ledger:
                 result.update(
                     state=existing.state, held="0", note=f"run already {existing.state}; nothing held"
                 )
-                return self._post_run(books, acct, "hold", key, payload, run, 0, actor, result)
+                return self._post_run(books, acct, "hold", run, 0, actor, result)
             if acct.status != ACTIVE:
                 raise InsufficientFunds(
                     f"bank account {acct.name} is {acct.status}; no new jobs may start on it. "
@@ -408,7 +407,7 @@ class Ledger:
             result.update(
                 state=HELD, held=money.text(units), split={str(k): money.text(v) for k, v in split.items()}
             )
-            return self._post_run(books, acct, "hold", key, payload, run, units, actor, result)
+            return self._post_run(books, acct, "hold", run, units, actor, result)
 
         return self._transact([account], key, payload, work)
 
@@ -478,8 +477,6 @@ class Ledger:
             }
             return books.post(
                 kind="charge",
-                key=key,
-                request_digest=digest({"key": key, **payload}),
                 account=acct,
                 amount=charged,
                 actor=actor.name,
@@ -512,8 +509,6 @@ class Ledger:
             result["released"] = money.text(released)
             return books.post(
                 kind="release",
-                key=key,
-                request_digest=digest({"key": key, **payload}),
                 account=acct,
                 amount=released,
                 actor=actor.name,
@@ -559,8 +554,6 @@ class Ledger:
             result = {"run": run.text, "refunded": money.text(refunded), "reason": reason}
             return books.post(
                 kind="refund",
-                key=key,
-                request_digest=digest({"key": key, **payload}),
                 account=acct,
                 amount=refunded,
                 actor=actor.name,
@@ -617,8 +610,6 @@ class Ledger:
             result = {"from": source, "to": target, "allocation": alloc.id, "amount": money.text(units)}
             return books.post(
                 kind="transfer",
-                key=key,
-                request_digest=digest({"key": key, **payload}),
                 account=src,
                 amount=units,
                 actor=actor.name,
@@ -668,8 +659,6 @@ class Ledger:
                     left -= take
             return books.post(
                 kind="adjust",
-                key=key,
-                request_digest=digest({"key": key, **payload}),
                 account=acct,
                 amount=units,
                 actor=actor.name,
@@ -950,8 +939,6 @@ class Ledger:
         books: Books,
         acct: Account,
         kind: str,
-        key: str,
-        payload: dict[str, Any],
         run: RunKey,
         units: int,
         actor: Actor,
@@ -959,8 +946,6 @@ class Ledger:
     ) -> dict[str, Any]:
         return books.post(
             kind=kind,
-            key=key,
-            request_digest=digest({"key": key, **payload}),
             account=acct,
             amount=units,
             actor=actor.name,

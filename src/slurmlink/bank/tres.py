@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Final
 
+from slurmlink.slurm.limits import LimitError, parse_minutes
+
 __all__ = [
     "INFINITE",
     "NODE_TRES",
@@ -41,8 +43,6 @@ _UNITS: Final = "KMGTP"
 _MEGA_BASE: Final = frozenset({"mem", "bb"})
 
 _NUMBER = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)([A-Za-z]?)$")
-_TIME_DAYS = re.compile(r"^(\d+)-(\d+)(?::(\d+))?(?::(\d+))?$")
-_TIME_CLOCK = re.compile(r"^(\d+)(?::(\d+))?(?::(\d+))?$")
 _ARRAY_ITEM = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$")
 
 
@@ -233,27 +233,11 @@ def parse_time_limit(value: str | int) -> int:
         if value < 0:
             raise TresError(f"time limit {value} is negative; write minutes, D-HH:MM:SS or UNLIMITED")
         return value
-    text = value.strip()
-    if text.upper() in ("UNLIMITED", "INFINITE", "-1"):
-        return INFINITE
-    days = hours = minutes = seconds = 0
-    if match := _TIME_DAYS.match(text):
-        days, hours = int(match.group(1)), int(match.group(2))
-        minutes = int(match.group(3) or 0)
-        seconds = int(match.group(4) or 0)
-    elif match := _TIME_CLOCK.match(text):
-        fields = [int(part) for part in match.groups() if part is not None]
-        if len(fields) == 3:
-            hours, minutes, seconds = fields
-        else:
-            minutes, seconds = fields[0], fields[1] if len(fields) == 2 else 0
-    else:
-        raise TresError(
-            f"time limit {value!r} is not a Slurm time; write minutes, MM:SS, HH:MM:SS, "
-            "D-HH[:MM[:SS]] or UNLIMITED"
-        )
-    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
-    return -(-total // 60)
+    try:
+        minutes = parse_minutes(value)
+    except LimitError as exc:
+        raise TresError(f"time limit {exc}") from None
+    return INFINITE if minutes is None else minutes
 
 
 def format_time_limit(minutes: int) -> str | int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from slurmlink.slurm.commands import SlurmCommandError, SlurmCommands
+from slurmlink.slurm.commands import ENDED_JOB_STATES, SlurmCommandError, SlurmCommands
 
 FIELDS = (
     "JobIDRaw",
@@ -27,21 +27,8 @@ FIELDS = (
     "ElapsedRaw",
     "AllocTRES",
 )
-#: States of a run that is over (sacct's spelling).
-ENDED = frozenset(
-    {
-        "BOOT_FAIL",
-        "CANCELLED",
-        "COMPLETED",
-        "DEADLINE",
-        "FAILED",
-        "NODE_FAIL",
-        "OUT_OF_MEMORY",
-        "PREEMPTED",
-        "REQUEUED",
-        "TIMEOUT",
-    }
-)
+#: States of a run that is over (sacct's spelling): slurmctld's, and REQUEUED for a requeued run.
+ENDED = ENDED_JOB_STATES | {"REQUEUED"}
 
 
 @dataclass(frozen=True)
