@@ -54,6 +54,7 @@ CLIENT_SIDE_MODULES = [
     "slurmlink.cli.slurm_partitions_cmd",
     "slurmlink.slurm.partitions",
     "slurmlink.slurm.partition_config",
+    "slurmlink.bridge.publisher",
     "slurmlink.cli.kubeconfig_cmd",
     "slurmlink.cli.agent_cmd",
     "slurmlink.cli.storage_cmd",

@@ -1,0 +1,1 @@
+"""The job bridge: Slurm jobs and partitions served as objects."""
