@@ -64,6 +64,9 @@ CLIENT_SIDE_MODULES = [
     "slurmlink.controllers.storagepool",
     "slurmlink.resources.storage.capacity",
     "slurmlink.burstbuffer.directives",
+    "slurmlink.identity",
+    "slurmlink.bridge.files",
+    "slurmlink.bridge.asuser",
 ]
 
 

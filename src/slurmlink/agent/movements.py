@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import pwd
 import threading
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from slurmlink.agent.objects import put_status, trigger
 from slurmlink.agent.workqueue import WorkQueue
 from slurmlink.client.base import Client
 from slurmlink.client.informer import SharedInformer
+from slurmlink.identity import supplementary_groups
 from slurmlink.mover import CopySpec, MoveCancelled, MoveError, MoveProgress, run_copy
 from slurmlink.resources import errors
 from slurmlink.resources.kind import Obj
@@ -258,7 +258,7 @@ class MovementManager:
                 mode=str(spec.get("mode") or "auto"),
                 uid=int(spec["userID"]),
                 gid=int(spec["groupID"]),
-                groups=_groups(int(spec["userID"]), int(spec["groupID"])),
+                groups=supplementary_groups(int(spec["userID"]), int(spec["groupID"])),
                 buffer_side="destination" if (spec["destination"] or {}).get("allocation") else "source",
             )
             log.info("node %s: copy %s/%s: %s -> %s", self.node, *key, copy.source, copy.destination)
@@ -317,15 +317,6 @@ class _Ending:
     outcome: str
     message: str | None
     status: dict[str, Any]
-
-
-def _groups(uid: int, gid: int) -> tuple[int, ...]:
-    """The user's supplementary groups, as their login shell would have them (none if unknown here)."""
-    try:
-        name = pwd.getpwuid(uid).pw_name
-        return tuple(g for g in os.getgrouplist(name, gid) if g != gid)
-    except (KeyError, OSError):
-        return ()
 
 
 def _allocation_name(obj: Obj) -> str | None:

@@ -11,13 +11,13 @@ import json
 import os
 import queue
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from slurmlink.identity import child_argv, child_environment
 from slurmlink.mover import journal as journals
 from slurmlink.mover.spec import CopySpec, MoveCancelled, MoveError, MoveProgress
 
@@ -35,22 +35,11 @@ def _command(spec: CopySpec) -> list[str]:
     """
     if spec.uid == 0:
         raise MoveError("copies never run as root: the movement has uid 0")
-    argv = [sys.executable, "-m", "slurmlink.mover.worker"]
-    if os.geteuid() == 0:
-        groups = ",".join(str(g) for g in spec.groups)
-        return [*argv, "--uid", str(spec.uid), "--gid", str(spec.gid), "--groups", groups]
-    if spec.uid != os.geteuid():
+    if os.geteuid() != 0 and spec.uid != os.geteuid():
         raise MoveError(
             f"cannot copy as uid {spec.uid}: this process runs as uid {os.geteuid()} and is not root"
         )
-    return argv
-
-
-def _environment() -> dict[str, str]:
-    """The caller's environment, with this very ``slurmlink`` first on the worker's import path."""
-    here = str(Path(__file__).resolve().parents[2])
-    rest = os.environ.get("PYTHONPATH", "")
-    return {**os.environ, "PYTHONPATH": here + (os.pathsep + rest if rest else "")}
+    return child_argv("slurmlink.mover.worker", spec.uid, spec.gid, spec.groups)
 
 
 def _lines(stream: IO[bytes], out: queue.Queue[bytes | None]) -> None:
@@ -167,7 +156,7 @@ def run_copy(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd="/",
-        env=_environment(),
+        env=child_environment(),
         close_fds=True,
     )
     book = _Run(spec, journals.Journal(journal) if journal is not None else None, progress, interval)

@@ -9,8 +9,6 @@ SIGTERM stops it at the next buffer (temporary files removed), exit status 143.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -19,6 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from slurmlink.identity import become, die_with_parent, parse_identity
 from slurmlink.mover.copier import Copier, Stopped, check_space
 from slurmlink.mover.listfile import parse_list
 from slurmlink.mover.paths import error, kind_at, open_parent
@@ -99,38 +98,11 @@ def execute(payload: dict[str, Any], emit: Callable[[dict[str, Any]], None], sto
         copier.close()
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel to kill this process when the agent that started it dies (PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
-
-
-def become(uid: int, gid: int, groups: list[int]) -> None:
-    """Take the job's identity for good (all of real, effective and saved ids), then prove root is gone."""
-    os.setgroups(groups)
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    try:
-        os.setuid(0)
-    except PermissionError:
-        return
-    raise SystemExit("the copy process could not give up root")
-
-
-def _identity(argv: list[str]) -> tuple[int, int, list[int]] | None:
-    """``--uid U --gid G --groups A,B`` (passed by a root parent), or None to stay as we are."""
-    if not argv:
-        return None
-    values = dict(zip(argv[::2], argv[1::2], strict=True))
-    groups = [int(g) for g in values.get("--groups", "").split(",") if g]
-    return int(values["--uid"]), int(values["--gid"]), groups
-
-
 def main(argv: list[str]) -> int:
-    identity = _identity(argv)
+    identity, _ = parse_identity(argv)
     if identity is not None and identity[0] != 0:
         become(*identity)
-    _die_with_parent()  # after become: changing credentials clears the parent-death signal
+    die_with_parent()  # after become: changing credentials clears the parent-death signal
     if os.getppid() == 1:
         return CANCELLED
     out = sys.stdout.buffer
