@@ -41,6 +41,23 @@ class ServerConfig:
     node_heartbeat_timeout: float = 40.0
     #: The Slurm cluster (slurm.conf ClusterName) whose accounts the bank keeps.
     cluster_name: str = "cluster"
+    #: Run the job bridge (SlurmJobs become Slurm jobs; Partitions are published) against this cluster.
+    bridge: bool = False
+    #: The cluster's slurm.conf for the bridge's Slurm commands (default: $SLURM_CONF, then Slurm's).
+    slurm_conf: str = ""
+    #: Where job directories go (one per SlurmJob, on a file system the compute nodes share);
+    #: default STATE_DIR/bridge/jobs.
+    bridge_root: str = ""
+    #: Seconds between two reads of Slurm's jobs (one scontrol call per read, whatever the job count).
+    bridge_interval: float = 2.0
+    #: Seconds between two partition refreshes.
+    bridge_partition_interval: float = 60.0
+    #: The admin's partition overrides (TOML, docs/job-bridge.md "Admin overrides").
+    partition_config: str = ""
+    #: Ask sacct about jobs slurmctld has forgotten (on when slurm.conf names an accounting storage).
+    bridge_accounting: bool | None = None
+    #: The largest upload the bridge takes, in bytes.
+    bridge_max_upload: int = 10 * 1024**3
 
     @property
     def host(self) -> str:
@@ -105,6 +122,8 @@ def build(file_values: dict[str, Any], overrides: dict[str, Any]) -> ServerConfi
     config = ServerConfig(**values)
     for address in config.extra_listen:
         split_listen(address)
+    if config.bridge_interval <= 0 or config.bridge_partition_interval <= 0:
+        raise ValueError("bridge_interval and bridge_partition_interval must be positive")
     if config.node_heartbeat_timeout <= 0:
         raise ValueError(f"node_heartbeat_timeout must be positive, got {config.node_heartbeat_timeout}")
     return config

@@ -28,6 +28,8 @@ from slurmlink.bank.api import bank_component
 from slurmlink.bank.kubeview import bank_account_kind
 from slurmlink.bank.ledger import Actor, Ledger
 from slurmlink.bank.mybrc import mybrc_component
+from slurmlink.bridge.api import bridge_component
+from slurmlink.bridge.controller import BridgeSettings
 from slurmlink.burstbuffer import directives as bbd
 from slurmlink.burstbuffer.api import storage_component
 from slurmlink.client.inprocess import InProcessClient
@@ -44,6 +46,8 @@ from slurmlink.resources.coordination import NODE_LEASE_NAMESPACE
 from slurmlink.resources.core import NAMESPACE
 from slurmlink.resources.dws import directives
 from slurmlink.resources.dws.directiverule import DW_DIRECTIVE_RULE
+from slurmlink.slurm import slurmconf
+from slurmlink.slurm.partition_config import load_partition_config
 from slurmlink.store.hub import WatchHub
 from slurmlink.store.sql import SqlStore
 
@@ -115,6 +119,7 @@ class Server:
     hub: WatchHub = field(init=False)
     service: ResourceService = field(init=False)
     manager: Manager | None = None
+    bridge: BridgeSettings | None = None
 
     def prepare(self) -> None:
         cfg = self.config
@@ -130,6 +135,7 @@ class Server:
             self.store, default_registry(), self.hub, system_namespace=cfg.system_namespace
         )
         bootstrap(self.service, cfg)
+        self.bridge = bridge_settings(cfg)
 
     async def _partitions(self) -> list[dict[str, Any]]:
         """Every Partition, for the virtual Nodes (``resources.bridge.node``)."""
@@ -145,7 +151,9 @@ class Server:
                 test_driver=cfg.test_driver,
                 workers=4,
                 election=election_config(cfg),
-                settings=ControllerSettings(node_heartbeat_timeout=cfg.node_heartbeat_timeout),
+                settings=ControllerSettings(
+                    node_heartbeat_timeout=cfg.node_heartbeat_timeout, bridge=self.bridge
+                ),
             )
             self.manager.start()
 
@@ -162,6 +170,7 @@ class Server:
             storage_component(self.service),
             bank_component(ledger),
             mybrc_component(ledger),
+            *((bridge_component(self.service, self.bridge),) if self.bridge is not None else ()),
         )
         app = build_app(
             self.service, auth, ready, components=components, scrape_hooks=(observe.refresher(ledger),)
@@ -273,6 +282,39 @@ def election_config(cfg: ServerConfig) -> LeaderElectionConfig | None:
     if cfg.store_url.startswith("sqlite"):
         return None
     return LeaderElectionConfig(LEASE_NAME, cfg.system_namespace, default_identity())
+
+
+def bridge_settings(cfg: ServerConfig) -> BridgeSettings | None:
+    """The job bridge's settings from the server's, None when the bridge is off.
+
+    The job root must be given: it has to be on a file system the compute nodes share and reachable
+    by every job user, which the server's own 0700 state directory is not.
+    """
+    if not cfg.bridge:
+        return None
+    if not cfg.bridge_root:
+        raise ValueError(
+            "the job bridge needs bridge_root (--bridge-root): a directory on a file system the "
+            "compute nodes share, where each SlurmJob gets its directory"
+        )
+    conf = cfg.slurm_conf or os.environ.get("SLURM_CONF", "")
+    slurm_conf = Path(conf) if conf else None
+    accounting = cfg.bridge_accounting
+    if accounting is None:
+        storage = slurmconf.read_value(slurm_conf or Path("/etc/slurm/slurm.conf"), "AccountingStorageType")
+        accounting = storage is not None and storage.lower() != "accounting_storage/none"
+    overrides = load_partition_config(Path(cfg.partition_config)) if cfg.partition_config else None
+    return BridgeSettings(
+        cluster=cfg.cluster_name,
+        root=Path(cfg.bridge_root),
+        uploads=cfg.state_dir / "bridge" / "uploads",
+        slurm_conf=slurm_conf,
+        interval=cfg.bridge_interval,
+        accounting=accounting,
+        partition_interval=cfg.bridge_partition_interval,
+        partition_config=overrides,
+        max_upload=cfg.bridge_max_upload,
+    )
 
 
 def _redacted(url: str) -> str:

@@ -237,13 +237,18 @@ class Quickstart:
     # ----------------------------------------------------------------- server
 
     def server(
-        self, listen: str, node_address: str | None = None, cluster_name: str | None = None
+        self,
+        listen: str,
+        node_address: str | None = None,
+        cluster_name: str | None = None,
+        slurm_conf: Path | None = None,
     ) -> ServeProcess:
         """``slurmlink serve`` on DIR/server, listening on ``listen``; detached, with a pid file.
 
         ``node_address`` is where the cluster's nodes reach the host (the bridge): the server also
         listens there (same port), unless ``listen`` is a wildcard that covers it already, and its
-        certificate names it either way.
+        certificate names it either way. With ``slurm_conf`` it runs the job bridge against that
+        cluster, with job directories in DIR/jobs.
         """
         host, port = _split_listen(listen)
         extra: tuple[str, ...] = ()
@@ -262,6 +267,11 @@ class Quickstart:
                 "--nice",
                 str(COLOCATED_SERVE_NICE),
                 *(("--cluster-name", cluster_name) if cluster_name else ()),
+                *(
+                    ("--bridge", "--slurm-conf", str(slurm_conf), "--bridge-root", str(self.jobs_dir))
+                    if slurm_conf is not None
+                    else ()
+                ),
                 *extra,
             ),
             pid_file=self.server_pid_file,
@@ -299,15 +309,25 @@ class Quickstart:
     def _log_tail(self, lines: int = 20) -> str:
         return supervise.log_tail([self.server_log], lines)
 
+    @property
+    def jobs_dir(self) -> Path:
+        """Where the job bridge makes SlurmJobs' directories (the nodes share this host's files)."""
+        return self.dir / "jobs"
+
     def ensure_server(
-        self, listen: str, timeout: float, node_address: str | None = None, cluster_name: str | None = None
+        self,
+        listen: str,
+        timeout: float,
+        node_address: str | None = None,
+        cluster_name: str | None = None,
+        slurm_conf: Path | None = None,
     ) -> tuple[str, ServeProcess | None]:
         """Start ``slurmlink serve`` detached (or keep the running one) and wait for /readyz.
 
         Returns the URL and the server if this call started it (so that a later failure can stop it).
         """
         pid = self.server_pid()
-        server = self.server(listen, node_address, cluster_name)
+        server = self.server(listen, node_address, cluster_name, slurm_conf)
         if pid is not None and self.server_listen(pid) != listen:
             _progress(f"server listens on {self.server_listen(pid)}, wanted {listen}; restarting it")
             stop_pid(pid, "slurmlink serve", 10, _progress)
@@ -523,7 +543,7 @@ class Quickstart:
         started_agents: list[str] = []
         try:
             url, started_server = self.ensure_server(
-                listen, timeout, cluster.controller_address, cluster.cluster_name
+                listen, timeout, cluster.controller_address, cluster.cluster_name, cluster.slurm_conf
             )
             node_url = self.node_url(listen, cluster.controller_address)
             _progress(f"API server ready at {url} (nodes reach it at {node_url})")

@@ -64,6 +64,32 @@ from slurmlink import config as config_mod
     help="The Slurm cluster (slurm.conf ClusterName) whose accounts the bank keeps (default 'cluster').",
 )
 @click.option(
+    "--bridge/--no-bridge",
+    default=None,
+    envvar="SLURMLINK_BRIDGE",
+    help="Run the job bridge: SlurmJobs are submitted with sbatch as their owners and followed, and "
+    "the cluster's partitions are published (default off; needs Slurm's client commands).",
+)
+@click.option(
+    "--slurm-conf",
+    type=click.Path(dir_okay=False),
+    envvar="SLURM_CONF",
+    help="slurm.conf of the cluster the bridge drives (default $SLURM_CONF).",
+)
+@click.option(
+    "--bridge-root",
+    type=click.Path(file_okay=False),
+    envvar="SLURMLINK_BRIDGE_ROOT",
+    help="Where job directories are made, on a file system the compute nodes share "
+    "(default STATE_DIR/bridge/jobs).",
+)
+@click.option(
+    "--partition-config",
+    type=click.Path(dir_okay=False, exists=True),
+    envvar="SLURMLINK_PARTITION_CONFIG",
+    help="The admin's partition overrides (TOML; docs/job-bridge.md).",
+)
+@click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), envvar="SLURMLINK_LOG_LEVEL"
 )
 @click.option("--log-format", type=click.Choice(["json", "console"]), envvar="SLURMLINK_LOG_FORMAT")
@@ -91,6 +117,10 @@ def serve(
     no_controllers: bool | None,
     node_heartbeat_timeout: float | None,
     cluster_name: str | None,
+    bridge: bool | None,
+    slurm_conf: str | None,
+    bridge_root: str | None,
+    partition_config: str | None,
     log_level: str | None,
     log_format: str | None,
     insecure_http: bool | None,
@@ -120,6 +150,10 @@ def serve(
                 "nice": nice,
                 "node_heartbeat_timeout": node_heartbeat_timeout,
                 "cluster_name": cluster_name,
+                "bridge": bridge,
+                "slurm_conf": slurm_conf,
+                "bridge_root": bridge_root,
+                "partition_config": partition_config,
             },
         )
     except (ValueError, OSError) as exc:

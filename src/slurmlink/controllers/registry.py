@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from slurmlink.bridge.controller import Bridge, BridgeSettings
+from slurmlink.bridge.controller import reconcilers as bridge_reconcilers
 from slurmlink.client.base import Client
 from slurmlink.client.informer import InformerFactory
 from slurmlink.controllers.bbdriver import BurstBufferDriver
@@ -24,6 +26,8 @@ class ControllerSettings:
 
     #: Seconds without a node agent's heartbeat before its Storage is marked Offline.
     node_heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
+    #: The job bridge's settings; None: the bridge does not run.
+    bridge: BridgeSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,13 @@ class ControllerSpec:
         return [built] if isinstance(built, Reconciler) else list(built)
 
 
+def _job_bridge(settings: ControllerSettings) -> list[Reconciler]:
+    """The two SlurmJob kinds' reconcilers over one shared bridge, when it is configured."""
+    if settings.bridge is None:
+        return []
+    return bridge_reconcilers(Bridge(settings.bridge))
+
+
 def _garbage_collectors(_settings: ControllerSettings) -> list[Reconciler]:
     """One collector per kind served (any kind may own any other)."""
     kinds = [k for k in default_registry().kinds() if "watch" in k.verbs]
@@ -64,6 +75,7 @@ CONTROLLERS: tuple[ControllerSpec, ...] = (
     ),
     ControllerSpec("storage-pool", lambda _s: StoragePoolReconciler(), worker_share=0.25),
     ControllerSpec("burst-buffer", lambda _s: BurstBufferDriver(), worker_share=1.0),
+    ControllerSpec("job-bridge", _job_bridge, worker_share=2.0),
 )
 
 

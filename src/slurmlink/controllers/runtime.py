@@ -82,7 +82,8 @@ class Reconciler:
     """Subclasses set ``name`` and ``kind`` and implement ``reconcile``.
 
     ``namespace`` and ``label_selector`` narrow the primary watch; ``secondary()`` lists further
-    watches. ``informers`` (set by the runner) gives read access to every shared cache.
+    watches. ``informers`` and ``client`` (set by the runner) give read access to every shared cache
+    and the API, also to :meth:`background`.
     """
 
     name = "reconciler"
@@ -90,6 +91,7 @@ class Reconciler:
     namespace: str | None = None
     label_selector: str | None = None
     informers: InformerFactory
+    client: Client
 
     def secondary(self) -> Sequence[Watch]:
         return ()
@@ -100,6 +102,11 @@ class Reconciler:
 
     async def reconcile(self, client: Client, obj: Obj) -> Result | None:
         raise NotImplementedError
+
+    async def background(self, enqueue: Callable[[Key], None]) -> None:
+        """Work beside the queue while the workers run (controller-runtime's Runnable, e.g. polling
+        an outside system and enqueueing what changed); cancelled when they stop."""
+        return None
 
 
 @dataclass
@@ -151,6 +158,7 @@ class ControllerRunner:
         self._own_informers = informers is None
         self.informers = informers or InformerFactory(client)
         reconciler.informers = self.informers
+        reconciler.client = client
         self.primary = self.informers.informer(
             reconciler.kind, reconciler.namespace, reconciler.label_selector
         )
@@ -212,6 +220,15 @@ class ControllerRunner:
         name = self.reconciler.name
         for i in range(self.workers):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"{name}-worker-{i}"))
+        self._tasks.append(asyncio.create_task(self._background(), name=f"{name}-background"))
+
+    async def _background(self) -> None:
+        try:
+            await self.reconciler.background(lambda key: self._queue.add(key))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: background work failed", self.reconciler.name)
 
     async def stop_workers(self) -> None:
         """Stop reconciling now (in-flight reconciles are cancelled); the informers keep running."""

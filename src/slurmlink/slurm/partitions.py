@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from slurmlink.slurm.commands import SlurmCommandError, SlurmCommands
 from slurmlink.slurm.hostlist import HostlistError, expand_hostlist
 from slurmlink.slurm.limits import LimitError, parse_count, parse_memory_mib, parse_minutes
+from slurmlink.slurm.oneliner import parse_line
 
 if TYPE_CHECKING:
     from slurmlink.slurm.partition_config import PartitionConfig
@@ -130,21 +131,11 @@ class Partition:
         return out
 
 
-def _words(line: str) -> dict[str, str]:
-    """``Key=Value`` words of one ``scontrol -o`` line (values may contain ``=``, as TRES does)."""
-    fields: dict[str, str] = {}
-    for word in line.split():
-        key, sep, value = word.partition("=")
-        if sep and key:
-            fields[key] = value
-    return fields
-
-
 def parse_scontrol_partitions(text: str) -> list[dict[str, str]]:
     """Each partition of ``scontrol --oneliner show partition`` as its raw ``Key: Value`` fields."""
     records = []
     for line in text.splitlines():
-        fields = _words(line)
+        fields = parse_line(line)
         if "PartitionName" in fields:
             records.append(fields)
         elif line.strip() and not line.startswith("No partitions"):

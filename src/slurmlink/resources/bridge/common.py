@@ -61,7 +61,11 @@ class JobStatus(Open):
     signal: Annotated[StrictInt, Field(ge=0, le=255)] | None = None
     slurmState: StrictStr | None = None
     startTime: StrictStr | None = None
+    #: The job's output file, as Slurm expanded it (``slurm-%j.out`` in the job directory by default).
+    stdoutPath: StrictStr | None = None
     submitTime: StrictStr | None = None
+    #: The job's directory on the cluster's shared file system.
+    workDir: StrictStr | None = None
 
 
 def status_causes(status: object, prefix: str = "status") -> list[Cause]:

@@ -5,32 +5,18 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import re
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from slurmlink.slurm.devcluster.errors import DevClusterError, wait_until
 from slurmlink.slurm.devcluster.layout import COMPUTE, Layout
+from slurmlink.slurm.oneliner import parse_record
 
 
 def parse_scontrol_record(text: str) -> dict[str, str]:
-    """Parse ``scontrol show job|node`` output into ``{Key: value}``.
-
-    Values may contain spaces (``BurstBuffer=#DW jobdw capacity=1``, ``Reason=...``); a new field starts only
-    at a space followed by a capitalised ``Key=``, which is how scontrol spells its own keys.
-    """
-    record: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        starts = [m.start(1) for m in re.finditer(r"(?:^|\s)([A-Z][A-Za-z0-9_:/]*=)", line)]
-        for index, start in enumerate(starts):
-            end = starts[index + 1] if index + 1 < len(starts) else len(line)
-            key, _, value = line[start:end].partition("=")
-            record.setdefault(key, value.strip())
-    return record
+    """Parse ``scontrol show job|node`` output into ``{Key: value}`` (see ``slurm.oneliner``)."""
+    return parse_record(text)
 
 
 def summarize_node_states(names: Sequence[str], states: Mapping[str, str]) -> str:
