@@ -20,6 +20,21 @@ LATENCY = Histogram(
     registry=REGISTRY,
 )
 WATCHES = Gauge("slurmlink_api_watches", "Open watch streams", ["resource"], registry=REGISTRY)
+BRIDGE_SLURM_COMMANDS = Counter(
+    "slurmlink_bridge_slurm_commands_total",
+    "Slurm commands the job bridge ran to follow jobs (scontrol, sacct; not sbatch/scancel)",
+    ["command"],
+    registry=REGISTRY,
+)
+BRIDGE_TICKS = Counter(
+    "slurmlink_bridge_ticks_total", "Reads of Slurm's jobs by the job bridge", registry=REGISTRY
+)
+BRIDGE_SUBMISSIONS = Counter(
+    "slurmlink_bridge_submissions_total",
+    "sbatch runs by the job bridge, by outcome",
+    ["outcome"],
+    registry=REGISTRY,
+)
 RECONCILES = Counter(
     "slurmlink_reconciles_total",
     "Reconciles by controller and result",

@@ -9,7 +9,7 @@ a job:
 
 1. finalizer added (deleting the object cancels the Slurm job first);
 2. ``Staging``: the job directory ``<root>/<uid>/<namespace>.<name>.<uid8>`` created as the owner,
-   the script written, inputs copied or unpacked as the owner;
+   inputs copied or unpacked as the owner (the script goes to sbatch on its standard input);
 3. ``Submitted=Unknown/Submitting`` written with the job's tag, then a snapshot taken after that
    write is searched for the tag (a job sent before a crash is adopted), and only then ``sbatch`` runs,
    as the owner, with an environment built from scratch;
@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import pwd
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from slurmlink.api import metrics
 from slurmlink.bridge import files
 from slurmlink.bridge.jobview import JobView, Lost
 from slurmlink.bridge.owner import Owner
@@ -63,8 +65,6 @@ log = logging.getLogger(__name__)
 FINALIZER = "slurmlink.io/job-bridge"
 #: The comment every bridge job carries: ``slurmlink:<object uid>``.
 TAG_PREFIX = "slurmlink:"
-#: Where the bridge keeps its own files in a job directory (the script).
-CONTROL_DIR = ".slurmlink"
 #: How long a deleted job's Slurm job gets to end after ``scancel`` before the object goes anyway.
 CANCEL_GRACE = 60.0
 #: Re-reads a live job's state this often even without a change notice (a safety net, no Slurm call).
@@ -216,8 +216,29 @@ class Bridge:
             env["SLURM_CONF"] = str(self.settings.slurm_conf)
         return {**env, **extra}
 
+    async def make_job_dir(self, owner: Owner, directory: Path) -> None:
+        """The job's directory, made by a plain ``mkdir`` run as the owner inside their own
+        ``root/<uid>`` (checked by :func:`files.ensure_user_dir`), then checked to be a real
+        directory of theirs. No helper process: most jobs have no files to move, and a Python
+        start per job would cost more than the sbatch it prepares."""
+        await files.ensure_user_dir(owner, self.settings.root)
+        _rc, _out, err = await self.as_owner(owner, ["mkdir", "-m", "0700", "--", str(directory)])
+        try:
+            st = os.lstat(directory)
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISDIR(st.st_mode) or st.st_uid != owner.uid:
+            why = err.strip() or "it is not a directory of the owner's"
+            raise JobFailure("InputsFailed", f"cannot make the job directory {directory}: {why}")
+
     async def as_owner(
-        self, owner: Owner, argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None
+        self,
+        owner: Owner,
+        argv: list[str],
+        *,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        stdin: bytes | None = None,
     ) -> tuple[int, str, str]:
         """Run a Slurm command as the owner (Slurm authenticates the uid through munge)."""
         if os.geteuid() == 0:
@@ -240,14 +261,14 @@ class Bridge:
         async with self._slots:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=cwd,
                 env=env or self.environment(owner, {}),
             )
             try:
-                out, err = await asyncio.wait_for(proc.communicate(), 60)
+                out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
@@ -361,7 +382,7 @@ class JobReconciler(Reconciler):
             limit = math.inf if minutes is None else float(minutes)
         gpus = res.get("gpus")
         return BatchRequest(
-            script=directory / CONTROL_DIR / "job.sh",
+            script=None,  # on sbatch's standard input: nothing to write as the owner first
             work_dir=directory,
             job_name=str(obj["metadata"]["name"]),
             comment=TAG_PREFIX + str(obj["metadata"]["uid"]),
@@ -454,7 +475,7 @@ class JobReconciler(Reconciler):
                 return None
             obj = updated
         request = self.batch_request(obj, job_spec, directory)
-        job_id = await self._submit(obj, owner, job_spec, request)
+        job_id = await self._submit(obj, owner, job_spec, request, resuming=submitting is not None)
         status.update(phase="Queued", jobId=job_id, submitTime=_now(), message=None)
         set_condition(status, "Submitted", "True", "Submitted", f"Slurm job {job_id}")
         self.bridge.view.track(job_id, self._notify(obj))
@@ -463,12 +484,14 @@ class JobReconciler(Reconciler):
 
     async def _stage(self, obj: Obj, owner: Owner, spec: dict[str, Any], directory: Path) -> None:
         root = self.bridge.settings.root
+        inputs = spec.get("inputs") or []
         try:
+            if not inputs:
+                await self.bridge.make_job_dir(owner, directory)
+                return
             made = await files.make_job_dir(owner, root, directory.name)
             assert made == directory, (made, directory)
-            script = spec.get("script") or ""
-            await files.write_file(owner, directory, f"{CONTROL_DIR}/job.sh", script.encode(), mode=0o700)
-            for i, item in enumerate(spec.get("inputs") or []):
+            for i, item in enumerate(inputs):
                 await self._stage_input(obj, owner, directory, i, item)
         except files.FilesError as exc:
             raise JobFailure("InputsFailed", str(exc)) from exc
@@ -503,26 +526,38 @@ class JobReconciler(Reconciler):
             target = name if to in (".", "") else f"{to.rstrip('/')}/{name}"
             await files.write_file(owner, directory, target, source, sha256=upload.sha256)
 
-    async def _submit(self, obj: Obj, owner: Owner, spec: dict[str, Any], request: BatchRequest) -> str:
-        """Adopt the job a crashed bridge sent, else send it: never two Slurm jobs for one object."""
+    async def _submit(
+        self, obj: Obj, owner: Owner, spec: dict[str, Any], request: BatchRequest, *, resuming: bool
+    ) -> str:
+        """Adopt the job a crashed bridge sent, else send it: never two Slurm jobs for one object.
+
+        Only a job found ``Submitting`` on entry (``resuming``) can have been sent already, since
+        sbatch runs only after that mark is stored; it waits for a snapshot of Slurm's jobs taken
+        after now and looks its tag up there. A first submission needs no lookup.
+        """
         view = self.bridge.view
-        await view.fresh(time.monotonic())
-        adopted = view.job_with_comment(request.comment)
-        if adopted is not None:
-            log.info("adopting Slurm job %s for %s", adopted, request.comment)
-            return adopted
+        if resuming:
+            await view.fresh(time.monotonic())
+            adopted = view.job_with_comment(request.comment)
+            if adopted is not None:
+                log.info("adopting Slurm job %s for %s", adopted, request.comment)
+                return adopted
         env = self.bridge.environment(
             owner,
             {str(e["name"]): str(e.get("value") or "") for e in spec.get("environment") or []},
         )
         argv = batchjobs.sbatch_argv(request)
-        rc, out, err = await self.bridge.as_owner(owner, argv, cwd=request.work_dir, env=env)
+        script = str(spec.get("script") or "").encode()
+        rc, out, err = await self.bridge.as_owner(owner, argv, cwd=request.work_dir, env=env, stdin=script)
         job_id = batchjobs.parse_job_id(out) if rc == 0 else None
         if job_id is None:
             message = _sbatch_error(err)
             if any(marker in err for marker in _TRANSIENT):
+                metrics.BRIDGE_SUBMISSIONS.labels("retried").inc()
                 raise Retry(f"sbatch: {message}; trying again")
+            metrics.BRIDGE_SUBMISSIONS.labels("refused").inc()
             raise JobFailure("SubmitFailed", f"sbatch refused the job: {message}")
+        metrics.BRIDGE_SUBMISSIONS.labels("submitted").inc()
         view.poke()
         return job_id
 

@@ -214,6 +214,14 @@ async def make_job_dir(owner: Owner, root: Path, name: str) -> Path:
     return user_dir / name
 
 
+async def ensure_user_dir(owner: Owner, root: Path) -> Path:
+    """``root`` and ``root/<uid>`` made or checked (the owner's, 0700), without starting a helper:
+    for callers that make the job directory themselves, as the owner."""
+    if not Path(root).is_absolute():
+        raise FilesError(f"the job directories' root {root}: must be an absolute path")
+    return await asyncio.to_thread(_user_dir, owner, Path(root))
+
+
 def _user_dir(owner: Owner, root: Path) -> Path:
     """``root`` and ``root/<uid>``, made or checked in this process (a thread: file-system calls)."""
     as_root = os.geteuid() == 0

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from slurmlink.api import metrics
 from slurmlink.slurm import batchjobs
 from slurmlink.slurm.batchjobs import JobRecord, JobSummary
 from slurmlink.slurm.commands import SlurmCommandError, SlurmCommands
@@ -49,7 +50,8 @@ class JobView:
         self._from_accounting: dict[str, JobSummary] = {}
         self._missing: dict[str, int] = {}
         self._by_comment: dict[str, str] = {}
-        self._records: list[JobRecord] = []
+        #: The latest snapshot's records by job id (an array's tasks under the array's id too).
+        self._by_job: dict[str, list[JobRecord]] = {}
         self._wake = asyncio.Event()
         self._ticked = asyncio.Condition()
         #: monotonic time at which the latest successful snapshot was started; -inf before the first.
@@ -74,7 +76,7 @@ class JobView:
         found = self._summaries.get(job_id)
         if found is not None:
             return found
-        records = [r for r in self._records if r.job_id == job_id or r.array_job_id == job_id]
+        records = self._by_job.get(job_id)
         return batchjobs.summarize(job_id, records) if records else None
 
     def job_with_comment(self, comment: str) -> str | None:
@@ -104,6 +106,7 @@ class JobView:
 
     async def _run(self, argv: list[str] | tuple[str, ...]) -> str | None:
         self.commands_run += 1
+        metrics.BRIDGE_SLURM_COMMANDS.labels(argv[0]).inc()
         try:
             result = await self.commands.run(*argv)
         except SlurmCommandError as exc:
@@ -127,12 +130,17 @@ class JobView:
             return  # keep the last snapshot: a slurmctld restart must not make every job "lost"
         self.last_error = None
         records = batchjobs.parse_scontrol_jobs(text)
-        self._records = records
+        by_job: dict[str, list[JobRecord]] = {}
+        for record in records:
+            by_job.setdefault(record.job_id, []).append(record)
+            if record.array_job_id is not None:
+                by_job.setdefault(record.array_job_id, []).append(record)
+        self._by_job = by_job
         self._by_comment = {r.comment: r.array_job_id or r.job_id for r in records if r.comment}
         fresh: dict[str, JobSummary | Lost] = {}
         missing = []
         for job_id in list(self._tracked):
-            found = batchjobs.summarize(job_id, records)
+            found = batchjobs.summarize(job_id, by_job.get(job_id, ()))
             if found is not None:
                 fresh[job_id] = found
                 self._missing.pop(job_id, None)
@@ -152,6 +160,7 @@ class JobView:
         self._summaries = fresh
         self.taken_at = started
         self.ticks += 1
+        metrics.BRIDGE_TICKS.inc()
         async with self._ticked:
             self._ticked.notify_all()
         for job_id in changed:

@@ -73,7 +73,8 @@ class BatchRequest:
     """What one ``sbatch`` is asked for; None leaves an option out (the script's ``#SBATCH`` lines and
     Slurm's defaults then decide). Command-line options win over ``#SBATCH`` lines, as sbatch documents."""
 
-    script: Path
+    #: The script file; None: sbatch reads it from its standard input.
+    script: Path | None
     work_dir: Path
     job_name: str
     #: The bridge's tag: found again in ``scontrol``/``sacct`` after a restart, so a job is never sent twice.
@@ -130,7 +131,8 @@ def sbatch_argv(request: BatchRequest) -> list[str]:
         argv.append("--exclusive")
     if request.hold:
         argv.append("--hold")
-    argv.append(str(request.script))
+    if request.script is not None:
+        argv.append(str(request.script))
     return argv
 
 
