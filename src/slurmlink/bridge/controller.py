@@ -465,7 +465,8 @@ class JobReconciler(Reconciler):
         if submitting is None:
             status.update(phase="Staging", message=None, workDir=str(directory))
             status["cluster"] = self.bridge.settings.cluster
-            obj = await self._put(client, obj, status) or obj
+            if job_spec.get("inputs"):  # staging takes a while: say so (a bare mkdir does not)
+                obj = await self._put(client, obj, status) or obj
             await self._stage(obj, owner, job_spec, directory)
             set_condition(status, "InputsReady", "True", "Staged", "")
             # Recorded before sbatch: after a crash from here on, the job is looked up, never re-sent.
@@ -588,8 +589,9 @@ class JobReconciler(Reconciler):
         if not summary.ended:
             await self._put(client, obj, status)
             return Result(requeue_after=RESYNC)
-        status["phase"] = "Collecting"
-        obj = await self._put(client, obj, status) or obj
+        if spec.get("outputs") or (self._wlm and spec.get("results")):
+            status["phase"] = "Collecting"
+            obj = await self._put(client, obj, status) or obj
         await self._collect(obj, owner, status, summary)
         view.untrack(job_id)
         set_condition(status, "Finished", "True", summary.state, "")

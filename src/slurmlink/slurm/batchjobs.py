@@ -172,14 +172,11 @@ def _none(text: str | None) -> str | None:
 
 
 @dataclass(frozen=True)
-class JobRecord:
-    """One Slurm job (or array task) as scontrol or sacct reports it."""
+class JobState:
+    """What Slurm says of a job's progress: its state, how it ended, where and when it ran."""
 
     job_id: str
     state: str
-    name: str = ""
-    user_id: int | None = None
-    comment: str | None = None
     reason: str | None = None
     exit_code: int | None = None
     signal: int | None = None
@@ -189,13 +186,22 @@ class JobRecord:
     start_time: str | None = None
     end_time: str | None = None
     std_out: str | None = None
-    work_dir: str | None = None
-    #: The array this record belongs to, when it is one of an array's tasks (or the array's pending rest).
-    array_job_id: str | None = None
 
     @property
     def ended(self) -> bool:
         return self.state in ENDED_STATES
+
+
+@dataclass(frozen=True)
+class JobRecord(JobState):
+    """One Slurm job (or array task) as scontrol or sacct reports it."""
+
+    name: str = ""
+    user_id: int | None = None
+    comment: str | None = None
+    work_dir: str | None = None
+    #: The array this record belongs to, when it is one of an array's tasks (or the array's pending rest).
+    array_job_id: str | None = None
 
 
 def _uid(text: str) -> int | None:
@@ -273,25 +279,10 @@ def parse_sacct_jobs(text: str) -> list[JobRecord]:
 
 
 @dataclass(frozen=True)
-class JobSummary:
+class JobSummary(JobState):
     """One submitted job as the bridge reports it: an array's tasks folded into one state."""
 
-    job_id: str
-    state: str
-    reason: str | None = None
-    exit_code: int | None = None
-    signal: int | None = None
-    partition: str | None = None
-    nodes: str | None = None
-    submit_time: str | None = None
-    start_time: str | None = None
-    end_time: str | None = None
-    std_out: str | None = None
     tasks: tuple[str, ...] = field(default=())
-
-    @property
-    def ended(self) -> bool:
-        return self.state in ENDED_STATES
 
     @property
     def phase(self) -> str:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 import re
 
+from slurmlink.slurm.limits import parse_minutes
+
 UNLIMITED = frozenset({"UNLIMITED", "INFINITE"})
 
 _CLOCK = re.compile(r"^(?:(?P<days>\d+)-)?(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?$")
@@ -24,28 +26,24 @@ HINT = (
 )
 
 
+ZERO = "a time limit of zero means no limit to Slurm: write UNLIMITED for that"
+
+
 class TimeLimitError(ValueError):
     """Not a time limit Slurm would accept."""
 
 
-def _seconds_of_clock(m: re.Match[str]) -> int:
-    days, a, b, c = m["days"], int(m["a"]), m["b"], m["c"]
-    if days is not None:
-        # D-HH, D-HH:MM, D-HH:MM:SS
-        hours, minutes, seconds = a, int(b or 0), int(c or 0)
-        if hours > 23 or minutes > 59 or seconds > 59:
+def _check_clock(m: re.Match[str]) -> None:
+    """The ranges Slurm's own parser leaves unchecked: a user's ``1-25:00`` is a typo, not 2 days."""
+    days, b, c = m["days"], m["b"], m["c"]
+    if days is not None:  # D-HH, D-HH:MM, D-HH:MM:SS
+        if int(m["a"]) > 23 or int(b or 0) > 59 or int(c or 0) > 59:
             raise TimeLimitError("hours must be below 24 and minutes and seconds below 60 after a day count")
-        return ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
-    if c is not None:  # HH:MM:SS
-        minutes, seconds = int(b or 0), int(c)
-        if minutes > 59 or seconds > 59:
+    elif c is not None:  # HH:MM:SS
+        if int(b or 0) > 59 or int(c) > 59:
             raise TimeLimitError("minutes and seconds must be below 60 in HH:MM:SS")
-        return (a * 60 + minutes) * 60 + seconds
-    if b is not None:  # MM:SS
-        if int(b) > 59:
-            raise TimeLimitError("seconds must be below 60 in MM:SS")
-        return a * 60 + int(b)
-    return a * 60  # MM
+    elif b is not None and int(b) > 59:  # MM:SS
+        raise TimeLimitError("seconds must be below 60 in MM:SS")
 
 
 def parse_time_limit(value: int | str) -> int | None:
@@ -60,8 +58,12 @@ def parse_time_limit(value: int | str) -> int | None:
             return None
         clock, units = _CLOCK.match(text), _UNITS.match(text)
         if clock is not None:
-            seconds = _seconds_of_clock(clock)
-        elif units is not None and text:
+            _check_clock(clock)
+            minutes = parse_minutes(text)  # Slurm's arithmetic: seconds round up to a minute
+            if not minutes:
+                raise TimeLimitError(ZERO)
+            return minutes
+        if units is not None and text:
             seconds = (
                 (int(units["d"] or 0) * 24 + int(units["h"] or 0)) * 60 + int(units["m"] or 0)
             ) * 60 + int(units["s"] or 0)
@@ -70,7 +72,7 @@ def parse_time_limit(value: int | str) -> int | None:
     if seconds < 0:
         raise TimeLimitError("a time limit cannot be negative")
     if seconds == 0:
-        raise TimeLimitError("a time limit of zero means no limit to Slurm: write UNLIMITED for that")
+        raise TimeLimitError(ZERO)
     return math.ceil(seconds / 60)
 
 
