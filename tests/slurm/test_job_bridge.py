@@ -418,6 +418,78 @@ def test_a_bridge_killed_mid_run_neither_loses_nor_duplicates_jobs(
     fresh.close()
 
 
+def test_suspend_keeps_a_job_back_and_holds_it_in_slurm(
+    qs: QuickStart, user: httpx.Client, published: dict[str, Any]
+) -> None:
+    path = job_path(V1, "held")
+    merge = {"Content-Type": "application/merge-patch+json"}
+    # Not submitted while suspended.
+    create(user, "held", {"script": "#!/bin/sh\n#SBATCH --begin=now+1hour\ntrue\n", "suspend": True})
+    job = wait_phase(user, path, {"Pending"}, 30)
+    wait_for(
+        lambda: "suspended" in (user.get(path).json().get("status") or {}).get("message", ""),
+        30,
+        0.2,
+        message="the bridge to say the job is suspended",
+    )
+    assert "jobId" not in user.get(path).json()["status"]
+    # Released: submitted, and pending in Slurm until its begin time.
+    assert user.patch(path, json={"spec": {"suspend": False}}, headers=merge).status_code == 200
+    job = wait_phase(user, path, {"Queued"}, 60)
+    job_id = job["status"]["jobId"]
+    wait_for(
+        lambda: (qs.cluster.job_info(job_id) or {}).get("Reason") == "BeginTime", 30, 0.5, message="BeginTime"
+    )
+    # Suspended again while pending: held in Slurm, then released.
+    assert user.patch(path, json={"spec": {"suspend": True}}, headers=merge).status_code == 200
+    wait_for(
+        lambda: (qs.cluster.job_info(job_id) or {}).get("Reason") == "JobHeldUser", 30, 0.5, message="held"
+    )
+    assert user.patch(path, json={"spec": {"suspend": False}}, headers=merge).status_code == 200
+    wait_for(
+        lambda: (qs.cluster.job_info(job_id) or {}).get("Reason") == "BeginTime", 30, 0.5, message="released"
+    )
+    assert user.delete(path).status_code in (200, 202)
+    wait_for(
+        lambda: (qs.cluster.job_info(job_id) or {}).get("JobState") == "CANCELLED", 60, 0.5, message="cancel"
+    )
+
+
+def test_a_finished_job_goes_after_its_ttl_with_its_directory(
+    user: httpx.Client, published: dict[str, Any]
+) -> None:
+    create(user, "short-lived", {"script": "#!/bin/sh\ntrue\n", "ttlSecondsAfterFinished": 2})
+    path = job_path(V1, "short-lived")
+    job = wait_phase(user, path, {"Succeeded", "Failed"})
+    assert job["status"]["phase"] == "Succeeded"
+    directory = Path(job["status"]["workDir"])
+    assert directory.is_dir()
+    wait_for(lambda: user.get(path).status_code == 404, 60, 0.5, message="the object to expire")
+    wait_for(lambda: not directory.exists(), 30, 0.2, message="its directory to be removed")
+
+
+def test_the_seed_kind_takes_slurm_memory_units(
+    user: httpx.Client, user_kubeconfig: Path, published: dict[str, Any]
+) -> None:
+    manifest = """apiVersion: wlm.sylabs.io/v1alpha1
+kind: SlurmJob
+metadata:
+  name: four-gigs
+spec:
+  batch: |
+    #!/bin/sh
+    #SBATCH --mem=4G
+    #SBATCH --nodes=1
+    echo memory fine
+  nodeSelector:
+    kubernetes.io/hostname: slurm-minikube-cpu
+"""
+    applied = kubectl(user_kubeconfig, "apply", "-f", "-", input=manifest)
+    assert applied.returncode == 0, applied.stderr
+    job = wait_phase(user, job_path(WLM, "four-gigs"), {"Succeeded", "Failed", "Cancelled", "Unknown"})
+    assert job["status"]["status"] == "Succeeded", job["status"]
+
+
 # ---- who sees what ------------------------------------------------------------------------------
 
 
