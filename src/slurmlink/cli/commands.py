@@ -10,6 +10,7 @@ def all_commands() -> list[click.Command]:
     from slurmlink.cli import (
         agent_cmd,
         bank_cmd,
+        bridge_cmd,
         buffers_cmd,
         controller_cmd,
         dev_cluster,
@@ -40,5 +41,7 @@ def all_commands() -> list[click.Command]:
         resources_cmd.get,
         resources_cmd.describe,
         resources_cmd.watch,
+        bridge_cmd.sj,
+        bridge_cmd.logs,
     ]
     return commands

@@ -265,6 +265,51 @@ class HttpClient:
         """A component route (a REST API beside the resources, e.g. ``/storage/v1/...``): JSON in and out."""
         return await self._request(method, path, body=body, params=params, headers=headers)
 
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        content: bytes | AsyncIterator[bytes] | None = None,
+        headers: dict[str, str] | None = None,
+        read_timeout: float | None = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """A component route whose body is streamed either way: an upload, a download, a followed log.
+
+        ``content`` is the request body (bytes or an async iterator of chunks; give ``Content-Length``
+        in ``headers`` to avoid chunked encoding). Yields the ``httpx.Response`` with its body unread
+        (``aiter_bytes()``); raises ``ApiError`` as ``call`` does when the answer is not 2xx, and
+        ``UnreachableError`` when the connection fails or breaks while the body is read.
+        ``read_timeout`` bounds each wait for data (None, the default: none, as for a followed log).
+        Streams take no request slot: like watches, they may last.
+        """
+        timeout = httpx.Timeout(
+            read_timeout, connect=self.connect_timeout, write=self.timeout, pool=self.connect_timeout
+        )
+        request = self._http.build_request(
+            method, path, params=params, content=content, headers=headers, timeout=timeout
+        )
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        try:
+            if not response.is_success:
+                try:
+                    await response.aread()
+                except httpx.TransportError as exc:
+                    raise self._unreachable(exc) from exc
+                raise _api_error(response)
+            try:
+                yield response
+            except httpx.TransportError as exc:
+                raise self._unreachable(exc) from exc
+        finally:
+            with contextlib.suppress(Exception):
+                await response.aclose()
+
     # ---- Client protocol ---------------------------------------------------------------------
 
     async def get(self, kind: Kind, namespace: str | None, name: str) -> Obj:
