@@ -30,6 +30,7 @@ from slurmlink.slurm.devcluster import (
     gateway_healthy,
     placeholder_burst_buffer,
 )
+from slurmlink.slurm.devcluster.config import DEF_MEM_PER_CPU
 from slurmlink.slurm.devcluster.layout import DEFAULT_CLUSTER_NAME, check_cluster_name
 from slurmlink.slurm.devcluster.partitions import PartitionSpec, PartitionSpecError, parse_partitions
 from slurmlink.slurm.devcluster.slurmdbd import parse_enforce
@@ -190,6 +191,30 @@ def accounting_options(default: str) -> Callable[[_F], _F]:
     return decorate
 
 
+def memory_limits_option(func: _F) -> _F:
+    """``--memory-limits/--no-memory-limits`` (for ``up`` here and in the quick start)."""
+    return click.option(
+        "--memory-limits/--no-memory-limits",
+        default=None,
+        help="Enforce jobs' memory with cgroups (Slurm's task/cgroup on cgroup v1's memory controller, "
+        "SelectTypeParameters=CR_Core_Memory): jobs without --mem get DefMemPerCPU="
+        f"{DEF_MEM_PER_CPU} MiB per CPU, so they no longer take a whole node's memory by default, and a "
+        "job exceeding its memory ends OUT_OF_MEMORY. Needs /sys/fs/cgroup/memory (cgroup v1) mounted "
+        "read-write. Turning it on or off restarts Slurm. Default: the last 'up's, else off.",
+    )(func)
+
+
+def memory_limits_row(st: DevClusterStatus) -> tuple[str, str, str]:
+    """Status-table row: whether jobs' memory is enforced."""
+    if st.memory_limits_enabled:
+        return (
+            "memory limits",
+            "[green]on[/]",
+            f"cgroup v1 memory enforcement; jobs without --mem get {DEF_MEM_PER_CPU} MiB per CPU",
+        )
+    return ("memory limits", "[dim]off[/]", "jobs' memory is not enforced (up --memory-limits)")
+
+
 def check_accounting_options(accounting: bool | None, accounting_enforce: str | None) -> None:
     """Known flags only; and enforcement without accounting means nothing: refuse it rather than ignore it."""
     try:
@@ -272,6 +297,7 @@ def dev_cluster() -> None:
     "by an earlier 'up', a do-nothing placeholder plugin is installed so '#DW' jobs run.",
 )
 @accounting_options(default="off")
+@memory_limits_option
 @click.option(
     "--wait-timeout",
     type=click.FloatRange(min=1),
@@ -295,6 +321,7 @@ def up(
     accounting: bool | None,
     dbd_port: int | None,
     accounting_enforce: str | None,
+    memory_limits: bool | None,
     wait_timeout: float,
 ) -> None:
     """Start the cluster, or refresh a running one, and wait until its compute nodes are idle.
@@ -309,6 +336,8 @@ def up(
     --no-accounting later stops them and keeps the database for the next --accounting.
     --partition (repeatable) replaces the partitions; 'slurmlink slurm partitions' shows what Slurm made
     of them.
+    With --memory-limits, jobs' memory is enforced with cgroups (STATE_DIR/etc/cgroup.conf): a job over its
+    --mem (default 256 MiB per CPU) ends OUT_OF_MEMORY.
     """
     if no_burst_buffer and (kubeconfig is not None or gateway_args):
         raise click.UsageError("--no-burst-buffer cannot be combined with --kubeconfig or --gateway-arg")
@@ -325,6 +354,7 @@ def up(
         accounting_enforce=accounting_enforce,
         cluster_name=cluster_name,
         partitions=partitions,
+        memory_limits=memory_limits,
     )
     gateway = None
     if not no_burst_buffer:
@@ -359,6 +389,11 @@ def up(
         click.echo(
             f"slurmlink's burst buffer plugin talks to the gateway at {cluster.gateway_socket} "
             f"(log: {cluster.gateway_log})."
+        )
+    if cluster.memory_limits:
+        click.echo(
+            f"Memory limits: jobs get --mem (else {DEF_MEM_PER_CPU} MiB per CPU); a job over it ends "
+            "OUT_OF_MEMORY."
         )
     if cluster.accounting:
         click.echo(
@@ -448,6 +483,7 @@ def status(state_dir: Path, ctld_port: int | None, slurmd_port: int | None, job_
         table.add_row("gateway", "[dim]not used[/]", "placeholder burst_buffer.lua (no --kubeconfig given)")
     for row in accounting_rows(cluster, st):
         table.add_row(*row)
+    table.add_row(*memory_limits_row(st))
     for row in node_rows(st):
         table.add_row(*row)
     table.add_row(*partition_row(cluster))

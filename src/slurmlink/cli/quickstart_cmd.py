@@ -42,6 +42,8 @@ from slurmlink.cli.dev_cluster import (
     accounting_options,
     accounting_rows,
     check_accounting_options,
+    memory_limits_option,
+    memory_limits_row,
     node_count_options,
     node_rows,
     partition_options,
@@ -60,6 +62,7 @@ from slurmlink.slurm.devcluster import (
     gateway_healthy,
 )
 from slurmlink.slurm.devcluster.banksetup import BANK_DEFAULT_TIME, bank_hook_files
+from slurmlink.slurm.devcluster.config import DEF_MEM_PER_CPU
 from slurmlink.slurm.devcluster.partitions import PartitionSpec
 from slurmlink.supervise import running_pid, stop_pid
 
@@ -167,9 +170,10 @@ class Quickstart:
         accounting_enforce: str | None = None,
         cluster_name: str | None = None,
         partitions: tuple[PartitionSpec, ...] | None = None,
+        memory_limits: bool | None = None,
     ) -> DevCluster:
-        """The dev cluster; ports, node counts, accounting settings, name and partitions not given are its
-        last ``up``'s (else the defaults)."""
+        """The dev cluster; ports, node counts, accounting settings, name, partitions and memory limits not
+        given are its last ``up``'s (else the defaults)."""
         return DevCluster.from_state_dir(
             self.cluster_dir,
             log=_progress,
@@ -182,6 +186,7 @@ class Quickstart:
             accounting_enforce=accounting_enforce,
             cluster_name=cluster_name,
             partitions=partitions,
+            memory_limits=memory_limits,
         )
 
     # --------------------------------------------------------------- settings
@@ -505,6 +510,7 @@ class Quickstart:
         bank: bool | None = None,
         cluster_name: str | None = None,
         partitions: tuple[PartitionSpec, ...] | None = None,
+        memory_limits: bool | None = None,
     ) -> None:
         """Start (or refresh) everything. Accounting storage is on unless turned off, now or by the last
         ``up``: the quick start is where the bank's reconciler and ``sacct`` users try things."""
@@ -531,6 +537,7 @@ class Quickstart:
                 accounting_enforce=accounting_enforce,
                 cluster_name=cluster_name,
                 partitions=partitions,
+                memory_limits=memory_limits,
             )
         except DevClusterError as exc:
             raise QuickstartError(str(exc)) from exc
@@ -668,6 +675,11 @@ See the storage nodes and pools, drain and undrain a node:
             if cluster.accounting
             else ""
         )
+        if cluster.memory_limits:
+            accounting += (
+                "  memory       enforced with cgroups: a job gets --mem (else "
+                f"{DEF_MEM_PER_CPU} MiB per CPU) and ends OUT_OF_MEMORY over it\n"
+            )
         return f"""\
 slurmlink quick start is up ({self.dir}).
   API server   {self.server_url(self.saved_listen() or DEFAULT_LISTEN)}   log {self.server_log}
@@ -776,6 +788,7 @@ def quickstart() -> None:
     "Sets up a rate card (1 SU per CPU-hour) and account 'default' with 1000 SU. Default: the last "
     "'up's, else on with --accounting.",
 )
+@memory_limits_option
 def up(
     state_dir: Path,
     listen: str | None,
@@ -793,6 +806,7 @@ def up(
     dbd_port: int | None,
     accounting_enforce: str | None,
     bank: bool | None,
+    memory_limits: bool | None,
 ) -> None:
     """Start (or refresh) everything and print how to submit a burst buffer job.
 
@@ -805,7 +819,8 @@ def up(
     Slurm's accounting storage (slurmdbd on a private MariaDB in STATE_DIR/cluster/mariadb) runs too, so
     sacct and sacctmgr work, unless --no-accounting. --cluster-name and --partition shape Slurm as in
     'slurmlink dev-cluster up'; with the bank, a partition without DefaultTime gets an hour, and the
-    quick start's rate card prices every partition.
+    quick start's rate card prices every partition. --memory-limits enforces jobs' memory with cgroups as
+    in 'slurmlink dev-cluster up': a job over its --mem (default 256 MiB per CPU) ends OUT_OF_MEMORY.
     Running it again keeps what is running and restarts only what changed.
     """
     check_accounting_options(accounting, accounting_enforce)
@@ -827,6 +842,7 @@ def up(
             bank=bank,
             cluster_name=cluster_name,
             partitions=partitions,
+            memory_limits=memory_limits,
         )
     except QuickstartError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -893,6 +909,7 @@ def status(state_dir: Path) -> None:
         table.add_row(name, state, detail)
     for row in accounting_rows(cluster, st):
         table.add_row(*row)
+    table.add_row(*memory_limits_row(st))
     for row in node_rows(st):
         table.add_row(*row)
     agents_ok = True

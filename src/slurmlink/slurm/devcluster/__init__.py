@@ -17,9 +17,14 @@ With ``accounting=True`` it also runs Slurm's accounting storage: slurmdbd on a 
 data dir and socket under the state dir), so ``sacct`` and ``sacctmgr`` work with the cluster's SLURM_CONF;
 the job user's jobs are charged to the account :data:`DEFAULT_ACCOUNT` unless they name another.
 
+With ``memory_limits=True`` Slurm allocates memory to jobs (``--mem``, else 256 MiB per CPU) and enforces it
+with cgroup v1's memory controller (``task/cgroup``, ``cgroup.conf``): a job over its memory ends
+OUT_OF_MEMORY.
+
 One module per job: ``layout`` (paths, nodes and addresses, defaults), ``nodes`` (namespaces, bridge and
-veths; running programs inside a node), ``host`` (packages, job user), ``partitions`` (``--partition``
-specs and their slurm.conf lines), ``config`` (slurm.conf rendering),
+veths; running programs inside a node), ``host`` (packages, job user, the memory cgroup check),
+``partitions`` (``--partition`` specs and their slurm.conf lines), ``config`` (slurm.conf and cgroup.conf
+rendering),
 ``daemons`` (what runs and how it is recognised), ``mariadb`` (the accounting database's server),
 ``slurmdbd`` (slurmdbd.conf, slurm.conf's accounting lines, the records it starts with), ``cluster``
 (up/down/status), ``jobs`` (Slurm clients and job helpers for tests). Processes are supervised with

@@ -15,6 +15,11 @@ With ``accounting`` the cluster also runs Slurm's accounting storage: a private 
 and slurmdbd on it (:mod:`.slurmdbd`), both started before slurmctld, which registers with slurmdbd as it
 starts; ``sacct`` and ``sacctmgr`` then work with the cluster's SLURM_CONF. ``down`` stops them with the rest
 and keeps the database, so the next ``up`` finds the old jobs.
+
+With ``memory_limits`` Slurm allocates memory to jobs and enforces it with cgroup v1's memory controller
+(``task/cgroup``, ``cgroup.conf`` in the etc dir): a job without ``--mem`` gets ``DefMemPerCPU`` (256 MiB per
+CPU) instead of a whole node's memory, and a job exceeding its memory ends OUT_OF_MEMORY. ``down`` removes
+the cgroups its killed jobs left.
 """
 
 from __future__ import annotations
@@ -36,7 +41,13 @@ from typing import Any
 
 from slurmlink import supervise
 from slurmlink.slurm.devcluster import host, nodes, slurmdbd
-from slurmlink.slurm.devcluster.config import RESTART_KEYS, BurstBufferSetup, SlurmConfig
+from slurmlink.slurm.devcluster.config import (
+    JOB_ID_BLOCK,
+    RESTART_KEYS,
+    BurstBufferSetup,
+    SlurmConfig,
+    first_job_id,
+)
 from slurmlink.slurm.devcluster.daemons import (
     SLURMD_PREFIX,
     Daemon,
@@ -144,6 +155,8 @@ class DevClusterStatus:
     mariadb: bool = False
     slurmdbd: bool = False
     dbd_port: int | None = None
+    #: The cluster is set up with memory limits (cgroup memory enforcement, DefMemPerCPU).
+    memory_limits_enabled: bool = False
 
     @property
     def running(self) -> bool:
@@ -172,6 +185,11 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
     as it adds a second or two to ``up`` (more on the first, which makes the database) and most tests
     need no ``sacct``. ``accounting_enforce`` sets ``AccountingStorageEnforce`` (e.g.
     ``("associations", "limits", "safe")``); none by default, so users without an association still run.
+
+    ``memory_limits`` makes Slurm allocate memory and enforce it with cgroup v1's memory controller
+    (:data:`~slurmlink.slurm.devcluster.config.MEMORY_LIMIT_LINES`, ``cgroup.conf``): jobs without ``--mem``
+    get 256 MiB per CPU, and a job exceeding its memory ends OUT_OF_MEMORY. Off by default; ``up`` checks
+    that the host has the controller (:func:`host.check_memory_limits`).
     """
 
     def __init__(
@@ -190,6 +208,7 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         dbd_port: int = DEFAULT_DBD_PORT,
         accounting_enforce: str | Sequence[str] = (),
         partitions: Sequence[PartitionSpec | str] | None = None,
+        memory_limits: bool = False,
     ) -> None:
         if not 1 <= compute_nodes <= MAX_COMPUTE_NODES:
             raise DevClusterError(f"compute nodes must be 1 to {MAX_COMPUTE_NODES}, got {compute_nodes}")
@@ -214,6 +233,7 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         self.dbd_port = dbd_port
         #: Kept without accounting too (saved for a later ``up`` with it), but only used with it.
         self.accounting_enforce = slurmdbd.parse_enforce(accounting_enforce)
+        self.memory_limits = bool(memory_limits)
         self.log: LogFn = log or stderr_log
         #: Pids this object started, by daemon name: alive even while the daemon rewrites its pid file.
         self._spawned: dict[str, int] = {}
@@ -252,6 +272,7 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
             "dbd_port",
             "accounting_enforce",
             "partitions",
+            "memory_limits",
         }
         settings = {key: value for key, value in settings.items() if key in known}
         settings.update({key: value for key, value in overrides.items() if value is not None})
@@ -286,6 +307,7 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
             "dbd_port": self.dbd_port,
             "accounting_enforce": list(self.accounting_enforce),
             "partitions": [spec.to_text() for spec in self.partitions],
+            "memory_limits": self.memory_limits,
         }
         self._write(self.state_dir / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
 
@@ -438,6 +460,8 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         """
         if os.geteuid() != 0:
             raise DevClusterError("the dev cluster's nodes are namespaces made by root: run 'up' as root")
+        if self.memory_limits:
+            host.check_memory_limits()
         self.ensure_packages()
         self._prepare_dirs()
         self._created_bridge, self._created_nodes = False, []
@@ -591,14 +615,17 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         job's stage-in by 10+ s. The gateway is restarted only when its kubeconfig or options changed.
 
         Partitions (:attr:`partitions`) added, removed or changed take a reconfigure, as do node features;
-        a new cluster name takes a restart. ``partition_default_time`` (minutes) is the DefaultTime of
-        partitions whose spec sets none (the quick start's bank prices jobs without ``--time`` by it).
+        a new cluster name takes a restart, as does turning :attr:`memory_limits` on or off.
+        ``partition_default_time`` (minutes) is the DefaultTime of partitions whose spec sets none (the
+        quick start's bank prices jobs without ``--time`` by it).
         """
         started = time.monotonic()
         if gateway is not None and burst_buffer is not None:
             raise DevClusterError("give either a burst_buffer plugin or a gateway setup, not both")
         if os.geteuid() != 0:
             raise DevClusterError("the dev cluster runs slurmctld/slurmd as root: run 'up' as root")
+        if self.memory_limits:
+            host.check_memory_limits()
         self.ensure_packages()
         self.ensure_job_user()
         host.check_reachable_by(self.state_dir, self.job_user)
@@ -905,7 +932,7 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         its nodes (killing whatever still runs inside them) and its bridge.
 
         State, logs, config and the network's /24 on record stay unless ``purge``, which deletes the whole
-        state dir.
+        state dir. The memory cgroups of the jobs that were killed with the nodes are removed.
         """
         if purge and self.state_dir.exists():
             self._check_purgeable()
@@ -920,9 +947,22 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
         with contextlib.suppress(FileNotFoundError):
             self.gateway_socket.unlink()
         self._teardown_network(timeout)
+        self._remove_job_cgroups(names)
         if purge and self.state_dir.exists():
             self.log(f"purging {self.state_dir}")
             shutil.rmtree(self.state_dir)
+
+    def _remove_job_cgroups(self, names: Iterable[str]) -> None:
+        """Remove the memory cgroups left on the nodes ``names`` by this cluster's jobs (with memory limits
+        they are numbered from the cluster's FirstJobId)."""
+        if self.network is None:
+            return
+        first = first_job_id(self.network)
+        computes = sorted(name for name in names if name.startswith(COMPUTE))
+        try:
+            host.remove_job_cgroups(computes, range(first, first + JOB_ID_BLOCK), self.log)
+        except OSError as exc:
+            self.log(f"could not remove the jobs' memory cgroups: {exc}")
 
     def _check_purgeable(self) -> None:
         if not (self.state_dir / SETTINGS_FILE).exists() and not self.slurm_conf.exists():
@@ -966,6 +1006,7 @@ class DevCluster(SlurmConfig, DaemonSpecs, SlurmClients):
             mariadb=pids["mariadbd"] is not None,
             slurmdbd=pids["slurmdbd"] is not None,
             dbd_port=self.dbd_port if self.accounting else None,
+            memory_limits_enabled=self.memory_limits,
         )
 
     def env(self) -> dict[str, str]:

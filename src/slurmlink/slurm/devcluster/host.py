@@ -1,14 +1,16 @@
-"""What the host needs: Debian's Slurm and munge packages (for accounting also slurmdbd and MariaDB), and
-the unprivileged job user."""
+"""What the host needs: Debian's Slurm and munge packages (for accounting also slurmdbd and MariaDB), the
+unprivileged job user, and for memory limits cgroup v1's memory controller."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pwd
 import shutil
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from slurmlink.slurm.devcluster.errors import DevClusterError, LogFn
@@ -165,3 +167,94 @@ def check_reachable_by(state_dir: Path, job_user: str) -> None:
                     f"reach {state_dir}. Use a state dir under a world-searchable directory "
                     f"(e.g. --state-dir /var/tmp/slurmlink-dev-cluster) or 'chmod o+x {directory}'."
                 )
+
+
+#: cgroup v1's memory controller, where cgroup.conf's ``CgroupMountpoint=/sys/fs/cgroup`` makes the dev
+#: cluster's Slurm (``TaskPlugin=task/cgroup``, ``CgroupPlugin=cgroup/v1``) look for it.
+MEMORY_CGROUP = Path("/sys/fs/cgroup/memory")
+_MOUNTINFO = Path("/proc/self/mountinfo")
+
+
+def memory_cgroup_problem(path: Path = MEMORY_CGROUP, mountinfo: Path = _MOUNTINFO) -> str | None:
+    """What keeps this host from enforcing memory limits, None if nothing: ``path`` must be a cgroup v1
+    hierarchy with the memory controller, mounted read-write, in which we can make a cgroup."""
+    found: dict[str, tuple[str, set[str]]] = {}
+    with contextlib.suppress(OSError):
+        for line in mountinfo.read_text().splitlines():
+            fields = line.split(" ")
+            if "-" not in fields or len(fields) < 5:
+                continue
+            rest = fields[fields.index("-") + 1 :]
+            options = set(fields[5].split(",")) | (set(rest[2].split(",")) if len(rest) > 2 else set())
+            found[fields[4]] = (rest[0] if rest else "", options)  # the last mount on a path wins
+    mount = found.get(str(path))
+    if mount is None:
+        if found.get(str(path.parent), ("",))[0] == "cgroup2":
+            return f"the host has cgroup v2 (unified hierarchy at {path.parent}), no v1 memory controller"
+        return f"nothing is mounted at {path}"
+    fstype, options = mount
+    if fstype != "cgroup" or "memory" not in options:
+        return f"{path} is a {fstype} mount, not a cgroup v1 hierarchy with the memory controller"
+    if "ro" in options:
+        return f"{path} is mounted read-only"
+    probe = path / f"slurmlink-probe-{os.getpid()}"
+    try:
+        probe.mkdir(exist_ok=True)
+        probe.rmdir()
+    except OSError as exc:
+        return f"cannot make a cgroup in {path}: {exc.strerror or exc}"
+    return None
+
+
+def check_memory_limits() -> None:
+    """Fail with what is missing unless this host can enforce the dev cluster's memory limits."""
+    problem = memory_cgroup_problem()
+    if problem is not None:
+        raise DevClusterError(
+            f"memory limits need cgroup v1's memory controller mounted read-write at {MEMORY_CGROUP}, but "
+            f"{problem}. Without them (--no-memory-limits) the cluster runs without memory enforcement."
+        )
+
+
+def remove_job_cgroups(node_names: Iterable[str], job_ids: range, log: LogFn, timeout: float = 5) -> None:
+    """Remove the memory cgroups Slurm made for the jobs ``job_ids`` on the nodes ``node_names``, and the
+    job user's cgroups above them once empty (``slurm_<node>/uid_<uid>/job_<id>/step_*``).
+
+    slurmstepd removes a job's cgroups when the job ends, not when it is killed with its node. Holds the
+    lock Slurm takes on the hierarchy's root while it makes cgroups, since the dev clusters of a host share
+    ``slurm_<node>`` (their nodes have the same names); ``slurm_<node>`` itself is left, as Slurm leaves it.
+    A cgroup whose processes have not exited yet is retried until ``timeout``.
+    """
+    roots = [MEMORY_CGROUP / f"slurm_{name}" for name in node_names]
+    if not any(root.is_dir() for root in roots):
+        return
+    deadline = time.monotonic() + timeout
+    fd = os.open(MEMORY_CGROUP, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        for root in roots:
+            for user in sorted(root.glob("uid_*")):
+                for job in sorted(user.glob("job_*")):
+                    number = job.name.removeprefix("job_")
+                    if number.isdigit() and int(number) in job_ids:
+                        _remove_cgroup_tree(job, deadline, log)
+                with contextlib.suppress(OSError):
+                    user.rmdir()  # busy while another cluster's job of the same user runs on its namesake
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_cgroup_tree(top: Path, deadline: float, log: LogFn) -> None:
+    """rmdir a cgroup and its children, deepest first (their files are the kernel's, rmdir takes them)."""
+    for directory, _subdirs, _files in os.walk(top, topdown=False):
+        while True:
+            try:
+                os.rmdir(directory)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                if time.monotonic() >= deadline:
+                    log(f"could not remove the cgroup {directory}: {exc.strerror or exc}")
+                    return
+                time.sleep(0.1)
