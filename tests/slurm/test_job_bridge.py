@@ -2,9 +2,9 @@
 their owners, with inputs in and outputs out, and the cluster's partitions are published.
 
 One quick start (cluster ``minikube``, partitions ``cpu`` (unlimited, the default) and ``GPU_Short``
-(compute2 only, 30 minutes, one node, feature ``gpu``), accounting on for sacct, no bank) serves the
-whole module. Jobs are applied with the real kubectl 1.32 and a ``user`` kubeconfig of the cluster's
-job user, as an HPC user would.
+(compute2 only, 30 minutes, one node, feature ``gpu``), accounting on for sacct, memory limits
+enforced by cgroups, no bank) serves the whole module. Jobs are applied with the real kubectl 1.32
+and a ``user`` kubeconfig of the cluster's job user, as an HPC user would.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ PARTITIONS = (
     "--partition",
     "GPU_Short:Nodes=compute2,MaxTime=30,MaxNodes=1,Features=gpu",
     "--no-bank",
+    "--memory-limits",
 )
 OTHER_USER = "bridge-bob"
 
@@ -359,6 +360,16 @@ def test_a_failing_script_fails_with_its_exit_code(user: httpx.Client, published
     )
     log = user.get(f"{BRIDGE}/slurmjobs/exit-three/log")
     assert "about to fail" in log.text
+
+
+def test_a_job_over_its_memory_ends_out_of_memory(user: httpx.Client, published: dict[str, Any]) -> None:
+    hungry = "x = bytearray(400 * 1024 * 1024); [x.__setitem__(i, 1) for i in range(0, len(x), 4096)]"
+    script = f'#!/bin/sh\npython3 -c "{hungry}"\necho not reached by a killed job\n'
+    create(user, "hungry", {"script": script, "resources": {"memoryPerNode": "100Mi"}})
+    job = wait_phase(user, job_path(V1, "hungry"), {"Succeeded", "Failed", "Cancelled", "Unknown"})
+    status = job["status"]
+    assert status["phase"] == "Failed" and status["reason"] == "OUT_OF_MEMORY", status
+    assert status["slurmState"] == "OUT_OF_MEMORY"
 
 
 def test_deleting_a_job_cancels_its_slurm_job(
