@@ -67,6 +67,7 @@ CLIENT_SIDE_MODULES = [
     "slurmlink.identity",
     "slurmlink.bridge.files",
     "slurmlink.bridge.asuser",
+    "slurmlink.safedirs",
 ]
 
 

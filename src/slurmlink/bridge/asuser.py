@@ -33,6 +33,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
+from slurmlink import safedirs
 from slurmlink.bridge.paths import (
     LINK_REFUSED,
     REFUSED,
@@ -58,9 +59,10 @@ FOLLOW_POLL = 0.5
 
 HEADER_LIMIT = 1 << 20
 BUFFER = 1 << 20
-#: Directories on a walk are opened O_PATH: that needs only search permission on them, as a path
-#: needs (``<root>`` is 0711), and the descriptor serves as the ``dir_fd`` of the next step.
-DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Directories on a walk (:mod:`slurmlink.safedirs`) are opened O_PATH: that needs only search
+#: permission on them, as a path needs (``<root>`` is 0711), and the descriptor serves as the
+#: ``dir_fd`` of the next step.
+WALK = os.O_PATH
 #: Directories to list or change.
 LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -93,39 +95,26 @@ def _closing(fd: int) -> Iterator[int]:
 # -- opening directories ------------------------------------------------------------------------
 
 
-def _open_step(
-    parent: int, name: str, shown: str, *, create: bool, mode: int, trusted: tuple[int, ...]
-) -> int:
-    """Directory ``name`` in ``parent``; made if missing and ``create``; a link only if its owner is
-    in ``trusted``."""
-    for _ in range(3):
-        try:
-            return os.open(name, DIR_FLAGS, dir_fd=parent)
-        except FileNotFoundError:
-            if not create:
-                raise FileMissing(f"{shown}: no such directory") from None
-            try:
-                os.mkdir(name, mode, dir_fd=parent)
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise _fail(shown, exc) from exc
-        except OSError as exc:
-            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                raise _fail(shown, exc) from exc
-            try:
-                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-            except OSError as exc2:
-                raise _fail(shown, exc2) from exc2
-            if not stat.S_ISLNK(st.st_mode):
-                raise FilesError(f"{shown}: exists and is not a directory") from None
-            if st.st_uid not in trusted:
-                raise FilesError(f"{shown}: is a symbolic link; it is not followed") from None
-            try:
-                return os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=parent)
-            except OSError as exc2:
-                raise _fail(shown, exc2) from exc2
-    raise FilesError(f"{shown}: changed while being created")
+def _files_error(exc: safedirs.DirError) -> FilesError:
+    """``exc`` in the helper's words."""
+    if isinstance(exc, safedirs.DirMissing):
+        return FileMissing(f"{exc.shown}: no such directory")
+    if exc.why == safedirs.NOT_DIRECTORY:
+        return FilesError(f"{exc.shown}: exists and is not a directory")
+    if exc.why == safedirs.LINK:
+        return FilesError(f"{exc.shown}: is a symbolic link; it is not followed")
+    if exc.why == safedirs.CHANGED:
+        return FilesError(f"{exc.shown}: changed while being created")
+    assert exc.cause is not None  # the other reasons carry the OSError behind them
+    return _fail(exc.shown, exc.cause)
+
+
+def _open_step(parent: int, name: str, shown: str) -> int:
+    """Directory ``name`` in ``parent``, never a link."""
+    try:
+        return safedirs.open_dir(parent, name, shown, access=WALK)
+    except safedirs.DirError as exc:
+        raise _files_error(exc) from None
 
 
 def open_absolute(
@@ -138,21 +127,12 @@ def open_absolute(
     names = [p for p in path.split("/") if p not in ("", ".")]
     if ".." in names:
         raise FilesError(f"{quoted(path)}: must not contain '..'")
-    fd = os.open("/", DIR_FLAGS)
-    shown = ""
     try:
-        for k, name in enumerate(names):
-            shown = f"{shown}/{name}"
-            last = k == len(names) - 1
-            child = _open_step(
-                fd, name, shown, create=create, mode=mode, trusted=trusted if final_link or not last else ()
-            )
-            os.close(fd)
-            fd = child
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
+        return safedirs.open_absolute(
+            names, access=WALK, trusted=trusted, final_link=final_link, create=create, mode=mode
+        )
+    except safedirs.DirError as exc:
+        raise _files_error(exc) from None
 
 
 def open_job_dir(path: str) -> int:
@@ -166,18 +146,12 @@ def open_job_dir(path: str) -> int:
 def open_relative(base: int, parts: list[str], *, create: bool = False, shown_prefix: str = "") -> int:
     """The directory ``parts`` below ``base`` (a new descriptor), never through a link; with
     ``create``, missing ones are made with mode 0700."""
-    fd = os.dup(base)
-    shown = shown_prefix
     try:
-        for name in parts:
-            shown = posixpath.join(shown, name) if shown else name
-            child = _open_step(fd, name, quoted(shown), create=create, mode=0o700, trusted=())
-            os.close(fd)
-            fd = child
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
+        return safedirs.open_below(
+            base, parts, access=WALK, create=create, mode=0o700, prefix=shown_prefix, show=quoted
+        )
+    except safedirs.DirError as exc:
+        raise _files_error(exc) from None
 
 
 def _host_trusted() -> tuple[int, ...]:
@@ -306,7 +280,7 @@ def op_mkdir(args: dict[str, Any], stdin: IO[bytes], out: IO[bytes]) -> Any:
             pass
         except OSError as exc:
             raise _fail(shown, exc) from exc
-        with _closing(_open_step(parent, name, shown, create=False, mode=0o700, trusted=())) as fd:
+        with _closing(_open_step(parent, name, shown)) as fd:
             st = os.fstat(fd)
             if st.st_uid != os.geteuid():
                 raise FilesError(f"{shown}: belongs to uid {st.st_uid}, not to uid {os.geteuid()}")
@@ -546,9 +520,7 @@ def _merge(src: int, dst: int, prefix: str, *, check: bool) -> None:
         elif src_dir and stat.S_ISDIR(there.st_mode):
             with (
                 _closing(os.open(name, LIST_FLAGS, dir_fd=src)) as sub_src,
-                _closing(
-                    _open_step(dst, name, quoted(shown), create=False, mode=0o700, trusted=())
-                ) as sub_dst,
+                _closing(_open_step(dst, name, quoted(shown))) as sub_dst,
             ):
                 _merge(sub_src, sub_dst, shown, check=check)
         elif src_dir:

@@ -4,20 +4,19 @@ Every directory below a copy's source or destination is opened relative to its p
 with ``O_NOFOLLOW``, so a link planted inside either tree (say ``out/data -> /home/other``) fails the
 copy instead of sending reads or writes elsewhere. In the path *leading to* a copy's root a link is
 followed only if root or the copying user owns it (a site's ``/scratch -> /lus/scratch``, the user's
-own link), the rule of the kernel's ``protected_symlinks``.
+own link), the rule of the kernel's ``protected_symlinks``. The walking is :mod:`slurmlink.safedirs`'s;
+here its refusals become the mover's errors, and directories are opened ``O_RDONLY`` to be listed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import stat
 
+from slurmlink import safedirs
 from slurmlink.mover.spec import MoveError
 from slurmlink.mover.targets import Kind
-
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class NotADirectory(MoveError):
@@ -33,75 +32,46 @@ def error(path: str, exc: OSError) -> MoveError:
     return MoveError(f"{path}: {exc.strerror or exc}")
 
 
-def open_child(parent: int, name: str, path: str, *, create: bool = False, mode: int = 0o700) -> int:
-    """Directory ``name`` in ``parent``, never through a link; made with ``mode`` if missing and
-    ``create``."""
-    for _ in range(2):
-        try:
-            return os.open(name, DIR_FLAGS, dir_fd=parent)
-        except FileNotFoundError:
-            if not create:
-                raise
-            try:
-                os.mkdir(name, mode, dir_fd=parent)
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                raise error(path, exc) from exc
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise NotADirectory(_not_directory(parent, name, path)) from exc
-            raise error(path, exc) from exc
-    return os.open(name, DIR_FLAGS, dir_fd=parent)
+def _move_error(exc: safedirs.DirError, *, trusting: bool) -> MoveError:
+    """``exc`` in the mover's words; ``trusting`` when links of root's and the user's were followed."""
+    path = exc.shown
+    if isinstance(exc, safedirs.DirMissing) or exc.why == safedirs.CHANGED:
+        return MissingPath(f"{path}: No such file or directory")
+    if exc.why == safedirs.NOT_DIRECTORY:
+        return NotADirectory(f"{path}: exists and is not a directory")
+    if exc.why == safedirs.LINK:
+        if trusting:
+            return MoveError(f"{path}: is a symbolic link owned by another user; it is not followed")
+        return NotADirectory(f"{path}: is a symbolic link; it is not followed")
+    if exc.why == safedirs.UNCHECKED and not trusting:
+        return NotADirectory(f"{path}: Not a directory")
+    assert exc.cause is not None
+    return error(path, exc.cause)
 
 
-def _not_directory(parent: int, name: str, path: str) -> str:
+def open_below(root_fd: int, rel: str, base: str, *, create: bool = False) -> int:
+    """Directory ``rel`` below ``root_fd`` (which is ``base``), never through a link; made with mode
+    0700 where missing if ``create``."""
     try:
-        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-    except OSError:
-        return f"{path}: Not a directory"
-    if stat.S_ISLNK(st.st_mode):
-        return f"{path}: is a symbolic link; it is not followed"
-    return f"{path}: exists and is not a directory"
+        return safedirs.open_below(
+            root_fd, [p for p in rel.split("/") if p], access=os.O_RDONLY, create=create, prefix=base
+        )
+    except safedirs.DirError as exc:
+        raise _move_error(exc, trusting=False) from exc
 
 
 def open_path(path: str, uid: int, *, create: bool = False, mode: int = 0o777) -> int:
     """The directory at absolute ``path``; links on the way only if owned by root or ``uid``.
 
     With ``create`` the missing directories are made (``mkdir -p``, ``mode`` less the umask).
+    Opened ``O_RDONLY``, so that it can be listed.
     """
-    fd = os.open("/", DIR_FLAGS)
-    done = ""
     try:
-        for name in [p for p in path.split("/") if p]:
-            done = f"{done}/{name}"
-            try:
-                child = open_child(fd, name, done, create=create, mode=mode)
-            except FileNotFoundError as exc:
-                raise MissingPath(f"{done}: No such file or directory") from exc
-            except NotADirectory:
-                child = _trusted_link(fd, name, done, uid)
-            os.close(fd)
-            fd = child
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _trusted_link(parent: int, name: str, path: str, uid: int) -> int:
-    try:
-        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-    except OSError as exc:
-        raise error(path, exc) from exc
-    if not stat.S_ISLNK(st.st_mode):
-        raise NotADirectory(f"{path}: exists and is not a directory")
-    if st.st_uid not in (0, uid):
-        raise MoveError(f"{path}: is a symbolic link owned by another user; it is not followed")
-    try:
-        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=parent)
-    except OSError as exc:
-        raise error(path, exc) from exc
+        return safedirs.open_absolute(
+            [p for p in path.split("/") if p], access=os.O_RDONLY, trusted=(0, uid), create=create, mode=mode
+        )
+    except safedirs.DirError as exc:
+        raise _move_error(exc, trusting=True) from exc
 
 
 def open_parent(path: str, uid: int, *, create: bool = False) -> tuple[int, str]:

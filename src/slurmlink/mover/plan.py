@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from slurmlink.mover.paths import MissingPath, error, open_child, open_path
+from slurmlink.mover.paths import error, open_below, open_path
 from slurmlink.mover.spec import MoveError
 from slurmlink.mover.targets import Target
 
@@ -90,21 +90,7 @@ def _join(base: str, rel_dir: str, name: str) -> str:
 
 def open_rel(root_fd: int, rel: str, base: str, *, create: bool = False) -> int:
     """Directory ``rel`` below ``root_fd``, each step without following links."""
-    fd = os.dup(root_fd)
-    path = base
-    try:
-        for name in [p for p in rel.split("/") if p]:
-            path = posixpath.join(path, name)
-            child = open_child(fd, name, path, create=create)
-            os.close(fd)
-            fd = child
-        return fd
-    except FileNotFoundError as exc:
-        os.close(fd)
-        raise MissingPath(f"{path}: No such file or directory") from exc
-    except BaseException:
-        os.close(fd)
-        raise
+    return open_below(root_fd, rel, base, create=create)
 
 
 def make_plan(targets: list[Target], uid: int) -> Plan:
