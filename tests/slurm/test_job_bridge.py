@@ -416,17 +416,14 @@ def test_a_bridge_killed_mid_run_neither_loses_nor_duplicates_jobs(
     wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, 0.1, message="the server to die")
     again = quickstart_cli("up", *qs.args, timeout=480)
     assert again.returncode == 0, again.stderr
-    user.close()
-    fresh = qs.client(issue(qs, qs.cluster.job_user))
     uids = {}
-    for name in names:
-        job = wait_phase(fresh, job_path(V1, name), {"Succeeded", "Failed", "Cancelled", "Unknown"})
+    for name in names:  # the same client: it connects again to the restarted server
+        job = wait_phase(user, job_path(V1, name), {"Succeeded", "Failed", "Cancelled", "Unknown"})
         assert job["status"]["phase"] == "Succeeded", job["status"]
         uids[name] = job["metadata"]["uid"]
     comments = sacct_comments(qs)
     for name, uid in uids.items():
         assert comments.count(f"slurmlink:{uid}") == 1, (name, comments)
-    fresh.close()
 
 
 def test_suspend_keeps_a_job_back_and_holds_it_in_slurm(
@@ -469,7 +466,8 @@ def test_suspend_keeps_a_job_back_and_holds_it_in_slurm(
 def test_a_finished_job_goes_after_its_ttl_with_its_directory(
     user: httpx.Client, published: dict[str, Any]
 ) -> None:
-    create(user, "short-lived", {"script": "#!/bin/sh\ntrue\n", "ttlSecondsAfterFinished": 2})
+    # Long enough to see it finished (polled every 0.5 s), short enough not to wait long.
+    create(user, "short-lived", {"script": "#!/bin/sh\ntrue\n", "ttlSecondsAfterFinished": 6})
     path = job_path(V1, "short-lived")
     job = wait_phase(user, path, {"Succeeded", "Failed"})
     assert job["status"]["phase"] == "Succeeded"

@@ -338,11 +338,15 @@ class JobReconciler(Reconciler):
         if obj.get("status") == status:
             return obj
         try:
-            return await client.update_status(self.kind, {**obj, "status": status})
+            updated = await client.update_status(self.kind, {**obj, "status": status})
         except errors.ApiError as exc:
             if exc.code == 404:
                 return None
             raise
+        # The next reconcile must see this write, not the cache's older copy (which would, say,
+        # look like a submission still in doubt).
+        self.informers.informer(self.kind).put(updated)
+        return updated
 
     # ---- what the job asks for -----------------------------------------------------------------
 
