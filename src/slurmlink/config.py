@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from slurmlink.auth import delegation
+
 
 def default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
@@ -58,6 +60,9 @@ class ServerConfig:
     bridge_accounting: bool | None = None
     #: The largest upload the bridge takes, in bytes.
     bridge_max_upload: int = 10 * 1024**3
+    #: Services that submit SlurmJobs on named users' behalf: ``{portal = ["alice", "bob"]}``
+    #: (``auth.delegation``); none by default.
+    bridge_delegates: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def host(self) -> str:
@@ -122,6 +127,7 @@ def build(file_values: dict[str, Any], overrides: dict[str, Any]) -> ServerConfi
     config = ServerConfig(**values)
     for address in config.extra_listen:
         split_listen(address)
+    delegation.parse(config.bridge_delegates)  # a bad table is refused at start, with the key
     if config.bridge_interval <= 0 or config.bridge_partition_interval <= 0:
         raise ValueError("bridge_interval and bridge_partition_interval must be positive")
     if config.node_heartbeat_timeout <= 0:

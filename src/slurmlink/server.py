@@ -19,7 +19,7 @@ from slurmlink.api.security import Authenticator
 from slurmlink.api.tls import PeerCertProtocol, server_ssl_context
 from slurmlink.api.whoami import WHOAMI
 from slurmlink.apiserver.service import ResourceService
-from slurmlink.auth import roles
+from slurmlink.auth import delegation, roles
 from slurmlink.auth.kubeconfig import build_kubeconfig, load_kubeconfig, write_kubeconfig
 from slurmlink.auth.pki import CertificateAuthority, ensure_server_credentials
 from slurmlink.auth.tokens import TokenStore
@@ -136,6 +136,7 @@ class Server:
         )
         bootstrap(self.service, cfg)
         self.bridge = bridge_settings(cfg)
+        delegation.configure(cfg.bridge_delegates)
 
     async def _partitions(self) -> list[dict[str, Any]]:
         """Every Partition, for the virtual Nodes (``resources.bridge.node``)."""

@@ -521,6 +521,31 @@ def test_another_user_cannot_read_a_job_its_log_or_outputs(qs: QuickStart, publi
         other.close()
 
 
+def test_an_admin_submits_for_a_named_user_and_never_for_nobody(
+    admin: httpx.Client, published: dict[str, Any], job_user: pwd.struct_passwd
+) -> None:
+    owned = {
+        "apiVersion": "slurmlink.io/v1",
+        "kind": "SlurmJob",
+        "metadata": {
+            "name": "on-behalf",
+            "labels": {"slurmlink.io/owner-uid": str(job_user.pw_uid)},
+            "annotations": {"slurmlink.io/owner": job_user.pw_name},
+        },
+        "spec": {"script": "#!/bin/sh\nmkdir -p out\nid -u > out/uid\n", "outputs": ["out/uid"]},
+    }
+    assert admin.post(V1, json=owned).status_code == 201
+    job = wait_phase(admin, job_path(V1, "on-behalf"), {"Succeeded", "Failed", "Cancelled", "Unknown"})
+    assert job["status"]["phase"] == "Succeeded", job["status"]
+    uid = admin.get(f"{BRIDGE}/slurmjobs/on-behalf/outputs/out/uid")
+    assert uid.status_code == 200 and uid.text.strip() == str(job_user.pw_uid)
+    ownerless = {**owned, "metadata": {"name": "nobodys"}}
+    assert admin.post(V1, json=ownerless).status_code == 201
+    job = wait_phase(admin, job_path(V1, "nobodys"), {"Succeeded", "Failed", "Cancelled", "Unknown"}, 60)
+    assert job["status"]["phase"] == "Failed" and job["status"]["reason"] == "NoOwner", job["status"]
+    assert "jobId" not in job["status"]
+
+
 def test_a_job_over_its_time_limit_fails_with_reason_timeout(
     qs: QuickStart, published: dict[str, Any], timeout_job: str
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from slurmlink.api.tls import PEER_IDENTITY
-from slurmlink.auth import roles, unix
+from slurmlink.auth import delegation, roles, unix
 from slurmlink.auth.identity import Identity
 from slurmlink.auth.tokens import TokenStore
 from slurmlink.resources import access, errors
@@ -100,4 +100,13 @@ def authorize(
             kind.plural,
             name,
         ) from exc
-    return access.OwnerScope(account, kind.access)
+    acts_for: dict[str, access.UnixAccount] = {}
+    if kind.access.delegable:
+        for login in delegation.delegates_of(identity.user):
+            try:
+                delegator = unix.account(login)
+            except unix.NoSuchUser:
+                continue  # a listed user who has left: nothing to act for
+            if delegator.uid != 0:
+                acts_for[login] = delegator
+    return access.OwnerScope(account, kind.access, acts_for)

@@ -85,6 +85,12 @@ def bridge_component(service: ResourceService, settings: BridgeSettings) -> Comp
         owner: int | None
         if isinstance(scope, access.OwnerScope):
             owner = scope.account.uid
+            raw = request.query_params.get("owner")
+            if raw is not None:  # a service uploading for a user it acts for
+                allowed = {a.uid for a in scope.acts_for.values()} | {owner}
+                if not raw.isdigit() or int(raw) not in allowed:
+                    raise errors.ApiError(403, "Forbidden", f"{identity.user} may not upload for uid {raw}")
+                owner = int(raw)
         else:
             raw = request.query_params.get("owner")
             if raw is None or not raw.isdigit():

@@ -80,6 +80,9 @@ class AccessPolicy:
     node_verbs: frozenset[str] = frozenset()
     node_writes: Callable[[Obj, str], bool] | None = None
     user_writes_status: bool = False
+    #: A ``user`` the admin lets act for named users (``auth.delegation``) may own objects of this
+    #: kind on their behalf (SlurmJobs: a portal submitting for its users).
+    delegable: bool = False
 
     def user_may(self, verb: str) -> bool:
         return verb in self.user_verbs or (verb in READ and self.user_reads is not None)
@@ -134,20 +137,23 @@ class Scope(Protocol):
 
 @dataclass(frozen=True)
 class OwnerScope:
-    """What a ``user``-role request may touch: objects owned by ``account`` (and readable ones)."""
+    """What a ``user``-role request may touch: objects owned by ``account`` (and readable ones), and,
+    on a delegable kind, those of the accounts in ``acts_for`` (login → account) as if its own."""
 
     account: UnixAccount
     policy: AccessPolicy
+    acts_for: Mapping[str, UnixAccount] = field(default_factory=dict)
 
     @property
     def user(self) -> str:
         return self.account.login
 
     def may_create(self, obj: Obj) -> bool:
-        return True  # the new object becomes the caller's (``stamp``)
+        return True  # the new object becomes the caller's, or a delegator's (``stamp``)
 
     def owns(self, obj: Obj) -> bool:
-        return owner_uid(obj) == self.account.uid
+        uid = owner_uid(obj)
+        return uid == self.account.uid or any(uid == a.uid for a in self.acts_for.values())
 
     def may_read(self, obj: Obj) -> bool:
         if self.owns(obj):
@@ -158,8 +164,13 @@ class OwnerScope:
         return self.owns(obj)
 
     def stamp(self, obj: Obj) -> None:
-        """Mark a new object as the account's; a different owner in the request is refused."""
+        """Mark a new object as the account's; a different owner in the request is refused, unless it
+        is one the caller acts for (named by login; the server sets the uid)."""
         claimed_uid, claimed_login = owner_uid(obj), owner_login(obj)
+        delegator = self.acts_for.get(claimed_login or "")
+        if delegator is not None and claimed_uid in (None, delegator.uid):
+            set_owner(obj, delegator)
+            return
         raw_uid = ((obj.get("metadata") or {}).get("labels") or {}).get(OWNER_UID_LABEL)
         if (raw_uid is not None and claimed_uid != self.account.uid) or claimed_login not in (
             None,

@@ -436,7 +436,8 @@ SLURM_JOB = Kind(
     strategy=SlurmJobStrategy(),
     short_names=("sj",),
     # Users create and manage their own jobs; the bridge acts as admin (or in-process as the system).
-    access=AccessPolicy(roles=base_roles(), user_verbs=ALL),
+    # A service the admin lets act for named users submits on their behalf (auth.delegation).
+    access=AccessPolicy(roles=base_roles(), user_verbs=ALL, delegable=True),
     printer_columns=(
         PrinterColumn("AGE", ".metadata.creationTimestamp", "date"),
         PrinterColumn(

@@ -269,7 +269,8 @@ WLM_SLURM_JOB = Kind(
     storage_version=VERSION,
     strategy=WlmSlurmJobStrategy(),
     short_names=("sj",),
-    access=AccessPolicy(roles=base_roles(), user_verbs=ALL),
+    # A service the admin lets act for named users submits on their behalf (auth.delegation).
+    access=AccessPolicy(roles=base_roles(), user_verbs=ALL, delegable=True),
     printer_columns=(
         PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
         PrinterColumn("Status", ".status.status", "string", "status of the kind"),
