@@ -542,7 +542,13 @@ class JobReconciler(Reconciler):
         """
         view = self.bridge.view
         if resuming:
-            await view.fresh(time.monotonic())
+            try:
+                await view.fresh(time.monotonic())
+            except TimeoutError:
+                raise Retry(
+                    f"cannot read Slurm's jobs ({view.last_error or 'no answer'}), so cannot tell "
+                    "whether this job was already submitted; waiting"
+                ) from None
             adopted = view.job_with_comment(request.comment)
             if adopted is not None:
                 log.info("adopting Slurm job %s for %s", adopted, request.comment)

@@ -704,6 +704,12 @@ ask while it is pending or running, or add "sleep 60" to the script):
     SLURM_CONF={conf} scontrol show bbstat workflow <jobid> && echo
     SLURM_CONF={conf} scontrol show job <jobid>
 {storage_help}
+Run a Slurm job as an object, without sbatch (the job bridge; job directories in {self.jobs_dir}):
+    slurmlink kubeconfig --state-dir {shlex.quote(str(self.server_dir))} --role user \
+        --user {cluster.job_user} --out /tmp/{cluster.job_user}.kubeconfig
+    export KUBECONFIG=/tmp/{cluster.job_user}.kubeconfig
+    kubectl get partitions; kubectl get sj -o wide -w; slurmlink logs sj NAME
+
 Status: slurmlink quickstart status{dir_opt}    Stop: slurmlink quickstart down{dir_opt} [--purge]"""
 
 
