@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,6 @@ from slurmlink.resources.coordination import NODE_LEASE_NAMESPACE
 from slurmlink.resources.core import NAMESPACE
 from slurmlink.resources.dws import directives
 from slurmlink.resources.dws.directiverule import DW_DIRECTIVE_RULE
-from slurmlink.slurm import slurmconf
 from slurmlink.slurm.partition_config import load_partition_config
 from slurmlink.store.hub import WatchHub
 from slurmlink.store.sql import SqlStore
@@ -208,6 +209,7 @@ class Server:
                 "store": _redacted(cfg.store_url),
             },
         )
+        keep_signals_for_cleanup()
         try:
             await server.serve(sockets=sockets)
         finally:
@@ -236,6 +238,21 @@ class Server:
                 await anyio.to_thread.run_sync(self.store.compact, self.config.compaction_retain)
             except Exception:
                 log.exception("compaction failed")
+
+
+def keep_signals_for_cleanup() -> None:
+    """Let the server stop cleanly on SIGTERM/SIGINT.
+
+    uvicorn handles the signal while it serves and, once it has stopped, raises it again for the
+    handler that was there before; with Python's defaults that kills the process (SIGTERM) before
+    the controllers are stopped, so their children (a ``scontrol`` waiting for an unreachable
+    slurmctld) outlived the server and the store was never closed. With these handlers the signal
+    raised again does nothing and ``run`` goes on to its cleanup.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _signum, _frame: None)
 
 
 def certificate_hosts(cfg: ServerConfig) -> list[str]:
@@ -300,10 +317,6 @@ def bridge_settings(cfg: ServerConfig) -> BridgeSettings | None:
         )
     conf = cfg.slurm_conf or os.environ.get("SLURM_CONF", "")
     slurm_conf = Path(conf) if conf else None
-    accounting = cfg.bridge_accounting
-    if accounting is None:
-        storage = slurmconf.read_value(slurm_conf or Path("/etc/slurm/slurm.conf"), "AccountingStorageType")
-        accounting = storage is not None and storage.lower() != "accounting_storage/none"
     overrides = load_partition_config(Path(cfg.partition_config)) if cfg.partition_config else None
     return BridgeSettings(
         cluster=cfg.cluster_name,
@@ -311,7 +324,7 @@ def bridge_settings(cfg: ServerConfig) -> BridgeSettings | None:
         uploads=cfg.state_dir / "bridge" / "uploads",
         slurm_conf=slurm_conf,
         interval=cfg.bridge_interval,
-        accounting=accounting,
+        accounting=cfg.bridge_accounting,
         partition_interval=cfg.bridge_partition_interval,
         partition_config=overrides,
         max_upload=cfg.bridge_max_upload,

@@ -57,7 +57,7 @@ from slurmlink.resources.quantity import mebibytes
 from slurmlink.resources.storage.capacity import selector_matches
 from slurmlink.slurm import batchjobs
 from slurmlink.slurm.batchjobs import BatchRequest, JobSummary
-from slurmlink.slurm.commands import SlurmCommands
+from slurmlink.slurm.commands import SlurmCommands, stop_process
 from slurmlink.slurm.partition_config import PartitionConfig
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,8 @@ class BridgeSettings:
     slurm_conf: Path | None = None
     #: Seconds between two reads of Slurm's jobs.
     interval: float = 2.0
-    #: Whether sacct answers for jobs slurmctld has forgotten.
-    accounting: bool = False
+    #: Whether sacct answers for jobs slurmctld has forgotten; None: as slurm.conf says at the time.
+    accounting: bool | None = None
     partition_interval: float = 60.0
     partition_config: PartitionConfig | None = None
     max_upload: int = 10 * 1024**3
@@ -270,9 +270,11 @@ class Bridge:
             try:
                 out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
             except TimeoutError:
-                proc.kill()
-                await proc.wait()
+                await stop_process(proc)
                 raise Retry(f"{argv[0]} did not answer within 60 s") from None
+            except BaseException:
+                await stop_process(proc)  # cancelled: the server is stopping
+                raise
         return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from slurmlink.api import metrics
-from slurmlink.slurm import batchjobs
+from slurmlink.slurm import batchjobs, slurmconf
 from slurmlink.slurm.batchjobs import JobRecord, JobSummary
 from slurmlink.slurm.commands import SlurmCommandError, SlurmCommands
 
@@ -40,9 +42,13 @@ class Lost:
 class JobView:
     """The latest snapshot of Slurm's jobs, refreshed every ``interval`` seconds (sooner when poked)."""
 
-    def __init__(self, commands: SlurmCommands, *, interval: float = 2.0, accounting: bool = False) -> None:
+    def __init__(
+        self, commands: SlurmCommands, *, interval: float = 2.0, accounting: bool | None = None
+    ) -> None:
         self.commands = commands
         self.interval = interval
+        #: Whether sacct can answer; None: as slurm.conf says when it is needed (the server may start
+        #: before the cluster's slurm.conf exists, as in the quick start).
         self.accounting = accounting
         #: Job id → what to call when its summary changes.
         self._tracked: dict[str, Callable[[], None]] = {}
@@ -148,7 +154,7 @@ class JobView:
                 fresh[job_id] = self._from_accounting[job_id]
             else:
                 missing.append(job_id)
-        if missing and self.accounting:
+        if missing and self._has_accounting():
             fresh.update(await self._accounted(missing))
         for job_id in missing:
             if job_id in fresh:
@@ -167,6 +173,13 @@ class JobView:
             notify = self._tracked.get(job_id)
             if notify is not None:
                 notify()
+
+    def _has_accounting(self) -> bool:
+        if self.accounting is not None:
+            return self.accounting
+        conf = self.commands.slurm_conf or Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
+        storage = slurmconf.read_value(conf, "AccountingStorageType")
+        return storage is not None and storage.lower() != "accounting_storage/none"
 
     async def _accounted(self, job_ids: list[str]) -> dict[str, JobSummary]:
         text = await self._run(batchjobs.sacct_argv(job_ids))

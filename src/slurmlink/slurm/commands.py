@@ -105,6 +105,14 @@ class JobNodes:
     names: tuple[str, ...]
 
 
+async def stop_process(proc: asyncio.subprocess.Process, grace: float = 2.0) -> None:
+    """Kill ``proc`` and reap it (briefly: a caller being cancelled must not hang here)."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    with contextlib.suppress(BaseException):
+        await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
+
+
 class SlurmCommands:
     """Runs Slurm's client commands against one cluster."""
 
@@ -143,6 +151,10 @@ class SlurmCommands:
                 proc.kill()
             await proc.wait()
             raise SlurmCommandError(f"{' '.join(argv)} did not finish within {self.timeout:g} s") from None
+        except BaseException:
+            # Cancelled (the server is stopping): the command must not outlive it.
+            await stop_process(proc)
+            raise
         return CommandResult(proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
 
     async def scancel_hurry(self, job_id: str) -> CommandResult:
