@@ -24,7 +24,6 @@ import os
 import re
 import resource
 import shutil
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 import httpx
 
 from slurmlink.auth.kubeconfig import load_kubeconfig
+from slurmlink.client.http import ssl_context
 
 JOB_USER = "slurmlink-job"
 SCRIPT = "#!/bin/sh\ntrue\n"
@@ -51,14 +51,8 @@ def cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
 
 def client(kubeconfig: Path, connections: int) -> httpx.Client:
     creds = load_kubeconfig(kubeconfig)
-    ctx = ssl.create_default_context(cadata=(creds.ca_pem or b"").decode())
-    with tempfile.TemporaryDirectory() as tmp:
-        cert, key = Path(tmp, "c.crt"), Path(tmp, "c.key")
-        cert.write_bytes(creds.cert_pem or b"")
-        key.write_bytes(creds.key_pem or b"")
-        ctx.load_cert_chain(str(cert), str(key))
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.Client(base_url=creds.server, verify=ctx, timeout=120, limits=limits)
+    return httpx.Client(base_url=creds.server, verify=ssl_context(creds), timeout=120, limits=limits)
 
 
 def metric(text: str, name: str) -> float:

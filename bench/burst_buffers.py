@@ -53,7 +53,6 @@ import pwd
 import re
 import shutil
 import signal
-import ssl
 import statistics
 import subprocess
 import sys
@@ -82,6 +81,7 @@ from slurm_bb import (
     wait_until,
 )
 from slurmlink.auth.kubeconfig import load_kubeconfig
+from slurmlink.client.http import ssl_context
 from slurmlink.resources.sizes import parse_size
 from slurmlink.slurm.devcluster import DevCluster, free_port_pair, placeholder_burst_buffer
 
@@ -156,13 +156,7 @@ class QuickStart:
 
     def client(self, timeout: float | None = 30) -> httpx.Client:
         creds = load_kubeconfig(self.admin)
-        ctx = ssl.create_default_context(cadata=(creds.ca_pem or b"").decode())
-        with tempfile.TemporaryDirectory() as tmp:
-            cert, key = Path(tmp, "c.crt"), Path(tmp, "c.key")
-            cert.write_bytes(creds.cert_pem or b"")
-            key.write_bytes(creds.key_pem or b"")
-            ctx.load_cert_chain(str(cert), str(key))
-        return httpx.Client(base_url=creds.server, verify=ctx, timeout=timeout)
+        return httpx.Client(base_url=creds.server, verify=ssl_context(creds), timeout=timeout)
 
     def pids(self) -> dict[str, int]:
         """The quick start's own daemons (server, agents, gateway), for CPU accounting."""

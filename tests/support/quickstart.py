@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from slurmlink.auth.kubeconfig import load_kubeconfig
+from slurmlink.client.http import ssl_context
 from slurmlink.slurm.devcluster import DevCluster, free_port_pair
 from support.devcluster import make_state_dir, quickstart_cli, skip_unless_possible
 from support.postgres import free_port
@@ -51,17 +52,8 @@ class QuickStart:
 
     def client(self, kubeconfig: Path | None = None) -> httpx.Client:
         """An API client with ``kubeconfig``'s client certificate (the admin's by default)."""
-        import ssl
-        import tempfile
-
         creds = load_kubeconfig(kubeconfig or self.admin)
-        ctx = ssl.create_default_context(cadata=(creds.ca_pem or b"").decode())
-        with tempfile.TemporaryDirectory() as tmp:
-            cert, key = Path(tmp, "c.crt"), Path(tmp, "c.key")
-            cert.write_bytes(creds.cert_pem or b"")
-            key.write_bytes(creds.key_pem or b"")
-            ctx.load_cert_chain(str(cert), str(key))
-        return httpx.Client(base_url=creds.server, verify=ctx, timeout=30)
+        return httpx.Client(base_url=creds.server, verify=ssl_context(creds), timeout=30)
 
     def agent_pid(self, node: str) -> int | None:
         path = self.dir / "run" / f"agent.{node}.pid"

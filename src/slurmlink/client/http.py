@@ -60,7 +60,7 @@ class UnreachableError(ApiError):
         self.reason_text = reason
 
 
-def _ssl_context(creds: KubeconfigCredentials) -> ssl.SSLContext:
+def ssl_context(creds: KubeconfigCredentials) -> ssl.SSLContext:
     """Trust the kubeconfig's CA (else the system store) and present its client certificate, if any."""
     if creds.ca_pem:
         try:
@@ -168,7 +168,7 @@ class HttpClient:
         headers = {"Accept": "application/json", "User-Agent": f"slurmlink/{__version__}"}
         if creds.token:
             headers["Authorization"] = f"Bearer {creds.token}"
-        verify: ssl.SSLContext | bool = _ssl_context(creds) if self.server.startswith("https://") else False
+        verify: ssl.SSLContext | bool = ssl_context(creds) if self.server.startswith("https://") else False
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout, pool=connect_timeout)
         self._watch_timeout = httpx.Timeout(
             None, connect=connect_timeout, write=timeout, pool=connect_timeout
