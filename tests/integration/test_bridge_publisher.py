@@ -326,6 +326,10 @@ def test_colliding_slugs_get_stable_suffixes(kubeconfig: Path) -> None:
         got = await partitions(client)
         assert got["gpu-short"]["spec"]["slurmName"] == "GPU_Short"
         assert got["gpu-short-2"]["spec"]["slurmName"] == "gpu-short"
+        # Their virtual Nodes are named after the objects, so they are two Nodes too.
+        nodes, _ = await client.list(NODE)
+        names = {n["metadata"]["name"] for n in nodes}
+        assert {f"slurm-{CLUSTER}-gpu-short", f"slurm-{CLUSTER}-gpu-short-2"} <= names
 
         # Slurm lists them the other way round: each keeps its name, nothing is written.
         swapped = twin + SCONTROL

@@ -44,7 +44,10 @@ def _memory_mib(spec: dict[str, Any]) -> int | None:
 def node_labels(partition: Obj) -> dict[str, str]:
     """The labels of ``partition``'s Node (see the module docstring)."""
     spec = partition.get("spec") or {}
-    name = node_name(str(spec.get("cluster", "")), str(spec.get("slurmName", "")))
+    # The Partition's object name, not its Slurm name: the publisher keeps object names unique
+    # (``GPU_Short`` and ``gpu-short`` become ``gpu-short`` and ``gpu-short-2``), so Node names are too.
+    own = (partition.get("metadata") or {}).get("name") or spec.get("slurmName", "")
+    name = node_name(str(spec.get("cluster", "")), str(own))
     labels: dict[str, str] = dict((partition.get("metadata") or {}).get("labels") or {})
     labels.update({"type": "virtual-kubelet", "kubernetes.io/role": "agent", "kubernetes.io/hostname": name})
     labels["kubernetes.io/os"] = "linux"

@@ -118,10 +118,10 @@ def object_name(slurm_name: str) -> str:
     return _slug(slurm_name)
 
 
-def node_name(cluster: str, slurm_name: str) -> str:
+def node_name(cluster: str, partition: str) -> str:
     """The virtual Node's name, as the seed's virtual kubelets were named: ``slurm-<cluster>-<partition>``,
     lower case and a valid DNS label even for ``GPU_Short`` (which the seed could not register)."""
-    return _slug(f"slurm-{cluster}-{slurm_name}")
+    return _slug(f"slurm-{cluster}-{partition}")
 
 
 def feature_key(name: str, version: str | None) -> str:
