@@ -9,6 +9,7 @@ from specs/dws.md §1.7, §2.2, §2.3 and §4.
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime as dt
 import re
 from collections.abc import Awaitable, Callable
@@ -23,9 +24,16 @@ from slurmlink.client.inprocess import InProcessClient
 from slurmlink.config import ServerConfig
 from slurmlink.controllers.runtime import ControllerRunner
 from slurmlink.controllers.testdriver import TestDriverReconciler
-from slurmlink.controllers.workflow import WorkflowReconciler, go_duration, roll_up, status_priority
+from slurmlink.controllers.workflow import (
+    WorkflowReconciler,
+    go_duration,
+    roll_up,
+    settle_in_driver_write,
+    status_priority,
+)
 from slurmlink.resources.catalog import default_registry
 from slurmlink.resources.dws.computes import COMPUTES
+from slurmlink.resources.dws.group import WORKFLOW_FINALIZER
 from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.resources.errors import ApiError
 from slurmlink.resources.patching import JSON_PATCH, MERGE
@@ -474,6 +482,63 @@ def test_action_complete_makes_the_state_ready(tmp_path: Path) -> None:
         assert st["elapsedTimeLastState"] == go_duration(done - started)
 
     run(body, tmp_path)
+
+
+def test_the_drivers_last_write_of_a_state_also_makes_it_ready(tmp_path: Path) -> None:
+    """Adoption (DriverWait) and ready are two writes of the Workflow, not three: the test driver
+    completes its entry and rolls the state up in one write, with upstream's readiness fields."""
+
+    async def body(c: Cluster) -> None:
+        c.create("bb13", ["#DW Proposal action=complete", "#DW Setup action=complete"])
+        await c.status_is("bb13", "Proposal", "Completed", ready=True)
+        start = c.store.current_revision()
+        c.set_state("bb13", "Setup")
+        wf = await c.status_is("bb13", "Setup", "Completed", ready=True)
+        writes = [
+            e.object["status"]
+            for e in c.store.events_after(start)
+            if e.name == "bb13" and e.resource.endswith("workflows")
+        ]
+        # the PATCH (still Proposal), the adoption, the driver's write that finished the state
+        assert [(w["state"], w["ready"], w["status"]) for w in writes] == [
+            ("Proposal", True, "Completed"),
+            ("Setup", False, "DriverWait"),
+            ("Setup", True, "Completed"),
+        ]
+        assert writes[-1]["drivers"][1]["completed"] is True
+        st = wf["status"]
+        assert MICROTIME.match(st["readyChange"]) and st["readyChange"] >= st["desiredStateChange"]
+        assert GO_DURATION.match(st["elapsedTimeLastState"]), st["elapsedTimeLastState"]
+
+    run(body, tmp_path)
+
+
+def test_a_driver_write_leaves_unknown_statuses_to_the_controller() -> None:
+    """An entry with a status upstream does not know: the driver's write changes no roll-up field."""
+    wf: Obj = {
+        "metadata": {"name": "bb1", "finalizers": [WORKFLOW_FINALIZER]},
+        "spec": {"desiredState": "Setup"},
+        "status": {
+            "state": "Setup",
+            "ready": False,
+            "status": "DriverWait",
+            "message": "",
+            "drivers": [
+                {"watchState": "Setup", "completed": True, "status": "Completed"},
+                {"watchState": "Setup", "completed": False, "status": "Bogus"},
+            ],
+        },
+    }
+    before = copy.deepcopy(wf)
+    settle_in_driver_write(wf)
+    assert wf == before
+    # A state the controller has not adopted yet is not rolled up either.
+    unadopted = copy.deepcopy(before)
+    unadopted["spec"]["desiredState"] = "DataIn"
+    unadopted["status"]["drivers"][1]["status"] = "Completed"
+    snapshot = copy.deepcopy(unadopted)
+    settle_in_driver_write(unadopted)
+    assert unadopted == snapshot
 
 
 def test_no_directives_every_state_is_ready_at_once(tmp_path: Path) -> None:

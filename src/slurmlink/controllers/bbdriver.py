@@ -44,6 +44,7 @@ from slurmlink.burstbuffer.names import (
 )
 from slurmlink.client.base import Client, get_or_none
 from slurmlink.controllers.runtime import Key, Reconciler, Result, Watch, watches
+from slurmlink.controllers.workflow import settle_in_driver_write
 from slurmlink.resources import errors
 from slurmlink.resources.dws import ownership
 from slurmlink.resources.dws.clientmount import CLIENT_MOUNT
@@ -190,6 +191,7 @@ class BurstBufferDriver(Reconciler):
             raise
         self._record(wf, str(state), outcome)
         if wf != obj:
+            settle_in_driver_write(wf)
             await client.update(WORKFLOW, wf)
         return None if outcome.done or outcome.error else Result(requeue_after=RECHECK)
 

@@ -14,6 +14,7 @@ import logging
 from slurmlink import jsonutil
 from slurmlink.client.base import Client
 from slurmlink.controllers.runtime import Reconciler, Result
+from slurmlink.controllers.workflow import settle_in_driver_write
 from slurmlink.resources.dws import directives
 from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.resources.kind import Obj
@@ -98,5 +99,6 @@ class TestDriverReconciler(Reconciler):
     async def reconcile(self, client: Client, obj: Obj) -> Result | None:
         updated = drive(obj)
         if updated is not None:
+            settle_in_driver_write(updated)
             await client.update(WORKFLOW, updated)
         return None

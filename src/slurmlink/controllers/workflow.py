@@ -2,7 +2,9 @@
 
 Mirrors upstream's reconcile step by step (see docs/architecture.md); each step that changes the
 object writes it and returns, so every intermediate state (e.g. DriverWait right after a state
-change) is visible to watchers exactly as with upstream DWS.
+change) is visible to watchers exactly as with upstream DWS. One step is shared: the drivers that
+run with the API (the test driver, the burst buffer driver) roll up and stamp readiness in the write
+that finishes a state's last entry (``settle``), where upstream's controller would write once more.
 """
 
 from __future__ import annotations
@@ -134,6 +136,49 @@ def roll_up(status: dict[str, object], drivers: list[dict[str, object]]) -> None
         status["status"] = value if value in ("TransientCondition", "Error", "Completed") else "DriverWait"
 
 
+def settle(wf: Obj) -> None:
+    """Roll the current state's driver entries up into ``wf``'s status; stamp readiness when done.
+
+    The controller's last step for a state. Drivers that run with the API call it on the object
+    they write (``settle_in_driver_write``), so the write finishing a state's last entry also
+    reports the state ready: one Workflow write and one round of watch events less per state.
+    Raises ValueError for an unknown driver status, as ``status_priority`` does.
+    """
+    spec, status = wf["spec"], wf["status"]
+    roll_up(status, list(status.get("drivers") or []))
+    if spec.get("forceReady"):
+        status["ready"], status["status"], status["message"] = True, "Completed", "Forced Ready"
+    if status["ready"]:
+        now = dt.datetime.now(dt.UTC)
+        status["readyChange"] = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        started = status.get("desiredStateChange")
+        elapsed = now - parse_time(started) if isinstance(started, str) else dt.timedelta(0)
+        status["elapsedTimeLastState"] = go_duration(elapsed)
+
+
+def settle_in_driver_write(wf: Obj) -> None:
+    """``settle`` for a driver about to write ``wf``: only for a current, adopted, unready state.
+
+    Anything else (a state the controller has not adopted yet, a Workflow being deleted, an unknown
+    driver status) is left to the controller, which rolls up on the driver's write as before.
+    """
+    status = wf.get("status")
+    if (
+        not isinstance(status, dict)
+        or wf["metadata"].get("deletionTimestamp")
+        or WORKFLOW_FINALIZER not in (wf["metadata"].get("finalizers") or [])
+        or status.get("ready")
+        or status.get("state") != wf["spec"].get("desiredState")
+    ):
+        return
+    before = dict(status)  # roll_up changes only top-level keys
+    try:
+        settle(wf)
+    except ValueError:
+        status.clear()
+        status.update(before)
+
+
 class WorkflowReconciler(Reconciler):
     name = "workflow"
     kind = WORKFLOW
@@ -179,15 +224,7 @@ class WorkflowReconciler(Reconciler):
             return None
         if status.get("ready"):
             return None
-        roll_up(status, list(status.get("drivers") or []))
-        if spec.get("forceReady"):
-            status["ready"], status["status"], status["message"] = True, "Completed", "Forced Ready"
-        if status["ready"]:
-            now = dt.datetime.now(dt.UTC)
-            status["readyChange"] = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            started = status.get("desiredStateChange")
-            elapsed = now - parse_time(started) if isinstance(started, str) else dt.timedelta(0)
-            status["elapsedTimeLastState"] = go_duration(elapsed)
+        settle(wf)
         if status != before or needs_finalizer:
             try:
                 await client.update(WORKFLOW, wf)
