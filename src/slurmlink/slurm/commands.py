@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import os
 import re
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,12 +114,58 @@ async def stop_process(proc: asyncio.subprocess.Process, grace: float = 2.0) -> 
         await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
 
 
+class JobRecordBatch:
+    """Lookups of single jobs that arrive together answered by one ``squeue`` run.
+
+    Slurm 22.05's ``squeue --json`` prints every job whatever ``--jobs`` says, so a run per lookup
+    dumps and parses the whole queue each time; a scheduler pass starting dozens of jobs sends the
+    bank's prolog for each at once. Lookups made while a run is under way wait for the next run,
+    which asks for all of them: no answer ever comes from a run that started before it was asked.
+    """
+
+    def __init__(self, fetch: Callable[[list[str]], Awaitable[Mapping[str, JobRecord]]]) -> None:
+        self._fetch = fetch
+        self._waiting: dict[str, list[asyncio.Future[JobRecord | None]]] = {}
+        self._runner: asyncio.Task[None] | None = None
+
+    async def lookup(self, job_id: str) -> JobRecord | None:
+        future: asyncio.Future[JobRecord | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(job_id, []).append(future)
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, {}
+            try:
+                found = await self._fetch(sorted(batch))
+            except BaseException as exc:
+                for futures in (*batch.values(), *self._waiting.values()):
+                    for future in futures:
+                        if future.done():
+                            continue
+                        if isinstance(exc, Exception):
+                            future.set_exception(exc)
+                        else:
+                            future.cancel()
+                if not isinstance(exc, Exception):
+                    self._waiting = {}
+                    raise
+                continue
+            for job_id, futures in batch.items():
+                for future in futures:
+                    if not future.done():
+                        future.set_result(found.get(job_id))
+
+
 class SlurmCommands:
     """Runs Slurm's client commands against one cluster."""
 
     def __init__(self, slurm_conf: Path | None = None, timeout: float = 30.0) -> None:
         self.slurm_conf = slurm_conf
         self.timeout = timeout
+        self._records = JobRecordBatch(self.job_records)
 
     def state_save_location(self) -> Path:
         """Where slurmctld keeps job scripts (``hash.N/job.<id>/script``)."""
@@ -183,20 +230,40 @@ class SlurmCommands:
         return parse_squeue_jobs(result.stdout)
 
     async def job_record(self, job_id: str) -> JobRecord | None:
-        """The job as slurmctld holds it, with its RunTime; None when slurmctld no longer knows it."""
-        from slurmlink.slurm.jobrecord import parse_squeue_jobs, run_time_of
+        """The job as slurmctld holds it, with its RunTime; None when slurmctld no longer knows it.
 
-        result = await self.run("squeue", "--json", "--states=all", f"--jobs={_job_id(job_id)}")
-        if result.returncode != 0:
-            if "Invalid job id" in result.stderr:
-                return None
-            raise SlurmCommandError(f"squeue --jobs={job_id} failed: {result.stderr.strip()}")
-        found = [r for r in parse_squeue_jobs(result.stdout) if str(r.job_id) == job_id]
-        if not found:
+        Lookups made at the same time share one ``squeue`` run (``JobRecordBatch``).
+        """
+        from slurmlink.slurm.jobrecord import run_time_of
+
+        job_id = _job_id(job_id)
+        found = await self._records.lookup(job_id)
+        if found is None:
             return None
         shown = await self.run("scontrol", "-o", "show", "job", job_id)
         run_seconds = run_time_of(shown.stdout) if shown.returncode == 0 else None
-        return dataclasses.replace(found[0], run_seconds=run_seconds)
+        return dataclasses.replace(found, run_seconds=run_seconds)
+
+    async def job_records(self, job_ids: list[str]) -> dict[str, JobRecord]:
+        """The jobs among ``job_ids`` slurmctld still holds (without RunTime), in one ``squeue`` run."""
+        from slurmlink.slurm.jobrecord import parse_squeue_jobs
+
+        wanted = {_job_id(j) for j in job_ids}
+        listed = ",".join(sorted(wanted))
+        result = await self.run("squeue", "--json", "--states=all", f"--jobs={listed}")
+        if result.returncode != 0:
+            if "Invalid job id" not in result.stderr:
+                raise SlurmCommandError(
+                    f"squeue --jobs={listed} failed: {result.stderr.strip()}"
+                )
+            if len(wanted) == 1:
+                return {}
+            found: dict[str, JobRecord] = {}
+            for job_id in sorted(wanted):  # one of them is unknown: ask for each on its own
+                found.update(await self.job_records([job_id]))
+            return found
+        # Slurm 22.05's squeue --json ignores --jobs and prints every job; later releases filter.
+        return {str(r.job_id): r for r in parse_squeue_jobs(result.stdout) if str(r.job_id) in wanted}
 
     async def job_known(self, job_id: str) -> bool | None:
         """True/False if slurmctld knows/does not know the job; None when it cannot be asked."""

@@ -1,0 +1,63 @@
+"""``SlurmCommands.job_record`` against the real slurmctld: lookups made together share one squeue run.
+
+Slurm 22.05's ``squeue --json`` prints every job whatever ``--jobs`` says, so the bank's prolog and
+epilog for a wave of jobs would otherwise dump and parse the whole queue once per job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from slurmlink.slurm.commands import CommandResult, SlurmCommands
+from slurmlink.slurm.devcluster import DevCluster
+
+
+class CountingCommands(SlurmCommands):
+    """The real commands, recording each argument vector they run."""
+
+    def __init__(self, cluster: DevCluster) -> None:
+        super().__init__(cluster.slurm_conf)
+        self.argvs: list[tuple[str, ...]] = []
+
+    async def run(self, *argv: str, env_extra: dict[str, str] | None = None) -> CommandResult:
+        self.argvs.append(argv)
+        return await super().run(*argv, env_extra=env_extra)
+
+
+def _held_job(cluster: DevCluster, name: str) -> str:
+    result = cluster.run_as_job_user(
+        ["sbatch", "--parsable", "--hold", "-J", name, "-o", "/dev/null", "--wrap", "true"], timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().split(";")[0]
+
+
+def test_concurrent_lookups_share_one_squeue_run(dev_cluster: DevCluster) -> None:
+    jobs = [_held_job(dev_cluster, f"records-{i}") for i in range(3)]
+    unknown = str(int(jobs[-1]) + 100_000)
+    commands = CountingCommands(dev_cluster)
+    try:
+
+        async def lookups() -> list[object]:
+            return await asyncio.gather(*(commands.job_record(j) for j in [*jobs, unknown, jobs[0]]))
+
+        records = asyncio.run(lookups())
+        squeues = [a for a in commands.argvs if a[0] == "squeue"]
+        assert len(squeues) == 1, squeues
+        assert squeues[0][-1] == "--jobs=" + ",".join(sorted({*jobs, unknown}))
+        found = [getattr(r, "job_id", None) for r in records]
+        assert found == [int(j) for j in jobs] + [None, int(jobs[0])]
+        for record in records[:3]:
+            assert getattr(record, "user") == dev_cluster.job_user
+            assert getattr(record, "state") == "PENDING"
+
+        # A lookup made after a run has started waits for a run of its own.
+        async def one_after_another() -> None:
+            assert (await commands.job_record(jobs[1])) is not None
+            assert (await commands.job_record(jobs[2])) is not None
+
+        before = len([a for a in commands.argvs if a[0] == "squeue"])
+        asyncio.run(one_after_another())
+        assert len([a for a in commands.argvs if a[0] == "squeue"]) == before + 2
+    finally:
+        dev_cluster.run_slurm(["scancel", *jobs], timeout=30)
