@@ -10,6 +10,7 @@ import asyncio
 
 from slurmlink.slurm.commands import CommandResult, SlurmCommands
 from slurmlink.slurm.devcluster import DevCluster
+from slurmlink.slurm.jobrecord import JobRecord
 
 
 class CountingCommands(SlurmCommands):
@@ -38,18 +39,19 @@ def test_concurrent_lookups_share_one_squeue_run(dev_cluster: DevCluster) -> Non
     commands = CountingCommands(dev_cluster)
     try:
 
-        async def lookups() -> list[object]:
-            return await asyncio.gather(*(commands.job_record(j) for j in [*jobs, unknown, jobs[0]]))
+        async def lookups() -> list[JobRecord | None]:
+            return list(await asyncio.gather(*(commands.job_record(j) for j in [*jobs, unknown, jobs[0]])))
 
         records = asyncio.run(lookups())
         squeues = [a for a in commands.argvs if a[0] == "squeue"]
         assert len(squeues) == 1, squeues
         assert squeues[0][-1] == "--jobs=" + ",".join(sorted({*jobs, unknown}))
-        found = [getattr(r, "job_id", None) for r in records]
+        found = [None if r is None else r.job_id for r in records]
         assert found == [int(j) for j in jobs] + [None, int(jobs[0])]
         for record in records[:3]:
-            assert getattr(record, "user") == dev_cluster.job_user
-            assert getattr(record, "state") == "PENDING"
+            assert record is not None
+            assert record.user == dev_cluster.job_user
+            assert record.state == "PENDING"
 
         # A lookup made after a run has started waits for a run of its own.
         async def one_after_another() -> None:

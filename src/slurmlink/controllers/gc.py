@@ -191,15 +191,19 @@ class GarbageCollector(Reconciler):
     def _related(self, graph: OwnerGraph, obj: Obj) -> list[Key]:
         """Objects of our kind that matter after a change of ``obj``: its owners that are being
         deleted (they may be waiting for it), and its dependents once it is deleting or gone."""
+        refs = _refs(obj)
+        has_dependents = graph.has_dependents(obj)
+        if not refs and not has_dependents:
+            return []  # the common case; this runs for every event once per collector (served kind)
         keys: list[Key] = []
         informer = graph.informers.informer(self.kind)
-        for ref in _refs(obj):
+        for ref in refs:
             if graph.owner_kind(ref) is self.kind:
                 key = graph.owner_key(obj, ref, self.kind)
                 owner = informer.get(*key)
                 if owner is not None and owner["metadata"].get("deletionTimestamp"):
                     keys.append(key)
-        if graph.has_dependents(obj) and graph.deleting_or_gone(obj):
+        if has_dependents and graph.deleting_or_gone(obj):
             keys += [object_key(d.obj) for d in graph.dependents(obj) if d.kind is self.kind]
         return keys
 

@@ -253,9 +253,7 @@ class SlurmCommands:
         result = await self.run("squeue", "--json", "--states=all", f"--jobs={listed}")
         if result.returncode != 0:
             if "Invalid job id" not in result.stderr:
-                raise SlurmCommandError(
-                    f"squeue --jobs={listed} failed: {result.stderr.strip()}"
-                )
+                raise SlurmCommandError(f"squeue --jobs={listed} failed: {result.stderr.strip()}")
             if len(wanted) == 1:
                 return {}
             found: dict[str, JobRecord] = {}
