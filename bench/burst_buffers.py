@@ -33,6 +33,10 @@ serves three measurements, one after the other, in the same run:
    same jobs with the same buffer that copy the same data in and out themselves (``cp -a`` in the job
    script). Throughput and submit-to-end latency as in (2); ``--stage-rounds`` alternates the two.
 
+Every job of (1), (2) and (4) asks for ``--time-limit`` minutes (5): Slurm starts the stage-in of a job
+without a time limit only once its main scheduler reaches it with nodes free (see docs/burst-buffers.md),
+which no real site's jobs wait for.
+
 Everything runs on one machine, so the numbers are only comparable within one run; the load average at
 the start of each phase is printed with it. Cleanup on exit, Ctrl-C and SIGTERM: jobs cancelled, the
 baseline XFS unmounted and its loop device detached, the quick start taken down (``--purge``).
@@ -290,7 +294,8 @@ class Bench:
 
     def script(self, name: str, body: str) -> Path:
         path = self.cluster.jobs_dir / name
-        path.write_text("#!/bin/sh\n" + body.strip() + "\n")
+        limit = f"#SBATCH --time={self.args.time_limit}\n" if self.args.time_limit else ""
+        path.write_text("#!/bin/sh\n" + limit + body.strip() + "\n")
         path.chmod(0o755)
         return path
 
@@ -849,6 +854,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dd-capacity", default="1GiB", help="buffer size in (3) (default 1GiB)")
     parser.add_argument("--dd-mib", type=int, default=512, help="MiB each dd writes (default 512)")
     parser.add_argument("--dd-rounds", type=int, default=3, help="alternating dd rounds (default 3)")
+    parser.add_argument(
+        "--time-limit",
+        type=int,
+        default=5,
+        help="each job's --time in minutes, 0 for none (default 5): without one, jobs get the partition's "
+        "unlimited time, backfill cannot plan them, and Slurm only starts the stage-in of jobs it has "
+        "planned or its main scheduler reaches before the partition is full (docs/burst-buffers.md)",
+    )
     parser.add_argument("--parallel", type=int, default=4, help="concurrent sbatch processes (default 4)")
     parser.add_argument("--compute-nodes", type=int, default=2)
     parser.add_argument("--storage-nodes", type=int, default=3)
