@@ -116,6 +116,11 @@ class OwnerGraph:
         """Whether some tracked object names ``owner`` in its ownerReferences (one dict lookup)."""
         return str((owner.get("metadata") or {}).get("uid") or "") in self._dependents
 
+    def has_dependents_of(self, owner: Obj, kind: Kind) -> bool:
+        """Whether some object of ``kind`` names ``owner`` in its ownerReferences."""
+        bucket = self._dependents.get(str((owner.get("metadata") or {}).get("uid") or ""), set())
+        return any(entry[0] == kind.key for entry in bucket)
+
     def deleting_or_gone(self, obj: Obj) -> bool:
         """Whether ``obj`` is being deleted, or its kind's cache no longer holds it (handlers run
         after the cache is updated, so a DELETED event's object is already gone from it)."""
@@ -203,7 +208,7 @@ class GarbageCollector(Reconciler):
                 owner = informer.get(*key)
                 if owner is not None and owner["metadata"].get("deletionTimestamp"):
                     keys.append(key)
-        if has_dependents and graph.deleting_or_gone(obj):
+        if has_dependents and graph.has_dependents_of(obj, self.kind) and graph.deleting_or_gone(obj):
             keys += [object_key(d.obj) for d in graph.dependents(obj) if d.kind is self.kind]
         return keys
 
