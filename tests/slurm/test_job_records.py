@@ -7,8 +7,9 @@ epilog for a wave of jobs would otherwise dump and parse the whole queue once pe
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
-from slurmlink.slurm.commands import CommandResult, SlurmCommands
+from slurmlink.slurm.commands import CommandResult, SlurmCommandError, SlurmCommands
 from slurmlink.slurm.devcluster import DevCluster
 from slurmlink.slurm.jobrecord import JobRecord
 
@@ -16,8 +17,8 @@ from slurmlink.slurm.jobrecord import JobRecord
 class CountingCommands(SlurmCommands):
     """The real commands, recording each argument vector they run."""
 
-    def __init__(self, cluster: DevCluster) -> None:
-        super().__init__(cluster.slurm_conf)
+    def __init__(self, slurm_conf: Path) -> None:
+        super().__init__(slurm_conf)
         self.argvs: list[tuple[str, ...]] = []
 
     async def run(self, *argv: str, env_extra: dict[str, str] | None = None) -> CommandResult:
@@ -36,7 +37,7 @@ def _held_job(cluster: DevCluster, name: str) -> str:
 def test_concurrent_lookups_share_one_squeue_run(dev_cluster: DevCluster) -> None:
     jobs = [_held_job(dev_cluster, f"records-{i}") for i in range(3)]
     unknown = str(int(jobs[-1]) + 100_000)
-    commands = CountingCommands(dev_cluster)
+    commands = CountingCommands(dev_cluster.slurm_conf)
     try:
 
         async def lookups() -> list[JobRecord | None]:
@@ -63,3 +64,20 @@ def test_concurrent_lookups_share_one_squeue_run(dev_cluster: DevCluster) -> Non
         assert len([a for a in commands.argvs if a[0] == "squeue"]) == before + 2
     finally:
         dev_cluster.run_slurm(["scancel", *jobs], timeout=30)
+
+
+def test_a_failed_run_fails_every_lookup_it_answers(tmp_path: Path) -> None:
+    """squeue that cannot read its slurm.conf: each waiting lookup gets the error, none hangs."""
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=broken\nNotAKey=1\n")
+    commands = CountingCommands(conf)
+
+    async def lookups() -> list[object]:
+        return list(
+            await asyncio.gather(*(commands.job_record(j) for j in ("1", "2", "3")), return_exceptions=True)
+        )
+
+    results = asyncio.run(lookups())
+    assert all(isinstance(r, SlurmCommandError) for r in results), results
+    assert "squeue --jobs=1,2,3 failed" in str(results[0])
+    assert len([a for a in commands.argvs if a[0] == "squeue"]) == 1

@@ -140,19 +140,18 @@ class JobRecordBatch:
             batch, self._waiting = self._waiting, {}
             try:
                 found = await self._fetch(sorted(batch))
-            except BaseException as exc:
+            except Exception as exc:  # this run's lookups fail; later ones get a run of their own
+                for futures in batch.values():
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(exc)
+                continue
+            except BaseException:  # cancelled: nobody is left to answer anyone
                 for futures in (*batch.values(), *self._waiting.values()):
                     for future in futures:
-                        if future.done():
-                            continue
-                        if isinstance(exc, Exception):
-                            future.set_exception(exc)
-                        else:
-                            future.cancel()
-                if not isinstance(exc, Exception):
-                    self._waiting = {}
-                    raise
-                continue
+                        future.cancel()
+                self._waiting = {}
+                raise
             for job_id, futures in batch.items():
                 for future in futures:
                     if not future.done():
