@@ -23,6 +23,7 @@ journal is removed.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -247,8 +248,11 @@ class MovementManager:
         loop = asyncio.get_running_loop()
         latest: list[Obj] = [obj]
 
+        reports: list[concurrent.futures.Future[None]] = []
+
         def report(progress: MoveProgress) -> None:
-            asyncio.run_coroutine_threadsafe(self._progress(latest, progress), loop)
+            reports[:] = [r for r in reports if not r.done()]
+            reports.append(asyncio.run_coroutine_threadsafe(self._progress(latest, progress), loop))
 
         journal = self.journals / f"{obj['metadata'].get('uid') or key[1]}.journal"
         try:
@@ -262,9 +266,17 @@ class MovementManager:
                 buffer_side="destination" if (spec["destination"] or {}).get("allocation") else "source",
             )
             log.info("node %s: copy %s/%s: %s -> %s", self.node, *key, copy.source, copy.destination)
-            final = await asyncio.to_thread(
-                run_copy, copy, journal=journal, progress=report, cancel=cancel, interval=PROGRESS_INTERVAL
-            )
+            try:
+                final = await asyncio.to_thread(
+                    run_copy,
+                    copy,
+                    journal=journal,
+                    progress=report,
+                    cancel=cancel,
+                    interval=PROGRESS_INTERVAL,
+                )
+            finally:  # the last reports land before the ending is written, never after it
+                await asyncio.gather(*(asyncio.wrap_future(r) for r in reports), return_exceptions=True)
         except MoveCancelled:
             if self._stopping:
                 return None
@@ -286,10 +298,12 @@ class MovementManager:
     async def _progress(self, latest: list[Obj], progress: MoveProgress) -> None:
         obj = latest[0]
         status = {**(obj.get("status") or {}), **progress.to_status()}
-        if (obj.get("status") or {}).get("state") == "Finished":
+        if finished(obj):
             return
         with contextlib.suppress(errors.ApiError):
-            updated = await self._put(obj, status)
+            updated = await put_status(
+                self.client, DATA_MOVEMENT, obj, status, self.informer, still_wanted=unfinished
+            )
             if updated is not None:
                 latest[0] = updated
 
@@ -317,6 +331,11 @@ class _Ending:
     outcome: str
     message: str | None
     status: dict[str, Any]
+
+
+def unfinished(obj: Obj) -> bool:
+    """A progress report may still be written over this copy's status."""
+    return not finished(obj)
 
 
 def _allocation_name(obj: Obj) -> str | None:

@@ -6,6 +6,7 @@ is gone) as done.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from slurmlink.client.base import Client, get_or_none
@@ -31,12 +32,24 @@ def trigger(obj: Obj | None) -> Any:
 
 
 async def put_status(
-    client: Client, kind: Kind, obj: Obj, status: dict[str, Any], cache: SharedInformer | None = None
+    client: Client,
+    kind: Kind,
+    obj: Obj,
+    status: dict[str, Any],
+    cache: SharedInformer | None = None,
+    *,
+    still_wanted: Callable[[Obj], bool] | None = None,
 ) -> Obj | None:
-    """Write ``status`` unless the object already has it; the stored object (None if it is gone)."""
+    """Write ``status`` unless the object already has it; the stored object (None if it is gone).
+
+    After a conflict the write is retried on the fresh copy only if ``still_wanted(fresh)``: a progress
+    report that lost the race to the final status must not put the object back to its running state.
+    """
     namespace, name = _where(obj)
     for attempt in range(_ATTEMPTS):
         if obj.get("status") == status:
+            return obj
+        if attempt and still_wanted is not None and not still_wanted(obj):
             return obj
         try:
             updated = await client.update_status(kind, {**obj, "status": status})
