@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from slurmlink.mover import CopySpec, MoveCancelled, MoveError, MoveProgress, copier, run_copy, worker
+from slurmlink.mover import CopySpec, MoveCancelled, MoveError, MoveProgress, copier, run_copy, shares, worker
 from slurmlink.mover.journal import load
+from slurmlink.mover.plan import make_plan
+from slurmlink.mover.targets import Target
 from support.unix_users import ensure_unix_user
 
 pytestmark = pytest.mark.storage
@@ -258,8 +260,8 @@ def test_too_little_space_fails_before_copying(
 
 
 def worker_pids() -> list[int]:
-    """This process's mover workers."""
-    found = []
+    """This process's mover workers, and the processes they forked to copy shares of the files."""
+    movers: dict[int, int] = {}  # pid -> parent pid
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -268,9 +270,10 @@ def worker_pids() -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == os.getpid() and b"slurmlink.mover.worker" in cmdline:
-            found.append(int(entry.name))
-    return found
+        if b"slurmlink.mover.worker" in cmdline:
+            movers[int(entry.name)] = ppid
+    ours = {pid for pid, ppid in movers.items() if ppid == os.getpid()}
+    return sorted(ours | {pid for pid, ppid in movers.items() if ppid in ours})
 
 
 def test_a_rerun_after_kill_9_skips_what_was_verified(
@@ -345,3 +348,64 @@ def test_cancel_stops_a_large_copy_within_two_seconds(
     assert worker_pids() == []
     assert not (dst / "big").exists()
     assert not list(dst.glob("*.slurmlink-part"))
+
+
+# ---- many small files: one process per CPU ----------------------------------------------------------
+
+#: Directories and files per directory of the small-file tree: enough files that the copy is split.
+SMALL_DIRS, SMALL_FILES = 12, 100
+
+
+def small_tree(root: Path, uid: int, gid: int) -> None:
+    for d in range(SMALL_DIRS):
+        (root / f"d{d:02}").mkdir(parents=True)
+        for f in range(SMALL_FILES):
+            (root / f"d{d:02}" / f"f{f:03}").write_bytes(os.urandom(1000 + 37 * f))
+    own(root, uid, gid)
+
+
+def expected_processes() -> int:
+    cpus = len(os.sched_getaffinity(0))
+    if cpus < 2:
+        pytest.skip("one CPU: a copy is never split across processes")
+    return min(shares.MAX_SHARES, cpus)
+
+
+def test_many_small_files_are_copied_by_one_process_per_cpu(
+    dirs: tuple[Path, Path], ids: tuple[int, int]
+) -> None:
+    want = expected_processes()
+    src, dst = dirs
+    small_tree(src, *ids)
+    assert SMALL_DIRS * SMALL_FILES >= shares.MIN_SMALL_FILES
+    before = entries(src)
+    seen: list[int] = []
+    final = run_copy(
+        spec(src, dst / "out", ids), progress=lambda p: seen.append(len(worker_pids())), interval=0
+    )
+    assert max(seen) == want  # the worker and the processes it forked, all copying at once
+    assert worker_pids() == []
+    assert_same_tree(src, dst / "out", ids[0], before)
+    files = [p for p in src.rglob("*") if p.is_file()]
+    assert final.files_total == final.files_done == final.checksums_verified == len(files)
+    assert final.bytes_done == final.bytes_total == sum(p.stat().st_size for p in files)
+    assert not list((dst / "out").rglob("*.slurmlink-part"))
+
+
+def test_a_failure_in_a_forked_process_fails_the_copy_and_stops_the_others(
+    dirs: tuple[Path, Path], ids: tuple[int, int]
+) -> None:
+    want = expected_processes()
+    src, dst = dirs
+    small_tree(src, *ids)
+    parts = shares.split(make_plan([Target(str(src), str(dst / "out"), "tree")], ids[0]).files, want)
+    first = parts[1][0]  # a file the first process does not copy
+    unreadable = src / first.rel_dir / first.src_name
+    os.chown(unreadable, 0, 0)
+    unreadable.chmod(0o600)
+    with pytest.raises(MoveError, match=f"{unreadable}: Permission denied"):
+        run_copy(spec(src, dst / "out", ids))
+    assert worker_pids() == []
+    assert not list((dst / "out").rglob("*.slurmlink-part"))
+    assert not (dst / "out" / first.rel_dir / first.dst_name).exists()
+    assert all(st.st_uid == ids[0] for st in entries(dst).values())

@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 
 from slurmlink.mover import CopySpec, MoveError, MoveProgress
+from slurmlink.mover.copier import BATCH, SPLIT_AT
 from slurmlink.mover.journal import Journal, load
 from slurmlink.mover.listfile import parse_list
+from slurmlink.mover.plan import FileItem
+from slurmlink.mover.shares import FILE_COST, split
 from slurmlink.mover.targets import Kind, KindOf, Target, list_targets, resolve
 
 
@@ -161,3 +164,36 @@ def test_journal_ignores_a_torn_line_and_appends_after_it(tmp_path: Path) -> Non
     assert [r["dst"] for r in done] == ["/d/s/a", "/d/s/c"]
     assert load(path, CopySpec("/other", "/d", "auto", 1000, 1000))[0] is None
     assert load(tmp_path / "missing", spec) == (None, [])
+
+
+# ---- shares of a split copy -----------------------------------------------------------------------------
+
+
+def _file(rel_dir: str, name: str, size: int) -> FileItem:
+    return FileItem(0, rel_dir, name, name, size, 0o644, 0, 0)
+
+
+def test_a_split_copies_every_file_once_large_ones_in_the_first_process_in_whole_batches() -> None:
+    # 10 directories of 100 small files (4 batches each: 32, 32, 32, 4) and two large files.
+    files = [_file(f"d{d}", f"f{f:03}", 64 << 10) for d in range(10) for f in range(100)]
+    large = [_file("", "big1", SPLIT_AT), _file("", "big2", 2 * SPLIT_AT)]
+    parts = split(files + large, 3)
+    assert sorted((f.rel_dir, f.src_name) for part in parts for f in part) == sorted(
+        (f.rel_dir, f.src_name) for f in files + large
+    )
+    assert all(f in parts[0] for f in large)
+    for part in parts:  # a batch is never torn between processes
+        names = {(f.rel_dir, f.src_name) for f in part}
+        for d in range(10):
+            for start in range(0, 100, BATCH):
+                batch = {(f"d{d}", f"f{i:03}") for i in range(start, min(start + BATCH, 100))}
+                assert batch <= names or not batch & names
+    # The large files' 192 MiB are more than a third of the work: the first process copies only them.
+    assert parts[0] == large
+    work = [sum(FILE_COST + f.size for f in part) for part in split(files, 3)]
+    assert max(work) - min(work) <= BATCH * (FILE_COST + (64 << 10))  # within one batch of each other
+
+
+def test_one_share_is_the_whole_plan() -> None:
+    files = [_file("d", f"f{i}", 10) for i in range(40)]
+    assert split(files, 1) == [files]

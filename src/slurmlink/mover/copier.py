@@ -103,8 +103,20 @@ class _Large:
 class Copier:
     """Runs one plan: call :meth:`prepare`, :meth:`run`, :meth:`finish` in that order."""
 
-    def __init__(self, plan: Plan, uid: int, workers: int, verify: bool, emit: Emit, stop: threading.Event):
+    def __init__(
+        self,
+        plan: Plan,
+        uid: int,
+        workers: int,
+        verify: bool,
+        emit: Emit,
+        stop: threading.Event,
+        *,
+        share: int = 0,
+    ):
         self.plan = plan
+        #: Which process of a copy split across several this is (its progress records say so).
+        self.share = share
         self.uid = uid
         self.workers = max(1, workers)
         self.verify = verify
@@ -171,11 +183,12 @@ class Copier:
 
     # -- files ----------------------------------------------------------------------------------
 
-    def run(self, interval: float) -> None:
-        """Copy every file of the plan; progress every ``interval`` seconds; raises the first error."""
+    def run(self, interval: float, files: list[FileItem] | None = None) -> None:
+        """Copy ``files`` (default: every file of the plan); progress every ``interval`` seconds;
+        raises the first error."""
         jobs: list[Callable[[], None]] = []
         small: dict[tuple[int, str], list[FileItem]] = {}
-        for item in self.plan.files:
+        for item in self.plan.files if files is None else files:
             if item.size >= SPLIT_AT:
                 large = _Large(item, ranges=(item.size + RANGE - 1) // RANGE)
                 large.left = large.ranges
@@ -189,7 +202,7 @@ class Copier:
             pending = {pool.submit(self._guarded, job) for job in jobs}
             while pending:
                 _, pending = concurrent.futures.wait(pending, timeout=interval)
-                self.emit({"t": "p", "bytes": self.bytes_done})
+                self.emit({"t": "p", "bytes": self.bytes_done, "share": self.share})
         if self.error is not None:
             raise self.error
         if self.stop.is_set():
@@ -232,11 +245,14 @@ class Copier:
                     opened.append(fd)
                     os.posix_fadvise(fd, 0, item.size, os.POSIX_FADV_WILLNEED)
                 dst_dir = open_rel(self.dst_roots[root], rel_dir, self.plan.roots[root].destination)
+                verified: list[dict[str, Any]] = []
                 try:
                     for item, fd in zip(items, opened, strict=True):
-                        self._copy_file(fd, dst_dir, item)
+                        verified.append(self._copy_file(fd, dst_dir, item))
                 finally:
                     os.close(dst_dir)
+                    if verified:  # one report for the batch: one write, one lock, one line to parse
+                        self.emit({"t": "vs", "files": verified})
             finally:
                 for fd in opened:
                     os.close(fd)
@@ -244,7 +260,8 @@ class Copier:
 
         return job
 
-    def _copy_file(self, src: int, dst_dir: int, item: FileItem) -> None:
+    def _copy_file(self, src: int, dst_dir: int, item: FileItem) -> dict[str, Any]:
+        """Copy one small file; its verified record."""
         src_path = self.plan.source_path(item.root, item.rel_dir, item.src_name)
         dst_path = self.plan.destination_path(item.root, item.rel_dir, item.dst_name)
         tmp = temp_name(item.dst_name)
@@ -258,7 +275,7 @@ class Copier:
             raise
         os.close(dst)
         _rename(dst_dir, tmp, item.dst_name, dst_path)
-        self._verified(item, src_path, dst_path, digest)
+        return self._verified(item, src_path, dst_path, digest)
 
     def _range_job(self, large: _Large, index: int) -> Callable[[], None]:
         def job() -> None:
@@ -318,7 +335,7 @@ class Copier:
                 large.dst = -1
                 _rename(large.dst_dir, tmp, item.dst_name, dst_path)
                 whole = xxhash.xxh3_128(b"".join(large.digests[i] for i in range(large.ranges))).digest()
-                self._verified(item, src_path, dst_path, whole)
+                self.emit(self._verified(item, src_path, dst_path, whole))
         finally:
             for fd in (large.src, large.dst):
                 if fd >= 0:
@@ -381,19 +398,18 @@ class Copier:
             pos += n
         return hasher
 
-    def _verified(self, item: FileItem, src_path: str, dst_path: str, digest: bytes) -> None:
-        self.emit(
-            {
-                "t": "v",
-                "src": src_path,
-                "dst": dst_path,
-                "size": item.size,
-                "smt": item.mtime_ns,
-                "dmt": item.mtime_ns,
-                "digest": digest.hex(),
-                "checked": self.verify,
-            }
-        )
+    def _verified(self, item: FileItem, src_path: str, dst_path: str, digest: bytes) -> dict[str, Any]:
+        """The report of a file copied and verified (the parent's journal records it)."""
+        return {
+            "t": "v",
+            "src": src_path,
+            "dst": dst_path,
+            "size": item.size,
+            "smt": item.mtime_ns,
+            "dmt": item.mtime_ns,
+            "digest": digest.hex(),
+            "checked": self.verify,
+        }
 
 
 def _open_source(src_dir: int, item: FileItem, path: str) -> int:
@@ -410,11 +426,14 @@ def _open_source(src_dir: int, item: FileItem, path: str) -> int:
 
 
 def _create(dst_dir: int, tmp: str, path: str) -> int:
-    _unlink(dst_dir, tmp)
+    """The temporary file, new; one left by a killed run is removed first (one system call when none is)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        return os.open(
-            tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dst_dir
-        )
+        try:
+            return os.open(tmp, flags, 0o600, dir_fd=dst_dir)
+        except FileExistsError:
+            _unlink(dst_dir, tmp)
+            return os.open(tmp, flags, 0o600, dir_fd=dst_dir)
     except OSError as exc:
         raise error(path, exc) from exc
 

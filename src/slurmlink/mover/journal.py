@@ -52,7 +52,10 @@ class Journal:
             self._file.write("\n")  # after a torn line, start a fresh one
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.write_many([record])
+
+    def write_many(self, records: list[dict[str, Any]]) -> None:
+        self._file.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
         self._file.flush()
 
     def close(self) -> None:

@@ -72,6 +72,7 @@ class _Run:
         self.started = time.monotonic()
         self.last_call = -1e9
         self.worker_bytes = 0
+        self.share_bytes: dict[int, int] = {}
         self.skipped_bytes = 0
         self.error: str | None = None
         self.finished = False
@@ -80,12 +81,13 @@ class _Run:
         s = self.state
         kind = record.get("t")
         if kind == "v":
-            s.files_done += 1
-            s.checksums_verified += 1 if record.get("checked") else 0
-            if self.journal is not None:
-                self.journal.write(record)
-        elif kind == "p":
-            self.worker_bytes = max(self.worker_bytes, int(record["bytes"]))
+            self.verified([record])
+        elif kind == "vs":  # a batch of small files
+            self.verified(list(record.get("files") or []))
+        elif kind == "p":  # each process of a split copy counts its own bytes
+            share = int(record.get("share") or 0)
+            self.share_bytes[share] = max(self.share_bytes.get(share, 0), int(record["bytes"]))
+            self.worker_bytes = sum(self.share_bytes.values())
         elif kind == "plan":
             s.files_total, s.bytes_total = record["files"], record["bytes"]
             s.files_skipped, self.skipped_bytes = record["skipped"], record["skipped_bytes"]
@@ -104,6 +106,13 @@ class _Run:
             self.finished = True
         s.bytes_done = self.skipped_bytes + self.worker_bytes
         self.tick()
+
+    def verified(self, records: list[dict[str, Any]]) -> None:
+        s = self.state
+        s.files_done += len(records)
+        s.checksums_verified += sum(1 for r in records if r.get("checked"))
+        if self.journal is not None:
+            self.journal.write_many(records)
 
     def tick(self, final: bool = False) -> None:
         now = time.monotonic()

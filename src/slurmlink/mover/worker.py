@@ -3,13 +3,16 @@
 
 It reads ``{"spec": ..., "done": [...], "targets": [...] | null, "interval": s}`` as JSON on stdin and
 writes JSON lines on stdout: ``plan`` (totals and the targets chosen), ``v`` (one file verified),
-``p`` (bytes so far), then ``done`` or ``error``. It never touches the journal; the parent keeps it.
+``vs`` (a batch of them), ``p`` (bytes so far), then ``done`` or ``error``. It never touches the
+journal; the parent keeps it.
 SIGTERM stops it at the next buffer (temporary files removed), exit status 143.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import multiprocessing.synchronize  # imported now: after the worker drops root it may not read the stdlib
 import os
 import signal
 import sys
@@ -22,6 +25,7 @@ from slurmlink.mover.copier import Copier, Stopped, check_space
 from slurmlink.mover.listfile import parse_list
 from slurmlink.mover.paths import error, kind_at, open_parent
 from slurmlink.mover.plan import drop_done, make_plan
+from slurmlink.mover.shares import ShareFailed, run_shared, share_count
 from slurmlink.mover.spec import CopySpec, MoveError
 from slurmlink.mover.targets import Target, list_targets, resolve
 
@@ -89,10 +93,11 @@ def execute(payload: dict[str, Any], emit: Callable[[dict[str, Any]], None], sto
             "special_paths": plan.specials[:20],
         }
     )
-    copier = Copier(plan, uid, spec.workers, spec.verify, emit, stop)
+    shares = share_count(plan.files)
+    copier = Copier(plan, uid, -(-spec.workers // shares), spec.verify, emit, stop)
     try:
         copier.prepare()
-        copier.run(float(payload.get("interval", 1.0)))
+        run_shared(copier, float(payload.get("interval", 1.0)), shares)
         copier.finish()
     finally:
         copier.close()
@@ -106,7 +111,7 @@ def main(argv: list[str]) -> int:
     if os.getppid() == 1:
         return CANCELLED
     out = sys.stdout.buffer
-    lock = threading.Lock()
+    lock = multiprocessing.get_context("fork").Lock()  # shared with the processes of a split copy
 
     def emit(record: dict[str, Any]) -> None:
         line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
@@ -123,6 +128,8 @@ def main(argv: list[str]) -> int:
         execute(json.loads(sys.stdin.buffer.read()), emit, stop)
     except Stopped:
         return CANCELLED
+    except ShareFailed:
+        return 1  # the process that failed has said why
     except MoveError as exc:
         if stop.is_set() and not str(exc):
             return CANCELLED

@@ -1,0 +1,150 @@
+"""Many small files copied by several processes: one share of the plan's files per CPU.
+
+A small file costs the copier about 0.3 ms of Python (open, read, hash, write, read back, hash, mode,
+times, rename), and threads share one interpreter lock: ten thousand small files kept one core busy
+while the other waited. After :meth:`Copier.prepare` has made the directories, the worker forks one
+process per further CPU; each copies its share of the small files (whole directory batches) with its
+own threads, and reports its own files and bytes on the same output. Shares are dealt by estimated work
+(bytes plus a fixed cost per file), so the processes finish together. Large files stay with the first
+process, whose threads already copy them range by range.
+
+A process that fails reports its error itself and the others are stopped; a cancel (SIGTERM to the
+first process) is passed on to the others; if the first process dies, the kernel kills the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from typing import Any
+
+from slurmlink.identity import die_with_parent
+from slurmlink.mover.copier import BATCH, SPLIT_AT, Copier, Stopped
+from slurmlink.mover.plan import FileItem
+from slurmlink.mover.spec import MoveError
+
+#: At most this many processes copy one plan.
+MAX_SHARES = 4
+#: Fewer small files than this are copied by one process: forking would cost more than it saves.
+MIN_SMALL_FILES = 1000
+#: A small file's fixed cost (system calls and Python), as the bytes copied in the same time.
+FILE_COST = 256 << 10
+#: Exit status of a share that reported its own error.
+REPORTED = 1
+#: Exit status of a share stopped by SIGTERM (as the worker's).
+STOPPED = 143
+
+
+class ShareFailed(MoveError):
+    """Another process of the copy failed and has already reported why."""
+
+
+def share_count(files: list[FileItem]) -> int:
+    """How many processes should copy ``files``: one per CPU this process may run on, when many are small."""
+    small = sum(1 for f in files if f.size < SPLIT_AT)
+    if small < MIN_SMALL_FILES:
+        return 1
+    return max(1, min(MAX_SHARES, len(os.sched_getaffinity(0))))
+
+
+def split(files: list[FileItem], shares: int) -> list[list[FileItem]]:
+    """Large files to the first share; small files by directory batch, each to the share with the
+    least work so far (a file's fixed cost counted as FILE_COST bytes)."""
+    out: list[list[FileItem]] = [[] for _ in range(max(1, shares))]
+    work = [0] * len(out)
+    by_directory: dict[tuple[int, str], list[FileItem]] = {}
+    for item in files:
+        if item.size >= SPLIT_AT:
+            out[0].append(item)
+            work[0] += item.size
+        else:
+            by_directory.setdefault((item.root, item.rel_dir), []).append(item)
+    for items in by_directory.values():
+        for start in range(0, len(items), BATCH):
+            batch = items[start : start + BATCH]
+            least = work.index(min(work))
+            out[least].extend(batch)
+            work[least] += sum(FILE_COST + f.size for f in batch)
+    return out
+
+
+def run_shared(copier: Copier, interval: float, shares: int) -> None:
+    """``copier.run`` over the plan's files in ``shares`` processes; raises as ``run`` does, or
+    :class:`ShareFailed` when another process failed (it said why)."""
+    parts = split(copier.plan.files, shares)
+    if len(parts) == 1:
+        copier.run(interval)
+        return
+    children: dict[int, int | None] = {}  # pid -> exit code once it ended
+
+    def reap(*_: Any) -> None:
+        for pid, code in list(children.items()):
+            if code is None:
+                with contextlib.suppress(ChildProcessError):
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                    if done:
+                        children[pid] = os.waitstatus_to_exitcode(status)
+        if any(code not in (None, 0) for code in children.values()):
+            copier.stop.set()  # one failed: the copy has failed, the others stop
+
+    parent = os.getpid()
+    previous = signal.signal(signal.SIGCHLD, reap)
+    try:
+        for index, files in enumerate(parts[1:], start=1):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child's coverage is not collected
+                os._exit(_child(copier, parent, index, files, interval))
+            children[pid] = None
+        with contextlib.suppress(Stopped):  # below: why, and whether the others stopped too
+            copier.run(interval, parts[0])
+        while None in children.values() and not copier.stop.is_set():
+            reap()
+            copier.stop.wait(0.02)
+    finally:
+        for pid, code in children.items():
+            if code is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        while None in children.values():
+            reap()
+            time.sleep(0.01)
+        signal.signal(signal.SIGCHLD, previous)
+    _outcome(copier, list(children.values()))
+
+
+def _outcome(copier: Copier, codes: list[int | None]) -> None:
+    if copier.error is not None:
+        raise copier.error
+    if REPORTED in codes:
+        raise ShareFailed("")
+    others = [c for c in codes if c not in (0, STOPPED)]
+    if others:
+        code = others[0] or 0
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        raise MoveError(f"a copying process {how}")
+    if copier.stop.is_set():
+        raise Stopped
+
+
+def _child(copier: Copier, parent: int, index: int, files: list[FileItem], interval: float) -> int:
+    """One further share, in the forked process; its exit status."""
+    try:
+        die_with_parent()
+        if os.getppid() != parent:  # the first process died before the line above
+            return STOPPED
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        copier.share = index
+        copier.bytes_done = 0
+        copier.run(interval, files)
+    except Stopped:
+        return STOPPED
+    except MoveError as exc:
+        copier.emit({"t": "error", "message": str(exc)})
+        return REPORTED
+    except BaseException as exc:  # nothing may escape into the code of the process it was forked from
+        with contextlib.suppress(BaseException):
+            copier.emit({"t": "error", "message": f"a copying process failed: {exc!r}"})
+        return REPORTED
+    return 0
