@@ -241,9 +241,9 @@ class Copier:
                 # Open the batch's sources first and ask the kernel to read them all ahead: a cold
                 # source is read many files at a time, not one after the other.
                 for item in items:
-                    fd = _open_source(src_dir, item, self.plan.source_path(root, rel_dir, item.src_name))
+                    path = self.plan.source_path(root, rel_dir, item.src_name)
+                    fd = _open_source(src_dir, item, path, os.POSIX_FADV_WILLNEED)
                     opened.append(fd)
-                    os.posix_fadvise(fd, 0, item.size, os.POSIX_FADV_WILLNEED)
                 dst_dir = open_rel(self.dst_roots[root], rel_dir, self.plan.roots[root].destination)
                 verified: list[dict[str, Any]] = []
                 try:
@@ -412,7 +412,9 @@ class Copier:
         }
 
 
-def _open_source(src_dir: int, item: FileItem, path: str) -> int:
+def _open_source(src_dir: int, item: FileItem, path: str, advice: int = os.POSIX_FADV_SEQUENTIAL) -> int:
+    """The source file, checked to be the regular file of the plan; ``advice`` for its read-ahead (a
+    larger window for a stream, or the whole of a small file at once)."""
     try:
         fd = os.open(item.src_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
     except OSError as exc:
@@ -421,7 +423,7 @@ def _open_source(src_dir: int, item: FileItem, path: str) -> int:
     if not stat.S_ISREG(st.st_mode) or st.st_size != item.size:
         os.close(fd)
         raise MoveError(f"{path}: changed while it was being copied")
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a larger read-ahead window
+    os.posix_fadvise(fd, 0, 0, advice)
     return fd
 
 
