@@ -409,3 +409,24 @@ def test_a_failure_in_a_forked_process_fails_the_copy_and_stops_the_others(
     assert not list((dst / "out").rglob("*.slurmlink-part"))
     assert not (dst / "out" / first.rel_dir / first.dst_name).exists()
     assert all(st.st_uid == ids[0] for st in entries(dst).values())
+
+
+def test_a_cancel_stops_every_process_of_a_split_copy(dirs: tuple[Path, Path], ids: tuple[int, int]) -> None:
+    expected_processes()
+    src, dst = dirs
+    small_tree(src, *ids)
+    cancel = threading.Event()
+    seen: list[int] = []
+
+    def first_batch(p: MoveProgress) -> None:
+        if p.files_done and not cancel.is_set():
+            seen.append(len(worker_pids()))
+            cancel.set()
+
+    with pytest.raises(MoveCancelled):
+        run_copy(spec(src, dst / "out", ids), cancel=cancel, progress=first_batch, interval=0)
+    assert seen and seen[0] >= 2  # it was split when the cancel came
+    assert worker_pids() == []
+    assert not list((dst / "out").rglob("*.slurmlink-part"))
+    copied = [p for p in (dst / "out").rglob("f*") if p.is_file()]
+    assert len(copied) < SMALL_DIRS * SMALL_FILES

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from slurmlink.identity import child_argv, child_environment
 from slurmlink.mover import journal as journals
-from slurmlink.mover.spec import CopySpec, MoveCancelled, MoveError, MoveProgress
+from slurmlink.mover.spec import CopySpec, MoveCancelled, MoveError, MoveProgress, how_it_ended
 
 #: How long a cancelled worker gets between SIGTERM and SIGKILL.
 TERM_GRACE = 1.0
@@ -213,8 +213,7 @@ def run_copy(
         raise MoveError(book.error)
     if code != 0 or not book.finished:
         detail = b"".join(stderr).decode(errors="replace").strip().splitlines()[-1:] or [""]
-        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
         what = f"the copy of {spec.source} to {spec.destination} failed"
-        raise MoveError(f"{what}: the copy process {how} {detail[0]}".strip())
+        raise MoveError(f"{what}: the copy process {how_it_ended(code)} {detail[0]}".strip())
     book.tick(final=True)
     return book.state

@@ -23,7 +23,7 @@ from typing import Any
 from slurmlink.identity import die_with_parent
 from slurmlink.mover.copier import BATCH, SPLIT_AT, Copier, Stopped
 from slurmlink.mover.plan import FileItem
-from slurmlink.mover.spec import MoveError
+from slurmlink.mover.spec import MoveError, how_it_ended
 
 #: At most this many processes copy one plan.
 MAX_SHARES = 4
@@ -121,9 +121,7 @@ def _outcome(copier: Copier, codes: list[int | None]) -> None:
         raise ShareFailed("")
     others = [c for c in codes if c not in (0, STOPPED)]
     if others:
-        code = others[0] or 0
-        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        raise MoveError(f"a copying process {how}")
+        raise MoveError(f"a copying process {how_it_ended(others[0] or 0)}")
     if copier.stop.is_set():
         raise Stopped
 

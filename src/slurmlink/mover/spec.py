@@ -16,6 +16,11 @@ class MoveCancelled(MoveError):
     """The copy was stopped on request before it finished."""
 
 
+def how_it_ended(code: int) -> str:
+    """A copying process's exit status (negative: the signal that killed it) in words."""
+    return f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+
+
 @dataclass(frozen=True)
 class CopySpec:
     """One copy, run with the job's ``uid``/``gid``/``groups`` (never root).
