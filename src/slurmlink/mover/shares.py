@@ -17,8 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
-from typing import Any
+import threading
 
 from slurmlink.identity import die_with_parent
 from slurmlink.mover.copier import BATCH, SPLIT_AT, Copier, Stopped
@@ -78,40 +77,44 @@ def run_shared(copier: Copier, interval: float, shares: int) -> None:
         copier.run(interval)
         return
     children: dict[int, int | None] = {}  # pid -> exit code once it ended
-
-    def reap(*_: Any) -> None:
-        for pid, code in list(children.items()):
-            if code is None:
-                with contextlib.suppress(ChildProcessError):
-                    done, status = os.waitpid(pid, os.WNOHANG)
-                    if done:
-                        children[pid] = os.waitstatus_to_exitcode(status)
-        if any(code not in (None, 0) for code in children.values()):
-            copier.stop.set()  # one failed: the copy has failed, the others stop
-
     parent = os.getpid()
-    previous = signal.signal(signal.SIGCHLD, reap)
+    # A thread waits for the processes, not a SIGCHLD handler: a handler setting ``stop`` could run
+    # while this thread holds the event's lock, and wait for it forever.
+    reaper = threading.Thread(target=_reap, args=(children, copier.stop), name="shares", daemon=True)
     try:
         for index, files in enumerate(parts[1:], start=1):
-            pid = os.fork()
+            pid = os.fork()  # before any thread of this process is started
             if pid == 0:  # pragma: no cover - the child's coverage is not collected
                 os._exit(_child(copier, parent, index, files, interval))
             children[pid] = None
+        reaper.start()
         with contextlib.suppress(Stopped):  # below: why, and whether the others stopped too
             copier.run(interval, parts[0])
-        while None in children.values() and not copier.stop.is_set():
-            reap()
-            copier.stop.wait(0.02)
+        while reaper.is_alive() and not copier.stop.is_set():
+            reaper.join(0.05)
     finally:
-        for pid, code in children.items():
+        for pid, code in list(children.items()):
             if code is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
-        while None in children.values():
-            reap()
-            time.sleep(0.01)
-        signal.signal(signal.SIGCHLD, previous)
+        if reaper.ident is not None:  # started
+            reaper.join()
+        else:  # a fork failed: no thread waits for those already forked
+            _reap(children, copier.stop)
     _outcome(copier, list(children.values()))
+
+
+def _reap(children: dict[int, int | None], stop: threading.Event) -> None:
+    """Wait for every process in ``children``, recording its exit code; one that failed stops the copy."""
+    while None in children.values():
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        if pid in children:
+            children[pid] = os.waitstatus_to_exitcode(status)
+            if children[pid] != 0:
+                stop.set()  # one failed (or was stopped): the copy has failed, the others stop
 
 
 def _outcome(copier: Copier, codes: list[int | None]) -> None:
@@ -132,7 +135,6 @@ def _child(copier: Copier, parent: int, index: int, files: list[FileItem], inter
         die_with_parent()
         if os.getppid() != parent:  # the first process died before the line above
             return STOPPED
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         copier.share = index
         copier.bytes_done = 0
         copier.run(interval, files)
