@@ -100,6 +100,24 @@ class _Large:
     failed: bool = False
 
 
+def batches(files: list[FileItem]) -> tuple[list[FileItem], list[list[FileItem]]]:
+    """The large files (copied range by range), and the small ones in batches of up to BATCH files of
+    one directory (copied with one opening of it)."""
+    large: list[FileItem] = []
+    by_directory: dict[tuple[int, str], list[FileItem]] = {}
+    for item in files:
+        if item.size >= SPLIT_AT:
+            large.append(item)
+        else:
+            by_directory.setdefault((item.root, item.rel_dir), []).append(item)
+    small = [
+        items[start : start + BATCH]
+        for items in by_directory.values()
+        for start in range(0, len(items), BATCH)
+    ]
+    return large, small
+
+
 class Copier:
     """Runs one plan: call :meth:`prepare`, :meth:`run`, :meth:`finish` in that order."""
 
@@ -111,12 +129,10 @@ class Copier:
         verify: bool,
         emit: Emit,
         stop: threading.Event,
-        *,
-        share: int = 0,
     ):
         self.plan = plan
         #: Which process of a copy split across several this is (its progress records say so).
-        self.share = share
+        self.share = 0
         self.uid = uid
         self.workers = max(1, workers)
         self.verify = verify
@@ -187,17 +203,13 @@ class Copier:
         """Copy ``files`` (default: every file of the plan); progress every ``interval`` seconds;
         raises the first error."""
         jobs: list[Callable[[], None]] = []
-        small: dict[tuple[int, str], list[FileItem]] = {}
-        for item in self.plan.files if files is None else files:
-            if item.size >= SPLIT_AT:
-                large = _Large(item, ranges=(item.size + RANGE - 1) // RANGE)
-                large.left = large.ranges
-                jobs.extend(self._range_job(large, i) for i in range(large.ranges))
-            else:
-                small.setdefault((item.root, item.rel_dir), []).append(item)
-        for (root, rel_dir), items in small.items():
-            for start in range(0, len(items), BATCH):
-                jobs.append(self._batch_job(root, rel_dir, items[start : start + BATCH]))
+        large_files, small_batches = batches(self.plan.files if files is None else files)
+        for item in large_files:
+            large = _Large(item, ranges=(item.size + RANGE - 1) // RANGE)
+            large.left = large.ranges
+            jobs.extend(self._range_job(large, i) for i in range(large.ranges))
+        for batch in small_batches:
+            jobs.append(self._batch_job(batch[0].root, batch[0].rel_dir, batch))
         with concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="mover") as pool:
             pending = {pool.submit(self._guarded, job) for job in jobs}
             while pending:

@@ -71,8 +71,7 @@ class _Run:
         self.state = MoveProgress()
         self.started = time.monotonic()
         self.last_call = -1e9
-        self.worker_bytes = 0
-        self.share_bytes: dict[int, int] = {}
+        self.share_bytes: dict[int, int] = {}  # each process's bytes so far
         self.skipped_bytes = 0
         self.error: str | None = None
         self.finished = False
@@ -87,7 +86,6 @@ class _Run:
         elif kind == "p":  # each process of a split copy counts its own bytes
             share = int(record.get("share") or 0)
             self.share_bytes[share] = max(self.share_bytes.get(share, 0), int(record["bytes"]))
-            self.worker_bytes = sum(self.share_bytes.values())
         elif kind == "plan":
             s.files_total, s.bytes_total = record["files"], record["bytes"]
             s.files_skipped, self.skipped_bytes = record["skipped"], record["skipped_bytes"]
@@ -104,7 +102,7 @@ class _Run:
             self.error = str(record.get("message"))
         elif kind == "done":
             self.finished = True
-        s.bytes_done = self.skipped_bytes + self.worker_bytes
+        s.bytes_done = self.skipped_bytes + sum(self.share_bytes.values())
         self.tick()
 
     def verified(self, records: list[dict[str, Any]]) -> None:

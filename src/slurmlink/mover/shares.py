@@ -20,7 +20,7 @@ import signal
 import threading
 
 from slurmlink.identity import die_with_parent
-from slurmlink.mover.copier import BATCH, SPLIT_AT, Copier, Stopped
+from slurmlink.mover.copier import SPLIT_AT, Copier, Stopped, batches
 from slurmlink.mover.plan import FileItem
 from slurmlink.mover.spec import MoveError, how_it_ended
 
@@ -51,21 +51,13 @@ def share_count(files: list[FileItem]) -> int:
 def split(files: list[FileItem], shares: int) -> list[list[FileItem]]:
     """Large files to the first share; small files by directory batch, each to the share with the
     least work so far (a file's fixed cost counted as FILE_COST bytes)."""
-    out: list[list[FileItem]] = [[] for _ in range(max(1, shares))]
-    work = [0] * len(out)
-    by_directory: dict[tuple[int, str], list[FileItem]] = {}
-    for item in files:
-        if item.size >= SPLIT_AT:
-            out[0].append(item)
-            work[0] += item.size
-        else:
-            by_directory.setdefault((item.root, item.rel_dir), []).append(item)
-    for items in by_directory.values():
-        for start in range(0, len(items), BATCH):
-            batch = items[start : start + BATCH]
-            least = work.index(min(work))
-            out[least].extend(batch)
-            work[least] += sum(FILE_COST + f.size for f in batch)
+    large, small = batches(files)
+    out: list[list[FileItem]] = [list(large)] + [[] for _ in range(max(1, shares) - 1)]
+    work = [sum(f.size for f in large)] + [0] * (len(out) - 1)
+    for batch in small:
+        least = work.index(min(work))
+        out[least].extend(batch)
+        work[least] += sum(FILE_COST + f.size for f in batch)
     return out
 
 
