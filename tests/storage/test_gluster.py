@@ -7,7 +7,10 @@ the storage nodes over the bridge).
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +45,7 @@ from support.storage import (
     world_searchable_dir,
     write_file_argv,
 )
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.storage
 
@@ -214,11 +218,47 @@ def test_restore_after_glusterd_restart(lab: GlusterLab) -> None:
     driver = lab.driver()
     (fs,) = driver.discover(st3)
     assert fs.name == "persistent-a"
-    driver.restore(fs, [mount])
-    assert c2.run(["cat", f"{mount.path}/k4"]).stdout == "4\n"
-    assert sorted(c2.run(["ls", mount.path]).stdout.split()) == [f"k{i}" for i in range(1, 7)]
-    driver.unmount(fs, mount)
-    driver.delete(fs)
+    try:
+        driver.restore(fs, [mount])
+        assert c2.run(["cat", f"{mount.path}/k4"]).stdout == "4\n"
+        assert sorted(c2.run(["ls", mount.path]).stdout.split()) == [f"k{i}" for i in range(1, 7)]
+    finally:  # also when restoring failed: the module's later tests start from empty pools
+        driver.unmount(fs, mount)
+        driver.delete(fs)
+    _assert_nothing_left(lab, fs)
+
+
+def test_mount_names_unreachable_bricks_and_start_volume_restarts_them(lab: GlusterLab) -> None:
+    st1, st2, _ = lab.nodes
+    options = GlusterOptions(client_log_dir=str(lab.root / "client-logs"), mount_timeout=5)
+    driver = GlusterDriver(static_runners(lab.runners), options)
+    fs = driver.create(Allocation("half-down", 64 * MIB, JOB_UID, JOB_GID, 0o700), [st1, st2])
+    volume = fs.details["volume"]
+    mount = Mount("c1", str(lab.root / "bb" / "half-down"))
+    try:
+        # st2's brick process dies; glusterd does not restart it by itself.
+        ((brick_pid, _),) = lab.glusterds[1].daemon_pids(volume)
+        os.kill(brick_pid, signal.SIGKILL)
+        wait_for(lambda: not lab.glusterds[1].daemon_pids(volume), message="st2's brick process to exit")
+        with pytest.raises(
+            StateError, match=rf"not connected to bricks {re.escape(st2.address or '')}:"
+        ) as refused:
+            driver.mount(fs, mount)
+        # The client's own complaint is quoted from its log.
+        assert "its last errors:" in str(refused.value) and "failed to get the port number" in str(
+            refused.value
+        )
+        assert mounted_at(lab.computes.runners["c1"], mount.path) is None
+
+        driver.start_volume(st1, volume)
+        assert len(lab.glusterds[1].daemon_pids(volume)) == 1
+        driver.mount(fs, mount)
+        c1 = lab.computes.runners["c1"]
+        c1.run(as_job_user(["sh", "-c", f"for i in 1 2 3 4 5 6 7 8; do echo $i > {mount.path}/f$i; done"]))
+        assert sorted(c1.run(["ls", mount.path]).stdout.split()) == [f"f{i}" for i in range(1, 9)]
+    finally:
+        driver.unmount(fs, mount)
+        driver.delete(fs)
     _assert_nothing_left(lab, fs)
 
 

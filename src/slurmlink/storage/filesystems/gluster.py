@@ -230,7 +230,7 @@ class GlusterDriver(FileSystemDriver):
             for key, value in settings:
                 primary.cli(["volume", "set", volume, key, value])
             primary.cli(["volume", "start", volume])
-        elif not self._bricks_online(primary, volume):
+        elif not self._bricks_online(primary, volume, len(wanted)):
             primary.cli(["volume", "start", volume, "force"])
 
     # --- one storage node at a time (the storage agents) ----------------------------------------------
@@ -525,17 +525,29 @@ class GlusterDriver(FileSystemDriver):
                 f"glusterd on {primary_node.name} has no volume {volume} (its state in "
                 f"{primary.layout.work_dir} was lost); delete the buffer"
             )
-        if info.findtext("statusStr") != "Started" or not self._bricks_online(primary, volume):
-            # "force" starts the brick processes that are missing of a started volume.
-            primary.cli(["volume", "start", volume, "force"])
+        bricks = len(list(info.iter("brick")))
+        if info.findtext("statusStr") == "Started" and self._bricks_online(primary, volume, bricks):
+            return
+        # "force" starts the brick processes that are missing of a started volume.
+        primary.cli(["volume", "start", volume, "force"])
+        if not nodefs.wait_for(
+            lambda: self._bricks_online(primary, volume, bricks), self.options.peer_timeout, interval=0.5
+        ):
+            raise StateError(
+                f"gluster volume {volume}: not all of its {bricks} brick processes are online "
+                f"{self.options.peer_timeout:g} s after starting them; see `gluster volume status {volume}` "
+                f"and the brick logs on its storage nodes"
+            )
 
-    def _bricks_online(self, glusterd: Glusterd, volume: str) -> bool:
+    def _bricks_online(self, glusterd: Glusterd, volume: str, bricks: int) -> bool:
+        """Whether ``glusterd`` reports all ``bricks`` brick processes of ``volume`` online (a peer it
+        has not reconnected to yet after a restart leaves its bricks out of the report)."""
         try:
             root = glusterd.cli_xml(["volume", "status", volume])
         except CommandError:
             return False
         nodes = [node for node in root.iter("node") if (node.findtext("path") or "").startswith("/")]
-        return bool(nodes) and all(node.findtext("status") == "1" for node in nodes)
+        return len(nodes) == bricks and all(node.findtext("status") == "1" for node in nodes)
 
     # --- compute nodes --------------------------------------------------------------------------------
 
@@ -573,22 +585,26 @@ class GlusterDriver(FileSystemDriver):
             argv.append(f"--log-file={log_file}")
         runner.run([*argv, *self.options.client_options, mount.path], timeout=self.options.mount_timeout)
 
-        def ready() -> bool:
+        def not_ready() -> str:
+            """What is still missing ("" once the mount is ready)."""
             info = mounts.mounted_at(runner, mount.path)
-            return (
-                info is not None
-                and self._is_ours(fs, info)
-                and self._responsive(runner, mount.path)
-                and not self._disconnected(runner, fs, mount.path)
-            )
+            if info is None or not self._is_ours(fs, info):
+                return "the volume is not mounted there"
+            if not self._responsive(runner, mount.path):
+                return "the mount does not answer"
+            missing = self._disconnected(runner, fs, mount.path)
+            return f"the client is not connected to bricks {', '.join(missing)}" if missing else ""
 
-        if not nodefs.wait_for(ready, self.options.mount_timeout, interval=0.2):
-            runner.run(["umount", "-l", "--", mount.path], check=False)
+        if not nodefs.wait_for(lambda: not not_ready(), self.options.mount_timeout, interval=0.2):
+            reason = not_ready()
             where = log_file or f"/var/log/glusterfs/{mount.path.strip('/').replace('/', '-')}.log"
+            errors = _log_errors(runner, where)  # before the unmount adds its own lines
+            runner.run(["umount", "-l", "--", mount.path], check=False)
             raise StateError(
                 f"on node {mount.node}: gluster volume {volume} did not mount at {mount.path} within "
-                f"{self.options.mount_timeout:g} s; see the client log {where} there, and check that the "
-                f"node reaches the storage nodes ({', '.join(str(s.address) for s in fs.servers)})"
+                f"{self.options.mount_timeout:g} s ({reason or 'ready only at the last moment'}); see "
+                f"the client log {where} there, and check that the node reaches the storage nodes "
+                f"({', '.join(str(s.address) for s in fs.servers)}){errors}"
             )
         try:
             if self.options.mount_options:
@@ -662,3 +678,19 @@ class GlusterDriver(FileSystemDriver):
             for index, value in enumerate(self.statfs(self.runner(brick["node"]), brick["mountPoint"])):
                 totals[index] += value
         return Usage(capacity, totals[0], totals[1], totals[2], self.enforcement)
+
+
+def _log_errors(runner: NodeRunner, log_file: str, lines: int = 5) -> str:
+    """The last distinct error and warning entries of a gluster log, to quote (a client repeats the
+    same complaint every few seconds: each is quoted once, at its last time)."""
+    result = runner.run(["tail", "-n", "500", "--", log_file], check=False, timeout=10)
+    if result.returncode != 0:
+        return ""
+    latest: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        if " E [" in line or " W [" in line:
+            message = line.split("] ", 1)[-1]  # without the leading timestamp
+            latest.pop(message, None)
+            latest[message] = line
+    found = list(latest.values())[-lines:]
+    return "; its last errors:\n" + "\n".join(found) if found else ""
