@@ -127,6 +127,50 @@ def test_a_charge_beyond_what_the_account_has_is_recorded_as_unbilled_not_overdr
     assert ledger.verify() == []
 
 
+def test_a_running_jobs_hold_is_raised_for_its_longer_time_limit_once_and_only_if_covered(
+    ledger: Ledger,
+) -> None:
+    funded(ledger, "astro", "100")
+    ledger.grant(
+        "astro",
+        D(20),
+        key="grant-astro-2",
+        actor=ADMIN,
+        ends_at=dt.datetime(2999, 1, 1, tzinfo=dt.UTC),
+    )
+    ledger.hold(run(1), "astro", "erin", D(30), actor=HOOK)
+    raised = ledger.raise_hold(run(1), "astro", D(75), actor=HOOK, details={"timeLimit": 15})
+    assert (raised["state"], raised["held"], raised["raised"]) == ("held", "75.00", "45.00")
+    assert ledger.raise_hold(run(1), "astro", D(75), actor=HOOK)["replayed"]
+    assert ledger.raise_hold(run(1), "astro", D(60), actor=HOOK)["raised"] == "0"  # held for more already
+    b = ledger.balance("astro")
+    assert (b.available, b.held) == (D(45), D(75))
+    assert ledger.run(run(1))["held"] == "75.00"  # type: ignore[index]
+    # More than the account has: refused with the numbers; the hold stays as it was.
+    with pytest.raises(InsufficientFunds, match=r"astro has 45\.00 SU available") as refused:
+        ledger.raise_hold(run(1), "astro", D(130), actor=HOOK)
+    assert refused.value.requested == D(55)
+    assert ledger.balance("astro").held == D(75)
+    # The settle releases the whole raised hold, from every allocation it was drawn on.
+    settled = ledger.settle(run(1), "astro", "erin", D(50), actor=HOOK)
+    assert (settled["charged"], settled["released"]) == ("50.00", "75.00")
+    b = ledger.balance("astro")
+    assert (b.available, b.held, b.spent) == (D(70), D(0), D(50))
+    # A run no longer held is left alone.
+    after = ledger.raise_hold(run(1), "astro", D(90), actor=HOOK)
+    assert (after["state"], after["raised"]) == ("settled", "0")
+    assert ledger.balance("astro").available == D(70)
+    kinds = [(line["kind"], line["amount"]) for line in ledger.statement("astro") if line["job_id"] == 1]
+    assert kinds == [
+        ("hold", "30.00"),
+        ("hold", "45.00"),
+        ("hold", "0.00"),
+        ("charge", "50.00"),
+        ("hold", "0.00"),
+    ]
+    assert ledger.verify() == []
+
+
 def test_requeued_runs_are_held_and_charged_separately_and_a_failed_run_is_refunded(ledger: Ledger) -> None:
     funded(ledger, "astro", "100")
     ledger.hold(run(5, 0), "astro", "eve", D(10), actor=HOOK)

@@ -149,6 +149,37 @@ def test_a_job_within_budget_is_held_at_start_and_charged_what_it_used(
     assert "slurmlink-bank:estimate=300.00" in comment
 
 
+def test_a_running_jobs_longer_time_limit_is_held_for_and_refused_beyond_the_balance(
+    qs: QuickStart, bank: httpx.Client
+) -> None:
+    fund(qs, bank, Decimal(1000))
+    job = run_job(qs, "#SBATCH --time=5 -n1\nsleep 600\n")
+    wait_running(qs, job)
+    wait_for(lambda: balance(bank)["held"] == "300.00", 30, 0.5, message="the hold at start")
+    longer = qs.cluster.run_slurm(["scontrol", "update", f"JobId={job}", "TimeLimit=10"], timeout=10)
+    assert longer.returncode == 0, longer.stderr
+    raised = wait_for(
+        lambda: [x for x in job_lines(bank, job) if x["kind"] == "hold" and x["amount"] == "300.00"][1:],
+        30,
+        0.5,
+        message="the hold raised by 5 more minutes",
+    )
+    run = bank.get(f"{BANK}/runs/{raised[0]['run']}").json()
+    assert run["held"] == "600.00" and run["details"]["timeLimit"] == 10
+    assert balance(bank)["held"] == "600.00"
+    limit = qs.cluster.job_info(job)["TimeLimit"]
+    # 30 minutes would cost 1,200.00 SU more, where 400.00 are left: refused, the limit stays.
+    refused = qs.cluster.run_slurm(["scontrol", "update", f"JobId={job}", "TimeLimit=30"], timeout=10)
+    assert refused.returncode != 0 and "accounting/QOS policy" in refused.stderr
+    assert qs.cluster.job_info(job)["TimeLimit"] == limit
+    assert balance(bank)["held"] == "600.00"
+    # Its end charges what it used and lets the whole raised hold go.
+    assert qs.cluster.run_slurm(["scancel", job], timeout=10).returncode == 0
+    wait_for(lambda: balance(bank)["held"] == "0.00", 60, 0.5, message="the hold released at the end")
+    [charge] = [x for x in job_lines(bank, job) if x["kind"] == "charge"]
+    assert Decimal(balance(bank)["available"]) == Decimal(1000) - Decimal(charge["amount"])
+
+
 def test_a_job_over_budget_is_rejected_at_sbatch_with_balance_and_estimate(
     qs: QuickStart, bank: httpx.Client
 ) -> None:

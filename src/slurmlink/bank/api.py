@@ -268,6 +268,16 @@ def bank_component(ledger: Ledger) -> Component:
             )
         return found
 
+    def _account_of(body: dict[str, Any]) -> str:
+        account = body.get("account")
+        if not isinstance(account, str):
+            raise errors.bad_request('"account" is required')
+        return account
+
+    def _details(body: dict[str, Any]) -> dict[str, Any] | None:
+        details = body.get("details")
+        return details if isinstance(details, dict) else None
+
     def _run_fields(body: dict[str, Any]) -> tuple[str, str]:
         account, user = body.get("account"), body.get("user")
         if not isinstance(account, str) or not isinstance(user, str):
@@ -287,7 +297,20 @@ def bank_component(ledger: Ledger) -> Component:
             actor=_actor(identity),
             policy=str(body.get("policy") or DENY),
             expires_at=_time(body, "expiresAt"),
-            details=body.get("details") if isinstance(body.get("details"), dict) else None,
+            details=_details(body),
+        )
+
+    async def raise_hold(request: Request, identity: Identity) -> Any:
+        body = await _body(request)
+        account = _account_of(body)
+        return await _call(
+            ledger,
+            ledger.raise_hold,
+            _run(request),
+            account,
+            _amount(body),
+            actor=_actor(identity),
+            details=_details(body),
         )
 
     async def settle(request: Request, identity: Identity) -> Any:
@@ -304,14 +327,12 @@ def bank_component(ledger: Ledger) -> Component:
             actor=_actor(identity),
             rate_card_version=body.get("rateCardVersion"),
             inputs=inputs if isinstance(inputs, dict) else None,
-            details=body.get("details") if isinstance(body.get("details"), dict) else None,
+            details=_details(body),
         )
 
     async def release(request: Request, identity: Identity) -> Any:
         body = await _body(request)
-        account = body.get("account")
-        if not isinstance(account, str):
-            raise errors.bad_request('"account" is required')
+        account = _account_of(body)
         return await _call(
             ledger,
             ledger.release,
@@ -323,9 +344,7 @@ def bank_component(ledger: Ledger) -> Component:
 
     async def refund(request: Request, identity: Identity) -> Any:
         body = await _body(request)
-        account = body.get("account")
-        if not isinstance(account, str):
-            raise errors.bad_request('"account" is required')
+        account = _account_of(body)
         given = request.headers.get("idempotency-key", "").strip()
         return await _call(
             ledger,
@@ -415,6 +434,7 @@ def bank_component(ledger: Ledger) -> Component:
         ApiRoute("/runs", list_runs),
         ApiRoute("/runs/{run}", get_run),
         ApiRoute("/runs/{run}/hold", hold, ("POST",), HOOKS),
+        ApiRoute("/runs/{run}/hold", raise_hold, ("PATCH",), HOOKS),
         ApiRoute("/runs/{run}/settle", settle, ("POST",), HOOKS),
         ApiRoute("/runs/{run}/release", release, ("POST",), HOOKS),
         ApiRoute("/runs/{run}/refunds", refund, ("POST",), ACCOUNTANT),

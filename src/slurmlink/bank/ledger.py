@@ -411,6 +411,57 @@ class Ledger:
 
         return self._transact([account], key, payload, work)
 
+    def raise_hold(
+        self,
+        run: RunKey,
+        account: str,
+        amount: Decimal,
+        *,
+        actor: Actor,
+        details: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Raise a held run's hold to ``amount`` (its time limit was raised while it ran).
+
+        The extra is drawn as a hold is and refused the same way when the account cannot cover it;
+        a run held for as much already, or no longer held, is left as it is. Once per run and amount.
+        """
+        units = money.to_units(money.parse(amount))
+        key = f"hold:{run.text}:{units}"
+        payload = {"op": "raise_hold", "account": account, "amount": units}
+
+        def work(books: Books, accounts: list[Account]) -> dict[str, Any]:
+            [acct] = accounts
+            row = _run_row(books.conn, run)
+            result: dict[str, Any] = {"run": run.text, "amount": money.text(units), "raised": "0"}
+            if row is None or row.state != HELD or row.account_id != acct.id:
+                state = row.state if row is not None else "unknown"
+                result.update(
+                    state=state, note=f"no open hold of account {acct.name} for this run; nothing held"
+                )
+                return self._post_run(books, acct, "hold", run, 0, actor, result)
+            extra = units - row.held
+            if extra <= 0:
+                result.update(state=HELD, held=money.text(row.held), note="held for as much already")
+                return self._post_run(books, acct, "hold", run, 0, actor, result)
+            available = acct.available(books.now)
+            if acct.status != ACTIVE or extra > available:
+                raise _insufficient(acct, extra, available if acct.status == ACTIVE else 0, books.now)
+            self._check_user_cap(books, acct, row.user, extra)
+            split = _split(row.hold_split)
+            for alloc_id, take in _draw(books, acct, extra, ("available", "held")).items():
+                split[alloc_id] = split.get(alloc_id, 0) + take
+            _update_run(
+                books,
+                run,
+                held=row.held + extra,
+                hold_split=jsonutil.dumps_str({str(k): v for k, v in split.items()}),
+                details=details,
+            )
+            result.update(state=HELD, held=money.text(row.held + extra), raised=money.text(extra))
+            return self._post_run(books, acct, "hold", run, extra, actor, result)
+
+        return self._transact([account], key, payload, work)
+
     def settle(
         self,
         run: RunKey,

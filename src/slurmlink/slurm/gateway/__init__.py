@@ -66,7 +66,11 @@ class Gateway:
             "create_persistent": self.datawarp.create_persistent,
             "destroy_persistent": self.datawarp.destroy_persistent,
             **(
-                {"bank_prolog": self.bank.prolog, "bank_epilog": self.bank.epilog}
+                {
+                    "bank_prolog": self.bank.prolog,
+                    "bank_epilog": self.bank.epilog,
+                    "bank_raise_hold": self.bank.raise_hold,
+                }
                 if self.bank is not None
                 else {}
             ),

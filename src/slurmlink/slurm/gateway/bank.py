@@ -246,7 +246,7 @@ async def bank_submit(view: BankView, fields: Fields) -> str:
         priced = quote(card, request)
     except CostError as exc:
         raise GatewayError(f"slurmlink bank: {exc}", 400) from exc
-    account = request.account
+    account = request.account or ""
     if not account:
         raise GatewayError(
             "slurmlink bank: the job names no account (sbatch --account=NAME) and you have no default one",
@@ -283,6 +283,43 @@ async def bank_submit(view: BankView, fields: Fields) -> str:
     if modified:  # a changed pending job: known to slurmctld already
         return f"accept {priced.per_task} {priced.amount}"
     return f"accept {priced.per_task} {priced.amount} {view.record(account, priced.amount)}"
+
+
+async def bank_extend(view: BankView, fields: Fields) -> str:
+    """A running job's time limit raised (job_submit.lua's ``slurm_job_modify``, job lock held):
+    ``accept <extra>`` when its account can cover what the job may now cost more, from memory as
+    ``bank_submit`` decides, or a GatewayError saying why not. The run's hold is then raised by the
+    worker (``BankHooks.raise_hold``); the ledger refuses there too if the balance changed meanwhile.
+    """
+    snapshot, card = view.current()
+    request = job_request(fields)
+    try:
+        longer = quote(card, request)
+        before = quote(card, job_request({**fields, "time_limit": fields.get("old_time_limit", "")}))
+    except CostError as exc:
+        raise GatewayError(f"slurmlink bank: {exc}", 400) from exc
+    extra = longer.amount - before.amount
+    if extra <= 0:
+        return "accept 0"
+    account = request.account or ""
+    job = fields.get("job_id", "?")
+    entry = (snapshot.get("accounts") or {}).get(account)
+    if entry is None or entry.get("status") != "active":
+        state = "has no bank account" if entry is None else f"is {entry.get('status')}"
+        raise GatewayError(
+            f"slurmlink bank: job {job}'s time limit cannot be raised: account {account} {state}", 402
+        )
+    available = Decimal(entry["available"])
+    pending = view.exposure(account).quantize(Decimal("0.01"))
+    if extra > available - pending:
+        raise GatewayError(
+            f"slurmlink bank: job {job}'s time limit cannot be raised to {fields.get('time_limit')} "
+            f"minutes: the job may then cost {extra} SU more (rate card {longer.rate_card_version}), "
+            f"but account {account} has {available} SU available, of which {pending} SU may still be "
+            "spent by its pending jobs; grant the account more service units first",
+            402,
+        )
+    return f"accept {extra}"
 
 
 def run_key(job: JobRecord, cluster: str) -> RunKey:
@@ -396,6 +433,29 @@ class BankHooks:
         except CostError as exc:
             raise GatewayError(f"slurmlink bank: job {job.job_id}: {exc}", 400) from exc
         return f"held {priced.amount} SU for run {key.text}"
+
+    async def raise_hold(self, fields: Fields) -> str:
+        """Raise the run's hold to what the job may cost for its new time limit (``fields["time_limit"]``,
+        minutes; slurmctld may not show it yet) on its allocation."""
+        job = await self._job(fields)
+        try:
+            limit = int(fields.get("time_limit", ""))
+        except ValueError as exc:
+            raise GatewayError(f"slurmlink bank: no new time limit for job {job.job_id}", 400) from exc
+        key = await self._held_key(job, fields.get("cluster", ""), job.restart_count)
+        try:
+            card = await self._rate_card()
+            priced = charge(card, usage_of(job, elapsed=limit * 60, end_state="COMPLETED"))
+            body = {"account": job.account, "amount": str(priced.amount), "details": {"timeLimit": limit}}
+            answer = await self.client.call("PATCH", f"{BANK}/runs/{key.text}/hold", body)
+        except ApiError as exc:
+            # Slurm has raised the limit already; the run's charge at its end goes as far as the
+            # account does and records the rest as unbilled.
+            log.warning("raising the hold of job %s to %s minutes: %s", job.job_id, limit, exc.message)
+            raise GatewayError(f"slurmlink bank: {exc.message}", exc.code or 503) from exc
+        except CostError as exc:
+            raise GatewayError(f"slurmlink bank: job {job.job_id}: {exc}", 400) from exc
+        return f"hold of run {key.text} raised by {answer.get('raised', '0')} SU to {priced.amount} SU"
 
     def _hold_failed(self, job: JobRecord, exc: ApiError) -> str:
         if exc.code == 402:  # the account cannot cover it

@@ -18,15 +18,16 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from slurmlink import supervise
 from slurmlink.client.base import Client
 from slurmlink.resources.dws.directiverule import DW_DIRECTIVE_RULE
 from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.slurm.commands import SlurmCommands
-from slurmlink.slurm.gateway.bank import BankView, bank_submit
+from slurmlink.slurm.gateway.bank import BankView, bank_extend, bank_submit
 from slurmlink.slurm.gateway.buffers import BufferView
 from slurmlink.slurm.gateway.config import GatewayConfig
 from slurmlink.slurm.gateway.informer import Informer, sync_problem
@@ -91,7 +92,7 @@ class FrontGateway:
         self.server = GatewayServer(
             config.socket_path, self.operations(), self.health, quick=QUICK_OPERATIONS
         )
-        self._submissions: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     def operations(self) -> dict[str, Operation]:
         ops = self.ops
@@ -113,7 +114,28 @@ class FrontGateway:
                 return await bank_submit(bank, fields)
 
             table["bank_submit"] = submit
+            table["bank_extend"] = self._extend
         return table
+
+    async def _extend(self, fields: Fields) -> str:
+        """A running job's longer time limit: checked here, its hold raised by the worker afterwards."""
+        assert self.bank is not None
+        answer = await bank_extend(self.bank, fields)
+        if answer != "accept 0":
+            self._later(self._raise_hold(dict(fields)))
+        return answer
+
+    async def _raise_hold(self, fields: dict[str, str]) -> None:
+        try:
+            log.info("%s", await self.link.call("bank_raise_hold", fields))
+        except Exception as exc:  # logged by the worker too; the charge at the end covers the rest
+            log.warning("raising the hold of job %s failed: %s", fields.get("job_id"), exc)
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` after the answer (slurmctld holds its job lock until it has one)."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _forwarder(self, name: str) -> Operation:
         async def forward(fields: Fields) -> str:
@@ -125,9 +147,7 @@ class FrontGateway:
         """Check the directives here; Slurm 23.02+ also gets the Workflow created, by the worker, later."""
         await self.ops.job_process({k: v for k, v in fields.items() if k not in ("uid", "gid")})
         if fields.get("uid") and fields.get("gid"):
-            task = asyncio.create_task(self._create_at_submit(dict(fields)))
-            self._submissions.add(task)
-            task.add_done_callback(self._submissions.discard)
+            self._later(self._create_at_submit(dict(fields)))
         return ""
 
     async def _create_at_submit(self, fields: dict[str, str]) -> None:
@@ -150,10 +170,10 @@ class FrontGateway:
 
     async def stop(self) -> None:
         await self.server.stop()
-        for task in list(self._submissions):
+        for task in list(self._background):
             task.cancel()
-        if self._submissions:
-            await asyncio.wait(list(self._submissions))
+        if self._background:
+            await asyncio.wait(list(self._background))
         await self.ops.aclose()
         if self.bank is not None:
             await self.bank.stop()

@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 Operation = Callable[[Mapping[str, str]], Awaitable[str]]
 MAX_BODY = 64 * 1024
 #: Callbacks answered from memory (job_process waits at most a moment for the first rules list).
-QUICK_OPERATIONS = frozenset({"job_process", "pools", "real_size", "paths", "status", "bank_submit"})
+QUICK_OPERATIONS = frozenset(
+    {"job_process", "pools", "real_size", "paths", "status", "bank_submit", "bank_extend"}
+)
 _READ_TIMEOUT = 10.0
 
 

@@ -22,6 +22,7 @@ local ON_UNREACHABLE = @ON_UNREACHABLE@
 
 local SYNC = true
 local JOB_PENDING = 0
+local JOB_RUNNING = 1
 local TAG = "slurmlink-bank:estimate="
 -- TAG as a Lua pattern ("-" is a quantifier there).
 local TAG_PATTERN = "slurmlink%-bank:estimate="
@@ -116,10 +117,49 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
 	return slurm.SUCCESS
 end
 
--- A pending job's new time limit, partition or size is priced again (log_user is not available here
--- in 22.05: the reason goes to slurmctld's log).
+-- A running job's longer time limit: its account must cover what the job may now cost more, and the
+-- gateway then raises the run's hold (after this returns: nothing here waits for the bank).
+local function extend(job_desc, job_rec)
+	local limit = tonumber(job_desc.time_limit)
+	local old = tonumber(job_rec.time_limit)
+	if limit == nil or limit == slurm.NO_VAL or old == nil or limit <= old then
+		return slurm.SUCCESS
+	end
+	local fields = {}
+	for _, name in ipairs(FIELDS) do
+		local value = job_desc[name]
+		if value == nil then
+			value = job_rec[name]
+		end
+		fields[#fields + 1] = { name, value }
+	end
+	fields[#fields + 1] = { "job_id", job_rec.job_id }
+	fields[#fields + 1] = { "old_time_limit", old }
+	local code, body = request("bank_extend", fields, SYNC)
+	if code == nil then
+		return unreachable(body)
+	end
+	if code == 200 then
+		return slurm.SUCCESS
+	end
+	if code == 402 or code == 400 or code == 404 then
+		slurm.log_info("slurmlink bank: refused change of job %s: %s", tostring(job_rec.job_id), body)
+		return slurm.ESLURM_ACCOUNTING_POLICY
+	end
+	return unreachable(string.format("slurmlink gateway: HTTP %d: %s", code, body))
+end
+
+-- A pending job's new time limit, partition or size is priced again; a running job's longer time limit
+-- is held for (log_user is not available here in 22.05: a refusal's reason goes to slurmctld's log).
 function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
-	if job_rec == nil or (tonumber(job_rec.job_state) or -1) % 256 ~= JOB_PENDING then
+	if job_rec == nil then
+		return slurm.SUCCESS
+	end
+	local state = (tonumber(job_rec.job_state) or -1) % 256
+	if state == JOB_RUNNING then
+		return extend(job_desc, job_rec)
+	end
+	if state ~= JOB_PENDING then
 		return slurm.SUCCESS
 	end
 	local changed = job_desc.time_limit ~= nil and job_desc.time_limit ~= slurm.NO_VAL
