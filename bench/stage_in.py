@@ -4,16 +4,17 @@
 Two data sets on the host's file system: (a) one 2 GiB file, (b) 10 000 files of 64 KiB in 100
 directories of 100 files under 10 top directories. Each is copied onto a fresh XFS on a sparse loop
 file on the same disk (like a burst buffer): by ``run_copy`` (mode ``auto``, checksums verified,
-8 workers), by ``cp -a`` and by ``rsync -a``, all three as an unprivileged user (``setpriv`` for the
-two commands). Before every run the destination is removed, then ``sync`` and
-``echo 3 > /proc/sys/vm/drop_caches``, so every copy reads its source from the disk. Runs alternate
-(mover, cp, rsync, mover, ...) ``--rounds`` times; medians are reported, with the ratios
-mover/cp and mover/rsync. Times end when the copy returns (no ``sync`` after: none of the three
-flushes its writes).
+8 workers, files written in place as a job's ``#DW copy_in`` into its own buffer does; ``--atomic``
+for the temporary name and rename per file of other copies), by ``cp -a`` and by ``rsync -a``, all
+three as an unprivileged user (``setpriv`` for the two commands). Before every run the destination
+is removed, then ``sync`` and ``echo 3 > /proc/sys/vm/drop_caches``, so every copy reads its source
+from the disk. Runs alternate (mover, cp, rsync, mover, ...) ``--rounds`` times; medians are
+reported, with the ratios mover/cp and mover/rsync. Times end when the copy returns (no ``sync``
+after: none of the three flushes its writes).
 
 Run by hand, as root:
 
-  python3 bench/stage_in.py [--rounds 3] [--only big|small] [--keep]
+  python3 bench/stage_in.py [--rounds 3] [--only big|small] [--atomic] [--keep]
 """
 
 from __future__ import annotations
@@ -94,6 +95,12 @@ def main() -> int:
     parser.add_argument("--only", choices=["big", "small"])
     parser.add_argument("--big-mib", type=int, default=2048)
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument(
+        "--atomic",
+        action="store_true",
+        help="the mover writes each file under a temporary name renamed once complete (copies out, "
+        "into persistent buffers), not in place (copies into a job's own buffer)",
+    )
     parser.add_argument("--keep", action="store_true", help="leave the work directory (prints it)")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -126,9 +133,14 @@ def main() -> int:
             chown_tree(src, uid, gid)
         load = os.getloadavg()[0]
         print(f"load average before: {load:.2f}; source {work} (host fs), destination XFS on {device}")
+        how = "through temporary names (--atomic)" if args.atomic else "in place"
+        print(f"the mover writes files {how}")
 
         def mover(src: Path, dest: Path) -> None:
-            run_copy(CopySpec(str(src), str(dest), "auto", uid, gid, workers=args.workers, verify=True))
+            copy = CopySpec(
+                str(src), str(dest), "auto", uid, gid, workers=args.workers, in_place=not args.atomic
+            )
+            run_copy(copy)
 
         def cp(src: Path, dest: Path) -> None:
             subprocess.run(as_user(uid, gid, ["cp", "-a", str(src), str(dest)]), check=True)

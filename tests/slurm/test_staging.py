@@ -199,6 +199,8 @@ srun sh -c 'mkdir -p {write} && hostname > {write}/host && python3 {tool} fill {
     ins, outs = watch.of_job(job, "in"), watch.of_job(job, "out")
     assert len(ins) == len(outs) == (2 if per_node else 1)
     _succeeded(ins + outs)
+    # Into the job's own new buffer files are written in place; out of it through temporary names.
+    assert [m["spec"]["inPlace"] for m in ins + outs] == [True] * len(ins) + [False] * len(outs)
     if per_node:  # each node's buffer comes back in a directory named after the node
         assert sorted(p.name for p in results.iterdir()) == ["run"]
         assert sorted(p.name for p in (results / "run").iterdir()) == COMPUTES

@@ -208,6 +208,45 @@ def test_a_checksum_mismatch_fails_the_copy_naming_the_file(
     assert list((dst / "src").iterdir()) == []
 
 
+def test_in_place_copies_write_each_small_file_under_its_own_name(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection in-process: renames are counted, then the read-back digest is made to differ."""
+    src, dst = dirs
+    me = (os.geteuid(), os.getegid())
+    for name in ("a", "b", "c"):
+        (src / name).write_bytes(os.urandom(5000))
+    renamed: list[str] = []
+    real_rename = copier._rename
+
+    def counting_rename(dst_dir: int, tmp: str, name: str, path: str) -> None:
+        renamed.append(name)
+        real_rename(dst_dir, tmp, name, path)
+
+    monkeypatch.setattr(copier, "_rename", counting_rename)
+    worker.execute({"spec": spec(src, dst / "atomic", me).to_json()}, lambda record: None, threading.Event())
+    assert sorted(renamed) == ["a", "b", "c"]  # by default each file is renamed into place once complete
+
+    # In place: no renames, and a file a killed run left under a final name is replaced.
+    renamed.clear()
+    (dst / "fresh").mkdir()
+    (dst / "fresh" / "b").write_bytes(b"cut short by a killed run")
+    in_place = CopySpec(str(src), str(dst / "fresh"), "directory", *me, in_place=True)
+    worker.execute({"spec": in_place.to_json()}, lambda record: None, threading.Event())
+    assert renamed == []
+    for name in ("a", "b", "c"):
+        assert (dst / "fresh" / name).read_bytes() == (src / name).read_bytes()
+    assert sorted(p.name for p in (dst / "fresh").iterdir()) == ["a", "b", "c"]
+
+    # A file that fails its check is removed, not left half-right under its name.
+    monkeypatch.setattr(copier, "dest_digest", lambda hasher: b"\0" * 16)
+    (dst / "again").mkdir()
+    again = CopySpec(str(src / "a"), str(dst / "again" / "a"), "file", *me, in_place=True)
+    with pytest.raises(MoveError, match=f"{dst}/again/a: checksum mismatch"):
+        worker.execute({"spec": again.to_json()}, lambda record: None, threading.Event())
+    assert list((dst / "again").iterdir()) == []
+
+
 def test_links_planted_in_the_destination_are_not_followed(
     dirs: tuple[Path, Path], ids: tuple[int, int], work_dir: Path
 ) -> None:

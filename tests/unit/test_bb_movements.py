@@ -66,6 +66,24 @@ def test_bodies_carry_the_user_the_node_and_per_node_destinations() -> None:
     assert missing == [] and "job/x" in problem
 
 
+def test_only_copies_into_a_jobs_own_buffer_write_in_place() -> None:
+    """A job buffer is new and unread until the job starts; a persistent one may be read meanwhile,
+    and a copy out writes where others may read."""
+
+    def in_place(direction: str, command: str) -> list[bool]:
+        buffers = {"job/b": {"name": "b", "key": "job/b", "perCompute": True, "command": command}}
+        bodies, problem = movement_bodies(
+            WF, [_copy(direction)], buffers, lambda _b: ALLOCS[:2], ["c1", "c2"]
+        )
+        assert problem == ""
+        return [body["spec"]["inPlace"] for body in bodies]
+
+    assert in_place("in", "jobdw") == [True, True]
+    assert in_place("out", "jobdw") == [False, False]
+    assert in_place("in", "persistentdw") == [False, False]
+    assert in_place("in", "create_persistent") == [False, False]
+
+
 def _movement(state: str, status: str | None = None, **extra: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"state": state, **extra}
     if status:

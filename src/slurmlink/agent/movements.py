@@ -264,6 +264,7 @@ class MovementManager:
                 gid=int(spec["groupID"]),
                 groups=supplementary_groups(int(spec["userID"]), int(spec["groupID"])),
                 buffer_side="destination" if (spec["destination"] or {}).get("allocation") else "source",
+                in_place=bool(spec.get("inPlace")),
             )
             log.info("node %s: copy %s/%s: %s -> %s", self.node, *key, copy.source, copy.destination)
             try:

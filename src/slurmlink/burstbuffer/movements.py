@@ -118,6 +118,8 @@ def movement_bodies(
                     "node": alloc["spec"]["node"],
                     "userID": int(spec.get("userID") or 0),
                     "groupID": int(spec.get("groupID") or 0),
+                    # A job's own buffer is new and unread until the job starts: no rename per file.
+                    "inPlace": copy["direction"] == "in" and buffer.get("command") == "jobdw",
                     "directive": str(copy["directive"]),
                     "directiveIndex": int(copy["index"]),
                 },

@@ -129,8 +129,12 @@ class Copier:
         verify: bool,
         emit: Emit,
         stop: threading.Event,
+        *,
+        in_place: bool = False,
     ):
         self.plan = plan
+        #: Small files written under their own names (see ``CopySpec.in_place``).
+        self.in_place = in_place
         #: Which process of a copy split across several this is (its progress records say so).
         self.share = 0
         self.uid = uid
@@ -276,17 +280,18 @@ class Copier:
         """Copy one small file; its verified record."""
         src_path = self.plan.source_path(item.root, item.rel_dir, item.src_name)
         dst_path = self.plan.destination_path(item.root, item.rel_dir, item.dst_name)
-        tmp = temp_name(item.dst_name)
-        dst = _create(dst_dir, tmp, dst_path)
+        name = item.dst_name if self.in_place else temp_name(item.dst_name)
+        dst = _create(dst_dir, name, dst_path)
         try:
             digest = self._copy_range(src, dst, 0, item.size, src_path, dst_path)
             _set_attributes(dst, item, dst_path)
         except BaseException:
             os.close(dst)
-            _unlink(dst_dir, tmp)
+            _unlink(dst_dir, name)
             raise
         os.close(dst)
-        _rename(dst_dir, tmp, item.dst_name, dst_path)
+        if not self.in_place:
+            _rename(dst_dir, name, item.dst_name, dst_path)
         return self._verified(item, src_path, dst_path, digest)
 
     def _range_job(self, large: _Large, index: int) -> Callable[[], None]:
@@ -440,7 +445,8 @@ def _open_source(src_dir: int, item: FileItem, path: str, advice: int = os.POSIX
 
 
 def _create(dst_dir: int, tmp: str, path: str) -> int:
-    """The temporary file, new; one left by a killed run is removed first (one system call when none is)."""
+    """The file ``tmp`` (a temporary name, or the final one when written in place), new; one left by a
+    killed run (or an older copy in place) is removed first (one system call when none is)."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         try:

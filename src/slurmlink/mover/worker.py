@@ -94,7 +94,7 @@ def execute(payload: dict[str, Any], emit: Callable[[dict[str, Any]], None], sto
         }
     )
     shares = share_count(plan.files)
-    copier = Copier(plan, uid, -(-spec.workers // shares), spec.verify, emit, stop)
+    copier = Copier(plan, uid, -(-spec.workers // shares), spec.verify, emit, stop, in_place=spec.in_place)
     try:
         copier.prepare()
         run_shared(copier, float(payload.get("interval", 1.0)), shares)

@@ -43,7 +43,7 @@ Outcome = Literal["Success", "Failed", "Cancelled"]
 #: How the mover reads ``source`` (``slurmlink.mover.CopySpec.mode``).
 Mode = Literal["auto", "file", "directory", "list"]
 #: Everything but ``cancel`` is fixed once created: the agent may be half-way through the copy.
-_IMMUTABLE = ("source", "destination", "mode", "node", "userID", "groupID", "direction")
+_IMMUTABLE = ("source", "destination", "mode", "node", "userID", "groupID", "direction", "inPlace")
 
 
 class Endpoint(Open):
@@ -62,6 +62,9 @@ class DataMovementSpec(Open):
     userID: Uint32
     groupID: Uint32
     cancel: StrictBool = False
+    #: Write files under their own names, without a temporary name renamed at the end: for a copy
+    #: into a job's own buffer before the job starts, which nobody reads meanwhile (the driver sets it).
+    inPlace: StrictBool = False
     #: The directive as the user wrote it, and its place in the job's list.
     directive: StrictStr | None = None
     directiveIndex: Annotated[StrictInt, Field(ge=0)] | None = None
