@@ -157,6 +157,13 @@ class BankView:
             recent.popleft()
         return sum((amount for _, token, amount in recent if token > seen_token), Decimal(0))
 
+    def spendable(
+        self, account: str, entry: dict[str, Any], modified_job: int | None = None
+    ) -> tuple[Decimal, Decimal]:
+        """The account's available units (from its snapshot ``entry``) and what its pending jobs may
+        still spend (``exposure``, to the cent): what a new cost is checked against."""
+        return Decimal(entry["available"]), self.exposure(account, modified_job).quantize(Decimal("0.01"))
+
     def record(self, account: str, amount: Decimal) -> str:
         """Remember an acceptance; its token, which job_submit.lua stamps on the job."""
         self._last_token = max(time.time_ns() // 1000, self._last_token + 1)
@@ -265,9 +272,8 @@ async def bank_submit(view: BankView, fields: Fields) -> str:
             "Ask your allocation manager",
             402,
         )
-    available = Decimal(entry["available"])
     modified = fields.get("modify_job", "")
-    pending = view.exposure(account, int(modified) if modified.isdigit() else None).quantize(Decimal("0.01"))
+    available, pending = view.spendable(account, entry, int(modified) if modified.isdigit() else None)
     left = available - pending
     if priced.amount > left:
         tasks = f" ({priced.tasks} array tasks at {priced.per_task} SU)" if priced.tasks > 1 else ""
@@ -309,8 +315,7 @@ async def bank_extend(view: BankView, fields: Fields) -> str:
         raise GatewayError(
             f"slurmlink bank: job {job}'s time limit cannot be raised: account {account} {state}", 402
         )
-    available = Decimal(entry["available"])
-    pending = view.exposure(account).quantize(Decimal("0.01"))
+    available, pending = view.spendable(account, entry)
     if extra > available - pending:
         raise GatewayError(
             f"slurmlink bank: job {job}'s time limit cannot be raised to {fields.get('time_limit')} "
@@ -357,6 +362,11 @@ def settle_request(
         "details": {"partition": partition, "qos": qos, "tres": tres, "state": state},
     }
     return priced, body
+
+
+def most_for(card: RateCard, job: JobRecord, minutes: int) -> Charge:
+    """What the job may cost at most if it runs ``minutes`` on its allocation (what is held for it)."""
+    return charge(card, usage_of(job, elapsed=minutes * 60, end_state="COMPLETED"))
 
 
 def usage_of(job: JobRecord, *, elapsed: int, end_state: str) -> RunUsage:
@@ -415,7 +425,7 @@ class BankHooks:
                     "no max_time on the rate card: its cost cannot be bounded",
                     400,
                 )
-            priced = charge(card, usage_of(job, elapsed=limit * 60, end_state="COMPLETED"))
+            priced = most_for(card, job, limit)
             body = {
                 "account": job.account,
                 "user": job.user,
@@ -445,7 +455,7 @@ class BankHooks:
         key = await self._held_key(job, fields.get("cluster", ""), job.restart_count)
         try:
             card = await self._rate_card()
-            priced = charge(card, usage_of(job, elapsed=limit * 60, end_state="COMPLETED"))
+            priced = most_for(card, job, limit)
             body = {"account": job.account, "amount": str(priced.amount), "details": {"timeLimit": limit}}
             answer = await self.client.call("PATCH", f"{BANK}/runs/{key.text}/hold", body)
         except ApiError as exc:
