@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import struct
 import subprocess
 import threading
 import time
@@ -200,7 +201,7 @@ def test_a_checksum_mismatch_fails_the_copy_naming_the_file(
     """Fault injection in-process: the read-back digest is made to differ."""
     src, dst = dirs
     (src / "f").write_bytes(os.urandom(10000))
-    monkeypatch.setattr(copier, "dest_digest", lambda hasher: b"\0" * 16)
+    monkeypatch.setattr(copier, "dest_digest", lambda digest: b"\0" * 16)
     payload = {"spec": spec(src, dst, (os.geteuid(), os.getegid())).to_json()}
     with pytest.raises(MoveError, match=f"{dst}/src/f: checksum mismatch"):
         worker.execute(payload, lambda record: None, threading.Event())
@@ -239,12 +240,81 @@ def test_in_place_copies_write_each_small_file_under_its_own_name(
     assert sorted(p.name for p in (dst / "fresh").iterdir()) == ["a", "b", "c"]
 
     # A file that fails its check is removed, not left half-right under its name.
-    monkeypatch.setattr(copier, "dest_digest", lambda hasher: b"\0" * 16)
+    monkeypatch.setattr(copier, "dest_digest", lambda digest: b"\0" * 16)
     (dst / "again").mkdir()
     again = CopySpec(str(src / "a"), str(dst / "again" / "a"), "file", *me, in_place=True)
     with pytest.raises(MoveError, match=f"{dst}/again/a: checksum mismatch"):
         worker.execute({"spec": again.to_json()}, lambda record: None, threading.Event())
     assert list((dst / "again").iterdir()) == []
+
+
+def default_acl(user: int, group: int, other: int) -> bytes:
+    """A ``system.posix_acl_default`` value (the kernel's binary form): owner, group and other
+    permissions for the directory's new entries."""
+    undefined = 0xFFFFFFFF
+    entries = [(0x01, user), (0x04, group), (0x20, other)]  # user::, group::, other::
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, undefined) for tag, perm in entries)
+
+
+MODES = {"shared": 0o664, "group": 0o640, "setuid": 0o4750, "setgid": 0o2750, "readonly": 0o444, "odd": 0o604}
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["atomic", "in-place"])
+def test_modes_are_kept_whatever_the_umask_or_a_default_acl_would_give(
+    dirs: tuple[Path, Path], ids: tuple[int, int], in_place: bool
+) -> None:
+    """Files are created with their final mode only where nothing takes bits from it: a umask of 027
+    would clear 0664's group write and 0604's other read, a default ACL clears other bits; a write
+    clears set-user-ID."""
+    src, dst = dirs
+    for name in MODES:
+        (src / name).write_bytes(os.urandom(3000))
+    own(src, *ids)
+    for name, mode in MODES.items():
+        (src / name).chmod(mode)
+    with_acl = dst / "acl"
+    with_acl.mkdir()
+    os.chown(with_acl, *ids)
+    os.setxattr(with_acl, "system.posix_acl_default", default_acl(7, 5, 0))
+    new_file = with_acl / "probe"
+    new_file.touch(0o666)
+    assert stat.S_IMODE(new_file.stat().st_mode) == 0o640  # the ACL, not the umask, decides
+    new_file.unlink()
+    old_umask = os.umask(0o027)
+    try:
+        for destination in (dst / "plain", with_acl / "out"):
+            before = entries(src)
+            run_copy(CopySpec(str(src), str(destination), "auto", *ids, in_place=in_place))
+            assert_same_tree(src, destination, ids[0], before)
+    finally:
+        os.umask(old_umask)
+
+
+def test_a_file_is_given_its_mode_after_creation_only_when_needed(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection in-process: the chmods after creation are counted (umask 022)."""
+    src, dst = dirs
+    for name, mode in MODES.items():
+        (src / name).write_bytes(b"x")
+        (src / name).chmod(mode)
+    chmods: list[int] = []
+    real_fchmod = os.fchmod
+
+    def counting_fchmod(fd: int, mode: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            chmods.append(mode)
+        real_fchmod(fd, mode)
+
+    monkeypatch.setattr(copier.os, "fchmod", counting_fchmod)
+    old_umask = os.umask(0o022)
+    try:
+        payload = {"spec": spec(src, dst / "out", (os.geteuid(), os.getegid())).to_json()}
+        worker.execute(payload, lambda record: None, threading.Event())
+    finally:
+        os.umask(old_umask)
+    assert sorted(chmods) == sorted([0o664, 0o4750, 0o2750])
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in (dst / "out").iterdir()} == MODES
 
 
 def test_links_planted_in_the_destination_are_not_followed(
@@ -404,13 +474,10 @@ def small_tree(root: Path, uid: int, gid: int) -> None:
 
 
 def expected_processes() -> int:
-    cpus = len(os.sched_getaffinity(0))
-    if cpus < 2:
-        pytest.skip("one CPU: a copy is never split across processes")
-    return min(shares.MAX_SHARES, cpus)
+    return min(shares.MAX_SHARES, shares.PER_CPU * len(os.sched_getaffinity(0)))
 
 
-def test_many_small_files_are_copied_by_one_process_per_cpu(
+def test_many_small_files_are_copied_by_two_processes_per_cpu(
     dirs: tuple[Path, Path], ids: tuple[int, int]
 ) -> None:
     want = expected_processes()

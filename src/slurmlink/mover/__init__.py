@@ -7,7 +7,23 @@ after being written (:mod:`slurmlink.mover.copier`), and a journal of verified f
 skip what is done (:mod:`slurmlink.mover.journal`). See docs/data-mover.md.
 """
 
-from slurmlink.mover.run import run_copy
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from slurmlink.mover.spec import CopySpec, MoveCancelled, MoveError, MoveProgress
+
+if TYPE_CHECKING:
+    from slurmlink.mover.run import run_copy
+
+
+def __getattr__(name: str) -> Any:
+    """``run_copy`` imported when first used: the worker, started once per copy, does not need it."""
+    if name == "run_copy":
+        from slurmlink.mover.run import run_copy
+
+        return run_copy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["CopySpec", "MoveCancelled", "MoveError", "MoveProgress", "run_copy"]

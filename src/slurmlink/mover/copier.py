@@ -2,8 +2,10 @@
 
 Each file is read into a reused buffer, hashed with xxh3-128 as it is read, written under a temporary
 name next to its final one, read back and hashed again (``verify``), given its mode and times, and
-renamed into place: a file under its final name is always complete and verified. Files of
-``SPLIT_AT`` bytes or more are copied in ``RANGE``-sized pieces by several threads at once.
+renamed into place: a file under its final name is always complete and verified. (A copy ``in_place``
+writes small files under their final names.) A small file is created with its mode when neither the
+umask nor a default ACL can take bits from it, saving a chmod. Files of ``SPLIT_AT`` bytes or more are
+copied in ``RANGE``-sized pieces by several threads at once.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import concurrent.futures.thread  # imported now: after the worker drops root it may not read the stdlib
 import contextlib
+import errno
 import os
 import stat
 import threading
@@ -30,6 +33,8 @@ SPLIT_AT = 64 << 20
 #: Small files go to the threads this many at a time (with one open of their directories).
 BATCH = 32
 PART = ".slurmlink-part"
+#: Every mode bit: a file created with a mode that loses any of these is given its mode afterwards.
+ALL_BITS = 0o7777
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -38,9 +43,9 @@ class Stopped(Exception):
     """The copy is being stopped (cancelled, or another thread failed)."""
 
 
-def dest_digest(hasher: Any) -> bytes:
+def dest_digest(digest: bytes) -> bytes:
     """The digest of what was read back from the destination (a seam for fault-injection tests)."""
-    return bytes(hasher.digest())
+    return digest
 
 
 def temp_name(name: str) -> str:
@@ -148,6 +153,11 @@ class Copier:
         self._local = threading.local()
         self.src_roots: list[int] = []
         self.dst_roots: list[int] = []
+        #: Mode bits a new file might not get: the umask's, and the special ones (a write clears
+        #: set-user-ID and set-group-ID, so those are set after the data).
+        umask = os.umask(0o077)
+        os.umask(umask)
+        self._masked = umask | 0o7000
 
     # -- directories and links ------------------------------------------------------------------
 
@@ -263,8 +273,10 @@ class Copier:
                 dst_dir = open_rel(self.dst_roots[root], rel_dir, self.plan.roots[root].destination)
                 verified: list[dict[str, Any]] = []
                 try:
+                    # New files' modes come from the umask, or from a default ACL instead.
+                    masked = self._masked if not _default_acl(dst_dir) else ALL_BITS
                     for item, fd in zip(items, opened, strict=True):
-                        verified.append(self._copy_file(fd, dst_dir, item))
+                        verified.append(self._copy_file(fd, dst_dir, item, masked))
                 finally:
                     os.close(dst_dir)
                     if verified:  # one report for the batch: one write, one lock, one line to parse
@@ -276,15 +288,21 @@ class Copier:
 
         return job
 
-    def _copy_file(self, src: int, dst_dir: int, item: FileItem) -> dict[str, Any]:
-        """Copy one small file; its verified record."""
+    def _copy_file(self, src: int, dst_dir: int, item: FileItem, masked: int) -> dict[str, Any]:
+        """Copy one small file; its verified record. ``masked``: the mode bits a new file in
+        ``dst_dir`` might not get."""
         src_path = self.plan.source_path(item.root, item.rel_dir, item.src_name)
         dst_path = self.plan.destination_path(item.root, item.rel_dir, item.dst_name)
         name = item.dst_name if self.in_place else temp_name(item.dst_name)
-        dst = _create(dst_dir, name, dst_path)
+        # Created with its final mode when nothing can take bits from it: one chmod less per file.
+        final = not item.mode & masked
+        dst = _create(dst_dir, name, dst_path, item.mode if final else 0o600)
         try:
-            digest = self._copy_range(src, dst, 0, item.size, src_path, dst_path)
-            _set_attributes(dst, item, dst_path)
+            if item.size <= BUFFER:
+                digest = self._copy_whole(src, dst, item.size, src_path, dst_path)
+            else:
+                digest = self._copy_range(src, dst, 0, item.size, src_path, dst_path)
+            _set_attributes(dst, item, dst_path, chmod=not final)
         except BaseException:
             os.close(dst)
             _unlink(dst_dir, name)
@@ -363,6 +381,26 @@ class Copier:
                 if fd >= 0:
                     os.close(fd)
 
+    def _copy_whole(self, src: int, dst: int, size: int, src_path: str, dst_path: str) -> bytes:
+        """Copy a file that fits the buffer: one read, one hash, one write (and one read back and
+        hash); most files of a tree are small, and each call less is felt ten thousand times."""
+        if self.stop.is_set():
+            raise Stopped
+        data = self._buffer()[:size]
+        if _read_into(src, data, src_path) != size:
+            raise MoveError(f"{src_path}: the file shrank while it was being copied")
+        digest = xxhash.xxh3_128_digest(data)
+        _write_all(dst, data, 0, dst_path)
+        with self._lock:
+            self.bytes_done += size
+        if self.verify:
+            got = _read_into(dst, data, dst_path)
+            if dest_digest(xxhash.xxh3_128_digest(data[:got])) != digest:
+                raise MoveError(
+                    f"{dst_path}: checksum mismatch after copying (the data written differs from the source)"
+                )
+        return digest
+
     def _copy_range(
         self, src: int, dst: int, offset: int, length: int, src_path: str, dst_path: str
     ) -> bytes:
@@ -382,17 +420,12 @@ class Copier:
                 raise MoveError(f"{src_path}: the file shrank while it was being copied")
             chunk = buf[:n]
             hasher.update(chunk)
-            written = 0
-            try:
-                while written < n:
-                    written += os.pwrite(dst, chunk[written:], pos + written)
-            except OSError as exc:
-                raise error(dst_path, exc) from exc
+            _write_all(dst, chunk, pos, dst_path)
             pos += n
             with self._lock:
                 self.bytes_done += n
         digest = bytes(hasher.digest())
-        if self.verify and dest_digest(self._read_back(dst, offset, end, dst_path)) != digest:
+        if self.verify and dest_digest(self._read_back(dst, offset, end, dst_path).digest()) != digest:
             raise MoveError(
                 f"{dst_path}: checksum mismatch after copying (the data written differs from the source)"
             )
@@ -444,23 +477,58 @@ def _open_source(src_dir: int, item: FileItem, path: str, advice: int = os.POSIX
     return fd
 
 
-def _create(dst_dir: int, tmp: str, path: str) -> int:
-    """The file ``tmp`` (a temporary name, or the final one when written in place), new; one left by a
-    killed run (or an older copy in place) is removed first (one system call when none is)."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+def _default_acl(dir_fd: int) -> bool:
+    """Whether a directory has a default ACL (its new files' modes then follow the ACL, not the
+    umask); an error other than "none" or "not supported" counts as yes."""
     try:
+        os.getxattr(dir_fd, "system.posix_acl_default")
+    except OSError as exc:
+        return exc.errno not in (errno.ENODATA, errno.EOPNOTSUPP)
+    return True
+
+
+def _read_into(fd: int, data: memoryview, path: str) -> int:
+    """Read from offset 0 until ``data`` is full or the file ends; the bytes read."""
+    done = 0
+    while done < len(data):
         try:
-            return os.open(tmp, flags, 0o600, dir_fd=dst_dir)
-        except FileExistsError:
-            _unlink(dst_dir, tmp)
-            return os.open(tmp, flags, 0o600, dir_fd=dst_dir)
+            n = os.preadv(fd, [data[done:]], done)
+        except OSError as exc:
+            raise error(path, exc) from exc
+        if n == 0:
+            break
+        done += n
+    return done
+
+
+def _write_all(fd: int, data: memoryview, offset: int, path: str) -> None:
+    written = 0
+    try:
+        while written < len(data):
+            written += os.pwrite(fd, data[written:], offset + written)
     except OSError as exc:
         raise error(path, exc) from exc
 
 
-def _set_attributes(fd: int, item: FileItem, path: str) -> None:
+def _create(dst_dir: int, tmp: str, path: str, mode: int = 0o600) -> int:
+    """The file ``tmp`` (a temporary name, or the final one when written in place), new, open for
+    reading and writing whatever ``mode`` says; one left by a killed run (or an older copy in place)
+    is removed first (one system call when none is)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        os.fchmod(fd, item.mode)
+        try:
+            return os.open(tmp, flags, mode, dir_fd=dst_dir)
+        except FileExistsError:
+            _unlink(dst_dir, tmp)
+            return os.open(tmp, flags, mode, dir_fd=dst_dir)
+    except OSError as exc:
+        raise error(path, exc) from exc
+
+
+def _set_attributes(fd: int, item: FileItem, path: str, *, chmod: bool = True) -> None:
+    try:
+        if chmod:
+            os.fchmod(fd, item.mode)
         os.utime(fd, ns=(item.atime_ns, item.mtime_ns))
     except OSError as exc:
         raise error(path, exc) from exc

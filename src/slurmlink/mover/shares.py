@@ -1,9 +1,9 @@
-"""Many small files copied by several processes: one share of the plan's files per CPU.
+"""Many small files copied by several processes: shares of the plan's files, two per CPU.
 
 A small file costs the copier about 0.3 ms of Python (open, read, hash, write, read back, hash, mode,
 times, rename), and threads share one interpreter lock: ten thousand small files kept one core busy
 while the other waited. After :meth:`Copier.prepare` has made the directories, the worker forks one
-process per further CPU; each copies its share of the small files (whole directory batches) with its
+process per further share; each copies its share of the small files (whole directory batches) with its
 own threads, and reports its own files and bytes on the same output. Shares are dealt by estimated work
 (bytes plus a fixed cost per file), so the processes finish together. Large files stay with the first
 process, whose threads already copy them range by range.
@@ -26,6 +26,9 @@ from slurmlink.mover.spec import MoveError, how_it_ended
 
 #: At most this many processes copy one plan.
 MAX_SHARES = 4
+#: Processes per CPU: while one waits for the disk (a cold source) the other works; with two CPUs, four
+#: processes of two threads copied 10,000 small files 5-10 % faster than two of four.
+PER_CPU = 2
 #: Fewer small files than this are copied by one process: forking would cost more than it saves.
 MIN_SMALL_FILES = 1000
 #: A small file's fixed cost (system calls and Python), as the bytes copied in the same time.
@@ -41,11 +44,12 @@ class ShareFailed(MoveError):
 
 
 def share_count(files: list[FileItem]) -> int:
-    """How many processes should copy ``files``: one per CPU this process may run on, when many are small."""
+    """How many processes should copy ``files``: PER_CPU per CPU this process may run on, when many are
+    small."""
     small = sum(1 for f in files if f.size < SPLIT_AT)
     if small < MIN_SMALL_FILES:
         return 1
-    return max(1, min(MAX_SHARES, len(os.sched_getaffinity(0))))
+    return max(1, min(MAX_SHARES, PER_CPU * len(os.sched_getaffinity(0))))
 
 
 def split(files: list[FileItem], shares: int) -> list[list[FileItem]]:

@@ -10,9 +10,9 @@ SIGTERM stops it at the next buffer (temporary files removed), exit status 143.
 
 from __future__ import annotations
 
+import fcntl
+import gc
 import json
-import multiprocessing
-import multiprocessing.synchronize  # imported now: after the worker drops root it may not read the stdlib
 import os
 import signal
 import sys
@@ -93,6 +93,9 @@ def execute(payload: dict[str, Any], emit: Callable[[dict[str, Any]], None], sto
             "special_paths": plan.specials[:20],
         }
     )
+    # The plan's objects live until the end: out of the collector's sight, its passes stay short and a
+    # forked share does not copy the pages the collector would touch.
+    gc.freeze()
     shares = share_count(plan.files)
     copier = Copier(plan, uid, -(-spec.workers // shares), spec.verify, emit, stop, in_place=spec.in_place)
     try:
@@ -103,6 +106,25 @@ def execute(payload: dict[str, Any], emit: Callable[[dict[str, Any]], None], sto
         copier.close()
 
 
+class OutputLock:
+    """One writer at a time on stdout, among this process's threads and the processes it forks: a
+    thread lock, and a POSIX record lock on an anonymous file (those are held per process, so the
+    forked processes exclude each other; ``multiprocessing`` would cost more to import than the copy
+    of a small tree takes)."""
+
+    def __init__(self) -> None:
+        self._threads = threading.Lock()
+        self._file = os.memfd_create("slurmlink-mover-output", os.MFD_CLOEXEC)
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        fcntl.lockf(self._file, fcntl.LOCK_EX)
+
+    def __exit__(self, *_: object) -> None:
+        fcntl.lockf(self._file, fcntl.LOCK_UN)
+        self._threads.release()
+
+
 def main(argv: list[str]) -> int:
     identity, _ = parse_identity(argv)
     if identity is not None and identity[0] != 0:
@@ -111,7 +133,7 @@ def main(argv: list[str]) -> int:
     if os.getppid() == 1:
         return CANCELLED
     out = sys.stdout.buffer
-    lock = multiprocessing.get_context("fork").Lock()  # shared with the processes of a split copy
+    lock = OutputLock()  # shared with the processes of a split copy
 
     def emit(record: dict[str, Any]) -> None:
         line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
