@@ -81,3 +81,20 @@ def test_a_failed_run_fails_every_lookup_it_answers(tmp_path: Path) -> None:
     assert all(isinstance(r, SlurmCommandError) for r in results), results
     assert "squeue --jobs=1,2,3 failed" in str(results[0])
     assert len([a for a in commands.argvs if a[0] == "squeue"]) == 1
+
+
+def test_the_nodes_of_a_running_one_node_job_take_one_command(dev_cluster: DevCluster) -> None:
+    """A one-node job's NodeList is its node's name: no ``scontrol show hostnames`` to expand it."""
+    argv = ["sbatch", "--parsable", "-N", "1", "-J", "nodes-1", "-o", "/dev/null", "--wrap", "sleep 60"]
+    result = dev_cluster.run_as_job_user(argv, timeout=30)
+    assert result.returncode == 0, result.stderr
+    job = result.stdout.strip().split(";")[0]
+    try:
+        shown = dev_cluster.wait_for_job(job, ("RUNNING",))
+        commands = CountingCommands(dev_cluster.slurm_conf)
+        nodes = asyncio.run(commands.job_nodes(job))
+        assert nodes.count == 1
+        assert nodes.names == (shown["NodeList"],)
+        assert [a[:3] for a in commands.argvs] == [("scontrol", "-o", "show")]
+    finally:
+        dev_cluster.run_slurm(["scancel", job], timeout=30)

@@ -287,6 +287,8 @@ class SlurmCommands:
         node_list = fields.get("NodeList", "")
         if not node_list or node_list == "(null)":
             return JobNodes(count, ())
+        if not set(node_list) & set("[],"):  # one node, named as it is: no second command to run
+            return JobNodes(1, (node_list,))
         names = await self.run("scontrol", "show", "hostnames", node_list)
         if names.returncode != 0:
             raise SlurmCommandError(f"scontrol show hostnames {node_list}: {names.stderr.strip()}")
