@@ -98,3 +98,18 @@ def test_the_nodes_of_a_running_one_node_job_take_one_command(dev_cluster: DevCl
         assert [a[:3] for a in commands.argvs] == [("scontrol", "-o", "show")]
     finally:
         dev_cluster.run_slurm(["scancel", job], timeout=30)
+
+
+def test_a_lookup_without_run_time_runs_no_scontrol(dev_cluster: DevCluster) -> None:
+    """The bank's prolog needs no RunTime (the job is starting): one ``squeue``, no ``scontrol``."""
+    job = _held_job(dev_cluster, "records-no-runtime")
+    commands = CountingCommands(dev_cluster.slurm_conf)
+    try:
+        without = asyncio.run(commands.job_record(job, run_time=False))
+        assert without is not None and without.job_id == int(job) and without.run_seconds is None
+        assert [a[0] for a in commands.argvs] == ["squeue"]
+        with_run_time = asyncio.run(commands.job_record(job))
+        assert with_run_time is not None and with_run_time.run_seconds == 0
+        assert [a[0] for a in commands.argvs] == ["squeue", "squeue", "scontrol"]
+    finally:
+        dev_cluster.run_slurm(["scancel", job], timeout=30)

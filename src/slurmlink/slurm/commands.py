@@ -228,8 +228,9 @@ class SlurmCommands:
             raise SlurmCommandError(f"squeue failed: {result.stderr.strip() or result.returncode}")
         return parse_squeue_jobs(result.stdout)
 
-    async def job_record(self, job_id: str) -> JobRecord | None:
-        """The job as slurmctld holds it, with its RunTime; None when slurmctld no longer knows it.
+    async def job_record(self, job_id: str, *, run_time: bool = True) -> JobRecord | None:
+        """The job as slurmctld holds it, with its RunTime unless ``run_time`` is false (one
+        ``scontrol`` less); None when slurmctld no longer knows it.
 
         Lookups made at the same time share one ``squeue`` run (``JobRecordBatch``).
         """
@@ -237,8 +238,8 @@ class SlurmCommands:
 
         job_id = _job_id(job_id)
         found = await self._records.lookup(job_id)
-        if found is None:
-            return None
+        if found is None or not run_time:
+            return found
         shown = await self.run("scontrol", "-o", "show", "job", job_id)
         run_seconds = run_time_of(shown.stdout) if shown.returncode == 0 else None
         return dataclasses.replace(found, run_seconds=run_seconds)

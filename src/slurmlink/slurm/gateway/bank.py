@@ -397,10 +397,10 @@ class BankHooks:
             self._card = RateCard.from_json(jsonutil.dumps_str(data), source="the bank's current rate card")
         return self._card
 
-    async def _job(self, fields: Fields) -> JobRecord:
+    async def _job(self, fields: Fields, *, run_time: bool = True) -> JobRecord:
         job_id = fields.get("job_id", "")
         try:
-            job = await self.slurm.job_record(job_id)
+            job = await self.slurm.job_record(job_id, run_time=run_time)
         except (SlurmCommandError, ValueError) as exc:
             raise GatewayError(
                 f"slurmlink bank: cannot read job {job_id} from slurmctld: {exc}", 503
@@ -410,8 +410,9 @@ class BankHooks:
         return job
 
     async def prolog(self, fields: Fields) -> str:
-        """Hold what the job may cost for its time limit on its allocation; the run's key makes it once."""
-        job = await self._job(fields)
+        """Hold what the job may cost for its time limit on its allocation; the run's key makes it once.
+        (No RunTime: the job is starting, and slurmctld waits for this before it runs the script.)"""
+        job = await self._job(fields, run_time=False)
         key = run_key(job, fields.get("cluster", ""))
         try:
             card = await self._rate_card()
@@ -447,7 +448,7 @@ class BankHooks:
     async def raise_hold(self, fields: Fields) -> str:
         """Raise the run's hold to what the job may cost for its new time limit (``fields["time_limit"]``,
         minutes; slurmctld may not show it yet) on its allocation."""
-        job = await self._job(fields)
+        job = await self._job(fields, run_time=False)
         try:
             limit = int(fields.get("time_limit", ""))
         except ValueError as exc:
@@ -488,7 +489,7 @@ class BankHooks:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(SlurmCommandError, ValueError):
-                job = await self.slurm.job_record(str(job_id))
+                job = await self.slurm.job_record(str(job_id), run_time=False)
                 if job is None:
                     return
                 if job.state == "PENDING":
