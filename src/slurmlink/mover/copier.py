@@ -395,10 +395,7 @@ class Copier:
             self.bytes_done += size
         if self.verify:
             got = _read_into(dst, data, dst_path)
-            if dest_digest(xxhash.xxh3_128_digest(data[:got])) != digest:
-                raise MoveError(
-                    f"{dst_path}: checksum mismatch after copying (the data written differs from the source)"
-                )
+            _check(xxhash.xxh3_128_digest(data[:got]), digest, dst_path)
         return digest
 
     def _copy_range(
@@ -425,10 +422,8 @@ class Copier:
             with self._lock:
                 self.bytes_done += n
         digest = bytes(hasher.digest())
-        if self.verify and dest_digest(self._read_back(dst, offset, end, dst_path).digest()) != digest:
-            raise MoveError(
-                f"{dst_path}: checksum mismatch after copying (the data written differs from the source)"
-            )
+        if self.verify:
+            _check(self._read_back(dst, offset, end, dst_path).digest(), digest, dst_path)
         return digest
 
     def _read_back(self, dst: int, offset: int, end: int, dst_path: str) -> Any:
@@ -475,6 +470,12 @@ def _open_source(src_dir: int, item: FileItem, path: str, advice: int = os.POSIX
         raise MoveError(f"{path}: changed while it was being copied")
     os.posix_fadvise(fd, 0, 0, advice)
     return fd
+
+
+def _check(read_back: bytes, digest: bytes, path: str) -> None:
+    """Fail unless what was read back from the destination hashes as the source did."""
+    if dest_digest(read_back) != digest:
+        raise MoveError(f"{path}: checksum mismatch after copying (the data written differs from the source)")
 
 
 def _default_acl(dir_fd: int) -> bool:
