@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -31,6 +32,7 @@ from slurmlink.storage.filesystems import (
     NotSupportedError,
     StateError,
     StorageNode,
+    TransientError,
     static_runners,
 )
 from slurmlink.storage.filesystems.mounts import mounted_at
@@ -276,11 +278,44 @@ def test_failed_create_rolls_back(lab: GlusterLab) -> None:
     assert loop_devices_below(lab.root) == {}
     assert "doomed" not in lab.glusterds[0].volumes()
 
-    # A storage node whose glusterd is down: refused before anything is made, saying which.
+    # A storage node whose glusterd is down: refused before anything is made, saying which, as a
+    # condition its agent clears (it starts glusterd), not as a failure of the buffer.
     lab.glusterds[1].stop()
     try:
-        with pytest.raises(StateError, match="glusterd is not running on storage node st2"):
+        with pytest.raises(TransientError, match="glusterd is not running on storage node st2"):
             driver.create(allocation, [st1, st2])
         assert list(Path(st1.pool_dir).iterdir()) == []
     finally:
         lab.glusterds[1].start()
+
+
+def test_a_glusterd_that_runs_but_does_not_answer_is_given_time(lab: GlusterLab) -> None:
+    st1, st2, _ = lab.nodes
+    glusterd = lab.glusterds[1]
+    socket, away = glusterd.layout.socket, glusterd.layout.socket + ".away"
+    runner = lab.runners["st2"]
+    options = GlusterOptions(client_log_dir=str(lab.root / "client-logs"), answer_timeout=1)
+    impatient = GlusterDriver(static_runners(lab.runners), options)
+    allocation = Allocation("unanswered", 64 * MIB, JOB_UID, JOB_GID)
+
+    # glusterd runs, but its CLI socket is not where the CLI looks: refused after answer_timeout,
+    # quoting the CLI, before anything is made.
+    runner.run(["mv", socket, away])
+    try:
+        assert glusterd.pid() is not None and not glusterd.healthy()
+        with pytest.raises(TransientError, match="glusterd does not answer on storage node st2") as refused:
+            impatient.create(allocation, [st1, st2])
+        assert "the gluster CLI said:" in str(refused.value)
+        assert list(Path(st1.pool_dir).iterdir()) == []
+
+        # It answers again while the driver waits: the volume is made.
+        answers = threading.Timer(1.0, lambda: runner.run(["mv", away, socket]))
+        answers.start()
+        fs = lab.driver().create(allocation, [st1, st2])
+        answers.join()
+    finally:
+        if not Path(socket).exists() and Path(away).exists():
+            runner.run(["mv", away, socket])
+    assert fs.state == "ready"
+    lab.driver().delete(fs)
+    _assert_nothing_left(lab, fs)

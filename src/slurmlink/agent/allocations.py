@@ -9,8 +9,10 @@ file-system drivers (:mod:`slurmlink.storage.filesystems`), each call in a threa
   spec.capacity, spec.userID, spec.groupID, 0o700), [StorageNode(node, pool_dir, address)])``, then
   ``status: {state: Ready, fileSystem: <the driver's record>}``. A failure (``StorageError``) is
   reported as ``state: Failed`` with the driver's message and retried with back-off (1 s doubling to
-  30 s); a later success clears it. ``gluster`` allocations are one brick each of a volume made
-  together with the other storage nodes' agents (:mod:`slurmlink.agent.gluster`).
+  30 s); a later success clears it. What the agent clears by itself on the next try
+  (``TransientError``: a glusterd that does not answer yet) is reported as ``state: Pending`` with the
+  message instead, so the job's setup waits rather than fails. ``gluster`` allocations are one brick
+  each of a volume made together with the other storage nodes' agents (:mod:`slurmlink.agent.gluster`).
 * deleted (``deletionTimestamp``) while it still holds the finalizer: ``state: Deleting``, the file
   system is destroyed (the record on the node's disk, else ``status.fileSystem``), then the finalizer
   is removed and the API deletes the object. An ``xfs`` still mounted on a compute node fails with
@@ -51,6 +53,7 @@ from slurmlink.storage.filesystems import (
     RunnerLookup,
     StorageError,
     StorageNode,
+    TransientError,
     driver,
     local_runners,
 )
@@ -86,6 +89,14 @@ class PoolInfo:
 def allocation_key(obj: Obj) -> Key:
     m = obj.get("metadata") or {}
     return (str(m.get("namespace") or ""), str(m.get("name") or ""))
+
+
+def failure_status(exc: Exception) -> dict[str, Any]:
+    """The status of an allocation whose make or restore raised ``exc``: ``Failed`` ends the job's
+    setup, ``Pending`` (a :class:`TransientError`, which the next try clears) keeps it waiting."""
+    if isinstance(exc, TransientError):
+        return {"state": "Pending", "message": f"{exc}; retrying"}
+    return {"state": "Failed", "message": str(exc)}
 
 
 def with_locator(fs: FileSystem, pool: PoolInfo, runners: RunnerLookup) -> dict[str, Any]:
@@ -211,7 +222,7 @@ class AllocationManager:
                     self.client,
                     STORAGE_ALLOCATION,
                     obj,
-                    {"state": "Failed", "message": str(exc)},
+                    failure_status(exc),
                     self.informer,
                 )
             return
@@ -248,7 +259,7 @@ class AllocationManager:
                     self.client,
                     STORAGE_ALLOCATION,
                     obj,
-                    {"state": "Failed", "message": str(exc)},
+                    failure_status(exc),
                     self.informer,
                 )
 
@@ -309,12 +320,7 @@ class AllocationManager:
             fs = await asyncio.to_thread(drv.create, allocation, [server])
             record = await asyncio.to_thread(with_locator, fs, pool, self.runners)
         except StorageError as exc:
-            delay = self._backoff(key, CREATE_RETRY)
-            log.warning("node %s: allocation %s/%s failed: %s; retrying in %g s", self.node, *key, exc, delay)
-            await put_status(
-                self.client, STORAGE_ALLOCATION, obj, {"state": "Failed", "message": str(exc)}, self.informer
-            )
-            return delay
+            return await self._create_failed(obj, exc)
         await put_status(
             self.client, STORAGE_ALLOCATION, obj, {"state": "Ready", "fileSystem": record}, self.informer
         )
@@ -324,17 +330,21 @@ class AllocationManager:
             log.info("node %s: allocation %s/%s Ready", self.node, *key)
         return None
 
+    async def _create_failed(self, obj: Obj, exc: Exception) -> float:
+        """Report a failed create and when to try again. What this agent clears by itself on the next
+        try (:class:`TransientError`) is reported as ``Pending``: the job's setup waits for it."""
+        key = allocation_key(obj)
+        delay = self._backoff(key, CREATE_RETRY)
+        log.warning("node %s: allocation %s/%s failed: %s; retrying in %g s", self.node, *key, exc, delay)
+        await put_status(self.client, STORAGE_ALLOCATION, obj, failure_status(exc), self.informer)
+        return delay
+
     async def _create_gluster(self, obj: Obj, pool: PoolInfo) -> float | None:
         key = allocation_key(obj)
         try:
             delay = await self.gluster.create(obj, self._server(pool))
         except (StorageError, KeyError, ValueError) as exc:
-            delay = self._backoff(key, CREATE_RETRY)
-            log.warning("node %s: allocation %s/%s failed: %s; retrying in %g s", self.node, *key, exc, delay)
-            await put_status(
-                self.client, STORAGE_ALLOCATION, obj, {"state": "Failed", "message": str(exc)}, self.informer
-            )
-            return delay
+            return await self._create_failed(obj, exc)
         if delay is None:
             self._failures.pop(key, None)
         return delay

@@ -88,6 +88,13 @@ def _fail(error: str) -> Outcome:
     return Outcome(error=error)
 
 
+def _waiting_on(allocation: Obj) -> str:
+    """A storage node the setup waits for, with what its agent last said (a condition it retries)."""
+    node = str(allocation["spec"]["node"])
+    message = (allocation.get("status") or {}).get("message")
+    return f"{node} ({message})" if message else node
+
+
 def _workflow_of(obj: Obj) -> list[Key]:
     labels = (obj.get("metadata") or {}).get("labels") or {}
     name, namespace = (
@@ -392,9 +399,7 @@ class BurstBufferDriver(Reconciler):
                     f"buffer {request['name']}: storage node {a['spec']['node']}: "
                     f"{(a.get('status') or {}).get('message') or 'allocation failed'}"
                 )
-            pending = [
-                a["spec"]["node"] for a in allocations if (a.get("status") or {}).get("state") != "Ready"
-            ]
+            pending = [_waiting_on(a) for a in allocations if (a.get("status") or {}).get("state") != "Ready"]
             if pending or not allocations:
                 waiting.append(f"{request['name']}: waiting for storage node(s) {', '.join(pending) or '?'}")
                 continue

@@ -22,6 +22,7 @@ from slurmlink.storage.filesystems.errors import (
     NotSupportedError,
     StateError,
     StorageError,
+    TransientError,
 )
 from slurmlink.storage.filesystems.gluster import GlusterDriver, GlusterOptions
 from slurmlink.storage.filesystems.glusterd import Glusterd
@@ -88,6 +89,7 @@ __all__ = [
     "StateError",
     "StorageError",
     "StorageNode",
+    "TransientError",
     "Usage",
     "XfsDriver",
     "XfsOptions",

@@ -57,6 +57,11 @@ class StateError(StorageError):
     """What exists on a node does not match what the driver expects (or what was asked for)."""
 
 
+class TransientError(StateError):
+    """A condition the node's agent clears by itself when it tries again (a daemon it starts that
+    does not answer yet): reported as waiting, not as a failure of the buffer."""
+
+
 #: Where the programs the drivers run come from on Debian.
 TOOL_PACKAGES = {
     "mkfs.xfs": "xfsprogs",

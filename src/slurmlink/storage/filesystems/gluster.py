@@ -25,6 +25,7 @@ Restore re-attaches and re-mounts bricks, starts the volume's missing brick proc
 
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -33,7 +34,12 @@ from typing import Any
 
 from slurmlink.storage.filesystems import loop, mounts
 from slurmlink.storage.filesystems import runner as nodefs
-from slurmlink.storage.filesystems.errors import CommandError, NotSupportedError, StateError
+from slurmlink.storage.filesystems.errors import (
+    CommandError,
+    NotSupportedError,
+    StateError,
+    TransientError,
+)
 from slurmlink.storage.filesystems.glusterd import Glusterd, parse_peers
 from slurmlink.storage.filesystems.interface import (
     CREATING,
@@ -73,6 +79,8 @@ class GlusterOptions:
     #: Seconds to wait for a FUSE mount, and for probed peers to join the pool.
     mount_timeout: float = 60
     peer_timeout: float = 60
+    #: Seconds a running glusterd is given to answer its CLI before an operation needing it fails.
+    answer_timeout: float = 15
 
     def __post_init__(self) -> None:
         if self.brick_backend not in ("xfs", "dir"):
@@ -93,13 +101,23 @@ class GlusterDriver(FileSystemDriver):
         return Glusterd(server, self.runner(server.name))
 
     def _running_glusterd(self, server: StorageNode) -> Glusterd:
+        """``server``'s glusterd, which must run. One that runs but does not answer (busy with a peer's
+        handshake, say) is given ``answer_timeout`` seconds."""
         glusterd = self.glusterd(server)
-        if not glusterd.healthy():
-            raise StateError(
-                f"glusterd is not running on storage node {server.name} (state in "
-                f"{glusterd.layout.root}): its agent starts it (Glusterd.start); then retry"
-            )
-        return glusterd
+        problem = glusterd.unanswered()
+        if problem is None:
+            return glusterd
+        deadline = time.monotonic() + self.options.answer_timeout
+        while glusterd.pid() is not None and time.monotonic() < deadline:
+            time.sleep(0.3)
+            problem = glusterd.unanswered()
+            if problem is None:
+                return glusterd
+        state = "does not answer" if glusterd.pid() is not None else "is not running"
+        raise TransientError(
+            f"glusterd {state} on storage node {server.name} (state in {glusterd.layout.root}; "
+            f"the gluster CLI said: {problem}): its agent starts it (Glusterd.start); then retry"
+        )
 
     # --- storage nodes --------------------------------------------------------------------------------
 

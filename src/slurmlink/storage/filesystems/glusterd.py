@@ -178,11 +178,19 @@ class Glusterd:
 
     def healthy(self) -> bool:
         """glusterd answers its CLI socket."""
+        return self.unanswered() is None
+
+    def unanswered(self) -> str | None:
+        """None when glusterd answers its CLI socket, else what the CLI said instead. A request
+        refused because another one holds the cluster lock is an answer."""
         try:
             result = self.cli(["pool", "list"], check=False, timeout=15, retries=0)
-        except StorageError:
-            return False
-        return result.returncode == 0
+        except StorageError as exc:
+            return str(exc)
+        output = (result.stderr + result.stdout).strip()
+        if result.returncode == 0 or any(busy in output for busy in _BUSY):
+            return None
+        return output or f"gluster exited with code {result.returncode}"
 
     def daemon_pids(self, volume: str | None = None) -> list[tuple[int, str]]:
         """Live processes glusterd started (bricks), as (pid, pid file), of one volume or all."""
