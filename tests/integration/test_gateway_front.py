@@ -161,6 +161,13 @@ def test_submissions_and_job_starts_are_answered_while_the_worker_is_frozen(
         )
     finally:
         os.kill(worker, signal.SIGCONT)
+    # Once thawed, the worker takes the job's compute nodes, which paths asked it to start on.
+    wait_for(
+        lambda: "prepare_pre_run job 501 ok" in gateway.log.read_text(),
+        timeout=20,
+        interval=0.1,
+        message="the worker to prepare job 501's pre_run after paths",
+    )
     assert gateway.call("data_in", job_id="501") == (200, "")
     assert gateway.call("teardown", job_id="501", hurry="false") == (200, "")
     assert _workflow(server, 501) is None

@@ -386,7 +386,8 @@ def test_no_gateway_is_a_clear_error(socket_path: Path, capsys: pytest.CaptureFi
 def test_wrapper_and_conf_hold_only_checked_paths() -> None:
     text = render_datawarp_wrapper("/usr/bin/python3", "/opt/sl/src", "/run/sl/gw.sock", status=True)
     assert text.startswith("#!/bin/sh\n")
-    assert 'exec /usr/bin/python3 -m slurmlink.slurm.datawarp --socket /run/sl/gw.sock --status "$@"' in text
+    exec_line = 'exec /usr/bin/python3 -S -m slurmlink.slurm.datawarp --socket /run/sl/gw.sock --status "$@"'
+    assert exec_line in text
     with pytest.raises(ValueError, match=r"plain|letters"):
         render_datawarp_wrapper("/usr/bin/python3", "/opt/sl/src", "/run/x;rm -rf /")
     conf = datawarp_conf_text("/etc/sl/dw_wlm_cli", "/etc/sl/dwstat", "gluster")

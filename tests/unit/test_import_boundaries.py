@@ -10,8 +10,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+
+import slurmlink
+from slurmlink.slurm.plugin import WRAPPED_MODULES
 
 _BLOCK = textwrap.dedent(
     """
@@ -100,3 +104,21 @@ def test_the_block_works() -> None:
     result = _run("import slurmlink.apiserver.service\n")
     assert result.returncode != 0
     assert "sqlalchemy imported by client-side code" in result.stderr
+
+
+@pytest.mark.parametrize("module", WRAPPED_MODULES)
+def test_what_slurm_runs_for_every_job_starts_without_site_packages(module: str) -> None:
+    """The bank's hooks and the datawarp wrappers run as ``python -S``: nothing outside the standard
+    library and slurmlink may be imported on their way."""
+    src = str(Path(slurmlink.__file__).resolve().parent.parent)
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", f"import {module}, sys\nprint(*sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    allowed = {*sys.stdlib_module_names, *sys.builtin_module_names, "__main__", "slurmlink"}
+    assert [name for name in result.stdout.split() if name.split(".")[0] not in allowed] == []

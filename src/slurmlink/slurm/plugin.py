@@ -154,15 +154,23 @@ def _safe_path(path: str | Path, what: str) -> str:
     return text
 
 
+#: Modules the wrappers run: standard library only, so they start without ``site`` (``python -S``), which
+#: with the ``.pth`` files of a full environment costs more than the module itself. Slurm runs some of
+#: them for every job (the bank's prolog before the job's script), so their start-up is on that path.
+WRAPPED_MODULES = ("slurmlink.slurm.bank_hook", "slurmlink.slurm.datawarp")
+
+
 def _exec_wrapper(python: str | Path, pythonpath: str | Path, words: list[str], role: str) -> str:
-    """A shell script that runs ``python -m <words>`` with slurmlink on its path, for a Slurm setting
+    """A shell script that runs ``python -S -m <words>`` with slurmlink on its path, for a Slurm setting
     that takes a program path without arguments. Every word is checked plain, so nothing needs quoting."""
+    if words[0] not in WRAPPED_MODULES:
+        raise ValueError(f"{words[0]} is not a module the wrappers may run without site: {WRAPPED_MODULES}")
     return (
         "#!/bin/sh\n"
         f"# Written by slurmlink: Slurm runs this as {role}.\n"
         f"PYTHONPATH={_safe_path(pythonpath, 'the slurmlink package directory')}\n"
         "export PYTHONPATH\n"
-        f'exec {_safe_path(python, "the Python interpreter")} -m {" ".join(words)} "$@"\n'
+        f'exec {_safe_path(python, "the Python interpreter")} -S -m {" ".join(words)} "$@"\n'
     )
 
 

@@ -100,7 +100,7 @@ class FrontGateway:
             "job_process": self.job_process,
             "pools": ops.pools,
             "real_size": ops.real_size,
-            "paths": ops.paths,
+            "paths": self.paths,
             "status": ops.status,
             "test_data_in": ops.test_operation("DataIn"),
             "test_data_out": ops.test_operation("DataOut"),
@@ -142,6 +142,19 @@ class FrontGateway:
             return await self.link.call(name, fields)
 
         return forward
+
+    async def paths(self, fields: Fields) -> str:
+        """The job's environment; then the worker starts on its compute nodes, which pre_run needs
+        next (slurmctld has given the job its nodes, and holds its job lock until this answers)."""
+        answer = await self.ops.paths(fields)
+        self._later(self._prepare_pre_run(dict(fields)))
+        return answer
+
+    async def _prepare_pre_run(self, fields: dict[str, str]) -> None:
+        try:
+            await self.link.call("prepare_pre_run", {"job_id": fields.get("job_id", "")})
+        except Exception as exc:  # pre_run writes them itself
+            log.info("job %s: preparing its pre_run failed: %s", fields.get("job_id"), exc)
 
     async def job_process(self, fields: Fields) -> str:
         """Check the directives here; Slurm 23.02+ also gets the Workflow created, by the worker, later."""

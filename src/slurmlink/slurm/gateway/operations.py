@@ -133,6 +133,8 @@ class BurstBufferOps:
         self.slurm = slurm
         #: Workflow creations started by job_process (Slurm 23.02+), by job id; teardown waits for them.
         self._background: dict[str, asyncio.Task[None]] = {}
+        #: Compute lists being written since the job's paths call, by job id; pre_run takes them.
+        self._computes: dict[str, asyncio.Task[None]] = {}
         self._rules: list[dwd.DirectiveRule] = []
         self._rules_key: tuple[tuple[Any, Any], ...] | None = None
 
@@ -473,11 +475,37 @@ class BurstBufferOps:
         async def operation(fields: Fields) -> str:
             job_id = _job_id(fields)
             if target == "PreRun":
-                await self._fill_computes(workflow_name(job_id), job_id)
+                await self._computes_filled(job_id)
             await self._advance(workflow_name(job_id), target)
             return ""
 
         return operation
+
+    async def prepare_pre_run(self, fields: Fields) -> str:
+        """Start writing the job's compute nodes into its Computes, ahead of its pre_run.
+
+        slurmctld calls paths once it has given the job its nodes, and pre_run right after; the front
+        asks for this once it has answered paths, so the ``scontrol`` and the write overlap the start of
+        pre_run instead of preceding its mounts."""
+        job_id = _job_id(fields)
+        earlier = self._computes.pop(job_id, None)  # a start that never reached pre_run (requeued)
+        if earlier is not None:
+            earlier.cancel()
+        task = asyncio.create_task(self._fill_computes(workflow_name(job_id), job_id))
+        task.add_done_callback(_retrieve)
+        self._computes[job_id] = task
+        return ""
+
+    async def _computes_filled(self, job_id: str) -> None:
+        """The job's Computes written: by the task paths started, or now if there is none or it failed."""
+        started = self._computes.pop(job_id, None)
+        if started is not None:
+            try:
+                await started
+                return
+            except Exception as exc:  # written again below, where a failure is the callback's error
+                log.info("job %s: writing its compute nodes ahead of pre_run failed (%s); again", job_id, exc)
+        await self._fill_computes(workflow_name(job_id), job_id)
 
     def test_operation(self, target: str) -> Callable[[Fields], Awaitable[str]]:
         """Slurm 24.05's polling form: "BUSY" until ``target`` is completed."""
@@ -542,6 +570,8 @@ class BurstBufferOps:
             nodes = (await self.slurm.job_nodes(job_id)).names
         except SlurmCommandError as exc:
             raise GatewayError(f"cannot tell the nodes of job {job_id}: {exc}", 500) from exc
+        if not nodes:
+            raise GatewayError(f"slurmctld shows no nodes for job {job_id}, which is about to run", 500)
         data = [{"name": node} for node in nodes]
         try:
             await self._api(
@@ -629,6 +659,9 @@ class BurstBufferOps:
         job_id = _job_id(fields)
         hurry = fields.get("hurry") == "true"
         name = workflow_name(job_id)
+        early = self._computes.pop(job_id, None)  # the job ended before its pre_run
+        if early is not None:
+            early.cancel()
         pending = self._background.get(job_id)
         if pending is not None:  # a creation still in flight would otherwise land after this teardown
             with contextlib.suppress(Exception):
@@ -840,11 +873,17 @@ class BurstBufferOps:
         return _table(rows, "(no workflows)")
 
     async def aclose(self) -> None:
-        tasks = list(self._background.values())
+        tasks = [*self._background.values(), *self._computes.values()]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a background task's exception as seen: whoever awaits the task reports it."""
+    if not task.cancelled():
+        task.exception()
 
 
 def datawarp_persistent_names(obj: Obj | None, env: Mapping[str, str]) -> dict[str, str]:
