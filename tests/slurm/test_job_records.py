@@ -113,3 +113,30 @@ def test_a_lookup_without_run_time_runs_no_scontrol(dev_cluster: DevCluster) -> 
         assert [a[0] for a in commands.argvs] == ["squeue", "squeue", "scontrol"]
     finally:
         dev_cluster.run_slurm(["scancel", job], timeout=30)
+
+
+def test_a_starting_job_is_read_alone_and_as_the_full_lookup_reads_it(dev_cluster: DevCluster) -> None:
+    """The bank's prolog prices a job that is starting from a ``squeue`` of that job alone (22.05's
+    ``--json`` prints the whole queue): the same numbers as the full lookup, times included."""
+    queued = [_held_job(dev_cluster, f"records-queue-{i}") for i in range(3)]
+    argv = ["sbatch", "--parsable", "-J", "a name | with Account=x", "--time=1-02:03:00", "-o", "/dev/null"]
+    result = dev_cluster.run_as_job_user([*argv, "--wrap", "sleep 60"], timeout=30)
+    assert result.returncode == 0, result.stderr
+    job = result.stdout.strip().split(";")[0]
+    commands = CountingCommands(dev_cluster.slurm_conf)
+    try:
+        dev_cluster.wait_for_job(job, ("RUNNING",))
+        alone = asyncio.run(commands.starting_job_record(job))
+        assert len(commands.argvs) == 1 and f"--jobs={job}" in commands.argvs[0]
+        assert not any(a == "--json" for a in commands.argvs[0])
+        full = asyncio.run(commands.job_record(job, run_time=False))
+        assert alone is not None and full is not None
+        assert alone.time_limit == 26 * 60 + 3
+        priced = ("job_id", "cluster", "account", "user", "user_id", "partition", "qos", "time_limit")
+        times = ("submit_time", "start_time", "end_time", "restart_count", "tres_alloc")
+        for name in (*priced, *times):
+            assert getattr(alone, name) == getattr(full, name), name
+        unknown = str(int(job) + 100_000)
+        assert asyncio.run(commands.starting_job_record(unknown)) is None
+    finally:
+        dev_cluster.run_slurm(["scancel", job, *queued], timeout=30)

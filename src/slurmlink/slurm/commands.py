@@ -244,6 +244,36 @@ class SlurmCommands:
         run_seconds = run_time_of(shown.stdout) if shown.returncode == 0 else None
         return dataclasses.replace(found, run_seconds=run_seconds)
 
+    async def starting_job_record(self, job_id: str) -> JobRecord | None:
+        """A job that is starting, as :func:`~slurmlink.slurm.jobrecord.parse_start_line` reads it (no
+        admin comment), from one ``squeue`` of that job alone; None when slurmctld no longer knows it.
+
+        This is what the bank's prolog prices before the job's script may start: Slurm 22.05's
+        ``squeue --json`` would print the whole queue for it. A line this cannot read falls back to
+        :meth:`job_record`."""
+        from slurmlink.slurm.jobrecord import parse_start_line, start_format
+
+        job_id = _job_id(job_id)
+        result = await self.run(
+            "squeue",
+            f"--jobs={job_id}",
+            "--states=all",
+            "--noheader",
+            f"--Format={start_format()}",
+            env_extra={"SLURM_TIME_FORMAT": "%s"},
+        )
+        if result.returncode != 0:
+            if "Invalid job id" in result.stderr:
+                return None
+            raise SlurmCommandError(f"squeue --jobs={job_id} failed: {result.stderr.strip()}")
+        lines = result.stdout.splitlines()
+        if not lines:
+            return None
+        record = parse_start_line(lines[0]) if len(lines) == 1 else None
+        if record is None or record.job_id != int(job_id):
+            return await self.job_record(job_id, run_time=False)
+        return record
+
     async def job_records(self, job_ids: list[str]) -> dict[str, JobRecord]:
         """The jobs among ``job_ids`` slurmctld still holds (without RunTime), in one ``squeue`` run."""
         from slurmlink.slurm.jobrecord import parse_squeue_jobs

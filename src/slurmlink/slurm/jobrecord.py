@@ -104,6 +104,88 @@ def parse_squeue_jobs(text: str) -> list[JobRecord]:
     return records
 
 
+#: ``squeue --Format`` fields that describe a starting job, each printed with :data:`START_SEPARATOR`
+#: after it. Only what Slurm itself checks (no job name or comment a user writes), so the separator
+#: cannot turn up inside a value; times come as epoch seconds (``SLURM_TIME_FORMAT=%s``).
+START_FIELDS = (
+    "JobID",
+    "Cluster",
+    "Account",
+    "UserName",
+    "UserID",
+    "Partition",
+    "QOS",
+    "State",
+    "TimeLimit",
+    "SubmitTime",
+    "StartTime",
+    "EndTime",
+    "RestartCnt",
+    "tres-alloc",
+)
+START_SEPARATOR = "|"
+#: What squeue prints for a string Slurm holds none of.
+_UNSET = "(null)"
+
+
+def start_format() -> str:
+    """The ``--Format`` value for :func:`parse_start_line`."""
+    return ",".join(f"{name}:{START_SEPARATOR}" for name in START_FIELDS)
+
+
+def parse_start_line(line: str) -> JobRecord | None:
+    """One job as ``squeue --jobs=ID --Format=<start_format()>`` printed it; None when the line is not
+    one such (whoever asked then reads the job another way).
+
+    It has what pricing a starting run needs, not the admin comment (22.05's ``--Format`` lacks it) nor
+    an unsplit array's task list (a starting job is one task)."""
+    values = line.rstrip("\n").split(START_SEPARATOR)
+    if len(values) != len(START_FIELDS) + 1 or values[-1] != "":
+        return None
+    fields = dict(zip(START_FIELDS, (v.strip() for v in values), strict=False))
+    numbers = ("JobID", "UserID", "SubmitTime", "StartTime", "EndTime", "RestartCnt")
+    if not all(fields[name].isdigit() for name in numbers):
+        return None
+    limit = fields["TimeLimit"]
+    minutes = parse_time_limit(limit)
+    if minutes is None and limit not in ("UNLIMITED", "Partition_Limit"):
+        return None
+
+    def text(name: str) -> str:
+        return "" if fields[name] == _UNSET else fields[name]
+
+    return JobRecord(
+        job_id=int(fields["JobID"]),
+        cluster=text("Cluster"),
+        account=text("Account"),
+        user=text("UserName"),
+        user_id=int(fields["UserID"]),
+        partition=text("Partition"),
+        qos=text("QOS"),
+        state=text("State"),
+        time_limit=minutes,
+        submit_time=int(fields["SubmitTime"]),
+        start_time=int(fields["StartTime"]),
+        end_time=int(fields["EndTime"]),
+        restart_count=int(fields["RestartCnt"]),
+        tres_alloc=text("tres-alloc"),
+        admin_comment="",
+        array_job_id=0,
+        array_task_id=None,
+    )
+
+
+def parse_time_limit(text: str) -> int | None:
+    """Minutes of a time limit as Slurm prints it (``M:SS``, ``H:MM:SS``, ``D-HH:MM:SS``); None for
+    anything else (``UNLIMITED``)."""
+    days, _, clock = text.strip().rpartition("-")
+    parts = clock.split(":")
+    if not (days.isdigit() or days == "") or not 2 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+        return None
+    hours, minutes, seconds = (0, *map(int, parts)) if len(parts) == 2 else tuple(map(int, parts))
+    return (int(days or 0) * 24 + hours) * 60 + minutes + seconds // 60
+
+
 def parse_run_time(text: str) -> int | None:
     """``[D-]HH:MM:SS`` as seconds (None if it is not one)."""
     match = _RUN_TIME.match(text.strip())
