@@ -25,7 +25,6 @@ Restore re-attaches and re-mounts bricks, starts the volume's missing brick proc
 
 from __future__ import annotations
 
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -105,14 +104,16 @@ class GlusterDriver(FileSystemDriver):
         handshake, say) is given ``answer_timeout`` seconds."""
         glusterd = self.glusterd(server)
         problem = glusterd.unanswered()
+
+        def settled() -> bool:  # it answers, or there is no glusterd to wait for
+            nonlocal problem
+            problem = glusterd.unanswered()
+            return problem is None or glusterd.pid() is None
+
+        if problem is not None and glusterd.pid() is not None:
+            nodefs.wait_for(settled, self.options.answer_timeout, interval=0.3)
         if problem is None:
             return glusterd
-        deadline = time.monotonic() + self.options.answer_timeout
-        while glusterd.pid() is not None and time.monotonic() < deadline:
-            time.sleep(0.3)
-            problem = glusterd.unanswered()
-            if problem is None:
-                return glusterd
         state = "does not answer" if glusterd.pid() is not None else "is not running"
         raise TransientError(
             f"glusterd {state} on storage node {server.name} (state in {glusterd.layout.root}; "
