@@ -126,7 +126,7 @@ def test_a_starting_job_is_read_alone_and_as_the_full_lookup_reads_it(dev_cluste
     commands = CountingCommands(dev_cluster.slurm_conf)
     try:
         dev_cluster.wait_for_job(job, ("RUNNING",))
-        alone = asyncio.run(commands.starting_job_record(job))
+        alone = asyncio.run(commands.job_alone(job))
         assert len(commands.argvs) == 1 and f"--jobs={job}" in commands.argvs[0]
         assert not any(a == "--json" for a in commands.argvs[0])
         full = asyncio.run(commands.job_record(job, run_time=False))
@@ -137,6 +137,25 @@ def test_a_starting_job_is_read_alone_and_as_the_full_lookup_reads_it(dev_cluste
         for name in (*priced, *times):
             assert getattr(alone, name) == getattr(full, name), name
         unknown = str(int(job) + 100_000)
-        assert asyncio.run(commands.starting_job_record(unknown)) is None
+        assert asyncio.run(commands.job_alone(unknown)) is None
     finally:
         dev_cluster.run_slurm(["scancel", job, *queued], timeout=30)
+
+
+def test_an_ended_job_is_read_alone_with_the_run_time_scontrol_shows(dev_cluster: DevCluster) -> None:
+    """The bank's epilog charges the time a job used from a ``squeue`` of that job alone: the same
+    seconds as scontrol's RunTime, and no second command."""
+    argv = ["sbatch", "--parsable", "-J", "records-ended", "-o", "/dev/null", "--wrap", "sleep 2"]
+    result = dev_cluster.run_as_job_user(argv, timeout=30)
+    assert result.returncode == 0, result.stderr
+    job = result.stdout.strip().split(";")[0]
+    dev_cluster.wait_for_job(job, ("COMPLETED",))
+    commands = CountingCommands(dev_cluster.slurm_conf)
+    alone = asyncio.run(commands.job_alone(job))
+    assert [a[0] for a in commands.argvs] == ["squeue"]
+    full = asyncio.run(commands.job_record(job))
+    assert alone is not None and full is not None
+    assert alone.state == full.state == "COMPLETED"
+    assert full.run_seconds is not None and full.run_seconds >= 2
+    assert alone.run_seconds == full.run_seconds
+    assert (alone.start_time, alone.end_time) == (full.start_time, full.end_time)

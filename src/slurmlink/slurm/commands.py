@@ -244,14 +244,14 @@ class SlurmCommands:
         run_seconds = run_time_of(shown.stdout) if shown.returncode == 0 else None
         return dataclasses.replace(found, run_seconds=run_seconds)
 
-    async def starting_job_record(self, job_id: str) -> JobRecord | None:
-        """A job that is starting, as :func:`~slurmlink.slurm.jobrecord.parse_start_line` reads it (no
+    async def job_alone(self, job_id: str) -> JobRecord | None:
+        """The job as :func:`~slurmlink.slurm.jobrecord.parse_job_line` reads it (its time used, no
         admin comment), from one ``squeue`` of that job alone; None when slurmctld no longer knows it.
 
-        This is what the bank's prolog prices before the job's script may start: Slurm 22.05's
-        ``squeue --json`` would print the whole queue for it. A line this cannot read falls back to
-        :meth:`job_record`."""
-        from slurmlink.slurm.jobrecord import parse_start_line, start_format
+        This is how the bank's hooks read a job that starts or ends: Slurm 22.05's ``squeue --json``
+        would print the whole queue (hundreds of KB, under slurmctld's job lock) for each, and the
+        prolog holds up the job's start. A line this cannot read falls back to :meth:`job_record`."""
+        from slurmlink.slurm.jobrecord import line_format, parse_job_line
 
         job_id = _job_id(job_id)
         result = await self.run(
@@ -259,7 +259,7 @@ class SlurmCommands:
             f"--jobs={job_id}",
             "--states=all",
             "--noheader",
-            f"--Format={start_format()}",
+            f"--Format={line_format()}",
             env_extra={"SLURM_TIME_FORMAT": "%s"},
         )
         if result.returncode != 0:
@@ -269,9 +269,9 @@ class SlurmCommands:
         lines = result.stdout.splitlines()
         if not lines:
             return None
-        record = parse_start_line(lines[0]) if len(lines) == 1 else None
+        record = parse_job_line(lines[0]) if len(lines) == 1 else None
         if record is None or record.job_id != int(job_id):
-            return await self.job_record(job_id, run_time=False)
+            return await self.job_record(job_id)
         return record
 
     async def job_records(self, job_ids: list[str]) -> dict[str, JobRecord]:

@@ -14,8 +14,7 @@ from typing import Any
 
 from slurmlink import jsonutil
 from slurmlink.bank.tres import TresError, array_task_count
-
-_RUN_TIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d\d):(\d\d)$")
+from slurmlink.slurm.limits import LimitError, parse_minutes, parse_seconds
 
 
 @dataclass(frozen=True)
@@ -104,10 +103,11 @@ def parse_squeue_jobs(text: str) -> list[JobRecord]:
     return records
 
 
-#: ``squeue --Format`` fields that describe a starting job, each printed with :data:`START_SEPARATOR`
-#: after it. Only what Slurm itself checks (no job name or comment a user writes), so the separator
-#: cannot turn up inside a value; times come as epoch seconds (``SLURM_TIME_FORMAT=%s``).
-START_FIELDS = (
+#: ``squeue --Format`` fields that describe one job for the bank's hooks, each printed with
+#: :data:`LINE_SEPARATOR` after it. Only what Slurm itself checks (no job name or comment a user
+#: writes), so the separator cannot turn up inside a value; times come as epoch seconds
+#: (``SLURM_TIME_FORMAT=%s``), the time used as ``[D-]H:MM:SS``.
+LINE_FIELDS = (
     "JobID",
     "Cluster",
     "Account",
@@ -121,34 +121,39 @@ START_FIELDS = (
     "StartTime",
     "EndTime",
     "RestartCnt",
+    "TimeUsed",
     "tres-alloc",
 )
-START_SEPARATOR = "|"
+LINE_SEPARATOR = "|"
 #: What squeue prints for a string Slurm holds none of.
 _UNSET = "(null)"
 
 
-def start_format() -> str:
-    """The ``--Format`` value for :func:`parse_start_line`."""
-    return ",".join(f"{name}:{START_SEPARATOR}" for name in START_FIELDS)
+def line_format() -> str:
+    """The ``--Format`` value for :func:`parse_job_line`."""
+    return ",".join(f"{name}:{LINE_SEPARATOR}" for name in LINE_FIELDS)
 
 
-def parse_start_line(line: str) -> JobRecord | None:
-    """One job as ``squeue --jobs=ID --Format=<start_format()>`` printed it; None when the line is not
+def parse_job_line(line: str) -> JobRecord | None:
+    """One job as ``squeue --jobs=ID --Format=<line_format()>`` printed it; None when the line is not
     one such (whoever asked then reads the job another way).
 
-    It has what pricing a starting run needs, not the admin comment (22.05's ``--Format`` lacks it) nor
-    an unsplit array's task list (a starting job is one task)."""
-    values = line.rstrip("\n").split(START_SEPARATOR)
-    if len(values) != len(START_FIELDS) + 1 or values[-1] != "":
+    It has what pricing and charging a run need, its time used (scontrol's RunTime) included, but not
+    the admin comment (22.05's ``--Format`` lacks it) nor an unsplit array's task list (a job that
+    starts or ends is one task)."""
+    values = line.rstrip("\n").split(LINE_SEPARATOR)
+    if len(values) != len(LINE_FIELDS) + 1 or values[-1] != "":
         return None
-    fields = dict(zip(START_FIELDS, (v.strip() for v in values), strict=False))
+    fields = dict(zip(LINE_FIELDS, (v.strip() for v in values), strict=False))
     numbers = ("JobID", "UserID", "SubmitTime", "StartTime", "EndTime", "RestartCnt")
     if not all(fields[name].isdigit() for name in numbers):
         return None
     limit = fields["TimeLimit"]
     minutes = parse_time_limit(limit)
     if minutes is None and limit not in ("UNLIMITED", "Partition_Limit"):
+        return None
+    run_seconds = parse_run_time(fields["TimeUsed"])
+    if run_seconds is None:
         return None
 
     def text(name: str) -> str:
@@ -172,27 +177,25 @@ def parse_start_line(line: str) -> JobRecord | None:
         admin_comment="",
         array_job_id=0,
         array_task_id=None,
+        run_seconds=run_seconds,
     )
 
 
 def parse_time_limit(text: str) -> int | None:
-    """Minutes of a time limit as Slurm prints it (``M:SS``, ``H:MM:SS``, ``D-HH:MM:SS``); None for
-    anything else (``UNLIMITED``)."""
-    days, _, clock = text.strip().rpartition("-")
-    parts = clock.split(":")
-    if not (days.isdigit() or days == "") or not 2 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+    """Minutes of a time limit as ``squeue`` prints it; None for no limit (``UNLIMITED``,
+    ``Partition_Limit``) or anything that is not a time."""
+    try:
+        return parse_minutes(text)
+    except LimitError:
         return None
-    hours, minutes, seconds = (0, *map(int, parts)) if len(parts) == 2 else tuple(map(int, parts))
-    return (int(days or 0) * 24 + hours) * 60 + minutes + seconds // 60
 
 
 def parse_run_time(text: str) -> int | None:
-    """``[D-]HH:MM:SS`` as seconds (None if it is not one)."""
-    match = _RUN_TIME.match(text.strip())
-    if not match:
+    """A run time as Slurm prints it (``[D-]HH:MM:SS``, ``M:SS``) in seconds; None if it is not one."""
+    try:
+        return parse_seconds(text)
+    except LimitError:
         return None
-    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
 def run_time_of(scontrol_line: str) -> int | None:

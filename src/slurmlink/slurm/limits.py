@@ -30,11 +30,11 @@ def is_unlimited(text: str) -> bool:
     return text.strip().upper() in UNLIMITED_WORDS
 
 
-def parse_minutes(text: str) -> int | None:
-    """A Slurm time in whole minutes, None for no limit.
+def parse_seconds(text: str) -> int | None:
+    """A Slurm time in seconds, None for no limit.
 
-    Accepts what ``--time`` and slurm.conf accept: ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``,
-    ``D-HH:MM:SS``; seconds round up to the next minute, as Slurm rounds them.
+    Accepts what ``--time`` and slurm.conf accept and what ``squeue``/``scontrol`` print (limits and run
+    times alike): ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``.
     """
     value = text.strip()
     if is_unlimited(value):
@@ -54,8 +54,14 @@ def parse_minutes(text: str) -> int | None:
             f"{text!r} is not a Slurm time: write minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]] or UNLIMITED"
         )
     total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
-    result = -(-total // 60)
-    return None if result >= _INFINITY_FLOOR else result
+    return None if -(-total // 60) >= _INFINITY_FLOOR else total
+
+
+def parse_minutes(text: str) -> int | None:
+    """A Slurm time (any form :func:`parse_seconds` reads) in whole minutes, None for no limit; seconds
+    round up to the next minute, as Slurm rounds them."""
+    seconds = parse_seconds(text)
+    return None if seconds is None else -(-seconds // 60)
 
 
 def format_minutes(minutes: int | None) -> str:

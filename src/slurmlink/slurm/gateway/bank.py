@@ -397,15 +397,12 @@ class BankHooks:
             self._card = RateCard.from_json(jsonutil.dumps_str(data), source="the bank's current rate card")
         return self._card
 
-    async def _job(self, fields: Fields, *, started: bool = False) -> JobRecord:
-        """The job from slurmctld: one that is ``started`` (starting or running) by a lookup of it
-        alone, without its RunTime or admin comment; any other with both."""
+    async def _job(self, fields: Fields) -> JobRecord:
+        """The job from slurmctld, by a lookup of it alone (with its time used, without the admin
+        comment, which the hooks do not need)."""
         job_id = fields.get("job_id", "")
         try:
-            if started:
-                job = await self.slurm.starting_job_record(job_id)
-            else:
-                job = await self.slurm.job_record(job_id)
+            job = await self.slurm.job_alone(job_id)
         except (SlurmCommandError, ValueError) as exc:
             raise GatewayError(
                 f"slurmlink bank: cannot read job {job_id} from slurmctld: {exc}", 503
@@ -416,8 +413,8 @@ class BankHooks:
 
     async def prolog(self, fields: Fields) -> str:
         """Hold what the job may cost for its time limit on its allocation; the run's key makes it once.
-        (The job alone, without RunTime: slurmctld waits for this before it runs the script.)"""
-        job = await self._job(fields, started=True)
+        (slurmctld waits for this before it runs the script.)"""
+        job = await self._job(fields)
         key = run_key(job, fields.get("cluster", ""))
         try:
             card = await self._rate_card()
@@ -453,7 +450,7 @@ class BankHooks:
     async def raise_hold(self, fields: Fields) -> str:
         """Raise the run's hold to what the job may cost for its new time limit (``fields["time_limit"]``,
         minutes; slurmctld may not show it yet) on its allocation."""
-        job = await self._job(fields, started=True)
+        job = await self._job(fields)
         try:
             limit = int(fields.get("time_limit", ""))
         except ValueError as exc:

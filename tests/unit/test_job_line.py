@@ -1,20 +1,26 @@
-"""Reading a starting job from one ``squeue --Format`` line (the bank's prolog): what is not such a line
-is refused, so the caller reads the job the full way."""
+"""Reading one job from one ``squeue --Format`` line (the bank's prolog and epilog): what is not such a
+line is refused, so the caller reads the job the full way."""
 
 from __future__ import annotations
 
 import pytest
 
-from slurmlink.slurm.jobrecord import START_FIELDS, parse_start_line, parse_time_limit, start_format
+from slurmlink.slurm.jobrecord import (
+    LINE_FIELDS,
+    line_format,
+    parse_job_line,
+    parse_run_time,
+    parse_time_limit,
+)
 
 LINE = (
     "42|alpha|physics|alice|1001|debug|(null)|RUNNING|1-02:03:00|1796463375|1796463376|1796556756|0|"
-    "cpu=2,node=1|"
+    "1:02:05|cpu=2,node=1|"
 )
 
 
 def test_a_line_of_the_asked_fields_is_read() -> None:
-    record = parse_start_line(LINE)
+    record = parse_job_line(LINE)
     assert record is not None
     assert (record.job_id, record.cluster, record.account, record.user, record.user_id) == (
         42, "alpha", "physics", "alice", 1001
@@ -22,7 +28,8 @@ def test_a_line_of_the_asked_fields_is_read() -> None:
     assert (record.partition, record.qos, record.state) == ("debug", "", "RUNNING")
     assert (record.time_limit, record.submit_time, record.start_time) == (1563, 1796463375, 1796463376)
     assert (record.restart_count, record.tres_alloc, record.pending_tasks) == (0, "cpu=2,node=1", 1)
-    assert start_format().count(",") == len(START_FIELDS) - 1 and start_format().endswith("tres-alloc:|")
+    assert record.run_seconds == 3725
+    assert line_format().count(",") == len(LINE_FIELDS) - 1 and line_format().endswith("tres-alloc:|")
 
 
 @pytest.mark.parametrize(
@@ -32,12 +39,13 @@ def test_a_line_of_the_asked_fields_is_read() -> None:
         LINE.rstrip("|"),
         LINE.replace("|1001|", "|N/A|"),
         LINE.replace("|1-02:03:00|", "|NOT_SET|"),
+        LINE.replace("|1:02:05|", "|INVALID|"),
         "squeue: error: something",
         "",
     ],
 )
 def test_anything_else_is_refused(line: str) -> None:
-    assert parse_start_line(line) is None
+    assert parse_job_line(line) is None
 
 
 @pytest.mark.parametrize(
@@ -50,5 +58,14 @@ def test_time_limits(text: str, minutes: int | None) -> None:
 
 
 def test_an_unlimited_job_has_no_limit() -> None:
-    record = parse_start_line(LINE.replace("|1-02:03:00|", "|UNLIMITED|"))
+    record = parse_job_line(LINE.replace("|1-02:03:00|", "|UNLIMITED|"))
     assert record is not None and record.time_limit is None
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("0:00", 0), ("0:07", 7), ("1:05", 65), ("1:02:05", 3725), ("1-00:00:01", 86401), ("Unknown", None),
+     ("INVALID", None), ("", None)],
+)  # fmt: skip
+def test_times_used(text: str, seconds: int | None) -> None:
+    assert parse_run_time(text) == seconds
