@@ -4,7 +4,9 @@ Each tick runs ``scontrol --oneliner show job`` once (every job slurmctld holds,
 signals apart) and, only when a tracked job is missing from it (slurmctld purges ended jobs after
 ``MinJobAge``), one ``sacct`` for all the missing ones. Reconcilers never run a Slurm command to learn
 a job's state: they read the latest summary here and are woken when it changes. A job that neither
-knows for two ticks in a row is reported lost (the ``Unknown`` phase).
+knows for two ticks in a row is reported lost (the ``Unknown`` phase). While no job is tracked, only a
+poke or the idle interval brings a snapshot: a burst-buffer or bank workload of hundreds of jobs must
+not pay for a dump of them every tick on behalf of a bridge that runs none.
 
 The same snapshot answers "was this already submitted?": the bridge tags every job's comment, and a
 submission first waits for a snapshot taken after it recorded its intent, then looks the tag up.
@@ -30,6 +32,9 @@ log = logging.getLogger(__name__)
 
 #: Ticks a tracked job may be missing from both scontrol and sacct before it counts as lost.
 LOST_AFTER_TICKS = 2
+#: Seconds between snapshots while no job is tracked and nobody asked for one: each is a dump of
+#: every job slurmctld holds (under its job lock), of no use to anyone while the bridge runs no job.
+IDLE_INTERVAL = 30.0
 
 
 @dataclass(frozen=True)
@@ -40,13 +45,20 @@ class Lost:
 
 
 class JobView:
-    """The latest snapshot of Slurm's jobs, refreshed every ``interval`` seconds (sooner when poked)."""
+    """The latest snapshot of Slurm's jobs, refreshed every ``interval`` seconds while jobs are tracked
+    (sooner when poked), every ``idle_interval`` seconds while none is."""
 
     def __init__(
-        self, commands: SlurmCommands, *, interval: float = 2.0, accounting: bool | None = None
+        self,
+        commands: SlurmCommands,
+        *,
+        interval: float = 2.0,
+        idle_interval: float = IDLE_INTERVAL,
+        accounting: bool | None = None,
     ) -> None:
         self.commands = commands
         self.interval = interval
+        self.idle_interval = max(idle_interval, interval)
         #: Whether sacct can answer; None: as slurm.conf says when it is needed (the server may start
         #: before the cluster's slurm.conf exists, as in the quick start).
         self.accounting = accounting
@@ -59,6 +71,7 @@ class JobView:
         #: The latest snapshot's records by job id (an array's tasks under the array's id too).
         self._by_job: dict[str, list[JobRecord]] = {}
         self._wake = asyncio.Event()
+        self._requested = False
         self._ticked = asyncio.Condition()
         #: monotonic time at which the latest successful snapshot was started; -inf before the first.
         self.taken_at = float("-inf")
@@ -91,6 +104,7 @@ class JobView:
 
     def poke(self) -> None:
         """Refresh now rather than at the end of the interval (e.g. right after a submission)."""
+        self._requested = True
         self._wake.set()
 
     async def fresh(self, since: float, timeout: float = 60.0) -> None:
@@ -102,9 +116,16 @@ class JobView:
 
     # ---- the loop ----------------------------------------------------------------------------
 
+    def _due(self) -> bool:
+        """A tick refreshes when asked to, while jobs are tracked, or once per idle interval."""
+        idle_for = time.monotonic() - self.taken_at
+        return self._requested or bool(self._tracked) or idle_for >= self.idle_interval
+
     async def run(self) -> None:
         while True:
-            await self.refresh()
+            if self._due():
+                self._requested = False
+                await self.refresh()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.interval):
                     await self._wake.wait()
