@@ -159,3 +159,32 @@ def test_an_ended_job_is_read_alone_with_the_run_time_scontrol_shows(dev_cluster
     assert full.run_seconds is not None and full.run_seconds >= 2
     assert alone.run_seconds == full.run_seconds
     assert (alone.start_time, alone.end_time) == (full.start_time, full.end_time)
+
+
+def test_a_noted_start_is_read_once_for_its_nodes_and_the_bank(dev_cluster: DevCluster) -> None:
+    """At ``paths`` the gateway notes the job's start: one ``squeue`` of it then serves the compute
+    nodes pre_run mounts on and the bank's prolog; a job whose start was not noted is read as before."""
+    argv = ["sbatch", "--parsable", "-N", "1", "-J", "records-start", "-o", "/dev/null", "--wrap", "sleep 60"]
+    result = dev_cluster.run_as_job_user(argv, timeout=30)
+    assert result.returncode == 0, result.stderr
+    job = result.stdout.strip().split(";")[0]
+    commands = CountingCommands(dev_cluster.slurm_conf)
+    try:
+        shown = dev_cluster.wait_for_job(job, ("RUNNING",))
+
+        async def start() -> tuple[object, object, object]:
+            assert await commands.started_job(job) is None  # nothing noted yet
+            commands.note_start(job)
+            first = await commands.job_nodes(job)
+            return first, await commands.started_job(job), await commands.job_nodes(job)
+
+        nodes, record, again = asyncio.run(start())
+        assert [a[0] for a in commands.argvs] == ["squeue"]
+        assert isinstance(record, JobRecord) and record.job_id == int(job) and record.state == "RUNNING"
+        assert record.node_list == shown["NodeList"]
+        assert nodes == again and getattr(nodes, "names", None) == (shown["NodeList"],)
+        unnoted = CountingCommands(dev_cluster.slurm_conf)
+        assert asyncio.run(unnoted.job_nodes(job)).names == (shown["NodeList"],)
+        assert [a[:3] for a in unnoted.argvs] == [("scontrol", "-o", "show")]
+    finally:
+        dev_cluster.run_slurm(["scancel", job], timeout=30)

@@ -81,12 +81,17 @@ class RecordingSlurm(SlurmCommands):
         #: ``job_statuses`` answer (None: slurmctld cannot be asked).
         self.statuses: dict[str, JobStatus] | None = None
         self.job_statuses_calls = 0
+        #: Jobs whose start was noted (``note_start``: read nothing here).
+        self.noted_starts: list[str] = []
 
     def state_save_location(self) -> Path:
         return self.state_dir
 
     async def run(self, *argv: str) -> CommandResult:
         raise AssertionError(f"RecordingSlurm must not run commands, got {argv!r}")
+
+    def note_start(self, job_id: str) -> None:
+        self.noted_starts.append(job_id)
 
     async def scancel_hurry(self, job_id: str) -> CommandResult:
         self.scancel_calls.append(job_id)

@@ -67,7 +67,7 @@ def test_the_nodes_are_written_after_paths_and_pre_run_does_not_ask_again(tmp_pa
         assert await h.call("prepare_pre_run", job_id="31") == (200, "")
         await eventually(lambda: _computes(h, "bb31") == ["compute1", "compute2"], "bb31's Computes")
         assert await h.call("pre_run", job_id="31") == (200, "")
-        assert slurm.asked == ["31"]
+        assert slurm.asked == ["31"] and slurm.noted_starts == ["31"]
         assert h.get("bb31")["status"]["state"] == "PreRun"  # type: ignore[index]
 
     _run(body, tmp_path)

@@ -15,7 +15,7 @@ from slurmlink.slurm.jobrecord import (
 
 LINE = (
     "42|alpha|physics|alice|1001|debug|(null)|RUNNING|1-02:03:00|1796463375|1796463376|1796556756|0|"
-    "1:02:05|cpu=2,node=1|"
+    "1:02:05|compute1|cpu=2,node=1|"
 )
 
 
@@ -28,7 +28,7 @@ def test_a_line_of_the_asked_fields_is_read() -> None:
     assert (record.partition, record.qos, record.state) == ("debug", "", "RUNNING")
     assert (record.time_limit, record.submit_time, record.start_time) == (1563, 1796463375, 1796463376)
     assert (record.restart_count, record.tres_alloc, record.pending_tasks) == (0, "cpu=2,node=1", 1)
-    assert record.run_seconds == 3725
+    assert (record.run_seconds, record.node_list) == (3725, "compute1")
     assert line_format().count(",") == len(LINE_FIELDS) - 1 and line_format().endswith("tres-alloc:|")
 
 
@@ -55,6 +55,11 @@ def test_anything_else_is_refused(line: str) -> None:
 )  # fmt: skip
 def test_time_limits(text: str, minutes: int | None) -> None:
     assert parse_time_limit(text) == minutes
+
+
+def test_a_pending_job_has_no_nodes() -> None:
+    record = parse_job_line(LINE.replace("|compute1|", "||"))
+    assert record is not None and record.node_list == ""
 
 
 def test_an_unlimited_job_has_no_limit() -> None:

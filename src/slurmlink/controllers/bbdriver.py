@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +67,10 @@ DRIVER_ID = "slurmlink"
 DEFAULT_MOUNT_ROOT = "/mnt/slurmlink"
 #: How often a state that waits on agents is looked at again without an event.
 RECHECK = 5.0
+#: A state that waits is reported ``Running`` with what it waits for only once it has waited this long
+#: (seconds). Most waits (a mount, an unmount, the deletions of a teardown) end sooner, and a Workflow
+#: write saved is one fewer store write and watch event per waiting state and job.
+QUIET_WAIT = 0.5
 
 
 @dataclass(frozen=True)
@@ -125,8 +130,11 @@ class BurstBufferDriver(Reconciler):
     name = "burst-buffer"
     kind = WORKFLOW
 
-    def __init__(self, mount_root: str = DEFAULT_MOUNT_ROOT) -> None:
+    def __init__(self, mount_root: str = DEFAULT_MOUNT_ROOT, quiet_wait: float = QUIET_WAIT) -> None:
         self.mount_root = mount_root.rstrip("/") or DEFAULT_MOUNT_ROOT
+        self.quiet_wait = quiet_wait
+        #: (namespace, name, state) → monotonic time this driver first found that state waiting.
+        self._waiting_since: dict[tuple[str, str, str], float] = {}
 
     def secondary(self) -> Sequence[Watch]:
         return (
@@ -196,11 +204,39 @@ class BurstBufferDriver(Reconciler):
             if exc.code == 409:
                 return Result(requeue_after=0.2)
             raise
+        waited = self._quiet(obj, wf, str(state), outcome)
+        if waited is not None:
+            return Result(requeue_after=waited)
         self._record(wf, str(state), outcome)
         if wf != obj:
             settle_in_driver_write(wf)
             await client.update(WORKFLOW, wf)
         return None if outcome.done or outcome.error else Result(requeue_after=RECHECK)
+
+    def _quiet(self, obj: Obj, wf: Obj, state: str, outcome: Outcome) -> float | None:
+        """Seconds to wait before writing that ``state`` still waits; None to write now.
+
+        Only a wait that changed nothing else, for a state not yet reported ``Running``, is kept quiet
+        for up to :data:`QUIET_WAIT`: its end (an event of what it waits on) usually comes first."""
+        key = (str(obj["metadata"].get("namespace")), str(obj["metadata"]["name"]), state)
+        if outcome.done or outcome.error:
+            self._waiting_since.pop(key, None)
+            return None
+        if wf != obj or any(
+            e.get("driverID") == DRIVER_ID and e.get("watchState") == state and e.get("status") == "Running"
+            for e in (obj.get("status") or {}).get("drivers") or []
+        ):
+            return None
+        now = time.monotonic()
+        if key not in self._waiting_since:
+            # Forget waits whose Workflow moved on or went away without this driver seeing the end.
+            stale = now - max(60.0, 10 * self.quiet_wait)
+            self._waiting_since = {k: t for k, t in self._waiting_since.items() if t > stale}
+        left = self._waiting_since.setdefault(key, now) + self.quiet_wait - now
+        if left <= 0:
+            self._waiting_since.pop(key, None)
+            return None
+        return left
 
     @staticmethod
     def _record(wf: Obj, state: str, outcome: Outcome) -> None:

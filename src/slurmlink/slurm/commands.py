@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,16 @@ class JobRecordBatch:
                         future.set_result(found.get(job_id))
 
 
+#: How long the read of a job's start (:meth:`SlurmCommands.note_start`) serves what follows it, seconds.
+_START_KEPT = 60.0
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a background task's failure as seen (whoever awaits it handles it)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class SlurmCommands:
     """Runs Slurm's client commands against one cluster."""
 
@@ -165,6 +176,8 @@ class SlurmCommands:
         self.slurm_conf = slurm_conf
         self.timeout = timeout
         self._records = JobRecordBatch(self.job_records)
+        #: Job id → (monotonic time, its read) for jobs slurmctld has just started (:meth:`note_start`).
+        self._starts: dict[str, tuple[float, asyncio.Task[JobRecord | None]]] = {}
 
     def state_save_location(self) -> Path:
         """Where slurmctld keeps job scripts (``hash.N/job.<id>/script``)."""
@@ -274,6 +287,36 @@ class SlurmCommands:
             return await self.job_record(job_id)
         return record
 
+    def note_start(self, job_id: str) -> None:
+        """slurmctld has just given the job its nodes (burst_buffer's ``paths``): read it once now
+        (:meth:`job_alone`), for what its start needs next to share. The compute nodes its buffers
+        are mounted on (``pre_run``) and the bank's hold (PrologSlurmctld) each wanted a command of
+        their own, while slurmctld held the job's start for both."""
+        job_id = _job_id(job_id)
+        now = time.monotonic()
+        self._starts = {j: entry for j, entry in self._starts.items() if now - entry[0] < _START_KEPT}
+        earlier = self._starts.pop(job_id, None)
+        if earlier is not None:
+            earlier[1].cancel()  # a start that never went on (requeued): this one is read afresh
+        task = asyncio.create_task(self.job_alone(job_id))
+        task.add_done_callback(_retrieve)
+        self._starts[job_id] = (now, task)
+
+    async def started_job(self, job_id: str) -> JobRecord | None:
+        """The job as read when its start was noted (:meth:`note_start`) in the last minute; None
+        when it was not, or that read failed (the caller then reads the job itself)."""
+        entry = self._starts.get(_job_id(job_id))
+        if entry is None or time.monotonic() - entry[0] >= _START_KEPT:
+            return None
+        try:
+            return await asyncio.shield(entry[1])
+        except asyncio.CancelledError:
+            if entry[1].cancelled():  # replaced by a later start, not this caller cancelled
+                return None
+            raise
+        except Exception:
+            return None
+
     async def job_records(self, job_ids: list[str]) -> dict[str, JobRecord]:
         """The jobs among ``job_ids`` slurmctld still holds (without RunTime), in one ``squeue`` run."""
         from slurmlink.slurm.jobrecord import parse_squeue_jobs
@@ -306,7 +349,11 @@ class SlurmCommands:
         return None
 
     async def job_nodes(self, job_id: str) -> JobNodes:
-        """The job's node count and, once it has them, its nodes (``scontrol show job``)."""
+        """The job's node count and, once it has them, its nodes: from the read of its start when one
+        node was all it got, else ``scontrol show job``."""
+        started = await self.started_job(job_id)
+        if started is not None and started.node_list and not set(started.node_list) & set("[],"):
+            return JobNodes(1, (started.node_list,))
         result = await self.run("scontrol", "-o", "show", "job", _job_id(job_id))
         if result.returncode != 0:
             raise SlurmCommandError(f"scontrol show job {job_id}: {(result.stderr or result.stdout).strip()}")

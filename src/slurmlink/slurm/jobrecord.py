@@ -41,6 +41,9 @@ class JobRecord:
     run_seconds: int | None = None
     #: A pending array's tasks not split off yet (``1-4``, ``5,7``); empty for other jobs.
     array_task_string: str = ""
+    #: The nodes it was given, as Slurm writes them (``compute1``, ``compute[1-2]``); empty while
+    #: pending, and when not read (``squeue --json`` lookups).
+    node_list: str = ""
 
     @property
     def pending_tasks(self) -> int:
@@ -122,6 +125,7 @@ LINE_FIELDS = (
     "EndTime",
     "RestartCnt",
     "TimeUsed",
+    "NodeList",
     "tres-alloc",
 )
 LINE_SEPARATOR = "|"
@@ -138,9 +142,9 @@ def parse_job_line(line: str) -> JobRecord | None:
     """One job as ``squeue --jobs=ID --Format=<line_format()>`` printed it; None when the line is not
     one such (whoever asked then reads the job another way).
 
-    It has what pricing and charging a run need, its time used (scontrol's RunTime) included, but not
-    the admin comment (22.05's ``--Format`` lacks it) nor an unsplit array's task list (a job that
-    starts or ends is one task)."""
+    It has what pricing and charging a run need, its time used (scontrol's RunTime) and its nodes
+    included, but not the admin comment (22.05's ``--Format`` lacks it) nor an unsplit array's task
+    list (a job that starts or ends is one task)."""
     values = line.rstrip("\n").split(LINE_SEPARATOR)
     if len(values) != len(LINE_FIELDS) + 1 or values[-1] != "":
         return None
@@ -178,6 +182,7 @@ def parse_job_line(line: str) -> JobRecord | None:
         array_job_id=0,
         array_task_id=None,
         run_seconds=run_seconds,
+        node_list=text("NodeList"),
     )
 
 

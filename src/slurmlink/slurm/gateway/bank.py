@@ -411,10 +411,23 @@ class BankHooks:
             raise GatewayError(f"slurmlink bank: slurmctld does not know job {job_id}", 404)
         return job
 
+    async def _started(self, fields: Fields) -> JobRecord | None:
+        """The job as read when slurmctld started it (:meth:`SlurmCommands.note_start`), if that read
+        was of this run; else None."""
+        try:
+            job = await self.slurm.started_job(fields.get("job_id", ""))
+        except ValueError:
+            return None
+        restart = fields.get("restart", "")
+        if job is None or (restart.isdigit() and int(restart) != job.restart_count):
+            return None
+        return job
+
     async def prolog(self, fields: Fields) -> str:
         """Hold what the job may cost for its time limit on its allocation; the run's key makes it once.
-        (slurmctld waits for this before it runs the script.)"""
-        job = await self._job(fields)
+        (slurmctld waits for this before it runs the script: a burst-buffer job's start was read
+        already, at ``paths``.)"""
+        job = await self._started(fields) or await self._job(fields)
         key = run_key(job, fields.get("cluster", ""))
         try:
             card = await self._rate_card()

@@ -486,8 +486,10 @@ class BurstBufferOps:
 
         slurmctld calls paths once it has given the job its nodes, and pre_run right after; the front
         asks for this once it has answered paths, so the ``scontrol`` and the write overlap the start of
-        pre_run instead of preceding its mounts."""
+        pre_run instead of preceding its mounts. The job is read once for this and for the bank's
+        prolog, which slurmctld runs at the same time (:meth:`SlurmCommands.note_start`)."""
         job_id = _job_id(fields)
+        self.slurm.note_start(job_id)
         earlier = self._computes.pop(job_id, None)  # a start that never reached pre_run (requeued)
         if earlier is not None:
             earlier.cancel()
