@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import itertools
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
@@ -16,6 +18,17 @@ from support import kubectl
 from support.postgres import PostgresServer
 
 _db_counter = itertools.count(1)
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A SIGTERM (a CI timeout, ``kill``) stops the run as Ctrl-C does, so pytest still tears down
+    the session's fixtures: the dev clusters, PostgreSQL and MariaDB servers the tests started are
+    stopped instead of left running with their namespaces and mounts."""
+    signal.signal(signal.SIGTERM, _interrupted)
 
 
 @pytest.fixture(scope="session")
