@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,7 +198,7 @@ class Server:
             timeout_keep_alive=30,
             **uv_kwargs,  # type: ignore[arg-type]
         )
-        server = uvicorn.Server(uv_config)
+        server = _Server(uv_config, on_shutdown=self.hub.end_watches)
         sockets = listening_sockets([cfg.listen, *cfg.extra_listen])
         compactor = asyncio.create_task(self._compact_forever(), name="compactor")
         expiry = asyncio.create_task(self._expire_forever(ledger), name="bank-expiry")
@@ -238,6 +239,21 @@ class Server:
                 await anyio.to_thread.run_sync(self.store.compact, self.config.compaction_retain)
             except Exception:
                 log.exception("compaction failed")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, ending the open watches first when it shuts down.
+
+    A watch is a response that does not end: uvicorn waited its whole graceful-shutdown timeout for
+    each, then cancelled it and logged the cancellation as an error with a traceback."""
+
+    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._on_shutdown()
+        await super().shutdown(sockets)
 
 
 def keep_signals_for_cleanup() -> None:

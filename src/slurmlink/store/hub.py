@@ -193,6 +193,13 @@ class WatchHub:
         if thread is not None:
             await anyio.to_thread.run_sync(thread.join, 5.0)
 
+    def end_watches(self) -> None:
+        """End every subscription open now (the server is shutting down): each watch stream ends, as
+        the Kubernetes API server ends its watches, and its client watches again, elsewhere or later.
+        The hub keeps running for the in-process watchers until :meth:`stop`."""
+        for sub in list(self._subs):
+            self._unsubscribe(sub)
+
     async def subscribe(
         self, after: int | None, matches: EventFilter, max_queue: int = 10_000
     ) -> Subscription:
