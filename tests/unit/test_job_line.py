@@ -39,7 +39,7 @@ def test_a_line_of_the_asked_fields_is_read() -> None:
         LINE.rstrip("|"),
         LINE.replace("|1001|", "|N/A|"),
         LINE.replace("|1-02:03:00|", "|NOT_SET|"),
-        LINE.replace("|1:02:05|", "|INVALID|"),
+        LINE.replace("|1796556756|", "|soon|"),
         "squeue: error: something",
         "",
     ],
@@ -55,6 +55,13 @@ def test_anything_else_is_refused(line: str) -> None:
 )  # fmt: skip
 def test_time_limits(text: str, minutes: int | None) -> None:
     assert parse_time_limit(text) == minutes
+
+
+def test_an_unlimited_running_job_has_no_end_and_an_unknown_time_used_is_not_known() -> None:
+    record = parse_job_line(LINE.replace("|1-02:03:00|", "|UNLIMITED|").replace("|1796556756|", "|NONE|"))
+    assert record is not None and (record.time_limit, record.end_time) == (None, 0)
+    record = parse_job_line(LINE.replace("|1:02:05|", "|INVALID|"))
+    assert record is not None and record.run_seconds is None
 
 
 def test_a_pending_job_has_no_nodes() -> None:

@@ -149,16 +149,18 @@ def parse_job_line(line: str) -> JobRecord | None:
     if len(values) != len(LINE_FIELDS) + 1 or values[-1] != "":
         return None
     fields = dict(zip(LINE_FIELDS, (v.strip() for v in values), strict=False))
-    numbers = ("JobID", "UserID", "SubmitTime", "StartTime", "EndTime", "RestartCnt")
+    numbers = ("JobID", "UserID", "SubmitTime", "RestartCnt")
     if not all(fields[name].isdigit() for name in numbers):
+        return None
+    start, end = _epoch(fields["StartTime"]), _epoch(fields["EndTime"])
+    if start is None or end is None:
         return None
     limit = fields["TimeLimit"]
     minutes = parse_time_limit(limit)
     if minutes is None and limit not in ("UNLIMITED", "Partition_Limit"):
         return None
+    # squeue prints INVALID for a time used it cannot tell; the charge then takes end - start.
     run_seconds = parse_run_time(fields["TimeUsed"])
-    if run_seconds is None:
-        return None
 
     def text(name: str) -> str:
         return "" if fields[name] == _UNSET else fields[name]
@@ -174,8 +176,8 @@ def parse_job_line(line: str) -> JobRecord | None:
         state=text("State"),
         time_limit=minutes,
         submit_time=int(fields["SubmitTime"]),
-        start_time=int(fields["StartTime"]),
-        end_time=int(fields["EndTime"]),
+        start_time=start,
+        end_time=end,
         restart_count=int(fields["RestartCnt"]),
         tres_alloc=text("tres-alloc"),
         admin_comment="",
@@ -184,6 +186,18 @@ def parse_job_line(line: str) -> JobRecord | None:
         run_seconds=run_seconds,
         node_list=text("NodeList"),
     )
+
+
+#: What squeue prints (``SLURM_TIME_FORMAT=%s``) for a time a job does not have yet or at all: a
+#: pending job's start (N/A), an unlimited running job's end (NONE).
+_NO_TIME = frozenset({"N/A", "NONE", "Unknown"})
+
+
+def _epoch(text: str) -> int | None:
+    """Epoch seconds; 0 for no such time, as ``squeue --json`` gives it; None for anything else."""
+    if text.isdigit():
+        return int(text)
+    return 0 if text in _NO_TIME else None
 
 
 def parse_time_limit(text: str) -> int | None:
