@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slurmlink import jsonutil
+from slurmlink.background import retrieve_exception
 from slurmlink.slurm import slurmconf
 
 if TYPE_CHECKING:
@@ -163,10 +164,9 @@ class JobRecordBatch:
 _START_KEPT = 60.0
 
 
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    """Mark a background task's failure as seen (whoever awaits it handles it)."""
-    if not task.cancelled():
-        task.exception()
+def _one_node(node_list: str) -> bool:
+    """Whether a NodeList names one node as it is (no ``compute[1-2]`` range, no comma list)."""
+    return bool(node_list) and not set(node_list) & set("[],")
 
 
 class SlurmCommands:
@@ -299,7 +299,7 @@ class SlurmCommands:
         if earlier is not None:
             earlier[1].cancel()  # a start that never went on (requeued): this one is read afresh
         task = asyncio.create_task(self.job_alone(job_id))
-        task.add_done_callback(_retrieve)
+        task.add_done_callback(retrieve_exception)
         self._starts[job_id] = (now, task)
 
     async def started_job(self, job_id: str) -> JobRecord | None:
@@ -352,7 +352,7 @@ class SlurmCommands:
         """The job's node count and, once it has them, its nodes: from the read of its start when one
         node was all it got, else ``scontrol show job``."""
         started = await self.started_job(job_id)
-        if started is not None and started.node_list and not set(started.node_list) & set("[],"):
+        if started is not None and _one_node(started.node_list):
             return JobNodes(1, (started.node_list,))
         result = await self.run("scontrol", "-o", "show", "job", _job_id(job_id))
         if result.returncode != 0:
@@ -365,7 +365,7 @@ class SlurmCommands:
         node_list = fields.get("NodeList", "")
         if not node_list or node_list == "(null)":
             return JobNodes(count, ())
-        if not set(node_list) & set("[],"):  # one node, named as it is: no second command to run
+        if _one_node(node_list):  # named as it is: no second command to run
             return JobNodes(1, (node_list,))
         names = await self.run("scontrol", "show", "hostnames", node_list)
         if names.returncode != 0:

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from slurmlink import jsonutil
+from slurmlink.background import retrieve_exception
 from slurmlink.burstbuffer import directives as bbd
 from slurmlink.burstbuffer.names import BUFFER_COMMANDS, BUFFERS_ANNOTATION, placement_path
 from slurmlink.client.base import Client
@@ -494,7 +495,7 @@ class BurstBufferOps:
         if earlier is not None:
             earlier.cancel()
         task = asyncio.create_task(self._fill_computes(workflow_name(job_id), job_id))
-        task.add_done_callback(_retrieve)
+        task.add_done_callback(retrieve_exception)
         self._computes[job_id] = task
         return ""
 
@@ -880,12 +881,6 @@ class BurstBufferOps:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
-
-
-def _retrieve(task: asyncio.Task[None]) -> None:
-    """Mark a background task's exception as seen: whoever awaits the task reports it."""
-    if not task.cancelled():
-        task.exception()
 
 
 def datawarp_persistent_names(obj: Obj | None, env: Mapping[str, str]) -> dict[str, str]:
