@@ -232,7 +232,7 @@ class BurstBufferDriver(Reconciler):
             # Forget waits whose Workflow moved on or went away without this driver seeing the end.
             stale = now - max(60.0, 10 * self.quiet_wait)
             self._waiting_since = {k: t for k, t in self._waiting_since.items() if t > stale}
-        left = self._waiting_since.setdefault(key, now) + self.quiet_wait - now
+        left = self.quiet_wait - (now - self._waiting_since.setdefault(key, now))
         if left <= 0:
             self._waiting_since.pop(key, None)
             return None
