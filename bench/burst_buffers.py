@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 # Run as a script, bench/ is on sys.path: the Slurm benchmark's helpers are shared, not copied.
 from slurm_bb import (
@@ -277,6 +278,11 @@ class Batch:
     cpu: dict[str, float] = field(default_factory=dict)
     #: Slurm scheduling passes that started this batch's jobs: (main scheduler, backfill).
     passes: tuple[int, int] = (0, 0)
+    #: Seconds from the first sbatch until Slurm started the first of the batch's jobs.
+    first_start: float = float("nan")
+    #: The API server's HTTP traffic during the batch: ("requests" | "watch events" | "watch writes",
+    #: verb or "", resource) -> count.
+    traffic: dict[tuple[str, str, str], float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -361,6 +367,26 @@ class Bench:
                 return not items
 
             wait_until(quiet, timeout, "an empty queue and no StorageAllocation left", interval=0.5)
+
+    def traffic_now(self) -> dict[tuple[str, str, str], float]:
+        """The API server's counters of HTTP requests and watch events (its ``/metrics``)."""
+        with self.qs.client() as api:
+            text = api.get("/metrics").text
+        out: dict[tuple[str, str, str], float] = {}
+        names = {
+            "slurmlink_api_requests": "requests",
+            "slurmlink_api_watch_events": "watch events",
+            "slurmlink_api_watch_writes": "watch writes",
+        }
+        for family in text_string_to_metric_families(text):
+            what = names.get(family.name)
+            if what is None:
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    key = (what, sample.labels.get("verb", ""), sample.labels.get("resource", ""))
+                    out[key] = out.get(key, 0.0) + sample.value
+        return out
 
     def cpu_now(self) -> dict[str, float]:
         pids = self.qs.pids()
@@ -521,26 +547,31 @@ _STARTS = (
 )
 
 
-def starting_passes(slurmctld_log: Path, jobs: set[int], gap: float = 0.2) -> tuple[int, int]:
-    """How many of Slurm's scheduling passes, main and backfill, started ``jobs`` (slurmctld.log).
-
-    Both run every 2 s on the dev cluster. When their timers drift together, the first of the two takes
-    every free slot and the other finds none: jobs then start at half the rate whatever the plugin, and
-    a round in that phase says nothing about it. Starts of one kind less than ``gap`` apart are one pass.
-    """
-    counts = []
+def job_starts(slurmctld_log: Path, jobs: set[int]) -> list[list[float]]:
+    """When each of ``jobs`` started (slurmctld.log), sorted: [main scheduler's, backfill's]."""
     try:
         lines = slurmctld_log.read_text(errors="replace").splitlines()
     except OSError:
-        return (0, 0)
+        return [[] for _ in _STARTS]
+    starts = []
     for _, pattern in _STARTS:
         times = []
         for line in lines:
             m = pattern.match(line)
             if m and int(m.group(2)) in jobs:
                 times.append(dt.datetime.fromisoformat(m.group(1)).timestamp())
-        times.sort()
-        counts.append(sum(1 for i, t in enumerate(times) if i == 0 or t - times[i - 1] > gap))
+        starts.append(sorted(times))
+    return starts
+
+
+def starting_passes(starts: list[list[float]], gap: float = 0.2) -> tuple[int, int]:
+    """How many of Slurm's scheduling passes, main and backfill, started the jobs of ``job_starts``.
+
+    Both run every 2 s on the dev cluster. When their timers drift together, the first of the two takes
+    every free slot and the other finds none: jobs then start at half the rate whatever the plugin, and
+    a round in that phase says nothing about it. Starts of one kind less than ``gap`` apart are one pass.
+    """
+    counts = [sum(1 for i, t in enumerate(times) if i == 0 or t - times[i - 1] > gap) for times in starts]
     return (counts[0], counts[1])
 
 
@@ -548,12 +579,16 @@ def run_batch(bench: Bench, script: Path, label: str, phase: str) -> Batch:
     """``--e2e-jobs`` submissions of ``script``, waited for until all ended and the system is quiet."""
     args = bench.args
     log(f"{phase} {label}: submitting {args.e2e_jobs} jobs, load {os.getloadavg()[0]:.2f}")
-    cpu0 = bench.cpu_now()
+    cpu0, traffic0 = bench.cpu_now(), bench.traffic_now()
     batch = bench.submit(script, args.e2e_jobs, label)
     bench.wait(batch, args.phase_timeout)
-    cpu1 = bench.cpu_now()
+    cpu1, traffic1 = bench.cpu_now(), bench.traffic_now()
     batch.cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
-    batch.passes = starting_passes(bench.cluster.slurmctld_log, {job for job, _, _ in batch.jobs})
+    batch.traffic = {k: v - traffic0.get(k, 0.0) for k, v in traffic1.items() if v > traffic0.get(k, 0.0)}
+    starts = job_starts(bench.cluster.slurmctld_log, {job for job, _, _ in batch.jobs})
+    batch.passes = starting_passes(starts)
+    if any(starts) and batch.jobs:
+        batch.first_start = min(t for times in starts for t in times) - min(w for _, w, _ in batch.jobs)
     log(
         f"{phase} {label}: all ended after {batch.e2e_seconds:.1f} s ({batch.rate:.2f} jobs/s); latency p50 "
         f"{pct(batch.latencies, 50):.2f} s p99 {pct(batch.latencies, 99):.2f} s; {len(batch.failures)} failed"
@@ -771,6 +806,20 @@ def report_staging(staged: dict[str, list[Batch]], args: Any) -> None:
             if batch.cpu:
                 print(f"CPU seconds ({batch.label}): "
                       + ", ".join(f"{k} {v:.1f}" for k, v in sorted(batch.cpu.items())))  # fmt: skip
+            print_traffic(batch)
+
+
+def print_traffic(batch: Batch) -> None:
+    """The API server's HTTP requests and watch events per job of ``batch``, the busiest first."""
+    if not batch.traffic or not batch.jobs:
+        return
+    jobs = len(batch.jobs)
+    for what in ("requests", "watch events", "watch writes"):
+        rows = sorted(((v, k) for k, v in batch.traffic.items() if k[0] == what), reverse=True)
+        if rows:
+            total = sum(v for v, _ in rows) / jobs
+            parts = ", ".join(f"{' '.join(filter(None, k[1:]))} {v / jobs:.1f}" for v, k in rows[:12])
+            print(f"API {what} per job ({batch.label}): {total:.1f}: {parts}")
 
 
 def report(
@@ -817,16 +866,17 @@ def report(
         print(f"2. {args.e2e_jobs} jobdw jobs end to end: slurmlink against the do-nothing burst_buffer.lua:")
         print()
         print(
-            "| round | plugin | load | all ended after (s) | jobs/s | submit->end p50 / p99 (s) | failed "
-            "| Slurm passes that started jobs: main + backfill (per s) |"
+            "| round | plugin | load | first job started after (s) | all ended after (s) | jobs/s "
+            "| submit->end p50 / p99 (s) | failed | Slurm passes that started jobs: main + backfill (per s) |"
         )
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for batch in sorted((b for runs in e2e.values() for b in runs), key=lambda b: b.label[-1]):
             plugin = "slurmlink" if "slurmlink" in batch.label else "do-nothing"
             main, backfill = batch.passes
             per_second = (main + backfill) / batch.e2e_seconds
             print(
-                f"| {batch.label[-1]} | {plugin} | {fmt(batch.load)} | {fmt(batch.e2e_seconds, 1)} | "
+                f"| {batch.label[-1]} | {plugin} | {fmt(batch.load)} | {fmt(batch.first_start)} | "
+                f"{fmt(batch.e2e_seconds, 1)} | "
                 f"{fmt(batch.rate)} | {fmt(pct(batch.latencies, 50))} / {fmt(pct(batch.latencies, 99))} | "
                 f"{len(batch.failures)} | {main} + {backfill} ({fmt(per_second)}) |"
             )
@@ -849,6 +899,7 @@ def report(
                 if batch.cpu:
                     print(f"CPU seconds ({batch.label}): "
                           + ", ".join(f"{k} {v:.1f}" for k, v in sorted(batch.cpu.items())))  # fmt: skip
+                print_traffic(batch)
     if dd:
         print()
         flags = ", ".join(f"{t}: {f}" for t, f in DD_FLAG.items())

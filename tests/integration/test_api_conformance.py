@@ -1007,10 +1007,39 @@ def test_table_watch_frames(api: httpx.Client) -> None:
 
 
 def test_metrics(api: httpx.Client) -> None:
+    assert api.get(WF).status_code == 200  # counted, whichever tests ran before
     r = api.get("/metrics")
     assert r.status_code == 200
     assert "slurmlink_api_requests_total{" in r.text
     assert 'verb="get"' in r.text
+
+
+def _watch_counters(api: httpx.Client) -> tuple[float, float]:
+    """slurmlink_api_watch_events_total and _writes_total for workflows."""
+    text = api.get("/metrics").text
+    values = []
+    for name in ("slurmlink_api_watch_events_total", "slurmlink_api_watch_writes_total"):
+        match = re.search(rf'^{name}\{{resource="workflows"\}} (\S+)$', text, re.MULTILINE)
+        values.append(float(match.group(1)) if match else 0.0)
+    return values[0], values[1]
+
+
+def test_metrics_count_watch_events_and_writes(api: httpx.Client) -> None:
+    """Each event a watcher receives is counted once; events queued together go out in one write."""
+    events0, writes0 = _watch_counters(api)
+    with Watch(api, WF, {"resourceVersion": current_rv(api), "fieldSelector": "metadata.name=counted"}) as w:
+        create(api, "counted")
+        assert w.next()["type"] == "ADDED"
+        api.patch(f"{WF}/counted", json={"metadata": {"labels": {"a": "b"}}}, headers=MERGE)
+        assert w.next()["type"] == "MODIFIED"
+        api.delete(f"{WF}/counted")
+        assert w.next()["type"] == "DELETED"
+        _wait(lambda: _watch_counters(api)[0] - events0 >= 3, what="three counted watch events")
+    events, writes = _watch_counters(api)
+    # Other tests' watches may run meanwhile, so at least this watch's three, and never fewer
+    # writes than one per distinct moment: here between one and three.
+    assert events - events0 >= 3
+    assert 1 <= writes - writes0 <= events - events0
 
 
 def test_health_is_open_everything_else_needs_auth(server: ServerProcess) -> None:

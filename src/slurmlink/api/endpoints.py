@@ -329,6 +329,7 @@ class ResourceEndpoints:
 
         async def stream() -> AsyncIterator[bytes]:
             metrics.WATCHES.labels(kind.plural).inc()
+            sent, writes = metrics.WATCH_EVENTS.labels(kind.plural), metrics.WATCH_WRITES.labels(kind.plural)
             first = True
             try:
                 async for batch in batches:
@@ -336,6 +337,8 @@ class ResourceEndpoints:
                     for event in batch:
                         lines.append(_line(_watch_frame(kind, event, as_table, include, first)))
                         first = False
+                    sent.inc(len(lines))
+                    writes.inc()
                     yield b"".join(lines)
             finally:
                 metrics.WATCHES.labels(kind.plural).dec()

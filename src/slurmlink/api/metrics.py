@@ -20,6 +20,18 @@ LATENCY = Histogram(
     registry=REGISTRY,
 )
 WATCHES = Gauge("slurmlink_api_watches", "Open watch streams", ["resource"], registry=REGISTRY)
+WATCH_EVENTS = Counter(
+    "slurmlink_api_watch_events_total",
+    "Events sent on watch streams over HTTP, by resource (bookmarks and initial lists included)",
+    ["resource"],
+    registry=REGISTRY,
+)
+WATCH_WRITES = Counter(
+    "slurmlink_api_watch_writes_total",
+    "Writes to watch streams over HTTP, by resource: each carries the events that were queued together",
+    ["resource"],
+    registry=REGISTRY,
+)
 BRIDGE_SLURM_COMMANDS = Counter(
     "slurmlink_bridge_slurm_commands_total",
     "Slurm commands the job bridge ran to follow jobs (scontrol, sacct; not sbatch/scancel)",
