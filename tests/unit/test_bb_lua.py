@@ -210,16 +210,18 @@ def bb(make_script: ScriptFactory, gateway: FakeGateway) -> BBScript:
 
 def test_render_fills_every_placeholder() -> None:
     text = plugin.render_burst_buffer_lua(
-        "/run/x/bb.sock", sync_timeout=2.5, connect_retry=7, slurm_api="23.02"
+        "/run/x/bb.sock", sync_timeout=2.5, connect_retry=7, release_after=0.25, slurm_api="23.02"
     )
     assert "@" not in text.split("--]]", 1)[1]
     assert 'local SOCKET_PATH = "/run/x/bb.sock"\n' in text
     assert "local SYNC_TIMEOUT = 2.5\n" in text
     assert "local CONNECT_RETRY = 7.0\n" in text
+    assert "local RELEASE_AFTER = 0.25\n" in text
     assert 'local SLURM_API = "23.02"\n' in text
     default = plugin.render_burst_buffer_lua(plugin.DEFAULT_SOCKET_PATH)
     assert 'local SOCKET_PATH = "/run/slurmlink/slurm-bb.sock"\n' in default
     assert "local SYNC_TIMEOUT = 5.0\n" in default and "local CONNECT_RETRY = 10.0\n" in default
+    assert "local RELEASE_AFTER = 0.5\n" in default
     assert 'local SLURM_API = "22.05"\n' in default
 
 
@@ -268,6 +270,7 @@ def test_lua_string_literal_round_trips_through_lua(text: str) -> None:
         ({"sync_timeout": float("inf")}, "sync_timeout"),
         ({"connect_retry": 0}, "connect_retry"),
         ({"connect_retry": float("nan")}, "connect_retry"),
+        ({"release_after": 0}, "release_after"),
         ({"socket_path": "relative.sock"}, "absolute"),
         ({"socket_path": "/" + "x" * 107}, "longer"),
         ({"socket_path": "/a\x00b"}, "invalid"),
@@ -281,7 +284,7 @@ def test_render_rejects_bad_values(kwargs: dict[str, Any], match: str) -> None:
 
 
 def test_render_rejects_unknown_or_missing_placeholders(monkeypatch: pytest.MonkeyPatch) -> None:
-    good = "@SOCKET_PATH@ @SYNC_TIMEOUT@ @CONNECT_RETRY@ @SLURM_API@ @GATEWAY_CLIENT@"
+    good = "@SOCKET_PATH@ @SYNC_TIMEOUT@ @CONNECT_RETRY@ @RELEASE_AFTER@ @SLURM_API@ @GATEWAY_CLIENT@"
 
     def resources(template: str) -> Callable[[str], str]:
         return lambda name: "client" if name == "gateway_client.lua" else template
@@ -295,7 +298,7 @@ def test_render_rejects_unknown_or_missing_placeholders(monkeypatch: pytest.Monk
     # A value that looks like a placeholder is inserted verbatim, never expanded again.
     monkeypatch.setattr(plugin, "_read_resource", resources(good))
     rendered = plugin.render_burst_buffer_lua("/run/@SLURM_API@")
-    assert rendered == '"/run/@SLURM_API@" 5.0 10.0 "22.05" client'
+    assert rendered == '"/run/@SLURM_API@" 5.0 10.0 0.5 "22.05" client'
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,8 @@ from pathlib import Path
 DEFAULT_SOCKET_PATH = Path("/run/slurmlink/slurm-bb.sock")
 DEFAULT_SYNC_TIMEOUT = 5.0
 DEFAULT_CONNECT_RETRY = 10.0
+#: Seconds an async callback waits for its answer before it lets go of other calls' pipes (22.05).
+DEFAULT_RELEASE_AFTER = 0.5
 
 _LUA_PACKAGE = "slurmlink.slurm.lua"
 _TEMPLATE = "burst_buffer.lua"
@@ -98,6 +100,7 @@ def render_burst_buffer_lua(
     *,
     sync_timeout: float = DEFAULT_SYNC_TIMEOUT,
     connect_retry: float = DEFAULT_CONNECT_RETRY,
+    release_after: float = DEFAULT_RELEASE_AFTER,
     slurm_api: str = "22.05",
 ) -> str:
     """Return the ``burst_buffer.lua`` text for a gateway listening on ``socket_path``.
@@ -106,6 +109,8 @@ def render_burst_buffer_lua(
     it decides whether ``slurm_bb_get_status`` receives ``uid, gid`` before the words (23.02+).
     ``sync_timeout`` bounds the callbacks that run inside ``slurmctld``; ``connect_retry`` is how long the
     asynchronous callbacks keep trying to connect, so that a gateway restart does not fail jobs.
+    ``release_after`` is how long an asynchronous callback waits for its answer before it lets go of
+    the pipes it inherited from other calls (Slurm 22.05; see ``gateway_client.lua``).
     """
     path = _checked_socket_path(socket_path)
     if not _API_RE.match(slurm_api):
@@ -114,6 +119,7 @@ def render_burst_buffer_lua(
         "SOCKET_PATH": lua_string_literal(path),
         "SYNC_TIMEOUT": _lua_number(sync_timeout, "sync_timeout"),
         "CONNECT_RETRY": _lua_number(connect_retry, "connect_retry"),
+        "RELEASE_AFTER": _lua_number(release_after, "release_after"),
         "SLURM_API": lua_string_literal(slurm_api),
         "GATEWAY_CLIENT": _read_resource(_CLIENT),
     }

@@ -23,6 +23,7 @@ slurmlink.slurm.plugin.render_burst_buffer_lua().
 local SOCKET_PATH = @SOCKET_PATH@
 local SYNC_TIMEOUT = @SYNC_TIMEOUT@
 local CONNECT_RETRY = @CONNECT_RETRY@
+local RELEASE_AFTER = @RELEASE_AFTER@
 @GATEWAY_CLIENT@
 
 local SLURM_API = @SLURM_API@

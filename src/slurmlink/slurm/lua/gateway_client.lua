@@ -90,6 +90,111 @@ local function parse_response(raw)
 	return tonumber(code), body
 end
 
+--[[ Slurm 22.05 runs each async call in a child that slurmscriptd forks without closing what it has
+open, so the child also holds the write end of the pipe of every call being forked at that moment.
+slurmscriptd sees a call end only when its pipe has no writer left: a call that ended stays
+unfinished for Slurm until every call forked alongside it has ended too (after a burst of
+submissions, a job's stage-in counts as done only when the slowest setup of its burst is). A call
+that has not been answered within RELEASE_AFTER seconds (rendered into burst_buffer.lua) closes
+those write ends, then waits on: a pipe whose read end it holds as well is not its own (its own is
+the one whose read end slurmscriptd closed in it). Quicker calls skip the scan (a few milliseconds
+with hundreds of calls open) and hold their siblings for that long at most. Only in such a child
+(named slurmscriptd and leader of its own process group, as Slurm makes it), never in slurmctld
+itself; later Slurm releases start the call through a program that closes them already (nothing
+is found). ]]
+local INHERITED_FD_GAP = 128 -- consecutive unused descriptors after which the scan stops
+
+local function read_all(path)
+	local f = io.open(path, "r")
+	if not f then
+		return nil
+	end
+	local text = f:read("*a")
+	f:close()
+	return text
+end
+
+local function in_forked_script_child()
+	local comm = read_all("/proc/self/comm")
+	if comm == nil or not string.match(comm, "^slurmscriptd%s*$") then
+		return false
+	end
+	-- /proc/self/stat: pid (comm) state ppid pgrp ...
+	local pid, pgrp = string.match(read_all("/proc/self/stat") or "", "^(%d+) %b() %S+ %d+ (%d+) ")
+	return pid ~= nil and pid == pgrp
+end
+
+local function close_descriptor(fd)
+	local holder = socket.tcp()         -- a LuaSocket object closes whatever descriptor it is given
+	if not holder then
+		return
+	end
+	holder:close()
+	holder:setfd(fd)
+	holder:close()
+end
+
+local function release_inherited_pipes()
+	if not ok_socket or not in_forked_script_child() then
+		return
+	end
+	local mounted = {}                  -- pipes live on no mount listed here; files and devices do
+	for line in string.gmatch(read_all("/proc/self/mountinfo") or "", "[^\n]+") do
+		mounted[string.match(line, "^(%d+) ") or ""] = true
+	end
+	local pipes = {}                    -- "mount:inode" -> { readers = n, writers = { fd... } }
+	local fd, gap = 3, 0
+	while gap < INHERITED_FD_GAP do
+		local info = read_all("/proc/self/fdinfo/" .. fd)
+		if info == nil then
+			gap = gap + 1
+		else
+			gap = 0
+			local flags = tonumber(string.match(info, "flags:%s*(%d+)") or "", 8)
+			local mnt = string.match(info, "mnt_id:%s*(%d+)")
+			local ino = string.match(info, "ino:%s*(%d+)")
+			if flags and mnt and ino and not mounted[mnt] then
+				local key = mnt .. ":" .. ino
+				local pipe = pipes[key] or { readers = 0, writers = {} }
+				pipes[key] = pipe
+				if flags % 4 == 0 then
+					pipe.readers = pipe.readers + 1
+				elseif flags % 4 == 1 then
+					pipe.writers[#pipe.writers + 1] = fd
+				end
+			end
+		end
+		fd = fd + 1
+	end
+	for _, pipe in pairs(pipes) do
+		if pipe.readers > 0 then
+			for _, writer in ipairs(pipe.writers) do
+				close_descriptor(writer)
+			end
+		end
+	end
+end
+
+-- Reads the whole answer. An async call of burst_buffer.lua lets go of other calls' pipes once it has
+-- waited RELEASE_AFTER seconds (see above); job_submit.lua defines no RELEASE_AFTER.
+local function receive_all(sock, sync)
+	if sync or RELEASE_AFTER == nil then
+		return sock:receive("*a")
+	end
+	sock:settimeout(RELEASE_AFTER)
+	local raw, err, partial = sock:receive("*a")
+	if raw or err ~= "timeout" then
+		return raw, err, partial
+	end
+	release_inherited_pipes()
+	sock:settimeout(nil)
+	local rest, rest_err, rest_partial = sock:receive("*a")
+	if rest then
+		return (partial or "") .. rest
+	end
+	return nil, rest_err, (partial or "") .. (rest_partial or "")
+end
+
 -- Connects to the gateway. Sync: one attempt bounded by the deadline. Async: retries for CONNECT_RETRY s.
 local function connect(sync, deadline)
 	local started = socket.gettime()
@@ -171,7 +276,7 @@ local function request(operation, fields, sync)
 		return nil, timed_out()
 	end
 	local raw, partial
-	raw, err, partial = sock:receive("*a")
+	raw, err, partial = receive_all(sock, sync)
 	sock:close()
 	if not raw then
 		if err == "timeout" then
