@@ -46,7 +46,7 @@ def _alive(pid: int) -> bool:
 class Gateway:
     """One gateway (front + worker) on its own socket and StateSaveLocation."""
 
-    def __init__(self, root: Path, kubeconfig: Path) -> None:
+    def __init__(self, root: Path, kubeconfig: Path, *options: str) -> None:
         self.root = root
         self.state = root / "state"
         self.state.mkdir(parents=True)
@@ -59,6 +59,7 @@ class Gateway:
             "--kubeconfig", str(kubeconfig), "--socket", str(self.socket),
             "--slurm-conf", str(self.slurm_conf), "--api-timeout", "5", "--sweep-interval", "0",
             "--worker-nice", str(WORKER_NICE), "--log-format", "console", "--log-level", "debug",
+            *options,
         ]  # fmt: skip
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -223,6 +224,59 @@ def test_a_caller_hanging_up_stops_the_operation_in_the_worker(
 
     wait_for(stopped_in_both, timeout=20, interval=0.1, message="front and worker to stop data_in")
     assert gateway.call("teardown", job_id="511", hurry="true") == (200, "")
+
+
+def test_setups_beyond_the_limit_wait_their_turn_lowest_job_id_first(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """With one setup at a time, job 521's setup (its Setup state held by its driver) keeps 523's and
+    522's waiting, untouched; released, 522 goes before 523, which arrived first."""
+    kubeconfig = server.issue_kubeconfig("slurm-dws", "workload-manager", "slurm")
+    gw = Gateway(tmp_path / "gw", kubeconfig, "--setups-at-once", "1")
+    scripts = {
+        521: gw.write_script(521, "Setup action=wait"),
+        523: gw.write_script(523, "Setup action=complete"),
+        522: gw.write_script(522, "Setup action=complete"),
+    }
+
+    def setup(job_id: int) -> asyncio.Task[tuple[int, str]]:
+        fields = {"job_id": str(job_id), "script": scripts[job_id], **_ids()}
+        return asyncio.create_task(http_request(gw.socket, "POST", "/v1/setup", form(fields), timeout=60))
+
+    def waiting(job_id: int) -> bool:
+        return f"job {job_id}: setup waits for one of 1 turns" in gw.log.read_text()
+
+    async def run() -> list[tuple[int, str]]:
+        held = setup(521)
+        await asyncio.to_thread(wait_for, lambda: _in_state(server, 521, "Setup", "DriverWait"), 20, 0.1)
+        later = setup(523)
+        await asyncio.to_thread(wait_for, lambda: waiting(523), 20, 0.1, "523 to wait for its turn")
+        sooner = setup(522)
+        await asyncio.to_thread(wait_for, lambda: waiting(522), 20, 0.1, "522 to wait for its turn")
+        assert _workflow(server, 522) is None and _workflow(server, 523) is None  # not started at all
+        with server.client() as http:  # the driver completes 521's Setup entry, as an operator would
+            response = http.patch(
+                "/apis/dataworkflowservices.github.io/v1alpha2/namespaces/slurm/workflows/bb521",
+                json=[
+                    {"op": "replace", "path": "/status/drivers/0/status", "value": "Completed"},
+                    {"op": "replace", "path": "/status/drivers/0/completed", "value": True},
+                ],
+                headers={"Content-Type": "application/json-patch+json"},
+            )
+            assert response.status_code == 200, response.text
+        return list(await asyncio.gather(held, sooner, later))
+
+    try:
+        assert asyncio.run(run()) == [(200, "")] * 3
+        done = [
+            line for line in gw.log.read_text().splitlines() if "setup job 52" in line and " ok in " in line
+        ]
+        order = list(dict.fromkeys(line.split("setup job ")[1][:3] for line in done))  # first "ok" of each
+        assert order == ["521", "522", "523"], done
+        for job_id in scripts:
+            assert gw.call("teardown", job_id=str(job_id), hurry="true") == (200, "")
+    finally:
+        gw.stop()
 
 
 def test_a_worker_that_dies_is_restarted(gateway: Gateway, server: ServerProcess) -> None:

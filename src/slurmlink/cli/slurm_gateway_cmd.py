@@ -187,6 +187,17 @@ async def _run_worker(kubeconfig: Path, context: str | None, config: gwconfig.Ga
     "job's paths while slurmctld holds its job lock, keeps its priority.",
 )
 @click.option(
+    "--setups-at-once",
+    type=click.IntRange(min=0),
+    default=gwconfig.DEFAULT_SETUPS_AT_ONCE,
+    show_default=True,
+    envvar="SLURMLINK_GATEWAY_SETUPS_AT_ONCE",
+    help="Burst-buffer setups worked on at once; the others wait their turn in the order Slurm asked "
+    "(a setup that waited 60 s goes ahead anyway). After a burst of submissions Slurm stages in every "
+    "job the pools have room for at once; taken a few at a time, the first jobs get their buffers and "
+    "start within seconds. 0: no limit.",
+)
+@click.option(
     "--bank/--no-bank",
     default=False,
     show_default=True,
@@ -232,6 +243,7 @@ def gateway(
     sweep_interval: float,
     sweep_min_age: float,
     worker_nice: int,
+    setups_at_once: int,
     bank: bool,
     bank_refresh: float,
     bank_spool: Path,
@@ -267,6 +279,7 @@ def gateway(
         api_timeout=api_timeout,
         sweep_interval=sweep_interval,
         sweep_min_age=sweep_min_age,
+        setups_at_once=setups_at_once,
         bank=BankSettings(
             refresh=bank_refresh,
             spool_dir=bank_spool.expanduser().absolute(),
@@ -298,6 +311,7 @@ def gateway(
             "--sweep-interval", repr(sweep_interval),
             "--sweep-min-age", repr(sweep_min_age),
             "--worker-nice", str(worker_nice),
+            "--setups-at-once", str(setups_at_once),
             "--bank" if bank else "--no-bank",
             "--bank-refresh", repr(bank_refresh),
             "--bank-spool", str(bank_spool),

@@ -17,6 +17,7 @@ from slurmlink.slurm.gateway.config import GatewayConfig
 from slurmlink.slurm.gateway.datawarp import DataWarpOps
 from slurmlink.slurm.gateway.informer import Informer, sync_problem
 from slurmlink.slurm.gateway.operations import BurstBufferOps, GatewayError
+from slurmlink.slurm.gateway.pacing import SetupPacer
 from slurmlink.slurm.gateway.server import QUICK_OPERATIONS, GatewayServer, Operation
 from slurmlink.slurm.gateway.sweeper import OrphanSweeper
 
@@ -40,6 +41,7 @@ class Gateway:
         self.activity = CallbackActivity()
         self.sweeper = OrphanSweeper(self.ops, self.workflows, self.slurm, config, self.activity)
         self.bank = BankHooks(client, self.slurm, config.bank) if config.bank is not None else None
+        self.setups = SetupPacer(config.setups_at_once) if config.setups_at_once > 0 else None
         self.server = GatewayServer(
             config.socket_path, self.operations(), self.health, self.activity, quick=QUICK_OPERATIONS
         )
@@ -50,7 +52,7 @@ class Gateway:
         return {
             "job_process": ops.job_process,
             "pools": ops.pools,
-            "setup": ops.setup,
+            "setup": self.setups.pace(ops.setup) if self.setups is not None else ops.setup,
             "data_in": ops.state_operation("DataIn"),
             "test_data_in": ops.test_operation("DataIn"),
             "real_size": ops.real_size,

@@ -21,6 +21,9 @@ ORIGIN_VALUE = "burst_buffer.lua"
 #: with the same id (e.g. after Slurm's state was wiped) is recognised as stale.
 JOB_RUN_ANNOTATION = "slurmlink.io/job-run"
 WLM_ID = "slurm"
+#: Setups worked on at once (``pacing``): enough to keep the storage nodes busy and stay ahead of
+#: the jobs Slurm starts, few enough that the first ones finish in about a setup's own time.
+DEFAULT_SETUPS_AT_ONCE = 8
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class GatewayConfig:
     rules_namespace: str = "dws-system"
     #: The bank's hooks (job_submit.lua, PrologSlurmctld, EpilogSlurmctld); None: not served.
     bank: BankSettings | None = None
+    #: Setups worked on at once, the others waiting in Slurm's order (``pacing``); 0: no limit.
+    setups_at_once: int = DEFAULT_SETUPS_AT_ONCE
 
 
 #: Where the gateway listens and burst_buffer.lua connects, unless configured otherwise.
