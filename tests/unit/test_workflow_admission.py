@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from slurmlink.auth.roles import SYSTEM
 from slurmlink.config import ServerConfig
 from slurmlink.resources.catalog import default_registry
 from slurmlink.resources.dws.directiverule import DW_DIRECTIVE_RULE
+from slurmlink.resources.dws.group import WORKFLOW_FINALIZER as FINALIZER
 from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.resources.errors import ApiError
 from slurmlink.resources.patching import JSON_PATCH, MERGE
@@ -30,6 +32,7 @@ from slurmlink.store.sql import SqlStore
 NS = "slurm"
 V2 = "v1alpha2"
 V7 = "v1alpha7"
+MICROTIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 DENIED = 'admission webhook "vworkflow.kb.io" denied the request: '
 STATES = ("Proposal", "Setup", "DataIn", "PreRun", "PostRun", "DataOut", "Teardown")
 SUPPORTED_STATES = (
@@ -665,6 +668,62 @@ def test_rules_compare_with_the_adopted_state_not_the_desired_one(svc: ResourceS
         lambda: merge(svc, "bb12", {"spec": {"desiredState": "DataIn"}}),
         'Spec.DesiredState: Invalid value: "DataIn": states cannot be skipped',
     )
+
+
+def taken_on(svc: ResourceService, name: str = "bb12") -> Obj:
+    """The controller's finalizer, as it adds it with Proposal: from then on the API adopts states."""
+    return merge(svc, name, {"metadata": {"finalizers": [FINALIZER]}})
+
+
+def test_a_new_desired_state_is_adopted_in_the_same_write(svc: ResourceService) -> None:
+    """The request's write already carries the adopted state, not yet achieved (upstream's
+    controller would write it next); forceReady is cleared as there."""
+    create(svc, manifest())
+    taken_on(svc)
+    before = reach(svc, "bb12", "Proposal")
+    merge(svc, "bb12", {"spec": {"forceReady": True}}, version=V7)
+    out = merge(svc, "bb12", {"spec": {"desiredState": "Setup"}}, version=V7)
+    st = out["status"]
+    assert (st["state"], st["ready"], st["status"], st["message"]) == ("Setup", False, "DriverWait", "")
+    assert MICROTIME.match(st["desiredStateChange"])
+    assert st["desiredStateChange"] > (before["status"].get("desiredStateChange") or "")
+    assert out["spec"]["forceReady"] is False
+    # one write: the stored object is the response
+    assert get(svc, version=V7)["metadata"]["resourceVersion"] == out["metadata"]["resourceVersion"]
+
+
+def test_a_refused_transition_adopts_nothing(svc: ResourceService) -> None:
+    create(svc, manifest())
+    taken_on(svc)
+    before = reach(svc, "bb12", "Proposal")
+    assert_denied(
+        lambda: merge(svc, "bb12", {"spec": {"desiredState": "PreRun"}}),
+        'Spec.DesiredState: Invalid value: "PreRun": states cannot be skipped',
+    )
+    reach(svc, "bb12", "Setup", ready=False)
+    assert_denied(
+        lambda: merge(svc, "bb12", {"spec": {"desiredState": "DataIn"}}),
+        'Status.State: Invalid value: "Setup": current desired state not yet achieved',
+    )
+    after = get(svc)
+    assert after["status"]["state"] == "Setup" and after["status"]["ready"] is False
+    assert before["status"]["state"] == "Proposal"
+
+
+def test_states_are_left_to_the_controller_until_it_has_taken_the_workflow_on(
+    svc: ResourceService,
+) -> None:
+    """Without the controller's finalizer, or while deleting, the controller adopts (as upstream)."""
+    create(svc, manifest())
+    reach(svc, "bb12", "Proposal")
+    out = merge(svc, "bb12", {"spec": {"desiredState": "Setup"}})
+    assert out["status"]["state"] == "Proposal"
+    create(svc, manifest("bb13"))
+    taken_on(svc, "bb13")
+    reach(svc, "bb13", "Setup")
+    svc.delete(WORKFLOW, V2, NS, "bb13", SYSTEM)
+    out = merge(svc, "bb13", {"spec": {"desiredState": "Teardown"}})
+    assert out["metadata"]["deletionTimestamp"] and out["status"]["state"] == "Setup"
 
 
 def test_replace_goes_through_the_same_rules(svc: ResourceService) -> None:

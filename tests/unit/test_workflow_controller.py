@@ -485,8 +485,9 @@ def test_action_complete_makes_the_state_ready(tmp_path: Path) -> None:
 
 
 def test_the_drivers_last_write_of_a_state_also_makes_it_ready(tmp_path: Path) -> None:
-    """Adoption (DriverWait) and ready are two writes of the Workflow, not three: the test driver
-    completes its entry and rolls the state up in one write, with upstream's readiness fields."""
+    """A state change is two writes of the Workflow, not upstream's four: the PATCH that asks for
+    the state also adopts it (DriverWait), and the test driver completes its entry and rolls the
+    state up in one write, with upstream's readiness fields."""
 
     async def body(c: Cluster) -> None:
         c.create("bb13", ["#DW Proposal action=complete", "#DW Setup action=complete"])
@@ -499,9 +500,8 @@ def test_the_drivers_last_write_of_a_state_also_makes_it_ready(tmp_path: Path) -
             for e in c.store.events_after(start)
             if e.name == "bb13" and e.resource.endswith("workflows")
         ]
-        # the PATCH (still Proposal), the adoption, the driver's write that finished the state
+        # the PATCH, adopted as it is written, and the driver's write that finished the state
         assert [(w["state"], w["ready"], w["status"]) for w in writes] == [
-            ("Proposal", True, "Completed"),
             ("Setup", False, "DriverWait"),
             ("Setup", True, "Completed"),
         ]

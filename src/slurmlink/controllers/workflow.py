@@ -1,10 +1,12 @@
 """The DWS Workflow controller: finalizer, state adoption, Computes, status roll-up, deletion.
 
 Mirrors upstream's reconcile step by step (see docs/architecture.md); each step that changes the
-object writes it and returns, so every intermediate state (e.g. DriverWait right after a state
-change) is visible to watchers exactly as with upstream DWS. One step is shared: the drivers that
-run with the API (the test driver, the burst buffer driver) roll up and stamp readiness in the write
-that finishes a state's last entry (``settle``), where upstream's controller would write once more.
+object writes it and returns, so every state a Workflow goes through (e.g. DriverWait right after a
+state change) is visible to watchers as with upstream DWS. Two steps are shared, each saving a
+Workflow write and a round of watch events per state: the API adopts a new desired state in the
+write that asks for it (``adopt_desired_state``; the controller still adopts Proposal), and the
+drivers that run with the API (the test driver, the burst buffer driver) roll up and stamp readiness
+in the write that finishes a state's last entry (``settle``).
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from slurmlink.resources.dws.directivebreakdown import DIRECTIVE_BREAKDOWN
 from slurmlink.resources.dws.group import WORKFLOW_FINALIZER
 from slurmlink.resources.dws.persistentstorageinstance import PERSISTENT_STORAGE_INSTANCE
 from slurmlink.resources.dws.servers import SERVERS
-from slurmlink.resources.dws.workflow import WORKFLOW
+from slurmlink.resources.dws.workflow import WORKFLOW, adopt_desired_state
 from slurmlink.resources.kind import Kind, Obj
-from slurmlink.resources.meta import now_micro, parse_time
+from slurmlink.resources.meta import parse_time
 
 _PRIORITY: dict[str, int] = {
     "Completed": 1,
@@ -203,12 +205,9 @@ class WorkflowReconciler(Reconciler):
         status = wf["status"]
         before = jsonutil.clone(status)
         if status.get("state") != spec["desiredState"]:
-            status["state"] = spec["desiredState"]
-            status["ready"] = False
-            status["status"] = "DriverWait"
-            status["message"] = ""
-            status["desiredStateChange"] = now_micro()
-            spec["forceReady"] = False
+            # Proposal, and a Teardown asked for before Proposal was taken on: later changes are
+            # adopted by the API in the write that asks for them (``adopt_desired_state``).
+            adopt_desired_state(wf)
             if spec["desiredState"] == "Proposal":  # its Computes in the same write
                 status["computes"] = await self._ensure_computes(client, wf)
             await client.update(WORKFLOW, wf)

@@ -1,7 +1,9 @@
 """The DWS ``Workflow`` kind: schema, defaults, admission (upstream's webhooks), printer columns.
 
 Status is not a subresource (upstream's CRD has ``subresources: {}``): drivers and the controller
-write status through the main resource, and the validating webhook polices those writes too.
+write status through the main resource, and the validating webhook polices those writes too. A
+change of ``spec.desiredState`` is adopted in the write that makes it (``adopt_desired_state``),
+where upstream's controller would write once more.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from slurmlink.resources import errors
 from slurmlink.resources.access import READ, AccessPolicy, UnixAccount, default_policy
 from slurmlink.resources.admission import AdmissionContext
 from slurmlink.resources.dws import directives, states
-from slurmlink.resources.dws.group import GROUP, STORAGE_VERSION, VERSIONS
+from slurmlink.resources.dws.group import GROUP, STORAGE_VERSION, VERSIONS, WORKFLOW_FINALIZER
 from slurmlink.resources.errors import Cause
 from slurmlink.resources.kind import Kind, Obj, PrinterColumn, Strategy, field_of
+from slurmlink.resources.meta import now_micro
 from slurmlink.resources.schema import json_type, validate_part
 
 VALIDATING_WEBHOOK = "vworkflow.kb.io"
@@ -160,6 +163,48 @@ def _without(obj: Obj, paths: tuple[tuple[str, str], ...]) -> Obj:
     return out
 
 
+def adopt_desired_state(wf: Obj) -> None:
+    """Make ``wf``'s desired state its current one, not yet achieved: the controller's first step
+    on a state change (upstream's, which also clears ``forceReady``)."""
+    spec, status = wf["spec"], wf["status"]
+    status["state"] = spec["desiredState"]
+    status["ready"] = False
+    status["status"] = "DriverWait"
+    status["message"] = ""
+    status["desiredStateChange"] = now_micro()
+    spec["forceReady"] = False
+
+
+def adopts_in_write(new: Obj, old: Obj) -> bool:
+    """Whether an update changing ``spec.desiredState`` adopts it in the same write.
+
+    Only for a Workflow the controller has taken on (finalizer, a current state) and is not
+    deleting, and only for the write that moves the desired state to another known state and
+    leaves the current one alone; anything else stays the controller's. Validation runs after
+    this, against the old status, so a transition it refuses writes nothing.
+    """
+    spec, old_spec = new.get("spec"), old.get("spec")
+    status, old_status = new.get("status"), old.get("status")
+    if not (
+        isinstance(spec, dict)
+        and isinstance(old_spec, dict)
+        and isinstance(status, dict)
+        and isinstance(old_status, dict)
+    ):
+        return False
+    m = new.get("metadata") or {}
+    desired = spec.get("desiredState")
+    return (
+        not m.get("deletionTimestamp")
+        and WORKFLOW_FINALIZER in (m.get("finalizers") or [])
+        and desired in states.STATES
+        and desired != old_spec.get("desiredState")
+        and bool(old_status.get("state"))
+        and status.get("state") == old_status.get("state")
+        and desired != old_status.get("state")
+    )
+
+
 def directive_rules(ctx: AdmissionContext) -> list[directives.DirectiveRule]:
     """Every DWDirectiveRule in the system namespace, concatenated (as upstream's webhook does)."""
     return directives.rules_from_objects(_rule_objects(ctx))
@@ -295,6 +340,12 @@ class WorkflowStrategy(Strategy):
             env = status["env"] = {}
         env["DW_WORKFLOW_NAME"] = obj["metadata"]["name"]
         env["DW_WORKFLOW_NAMESPACE"] = obj["metadata"].get("namespace", "")
+
+    def mutate_update(self, new: Obj, old: Obj, ctx: AdmissionContext) -> None:
+        """A new desired state is adopted in the write that asks for it: watchers see the state
+        change and its DriverWait at once, and the drivers can start one write sooner."""
+        if adopts_in_write(new, old):
+            adopt_desired_state(new)
 
     def validate_create(self, obj: Obj, ctx: AdmissionContext) -> None:
         spec, status = obj["spec"], obj.get("status") or {}
