@@ -144,8 +144,10 @@ def test_the_worker_runs_in_its_own_session_at_a_lower_priority(gateway: Gateway
 def test_submissions_and_job_starts_are_answered_while_the_worker_is_frozen(
     gateway: Gateway, server: ServerProcess
 ) -> None:
-    script = gateway.write_script(501, "DataIn action=complete")
+    """job_process, paths and pre_run (a started job holds its nodes until it answers) are the front's."""
+    script = gateway.write_script(501, "DataIn action=complete", "PreRun action=complete")
     assert gateway.call("setup", job_id="501", script=script, **_ids()) == (200, "")
+    assert gateway.call("data_in", job_id="501") == (200, "")
     worker = gateway.worker_pid()
     os.kill(worker, signal.SIGSTOP)
     try:
@@ -156,20 +158,13 @@ def test_submissions_and_job_starts_are_answered_while_the_worker_is_frozen(
         assert status == 400 and "invalid directive '#DW Bogus x=y'" in text
         status, text = gateway.call("paths", timeout=5, job_id="501")
         assert (status, text.splitlines()[0]) == (200, "DW_WORKFLOW_NAME=bb501")
+        assert gateway.call("pre_run", timeout=10, job_id="501", script=script) == (200, "")
         assert gateway.call("status", timeout=5, args="workflow 501") == (
             200,
-            "desiredState=Setup currentState=Setup status=Completed",
+            "desiredState=PreRun currentState=PreRun status=Completed",
         )
     finally:
         os.kill(worker, signal.SIGCONT)
-    # Once thawed, the worker takes the job's compute nodes, which paths asked it to start on.
-    wait_for(
-        lambda: "prepare_pre_run job 501 ok" in gateway.log.read_text(),
-        timeout=20,
-        interval=0.1,
-        message="the worker to prepare job 501's pre_run after paths",
-    )
-    assert gateway.call("data_in", job_id="501") == (200, "")
     assert gateway.call("teardown", job_id="501", hurry="false") == (200, "")
     assert _workflow(server, 501) is None
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from slurmlink.slurm.commands import CommandResult, SlurmCommandError, SlurmCommands
 from slurmlink.slurm.devcluster import DevCluster
-from slurmlink.slurm.jobrecord import JobRecord
+from slurmlink.slurm.jobrecord import JobRecord, parse_job_line
 
 
 class CountingCommands(SlurmCommands):
@@ -172,15 +172,22 @@ def test_a_noted_start_is_read_once_for_its_nodes_and_the_bank(dev_cluster: DevC
     try:
         shown = dev_cluster.wait_for_job(job, ("RUNNING",))
 
-        async def start() -> tuple[object, object, object]:
+        async def start() -> tuple[object, object, object, str]:
             assert await commands.started_job(job) is None  # nothing noted yet
+            assert await commands.started_line(job) == ""
             commands.note_start(job)
             first = await commands.job_nodes(job)
-            return first, await commands.started_job(job), await commands.job_nodes(job)
+            return (
+                first,
+                await commands.started_job(job),
+                await commands.job_nodes(job),
+                await commands.started_line(job),
+            )
 
-        nodes, record, again = asyncio.run(start())
+        nodes, record, again, line = asyncio.run(start())
         assert [a[0] for a in commands.argvs] == ["squeue"]
         assert isinstance(record, JobRecord) and record.job_id == int(job) and record.state == "RUNNING"
+        assert parse_job_line(line) == record  # what the gateway's front passes to the bank's prolog
         assert record.node_list == shown["NodeList"]
         assert nodes == again and getattr(nodes, "names", None) == (shown["NodeList"],)
         unnoted = CountingCommands(dev_cluster.slurm_conf)

@@ -1,10 +1,10 @@
 """A job's compute nodes are written into its Computes once Slurm has given them (paths), ahead of pre_run.
 
-slurmctld calls paths when it has allocated the job's nodes and pre_run right after. The front asks the
-worker to start on the Computes when it has answered paths (``prepare_pre_run``), so reading the nodes
-from slurmctld and writing them overlaps the start of pre_run. pre_run then takes that work, or does it
-again when it failed. The harness's system is real (store, controllers, test driver, Gateway over its
-socket); only the job's nodes come from a stand-in for ``scontrol show job``.
+slurmctld calls paths when it has allocated the job's nodes and pre_run right after. paths starts on the
+Computes once it has its answer (``prepare_pre_run``), so reading the nodes from slurmctld and writing
+them overlaps the start of pre_run. pre_run then takes that work, or does it again when it failed. The
+harness's system is real (store, controllers, test driver, Gateway over its socket); only the job's
+nodes come from a stand-in for ``scontrol show job``.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ async def _job_with_a_mounted_buffer(h: GatewayHarness, job_id: str) -> None:
     test driver, which completes the states here, makes none)."""
     fields = h.job_fields(job_id, SCRIPT)
     assert await h.call("setup", **fields) == (200, "")
+    assert await h.call("data_in", job_id=job_id) == (200, "")
     buffers = [{"command": "jobdw", "name": "s", "servers": f"bb{job_id}-0"}]
     h.merge_patch(f"bb{job_id}", {"metadata": {"annotations": {BUFFERS_ANNOTATION: json.dumps(buffers)}}})
     await h.cached(f"bb{job_id}", lambda obj: BUFFERS_ANNOTATION in obj["metadata"].get("annotations", {}))
@@ -64,7 +65,8 @@ def test_the_nodes_are_written_after_paths_and_pre_run_does_not_ask_again(tmp_pa
     async def body(h: GatewayHarness, slurm: NodesSlurm) -> None:
         await _job_with_a_mounted_buffer(h, "31")
         slurm.nodes["31"] = ("compute1", "compute2")
-        assert await h.call("prepare_pre_run", job_id="31") == (200, "")
+        status, env = await h.call("paths", job_id="31")
+        assert (status, env.splitlines()[0]) == (200, "DW_WORKFLOW_NAME=bb31")
         await eventually(lambda: _computes(h, "bb31") == ["compute1", "compute2"], "bb31's Computes")
         assert await h.call("pre_run", job_id="31") == (200, "")
         assert slurm.asked == ["31"] and slurm.noted_starts == ["31"]
@@ -76,7 +78,7 @@ def test_the_nodes_are_written_after_paths_and_pre_run_does_not_ask_again(tmp_pa
 def test_pre_run_asks_again_when_slurm_showed_no_nodes_at_paths(tmp_path: Path) -> None:
     async def body(h: GatewayHarness, slurm: NodesSlurm) -> None:
         await _job_with_a_mounted_buffer(h, "32")
-        assert await h.call("prepare_pre_run", job_id="32") == (200, "")
+        assert (await h.call("paths", job_id="32"))[0] == 200
         await eventually(lambda: slurm.asked == ["32"], "the nodes of job 32 to be asked for")
         slurm.nodes["32"] = ("compute2",)
         assert await h.call("pre_run", job_id="32") == (200, "")

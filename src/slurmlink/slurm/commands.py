@@ -177,7 +177,7 @@ class SlurmCommands:
         self.timeout = timeout
         self._records = JobRecordBatch(self.job_records)
         #: Job id → (monotonic time, its read) for jobs slurmctld has just started (:meth:`note_start`).
-        self._starts: dict[str, tuple[float, asyncio.Task[JobRecord | None]]] = {}
+        self._starts: dict[str, tuple[float, asyncio.Task[tuple[str, JobRecord | None]]]] = {}
 
     def state_save_location(self) -> Path:
         """Where slurmctld keeps job scripts (``hash.N/job.<id>/script``)."""
@@ -264,6 +264,11 @@ class SlurmCommands:
         This is how the bank's hooks read a job that starts or ends: Slurm 22.05's ``squeue --json``
         would print the whole queue (hundreds of KB, under slurmctld's job lock) for each, and the
         prolog holds up the job's start. A line this cannot read falls back to :meth:`job_record`."""
+        return (await self._read_alone(job_id))[1]
+
+    async def _read_alone(self, job_id: str) -> tuple[str, JobRecord | None]:
+        """:meth:`job_alone`'s job, with the ``squeue`` line it was read from ("" when it was read
+        another way or not found), which another process can read again (:func:`parse_job_line`)."""
         from slurmlink.slurm.jobrecord import line_format, parse_job_line
 
         job_id = _job_id(job_id)
@@ -277,15 +282,15 @@ class SlurmCommands:
         )
         if result.returncode != 0:
             if "Invalid job id" in result.stderr:
-                return None
+                return "", None
             raise SlurmCommandError(f"squeue --jobs={job_id} failed: {result.stderr.strip()}")
         lines = result.stdout.splitlines()
         if not lines:
-            return None
+            return "", None
         record = parse_job_line(lines[0]) if len(lines) == 1 else None
         if record is None or record.job_id != int(job_id):
-            return await self.job_record(job_id)
-        return record
+            return "", await self.job_record(job_id)
+        return lines[0], record
 
     def note_start(self, job_id: str) -> None:
         """slurmctld has just given the job its nodes (burst_buffer's ``paths``): read it once now
@@ -298,24 +303,32 @@ class SlurmCommands:
         earlier = self._starts.pop(job_id, None)
         if earlier is not None:
             earlier[1].cancel()  # a start that never went on (requeued): this one is read afresh
-        task = asyncio.create_task(self.job_alone(job_id))
+        task = asyncio.create_task(self._read_alone(job_id))
         task.add_done_callback(retrieve_exception)
         self._starts[job_id] = (now, task)
 
-    async def started_job(self, job_id: str) -> JobRecord | None:
-        """The job as read when its start was noted (:meth:`note_start`) in the last minute; None
-        when it was not, or that read failed (the caller then reads the job itself)."""
+    async def _started(self, job_id: str) -> tuple[str, JobRecord | None]:
         entry = self._starts.get(_job_id(job_id))
         if entry is None or time.monotonic() - entry[0] >= _START_KEPT:
-            return None
+            return "", None
         try:
             return await asyncio.shield(entry[1])
         except asyncio.CancelledError:
             if entry[1].cancelled():  # replaced by a later start, not this caller cancelled
-                return None
+                return "", None
             raise
         except Exception:
-            return None
+            return "", None
+
+    async def started_job(self, job_id: str) -> JobRecord | None:
+        """The job as read when its start was noted (:meth:`note_start`) in the last minute; None
+        when it was not, or that read failed (the caller then reads the job itself)."""
+        return (await self._started(job_id))[1]
+
+    async def started_line(self, job_id: str) -> str:
+        """The ``squeue`` line :meth:`started_job` was read from, for a process that did not read it
+        (the gateway's worker, for the bank's prolog); "" when there is none."""
+        return (await self._started(job_id))[0]
 
     async def job_records(self, job_ids: list[str]) -> dict[str, JobRecord]:
         """The jobs among ``job_ids`` slurmctld still holds (without RunTime), in one ``squeue`` run."""

@@ -58,7 +58,6 @@ class Gateway:
             "real_size": ops.real_size,
             "paths": ops.paths,
             "pre_run": ops.state_operation("PreRun"),
-            "prepare_pre_run": ops.prepare_pre_run,
             "post_run": ops.state_operation("PostRun"),
             "data_out": ops.state_operation("DataOut"),
             "test_data_out": ops.test_operation("DataOut"),

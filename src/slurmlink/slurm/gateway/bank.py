@@ -35,11 +35,14 @@ from slurmlink.slurm.accounting import ended_runs
 from slurmlink.slurm.commands import SlurmCommandError, SlurmCommands
 from slurmlink.slurm.gateway.banksettings import ALLOW, HOLD_JOB, BankSettings
 from slurmlink.slurm.gateway.operations import Fields, GatewayError
-from slurmlink.slurm.jobrecord import JobRecord
+from slurmlink.slurm.jobrecord import JobRecord, parse_job_line
 
 log = logging.getLogger(__name__)
 
 BANK = "/bank/v1"
+#: The prolog's field for the ``squeue`` line of the job's start, which only the gateway's front sets
+#: (it removes one that came from the caller).
+STARTED_FIELD = "started"
 #: How long an acceptance may stay out of slurm.jobs before it stops counting, and the width of the
 #: acceptance tokens (microseconds since the epoch, so they grow across gateway restarts too).
 RECENT_SECONDS = 60.0
@@ -412,14 +415,19 @@ class BankHooks:
         return job
 
     async def _started(self, fields: Fields) -> JobRecord | None:
-        """The job as read when slurmctld started it (:meth:`SlurmCommands.note_start`), if that read
-        was of this run; else None."""
+        """The job as read when slurmctld started it, if that read was of this run; else None. The
+        gateway's front reads it (:meth:`SlurmCommands.note_start`) and passes the line along
+        (:data:`STARTED_FIELD`); a gateway without a front has its own read."""
+        job_id = fields.get("job_id", "")
+        line = fields.get(STARTED_FIELD, "")
         try:
-            job = await self.slurm.started_job(fields.get("job_id", ""))
+            job = parse_job_line(line) if line else await self.slurm.started_job(job_id)
         except ValueError:
             return None
         restart = fields.get("restart", "")
-        if job is None or (restart.isdigit() and int(restart) != job.restart_count):
+        if job is None or str(job.job_id) != job_id:
+            return None
+        if restart.isdigit() and int(restart) != job.restart_count:
             return None
         return job
 

@@ -6,9 +6,11 @@ The stage callbacks (setup through teardown) run in slurmctld's background threa
 drivers. A wave of stage-ins therefore must not delay a submission.
 
 So ``slurmlink slurm gateway`` runs as two processes. The front owns the Lua's socket and answers the
-lock-holding and read-only callbacks from its own caches at normal CPU priority. The worker (the full
-Gateway, including the sweeper) runs the stage callbacks at a lower priority in its own session and
-autogroup, behind an internal socket that uses the same protocol. The front starts the worker, restarts
+lock-holding and read-only callbacks from its own caches at normal CPU priority, and ``pre_run``: a
+started job holds its nodes until that answers, and it is light (the job's nodes read once at ``paths``,
+two writes, then a wait on the watch). The worker (the full Gateway, including the sweeper) runs the
+other stage callbacks at a lower priority in its own session and autogroup, behind an internal socket
+that uses the same protocol. The front starts the worker, restarts
 it if it dies, and stops it on exit; the worker exits when the front's pipe to it closes.
 """
 
@@ -27,7 +29,7 @@ from slurmlink.client.base import Client
 from slurmlink.resources.dws.directiverule import DW_DIRECTIVE_RULE
 from slurmlink.resources.dws.workflow import WORKFLOW
 from slurmlink.slurm.commands import SlurmCommands
-from slurmlink.slurm.gateway.bank import BankView, bank_extend, bank_submit
+from slurmlink.slurm.gateway.bank import STARTED_FIELD, BankView, bank_extend, bank_submit
 from slurmlink.slurm.gateway.buffers import BufferView
 from slurmlink.slurm.gateway.config import GatewayConfig
 from slurmlink.slurm.gateway.informer import Informer, sync_problem
@@ -37,11 +39,11 @@ from slurmlink.slurm.gateway.worker_link import WorkerLink
 
 log = logging.getLogger(__name__)
 
-#: Callbacks the worker runs: they change Workflows and wait for drivers.
+#: Callbacks the worker runs: they change Workflows and wait for drivers. (pre_run is the front's:
+#: Slurm holds the job's nodes while it runs, and it costs two writes once the job has been read.)
 FORWARDED = (
     "setup",
     "data_in",
-    "pre_run",
     "post_run",
     "data_out",
     "teardown",
@@ -73,7 +75,7 @@ def worker_socket_path(socket_path: Path) -> Path:
 
 
 class FrontGateway:
-    """Answers job_process, paths, pools, real_size, status and test_data_* itself; forwards the rest."""
+    """Answers job_process, paths, pre_run, pools, real_size, status, test_data_*; forwards the rest."""
 
     def __init__(self, client: Client, config: GatewayConfig, link: WorkerLink) -> None:
         self.config = config
@@ -100,7 +102,8 @@ class FrontGateway:
             "job_process": self.job_process,
             "pools": ops.pools,
             "real_size": ops.real_size,
-            "paths": self.paths,
+            "paths": ops.paths,
+            "pre_run": ops.state_operation("PreRun"),
             "status": ops.status,
             "test_data_in": ops.test_operation("DataIn"),
             "test_data_out": ops.test_operation("DataOut"),
@@ -115,6 +118,7 @@ class FrontGateway:
 
             table["bank_submit"] = submit
             table["bank_extend"] = self._extend
+            table["bank_prolog"] = self._prolog
         return table
 
     async def _extend(self, fields: Fields) -> str:
@@ -131,6 +135,17 @@ class FrontGateway:
         except Exception as exc:  # logged by the worker too; the charge at the end covers the rest
             log.warning("raising the hold of job %s failed: %s", fields.get("job_id"), exc)
 
+    async def _prolog(self, fields: Fields) -> str:
+        """The bank's hold, by the worker, on the job as this process read it at ``paths`` (if it did)."""
+        sent = {k: v for k, v in fields.items() if k != STARTED_FIELD}
+        try:
+            line = await self.ops.slurm.started_line(fields.get("job_id", ""))
+        except ValueError:  # not a job id: the worker says so
+            line = ""
+        if line:
+            sent[STARTED_FIELD] = line
+        return await self.link.call("bank_prolog", sent)
+
     def _later(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` after the answer (slurmctld holds its job lock until it has one)."""
         task = asyncio.create_task(work)
@@ -142,19 +157,6 @@ class FrontGateway:
             return await self.link.call(name, fields)
 
         return forward
-
-    async def paths(self, fields: Fields) -> str:
-        """The job's environment; then the worker starts on its compute nodes, which pre_run needs
-        next (slurmctld has given the job its nodes, and holds its job lock until this answers)."""
-        answer = await self.ops.paths(fields)
-        self._later(self._prepare_pre_run(dict(fields)))
-        return answer
-
-    async def _prepare_pre_run(self, fields: dict[str, str]) -> None:
-        try:
-            await self.link.call("prepare_pre_run", {"job_id": fields.get("job_id", "")})
-        except Exception as exc:  # pre_run writes them itself
-            log.info("job %s: preparing its pre_run failed: %s", fields.get("job_id"), exc)
 
     async def job_process(self, fields: Fields) -> str:
         """Check the directives here; Slurm 23.02+ also gets the Workflow created, by the worker, later."""

@@ -56,6 +56,8 @@ _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _RULES_SYNC_WAIT = 2.0
 #: How long paths (also inside slurmctld) may wait for its cache to show DataIn completed.
 _PATHS_CATCH_UP = 1.0
+#: How long the work paths started for a job's pre_run waits for that pre_run to take it, seconds.
+_PRE_RUN_KEPT = 120.0
 #: How long pools (inside slurmctld, at its start) may wait for the first list of pools.
 _POOLS_SYNC_WAIT = 1.0
 #: Buffer commands whose storage the workload manager places, and those mounted on compute nodes.
@@ -482,14 +484,13 @@ class BurstBufferOps:
 
         return operation
 
-    async def prepare_pre_run(self, fields: Fields) -> str:
+    def prepare_pre_run(self, job_id: str) -> None:
         """Start writing the job's compute nodes into its Computes, ahead of its pre_run.
 
-        slurmctld calls paths once it has given the job its nodes, and pre_run right after; the front
-        asks for this once it has answered paths, so the ``scontrol`` and the write overlap the start of
+        slurmctld calls paths once it has given the job its nodes, and pre_run right after; paths
+        starts this once it has its answer, so the ``squeue`` and the write overlap the start of
         pre_run instead of preceding its mounts. The job is read once for this and for the bank's
         prolog, which slurmctld runs at the same time (:meth:`SlurmCommands.note_start`)."""
-        job_id = _job_id(fields)
         self.slurm.note_start(job_id)
         earlier = self._computes.pop(job_id, None)  # a start that never reached pre_run (requeued)
         if earlier is not None:
@@ -497,7 +498,12 @@ class BurstBufferOps:
         task = asyncio.create_task(self._fill_computes(workflow_name(job_id), job_id))
         task.add_done_callback(retrieve_exception)
         self._computes[job_id] = task
-        return ""
+
+        def forget() -> None:  # a pre_run that never came (Slurm killed the job before it)
+            if self._computes.get(job_id) is task:
+                del self._computes[job_id]
+
+        asyncio.get_running_loop().call_later(_PRE_RUN_KEPT, forget)
 
     async def _computes_filled(self, job_id: str) -> None:
         """The job's Computes written: by the task paths started, or now if there is none or it failed."""
@@ -619,8 +625,15 @@ class BurstBufferOps:
         return total, allocations
 
     async def paths(self, fields: Fields) -> str:
-        """Environment for the job: the Workflow's name and namespace plus its ``status.env``."""
-        name = workflow_name(_job_id(fields))
+        """Environment for the job: the Workflow's name and namespace plus its ``status.env``; and
+        the start of its pre_run's work (:meth:`prepare_pre_run`), as slurmctld calls pre_run next."""
+        job_id = _job_id(fields)
+        answer = await self._environment(job_id, fields)
+        self.prepare_pre_run(job_id)
+        return answer
+
+    async def _environment(self, job_id: str, fields: Fields) -> str:
+        name = workflow_name(job_id)
         env = {"DW_WORKFLOW_NAME": name, "DW_WORKFLOW_NAMESPACE": self.config.namespace}
         obj = await self._staged_in(name)
         for key, value in ((obj or {}).get("status") or {}).get("env", {}).items():
