@@ -120,8 +120,30 @@ def mkfs(
     runner.run(argv, timeout=600)
 
 
+#: An XFS superblock starts with its magic; its UUID is the 16 bytes at offset 32.
+_XFS_MAGIC = b"XFSB"
+_XFS_UUID = slice(32, 48)
+
+
+def _xfs_uuid_here(device: str) -> str | None:
+    """The UUID of the XFS on ``device`` read from its superblock by this process; None when the
+    device holds no XFS (:func:`fs_uuid` then asks ``blkid``), or cannot be read."""
+    try:
+        with open(device, "rb", buffering=0) as f:
+            head = f.read(512)
+    except OSError:
+        return None
+    if len(head) < _XFS_UUID.stop or head[:4] != _XFS_MAGIC:
+        return None
+    return str(uuidlib.UUID(bytes=head[_XFS_UUID]))
+
+
 def fs_uuid(runner: NodeRunner, device: str) -> str | None:
     """The file-system UUID on ``device`` read from the device itself (no blkid cache)."""
+    if runner.here:
+        found = _xfs_uuid_here(device)
+        if found is not None:
+            return found
     result = runner.run(["blkid", "--probe", "--match-tag", "UUID", "--output", "value", device], check=False)
     return result.stdout.strip() or None
 

@@ -6,6 +6,7 @@ Everything runs through the node's runner, so the node's own mount namespace is 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from slurmlink.storage.filesystems import runner as nodefs
@@ -21,12 +22,47 @@ class MountInfo:
     options: str
 
 
+#: This process's mount table (the kernel's own, so nothing is read from a mounted file system).
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo field with its octal escapes (``\\040`` for a space, ...) decoded."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _merged(vfs: str, fs: str) -> str:
+    """findmnt's OPTIONS: the mount's options, then the file system's not already among them."""
+    seen = vfs.split(",")
+    return ",".join([*seen, *(o for o in fs.split(",") if o and o not in seen)])
+
+
+def mount_table(path: str = MOUNTINFO) -> list[MountInfo]:
+    """Every mount of this process's namespace, in mount order (a later one on the same point is on
+    top). SOURCE as findmnt shows it: a bind mount of part of a file system adds ``[root]``."""
+    found = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            head, _, tail = line.rstrip("\n").partition(" - ")
+            fields, rest = head.split(" "), tail.split(" ")
+            if len(fields) < 6 or len(rest) < 3:
+                continue
+            root, target, options = _unescape(fields[3]), _unescape(fields[4]), fields[5]
+            fstype, source, fs_options = rest[0], _unescape(rest[1]), rest[2]
+            if root != "/":
+                source = f"{source}[{root}]"
+            found.append(MountInfo(target, source, fstype, _merged(options, fs_options)))
+    return found
+
+
 def mounted_at(runner: NodeRunner, path: str) -> MountInfo | None:
     """What is mounted exactly at ``path`` on the node (the top mount if several), or None.
 
-    Reads the mount table (``findmnt``) without touching the file system, so a dead FUSE mount
-    does not hang it.
+    Reads the mount table (the agent's own, or ``findmnt`` on another node) without touching the
+    file system, so a dead FUSE mount does not hang it.
     """
+    if runner.here:
+        return next((m for m in reversed(mount_table()) if m.target == path), None)
     result = runner.run(
         ["findmnt", "--json", "--mountpoint", path, "--output", "TARGET,SOURCE,FSTYPE,OPTIONS"], check=False
     )
@@ -44,6 +80,8 @@ def mounted_at(runner: NodeRunner, path: str) -> MountInfo | None:
 
 def mount_sources(runner: NodeRunner, source: str) -> list[str]:
     """Mount points on the node whose source is ``source`` (a device, ``host:volume``)."""
+    if runner.here:
+        return [m.target for m in mount_table() if m.source.split("[", 1)[0] == source]
     result = runner.run(["findmnt", "--json", "--source", source, "--output", "TARGET"], check=False)
     if result.returncode != 0 or not result.stdout.strip():
         return []
@@ -58,7 +96,7 @@ def prepare_mount_point(runner: NodeRunner, path: str) -> None:
     """
     nodefs.check_path(path, "mount point")
     nodefs.make_dirs(runner, path)
-    real = runner.run(["realpath", "-e", "--", path]).stdout.strip()
+    real = nodefs.real_path(runner, path)
     if real != path:
         raise StateError(
             f"on node {runner.name}: mount point {path} resolves to {real} through a symbolic link; "

@@ -6,7 +6,10 @@ the node (``command``): no prefix runs it here, ``("nsenter", "--net=/run/netns/
 inside a network namespace, and the dev cluster's helper provides the prefix for its nodes. Everything
 a driver does to a node goes through its runner: programs (``mkfs.xfs``, ``mount``, ``gluster``) and
 file operations alike (``mkdir``, ``cat``, ``rm``), so a node's mount namespace is always the one that
-sees them. Commands are argv lists; no shell ever parses them.
+sees them. An agent's runner for its own node (no prefix) does the file operations, and the reads of
+XFS UUIDs and mounts (``loop``, ``mounts``), in its own process, which is in that
+namespace: an agent makes dozens per buffer, and each program started costs about a millisecond of CPU
+on the node. Commands are argv lists; no shell ever parses them.
 
 Drivers look runners up by node name with a :data:`RunnerLookup` (default: :func:`local_runners`,
 every node is this host).
@@ -14,6 +17,7 @@ every node is this host).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -56,6 +60,13 @@ class NodeRunner:
     #: Instead of ``prefix``: a function giving the argv that runs an argv on the node (such as the
     #: dev cluster's per-node helper).
     wrap: Callable[[Sequence[str]], list[str]] | None = None
+
+    @property
+    def here(self) -> bool:
+        """Whether commands run in this process's own namespaces (no prefix, no wrap): the file
+        operations below are then done in this process instead of by a program each (an agent makes
+        several per buffer; each program started costs about a millisecond of CPU)."""
+        return not self.prefix and self.wrap is None
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """The argv that runs ``argv`` on this node."""
@@ -160,17 +171,41 @@ def check_path(path: str, what: str = "path") -> str:
     return path
 
 
+def _failed(runner: NodeRunner, argv: Sequence[str], exc: OSError) -> CommandError:
+    """The error the command ``argv`` would have raised, for an operation done in this process."""
+    return CommandError(runner.name, argv, 1, f"{exc.strerror or exc}: {exc.filename or argv[-1]}")
+
+
 def exists(runner: NodeRunner, path: str) -> bool:
+    if runner.here:
+        return os.path.exists(path)
     return runner.run(["test", "-e", path], check=False).returncode == 0
 
 
 def is_dir(runner: NodeRunner, path: str) -> bool:
+    if runner.here:
+        return os.path.isdir(path)
     return runner.run(["test", "-d", path], check=False).returncode == 0
 
 
 def make_dirs(runner: NodeRunner, path: str, mode: int | None = None) -> None:
     """``mkdir -p``; ``mode`` applies to the last component only, and only when it is created."""
-    runner.run(["mkdir", "-p", *(["-m", f"{mode:o}"] if mode is not None else []), "--", path])
+    argv = ["mkdir", "-p", *(["-m", f"{mode:o}"] if mode is not None else []), "--", path]
+    if not runner.here:
+        runner.run(argv)
+        return
+    try:
+        os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise
+            return
+        if mode is not None:
+            os.chmod(path, mode)  # exactly this, as mkdir -m sets it (the umask left out)
+    except OSError as exc:
+        raise _failed(runner, argv, exc) from None
 
 
 def remove_tree(runner: NodeRunner, path: str) -> None:
@@ -180,16 +215,37 @@ def remove_tree(runner: NodeRunner, path: str) -> None:
 
 
 def remove_file(runner: NodeRunner, path: str) -> None:
-    runner.run(["rm", "-f", "--", path])
+    argv = ["rm", "-f", "--", path]
+    if not runner.here:
+        runner.run(argv)
+        return
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise _failed(runner, argv, exc) from None
 
 
 def remove_empty_dir(runner: NodeRunner, path: str) -> None:
     """``rmdir`` if it exists and is empty; anything else is left as it is."""
-    runner.run(["rmdir", "--", path], check=False)
+    if not runner.here:
+        runner.run(["rmdir", "--", path], check=False)
+        return
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
 
 
 def read_text(runner: NodeRunner, path: str) -> str | None:
     """The file's text, or None if it does not exist."""
+    if runner.here:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _failed(runner, ["cat", path], exc) from None
     result = runner.run(["cat", "--", path], check=False)
     if result.returncode == 0:
         return result.stdout
@@ -201,9 +257,31 @@ def read_text(runner: NodeRunner, path: str) -> str | None:
 def write_text(runner: NodeRunner, path: str, text: str, mode: int = 0o600) -> None:
     """Replace the file atomically (write a temporary file next to it, then rename it)."""
     tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp"
-    runner.run(["install", "-m", f"{mode:o}", "/dev/null", tmp])
-    runner.run(["dd", f"of={tmp}", "conv=fsync", "status=none"], input=text)
-    runner.run(["mv", "-f", "--", tmp, path])
+    if not runner.here:
+        runner.run(["install", "-m", f"{mode:o}", "/dev/null", tmp])
+        runner.run(["dd", f"of={tmp}", "conv=fsync", "status=none"], input=text)
+        runner.run(["mv", "-f", "--", tmp, path])
+        return
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(fd, mode)
+            f.write(text.encode())
+            f.flush()
+            os.fsync(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise _failed(runner, ["install", "-m", f"{mode:o}", "/dev/null", tmp], exc) from None
+
+
+def real_path(runner: NodeRunner, path: str) -> str:
+    """``realpath -e``: the path with every link resolved; CommandError if it does not exist."""
+    argv = ["realpath", "-e", "--", path]
+    if not runner.here:
+        return runner.run(argv).stdout.strip()
+    if not os.path.exists(path):
+        raise CommandError(runner.name, argv, 1, f"realpath: {path}: No such file or directory")
+    return os.path.realpath(path)
 
 
 def read_json(runner: NodeRunner, path: str) -> Any:

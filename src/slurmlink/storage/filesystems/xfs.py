@@ -186,7 +186,16 @@ class XfsDriver(FileSystemDriver):
         return Usage(fs.allocation.capacity, size, used, available, self.enforcement)
 
 
+#: Nodes whose XFS tools were found by this process (their own runners only: installed tools stay).
+_TOOLS_FOUND: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+
+
 def check_tools(runner: NodeRunner) -> None:
     """Fail early, before anything is made, when the node lacks XFS tools (MissingToolError)."""
+    key = (runner.name, tuple(sorted(runner.env.items())))
+    if runner.here and key in _TOOLS_FOUND:
+        return
     runner.run(["mkfs.xfs", "-V"])
     runner.run(["losetup", "--version"])
+    if runner.here:
+        _TOOLS_FOUND.add(key)
