@@ -76,10 +76,8 @@ def loop_devices(runner: NodeRunner, image: str) -> list[str]:
 
 
 def attach(runner: NodeRunner, image: str, *, direct_io: bool) -> str:
-    """The loop device of ``image``, attaching it if it is not (``--nooverlap`` reuses an existing one)."""
-    existing = loop_devices(runner, image)
-    if existing:
-        return existing[0]
+    """The loop device of ``image``, attaching it if it is not (``--nooverlap`` prints the device
+    already attached to it instead, so no lookup comes first)."""
     argv = ["losetup", "--find", "--show", "--nooverlap"]
     if direct_io:
         argv.append("--direct-io=on")
@@ -101,7 +99,8 @@ def detach(runner: NodeRunner, image: str) -> None:
         runner.run(["losetup", "--detach", device], check=False)
     # A device still open (just unmounted, its last reference going away) is marked to detach on its
     # last close; give that a moment before calling it busy.
-    nodefs.wait_for(lambda: not loop_devices(runner, image), DETACH_GRACE, interval=0.1)
+    if nodefs.wait_for(lambda: not loop_devices(runner, image), DETACH_GRACE, interval=0.1):
+        return
     still = loop_devices(runner, image)
     if still:
         raise StateError(
