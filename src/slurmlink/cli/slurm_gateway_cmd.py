@@ -183,8 +183,9 @@ async def _run_worker(kubeconfig: Path, context: str | None, config: gwconfig.Ga
     show_default=True,
     envvar="SLURMLINK_GATEWAY_WORKER_NICE",
     help="How much to lower the CPU priority of the gateway's worker process, which runs the stage callbacks "
-    "(setup to teardown) and the sweeper. The front process, which answers sbatch's job_process and each "
-    "job's paths while slurmctld holds its job lock, keeps its priority.",
+    "(setup to teardown, but pre_run) and the sweeper. The front process, which answers sbatch's "
+    "job_process and each job's paths while slurmctld holds its job lock, and pre_run while the job "
+    "holds its nodes, keeps its priority.",
 )
 @click.option(
     "--setups-at-once",

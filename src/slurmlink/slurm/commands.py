@@ -161,7 +161,7 @@ class JobRecordBatch:
 
 
 #: How long the read of a job's start (:meth:`SlurmCommands.note_start`) serves what follows it, seconds.
-_START_KEPT = 60.0
+START_KEPT = 60.0
 
 
 def _one_node(node_list: str) -> bool:
@@ -299,7 +299,7 @@ class SlurmCommands:
         their own, while slurmctld held the job's start for both."""
         job_id = _job_id(job_id)
         now = time.monotonic()
-        self._starts = {j: entry for j, entry in self._starts.items() if now - entry[0] < _START_KEPT}
+        self._starts = {j: entry for j, entry in self._starts.items() if now - entry[0] < START_KEPT}
         earlier = self._starts.pop(job_id, None)
         if earlier is not None:
             earlier[1].cancel()  # a start that never went on (requeued): this one is read afresh
@@ -309,7 +309,7 @@ class SlurmCommands:
 
     async def _started(self, job_id: str) -> tuple[str, JobRecord | None]:
         entry = self._starts.get(_job_id(job_id))
-        if entry is None or time.monotonic() - entry[0] >= _START_KEPT:
+        if entry is None or time.monotonic() - entry[0] >= START_KEPT:
             return "", None
         try:
             return await asyncio.shield(entry[1])

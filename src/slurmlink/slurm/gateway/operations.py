@@ -35,7 +35,7 @@ from slurmlink.resources.meta import parse_time
 from slurmlink.resources.sizes import approximate_size, format_size
 from slurmlink.resources.storage.datamovement import DATA_MOVEMENT, endpoint_text
 from slurmlink.resources.storage.storageallocation import STORAGE_ALLOCATION
-from slurmlink.slurm.commands import SlurmCommandError, SlurmCommands
+from slurmlink.slurm.commands import START_KEPT, SlurmCommandError, SlurmCommands
 from slurmlink.slurm.gateway import script as scripts
 from slurmlink.slurm.gateway.buffers import BufferView
 from slurmlink.slurm.gateway.config import (
@@ -56,8 +56,6 @@ _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _RULES_SYNC_WAIT = 2.0
 #: How long paths (also inside slurmctld) may wait for its cache to show DataIn completed.
 _PATHS_CATCH_UP = 1.0
-#: How long the work paths started for a job's pre_run waits for that pre_run to take it, seconds.
-_PRE_RUN_KEPT = 120.0
 #: How long pools (inside slurmctld, at its start) may wait for the first list of pools.
 _POOLS_SYNC_WAIT = 1.0
 #: Buffer commands whose storage the workload manager places, and those mounted on compute nodes.
@@ -503,7 +501,7 @@ class BurstBufferOps:
             if self._computes.get(job_id) is task:
                 del self._computes[job_id]
 
-        asyncio.get_running_loop().call_later(_PRE_RUN_KEPT, forget)
+        asyncio.get_running_loop().call_later(START_KEPT, forget)
 
     async def _computes_filled(self, job_id: str) -> None:
         """The job's Computes written: by the task paths started, or now if there is none or it failed."""
