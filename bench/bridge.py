@@ -33,6 +33,7 @@ from pathlib import Path
 
 import httpx
 
+from procstat import cpu_seconds
 from slurmlink.auth.kubeconfig import load_kubeconfig
 from slurmlink.client.http import ssl_context
 
@@ -57,11 +58,6 @@ def client(kubeconfig: Path, connections: int) -> httpx.Client:
 
 def metric(text: str, name: str) -> float:
     return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def drain(env: dict[str, str]) -> None:

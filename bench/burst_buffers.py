@@ -73,11 +73,11 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 # Run as a script, bench/ is on sys.path: the Slurm benchmark's helpers are shared, not copied.
+from procstat import cpu_seconds
 from slurm_bb import (
     BenchError,
     JobPoller,
     _raise_interrupt,
-    cpu_seconds,
     fmt,
     free_port,
     pct,

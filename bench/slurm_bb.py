@@ -57,6 +57,7 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any, Self, cast
 
+from procstat import child_pids, cpu_seconds
 from slurmlink.cpu_priority import COLOCATED_SERVE_NICE
 from slurmlink.serve_process import ServeError, ServeProcess
 from slurmlink.slurm.devcluster import (
@@ -134,26 +135,6 @@ def stop_process(proc: subprocess.Popen[Any] | None, name: str, timeout: float =
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout)
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time of a live process from /proc (NaN if it is gone)."""
-    if pid is None:
-        return float("nan")
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return float("nan")
-    # utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def child_pids(pid: int) -> list[int]:
-    """The direct children of a live process (Linux /proc)."""
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 def wait_until(probe: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:

@@ -6,6 +6,7 @@ Prints, for SQLite and PostgreSQL stores:
     wait for ready=true via one shared watch, delete);
   * p50/p99 latency from a desiredState patch to the watch event showing ready=true;
   * watch delivery latency (write response -> event with that resourceVersion);
+  * the server's CPU for the API run, in all and per transition;
 and, side by side in the same run, the upstream plugin's way of driving the same workflows (one
 kubectl process per call, polling every second) as the baseline, with the ratio. Also the median of
 20 ``kubectl get -o jsonpath`` calls against slurmlink.
@@ -29,6 +30,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from procstat import cpu_seconds
 from slurmlink.auth.kubeconfig import load_kubeconfig
 from support.kubectl import kubectl_120, run_kubectl
 from support.postgres import PostgresServer
@@ -246,7 +248,10 @@ def bench_store(label: str, store: str | None, args: argparse.Namespace, kubectl
     base = Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
     with ServerProcess(base / "state", store=store) as server:
         kubeconfig = wlm_kubeconfig(server)
+        assert server.proc is not None
+        cpu_before = cpu_seconds(server.proc.pid)
         ours = asyncio.run(drive_api(server, args.workflows, args.clients, 1000))
+        server_cpu = cpu_seconds(server.proc.pid) - cpu_before
         upstream = drive_upstream_style(
             kubectl, kubeconfig, args.baseline_workflows, args.clients, 50000, base
         )
@@ -264,6 +269,11 @@ def bench_store(label: str, store: str | None, args: argparse.Namespace, kubectl
         f"({args.baseline_workflows} workflows in {upstream['elapsed_s']:.1f} s)"
     )
     print(f"ratio                 : {ours['transitions_per_s'] / upstream['transitions_per_s']:8.1f} x")
+    transitions = args.workflows * len(STATES)
+    print(
+        f"server CPU            : {server_cpu:.2f} s for the API run, "
+        f"{1000 * server_cpu / transitions:.2f} ms per transition"
+    )
     print(f"patch -> ready latency: p50 {ours['p50_ms']:.1f} ms, p99 {ours['p99_ms']:.1f} ms")
     print(f"watch delivery        : p50 {ours['watch_p50_ms']:.1f} ms, p99 {ours['watch_p99_ms']:.1f} ms")
     print(

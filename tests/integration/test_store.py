@@ -551,6 +551,48 @@ def test_hub_that_falls_behind_compaction_resets_and_keeps_no_stale_ring(tmp_pat
         theirs.close()
 
 
+def test_sqlite_hub_polls_for_another_stores_writes_and_reads_the_log_only_then(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite, two store instances (as another process): the periodic poll delivers the other's
+    writes; while nothing new is committed it reads the revision only, not the event log."""
+    url = f"sqlite:///{tmp_path / 'two.db'}"
+    mine, theirs = SqlStore(url), SqlStore(url)
+
+    async def main() -> None:
+        hub = WatchHub(mine, poll_interval=0.05)
+        await hub.start()
+        try:
+            sub = await hub.subscribe(None, everything)
+            reads = _spy_events_after(mine, monkeypatch)
+            theirs.create("things", NS, "t0", thing("t0"))
+            (event,) = await collect(sub, 1)
+            assert (event.type, event.object) == ("ADDED", theirs.get("things", NS, "t0"))
+            settled = len(reads)
+            assert settled >= 1
+            polls: list[int] = []
+            current_revision = mine.current_revision
+
+            def counted() -> int:
+                polls.append(1)
+                return current_revision()
+
+            monkeypatch.setattr(mine, "current_revision", counted)
+            await wait_until(lambda: len(polls) >= 5, what="five polls with nothing new")
+            assert len(reads) == settled
+            theirs.create("things", NS, "t1", thing("t1"))
+            (event,) = await collect(sub, 1)
+            assert event.object["metadata"]["name"] == "t1" and len(reads) > settled
+        finally:
+            await hub.stop()
+
+    try:
+        run(main())
+    finally:
+        mine.close()
+        theirs.close()
+
+
 def test_hub_closes_a_subscriber_that_cannot_keep_up(store: SqlStore) -> None:
     async def main() -> None:
         hub = WatchHub(store, poll_interval=3600)

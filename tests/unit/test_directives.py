@@ -930,3 +930,25 @@ def test_agrees_with_python_re_on_common_subset(pre: str, body: str, post: str, 
     token = value or "x"
     expected = re.search(pattern, token) is not None
     assert (error_of([f"#DW r v={token}"], rules) is None) is expected
+
+
+def test_rules_from_stored_objects_are_converted_again_when_an_object_changes() -> None:
+    """Stored objects (uid and resourceVersion) are converted once per version, not per call."""
+
+    def stored(version: str, command: str) -> dict[str, Any]:
+        return {
+            "metadata": {"name": "r", "namespace": "dws-system", "uid": "u-1", "resourceVersion": version},
+            "spec": [{"command": command, "watchStates": "Proposal"}],
+        }
+
+    first = rules_from_objects([stored("5", "jobdw")])
+    again = rules_from_objects([stored("5", "jobdw")])
+    assert again == first and again is not first  # each caller gets its own list
+    again.clear()
+    assert [r.command for r in rules_from_objects([stored("5", "jobdw")])] == ["jobdw"]
+    assert [r.command for r in rules_from_objects([stored("6", "persistentdw")])] == ["persistentdw"]
+    assert rules_from_objects([stored("6", "persistentdw")], namespace="elsewhere") == []
+    unversioned = {"metadata": {"name": "r"}, "spec": [{"command": "one"}]}
+    assert [r.command for r in rules_from_objects([unversioned])] == ["one"]
+    unversioned["spec"] = [{"command": "two"}]
+    assert [r.command for r in rules_from_objects([unversioned])] == ["two"]

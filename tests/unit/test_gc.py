@@ -11,7 +11,7 @@ from slurmlink.auth.roles import SYSTEM
 from slurmlink.client.informer import InformerFactory
 from slurmlink.client.inprocess import InProcessClient
 from slurmlink.config import ServerConfig
-from slurmlink.controllers.gc import FOREGROUND, ORPHAN
+from slurmlink.controllers.gc import FOREGROUND, ORPHAN, owner_graph
 from slurmlink.controllers.registry import CONTROLLERS
 from slurmlink.controllers.runtime import ControllerRunner
 from slurmlink.resources.catalog import default_registry
@@ -63,8 +63,9 @@ def child(name: str, *owners: Obj, block: bool = True) -> Obj:
 
 
 class Env:
-    def __init__(self, svc: ResourceService) -> None:
+    def __init__(self, svc: ResourceService, informers: InformerFactory) -> None:
         self.svc = svc
+        self.informers = informers
 
     def get(self, kind: Kind, name: str) -> Obj | None:
         try:
@@ -96,7 +97,7 @@ def run(test: Callable[[Env], Awaitable[None]], tmp_path: Path) -> None:
                 runner.start()
             for runner in runners:
                 await runner.wait_synced(10)
-            await test(Env(svc))
+            await test(Env(svc, factory))
         finally:
             for runner in runners:
                 await runner.stop()
@@ -202,5 +203,40 @@ def test_orphan_keeps_dependents_and_drops_their_references(tmp_path: Path) -> N
         await eventually(lambda: env.gone(WORKFLOW, "a"), "the owner to go")
         kept = env.get(COMPUTES, "kept")
         assert kept is not None and "ownerReferences" not in kept["metadata"]
+
+    run(body, tmp_path)
+
+
+def test_what_an_event_relates_to_is_worked_out_again_for_the_next_event(tmp_path: Path) -> None:
+    """Every collector asks the graph about each event; the answer is kept for that event only.
+
+    The informer hands the object of one event in again as the ``old`` of the next one; by then
+    the graph has changed (here: the owner is gone, so its dependent matters to the collector).
+    """
+
+    async def body(env: Env) -> None:
+        svc, graph = env.svc, owner_graph(env.informers)
+        seen: list[tuple[str, dict[str, list[tuple[str, str]]]]] = []
+
+        def record(event_type: str, new: Obj | None, old: Obj | None) -> None:
+            for obj in (new, old):
+                if obj is not None and obj["metadata"]["name"] == "a":
+                    seen.append((event_type, graph.related(obj)))
+
+        env.informers.informer(WORKFLOW).add_handler(record)
+        a = svc.create(WORKFLOW, "v1alpha2", NS, owner("a"), SYSTEM)
+        svc.create(COMPUTES, "v1alpha7", NS, child("a-child", a), SYSTEM)
+        await eventually(lambda: graph.has_dependents(a), "the graph to index the dependent")
+        labelled = svc.get(WORKFLOW, "v1alpha2", NS, "a")
+        labelled["metadata"]["labels"] = {"touched": "yes"}
+        svc.replace(WORKFLOW, "v1alpha2", NS, "a", labelled, SYSTEM)
+        await eventually(lambda: any(t == "MODIFIED" for t, _ in seen), "the label change to be seen")
+        svc.delete(WORKFLOW, "v1alpha2", NS, "a", SYSTEM)
+        await eventually(lambda: any(t == "DELETED" for t, _ in seen), "the deletion to be seen")
+        modified = [related for t, related in seen if t == "MODIFIED"]
+        deleted = [related for t, related in seen if t == "DELETED"]
+        assert all(related == {} for related in modified)  # a live owner: nothing to collect
+        assert deleted == [{COMPUTES.key: [(NS, "a-child")]}]
+        await eventually(lambda: env.gone(COMPUTES, "a-child"), "the dependent to be collected")
 
     run(body, tmp_path)

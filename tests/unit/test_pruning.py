@@ -77,3 +77,37 @@ def test_field_validation_rejects_other_values() -> None:
         pruning.field_validation("strict")
     assert info.value.code == 400
     assert 'supported values: "Ignore", "Warn", "Strict"' in info.value.message
+
+
+def test_an_update_prunes_what_changed_and_leaves_what_equals_the_stored_object() -> None:
+    """Parts equal to the stored object were pruned when it was stored: they are not walked again.
+
+    The stored object here carries unknown fields (as one written before a schema change would):
+    where the update leaves a part as it was, they stay; where it changes the part, they go.
+    """
+    stored = workflow()
+    stored["spec"]["old"] = "kept while unchanged"
+    stored["status"]["drivers"] = [{"driverID": "a", "legacy": 1}, {"driverID": "b", "legacy": 2}]
+    stored["status"]["env"] = {"A": "1"}
+    new = workflow()
+    new["spec"]["old"] = "kept while unchanged"
+    new["spec"]["desiredState"] = "Setup"  # spec changed: walked, so its unknown field goes
+    new["status"]["drivers"] = [{"driverID": "a", "legacy": 1}, {"driverID": "b", "legacy": 2, "new": 3}]
+    new["status"]["env"] = {"A": "1"}
+    unknown = pruning.prune(new, WorkflowObject, stored)
+    assert unknown == ["spec.old", "status.drivers[1].legacy", "status.drivers[1].new"]
+    assert new["status"]["drivers"] == [{"driverID": "a", "legacy": 1}, {"driverID": "b"}]
+    assert "old" not in new["spec"]
+
+
+def test_an_update_against_a_stored_object_prunes_new_unknown_fields_at_every_level() -> None:
+    stored = workflow()
+    new = workflow(extra={"x": 1})
+    new["spec"]["typo"] = "x"
+    new["status"]["drivers"].append({"driverID": "e", "nested": {"deep": 1}})
+    assert pruning.prune(new, WorkflowObject, stored) == [
+        "spec.typo",
+        "status.drivers[1].nested",
+        "extra",
+    ]
+    assert new["status"]["drivers"][1] == {"driverID": "e"}

@@ -439,7 +439,7 @@ class ResourceService:
         if not isinstance(new_v, dict):
             raise errors.bad_request("the patched object must be a JSON object")
         new = self._to_storage(kind, new_v, version, old)
-        _prune(kind, version, new, options.field_validation, options.warnings)
+        _prune(kind, version, new, options.field_validation, options.warnings, old)
         self._keep_system_metadata(new, old, kind, ns, name)
         keep_owner(new, old, may_change=scope is None)
         if subresource == "status":
@@ -463,7 +463,7 @@ class ResourceService:
             return None
         if strategy.spec_changed(new, old):
             meta(new)["generation"] = int(meta(old).get("generation") or 1) + 1
-        causes = _metadata_causes(new) + strategy.validate_schema_update(new, old)
+        causes = _metadata_causes(new, old) + strategy.validate_schema_update(new, old)
         if causes:
             raise errors.invalid(kind.group, kind.kind, name, causes)
         strategy.validate_update(new, old, ctx)
@@ -724,10 +724,18 @@ class _WriteOptions:
 
 
 def _prune(
-    kind: Kind, version: str, obj: Obj, field_validation: str, warnings: builtins.list[str] | None
+    kind: Kind,
+    version: str,
+    obj: Obj,
+    field_validation: str,
+    warnings: builtins.list[str] | None,
+    stored: Obj | None = None,
 ) -> None:
-    """Drop unknown fields; Strict turns them into 400, Warn into warnings for the response."""
-    unknown = pruning.prune(obj, kind.strategy.structure)
+    """Drop unknown fields; Strict turns them into 400, Warn into warnings for the response.
+
+    ``stored``: the stored object an update replaces (its unchanged parts are not walked again).
+    """
+    unknown = pruning.prune(obj, kind.strategy.structure, stored)
     if not unknown:
         return
     if field_validation == "Strict":
@@ -747,24 +755,32 @@ def _denied(scope: Scope, kind: Kind, verb: str, namespace: str | None, name: st
     )
 
 
-def _metadata_causes(obj: Obj) -> builtins.list[errors.Cause]:
-    """Shapes of ``metadata`` fields clients write: labels (as selectors assume), annotations, finalizers."""
+def _metadata_causes(obj: Obj, old: Obj | None = None) -> builtins.list[errors.Cause]:
+    """Shapes of ``metadata`` fields clients write: labels (as selectors assume), annotations, finalizers.
+
+    On an update (``old``), a field equal to the stored one is not checked again: it passed when stored.
+    """
     m = obj.get("metadata") or {}
+    before = (old.get("metadata") or {}) if old is not None else None
     causes: builtins.list[errors.Cause] = []
     annotations = m.get("annotations")
-    if annotations is not None and not (
-        isinstance(annotations, dict) and all(isinstance(v, str) for v in annotations.values())
+    if (
+        annotations is not None
+        and (before is None or annotations != before.get("annotations"))
+        and not (isinstance(annotations, dict) and all(isinstance(v, str) for v in annotations.values()))
     ):
         causes.append(errors.Cause("metadata.annotations", "Invalid value: must be a map of strings"))
     finalizers = m.get("finalizers")
-    if finalizers is not None and not (
-        isinstance(finalizers, builtins.list) and all(isinstance(f, str) and f for f in finalizers)
+    if (
+        finalizers is not None
+        and (before is None or finalizers != before.get("finalizers"))
+        and not (isinstance(finalizers, builtins.list) and all(isinstance(f, str) and f for f in finalizers))
     ):
         causes.append(
             errors.Cause("metadata.finalizers", "Invalid value: must be a list of non-empty strings")
         )
     labels = m.get("labels")
-    if labels is None:
+    if labels is None or (before is not None and labels == before.get("labels")):
         return causes
     if not isinstance(labels, dict):
         return [*causes, errors.Cause("metadata.labels", "Invalid value: must be a map of strings")]

@@ -60,6 +60,8 @@ class OwnerGraph:
         self.kinds: dict[str, Kind] = {}
         self._by_group_kind: dict[tuple[str, str], Kind] = {}
         self._dependents: dict[str, set[tuple[str, str, str]]] = {}
+        #: ``related`` of the event being dispatched, per object: every collector asks for each event.
+        self._related: dict[int, tuple[Obj, dict[str, list[Key]]]] = {}
 
     def track(self, kind: Kind) -> None:
         if kind.key in self.kinds:
@@ -68,6 +70,8 @@ class OwnerGraph:
         self._by_group_kind[(kind.group, kind.kind)] = kind
 
         def on_event(_type: str, new: Obj | None, old: Obj | None) -> None:
+            # Registered before any collector's handler, so it runs first for every event.
+            self._related.clear()
             if old is not None:
                 self._index(kind, old, add=False)
             if new is not None:
@@ -116,11 +120,6 @@ class OwnerGraph:
         """Whether some tracked object names ``owner`` in its ownerReferences (one dict lookup)."""
         return str((owner.get("metadata") or {}).get("uid") or "") in self._dependents
 
-    def has_dependents_of(self, owner: Obj, kind: Kind) -> bool:
-        """Whether some object of ``kind`` names ``owner`` in its ownerReferences."""
-        bucket = self._dependents.get(str((owner.get("metadata") or {}).get("uid") or ""), set())
-        return any(entry[0] == kind.key for entry in bucket)
-
     def deleting_or_gone(self, obj: Obj) -> bool:
         """Whether ``obj`` is being deleted, or its kind's cache no longer holds it (handlers run
         after the cache is updated, so a DELETED event's object is already gone from it)."""
@@ -136,6 +135,34 @@ class OwnerGraph:
     def owner_key(self, dependent: Obj, ref: Obj, owner: Kind) -> Key:
         namespace = (dependent.get("metadata") or {}).get("namespace") or ""
         return (namespace if owner.namespaced else "", str(ref.get("name") or ""))
+
+    def related(self, obj: Obj) -> dict[str, list[Key]]:
+        """Per kind, the objects that matter to its collector after a change of ``obj``: its owners
+        that are being deleted (they may be waiting for it), and its dependents once it is deleting
+        or gone.
+
+        Worked out once per event: every kind's collector watches every kind, so each event asks
+        once per collector.
+        """
+        known = self._related.get(id(obj))
+        if known is not None and known[0] is obj:
+            return known[1]
+        found: dict[str, list[Key]] = {}
+        refs = _refs(obj)
+        if refs or self.has_dependents(obj):
+            for ref in refs:
+                kind = self.owner_kind(ref)
+                if kind is None:
+                    continue
+                key = self.owner_key(obj, ref, kind)
+                owner = self.informers.informer(kind).get(*key)
+                if owner is not None and owner["metadata"].get("deletionTimestamp"):
+                    found.setdefault(kind.key, []).append(key)
+            if self.has_dependents(obj) and self.deleting_or_gone(obj):
+                for dependent in self.dependents(obj):
+                    found.setdefault(dependent.kind.key, []).append(object_key(dependent.obj))
+        self._related[id(obj)] = (obj, found)
+        return found
 
 
 def owner_graph(informers: InformerFactory) -> OwnerGraph:
@@ -194,23 +221,8 @@ class GarbageCollector(Reconciler):
         return cascading or bool(_refs(obj))
 
     def _related(self, graph: OwnerGraph, obj: Obj) -> list[Key]:
-        """Objects of our kind that matter after a change of ``obj``: its owners that are being
-        deleted (they may be waiting for it), and its dependents once it is deleting or gone."""
-        refs = _refs(obj)
-        has_dependents = graph.has_dependents(obj)
-        if not refs and not has_dependents:
-            return []  # the common case; this runs for every event once per collector (served kind)
-        keys: list[Key] = []
-        informer = graph.informers.informer(self.kind)
-        for ref in refs:
-            if graph.owner_kind(ref) is self.kind:
-                key = graph.owner_key(obj, ref, self.kind)
-                owner = informer.get(*key)
-                if owner is not None and owner["metadata"].get("deletionTimestamp"):
-                    keys.append(key)
-        if has_dependents and graph.has_dependents_of(obj, self.kind) and graph.deleting_or_gone(obj):
-            keys += [object_key(d.obj) for d in graph.dependents(obj) if d.kind is self.kind]
-        return keys
+        """Objects of our kind that matter after a change of ``obj`` (``OwnerGraph.related``)."""
+        return graph.related(obj).get(self.kind.key, [])
 
     async def reconcile(self, client: Client, obj: Obj) -> Result | None:
         graph = self.graph

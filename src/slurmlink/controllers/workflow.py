@@ -235,6 +235,11 @@ class WorkflowReconciler(Reconciler):
     async def _ensure_computes(self, client: Client, wf: Obj) -> dict[str, str]:
         m = wf["metadata"]
         ref = {"kind": "Computes", "name": m["name"], "namespace": m["namespace"]}
+        known = self.informers.informer(COMPUTES).get(m["namespace"], m["name"])
+        if known is not None and any(
+            r.get("uid") == m.get("uid") for r in known["metadata"].get("ownerReferences") or []
+        ):
+            return ref  # already made (every reconcile in Proposal comes here): no create to refuse
         owner = {
             **wf,
             "apiVersion": wf.get("apiVersion", WORKFLOW.api_version(WORKFLOW.storage_version)),

@@ -44,8 +44,12 @@ OBJECT_META_FIELDS = frozenset(
 FIELD_VALIDATION_VALUES = ("Ignore", "Warn", "Strict")
 
 
-def prune(obj: Obj, structure: type[BaseModel] | None) -> list[str]:
-    """Drop fields ``structure`` does not declare from ``obj`` (in place); return their paths."""
+def prune(obj: Obj, structure: type[BaseModel] | None, stored: Obj | None = None) -> list[str]:
+    """Drop fields ``structure`` does not declare from ``obj`` (in place); return their paths.
+
+    ``stored``: the object ``obj`` replaces, pruned when it was written. Parts of ``obj`` equal to
+    the same part of it are not walked again (an update mostly changes a few fields).
+    """
     found: list[str] = []
     metadata = obj.get("metadata")
     if isinstance(metadata, dict):
@@ -55,7 +59,7 @@ def prune(obj: Obj, structure: type[BaseModel] | None) -> list[str]:
     if structure is None:
         return found
     top = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
-    found.extend(_model_pruner(structure)(top, ""))
+    found.extend(_model_pruner(structure)(top, "", _NOTHING if stored is None else stored))
     for key in list(obj):
         if key not in ("apiVersion", "kind", "metadata") and key not in top:
             del obj[key]
@@ -81,11 +85,16 @@ def strict_error(kind: str, version: str, unknown: list[str]) -> errors.ApiError
     )
 
 
-#: A compiled pruner: prunes a value in place and returns the unknown paths under ``path``.
-_Pruner = Callable[[Any, str], list[str]]
+#: A compiled pruner: prunes a value in place and returns the unknown paths under ``path``. Its
+#: third argument is the same part of the stored object the value replaces (``_NOTHING`` if none):
+#: what equals it was pruned when it was stored.
+_Pruner = Callable[[Any, str, Any], list[str]]
+
+#: No stored counterpart.
+_NOTHING: Any = object()
 
 
-def _keep(_value: Any, _path: str) -> list[str]:
+def _keep(_value: Any, _path: str, _stored: Any) -> list[str]:
     return []
 
 
@@ -94,18 +103,24 @@ def _model_pruner(model: type[BaseModel]) -> _Pruner:
     """The pruner of one model, compiled once: the walk over type annotations is not redone per write."""
     fields: dict[str, _Pruner] = {}
 
-    def prune_model(value: Any, prefix: str) -> list[str]:
+    def prune_model(value: Any, prefix: str, stored: Any) -> list[str]:
         if not isinstance(value, dict):
             return []
+        stored = stored if isinstance(stored, dict) else {}
         found: list[str] = []
         for key in list(value):
             sub = fields.get(key)
-            path = f"{prefix}.{key}" if prefix else key
             if sub is None:
                 del value[key]
-                found.append(path)
-            elif sub is not _keep and value[key] is not None:
-                found.extend(sub(value[key], path))
+                found.append(f"{prefix}.{key}" if prefix else key)
+                continue
+            part = value[key]
+            if sub is _keep or part is None:
+                continue
+            before = stored.get(key, _NOTHING)
+            if before is not _NOTHING and before == part:
+                continue
+            found.extend(sub(part, f"{prefix}.{key}" if prefix else key, before))
         return found
 
     # Filled after the function exists, so self-referencing models compile without recursing forever.
@@ -126,10 +141,10 @@ def _compile(annotation: Any) -> _Pruner:
         if all(branch is _keep for _, branch in branches):
             return _keep
 
-        def prune_union(value: Any, path: str) -> list[str]:
+        def prune_union(value: Any, path: str, stored: Any) -> list[str]:
             for arg, branch in branches:
                 if _fits(value, arg):
-                    return branch(value, path)
+                    return branch(value, path, stored)
             return []
 
         return prune_union
@@ -140,12 +155,17 @@ def _compile(annotation: Any) -> _Pruner:
         if item is _keep:
             return _keep
 
-        def prune_list(value: Any, path: str) -> list[str]:
+        def prune_list(value: Any, path: str, stored: Any) -> list[str]:
             found: list[str] = []
             if isinstance(value, list):
+                stored = stored if isinstance(stored, list) else []
                 for index, element in enumerate(value):
-                    if element is not None:
-                        found.extend(item(element, f"{path}[{index}]"))
+                    if element is None:
+                        continue
+                    before = stored[index] if index < len(stored) else _NOTHING
+                    if before is not _NOTHING and before == element:
+                        continue
+                    found.extend(item(element, f"{path}[{index}]", before))
             return found
 
         return prune_list
@@ -154,12 +174,17 @@ def _compile(annotation: Any) -> _Pruner:
         if entry is _keep:
             return _keep
 
-        def prune_dict(value: Any, path: str) -> list[str]:
+        def prune_dict(value: Any, path: str, stored: Any) -> list[str]:
             found: list[str] = []
             if isinstance(value, dict):
+                stored = stored if isinstance(stored, dict) else {}
                 for key, element in value.items():
-                    if element is not None:
-                        found.extend(entry(element, f"{path}.{key}"))
+                    if element is None:
+                        continue
+                    before = stored.get(key, _NOTHING)
+                    if before is not _NOTHING and before == element:
+                        continue
+                    found.extend(entry(element, f"{path}.{key}", before))
             return found
 
         return prune_dict

@@ -337,6 +337,8 @@ class WatchHub:
                 log.exception("watch hub could not read the event log; retrying")
 
     async def _catch_up(self) -> None:
+        if self.store.inline and self.store.current_revision() <= self._last:
+            return  # the usual answer to the periodic poll, without a thread hop or a log read
         while True:
             batch = await anyio.to_thread.run_sync(self.store.events_after, self._last)
             for event in batch:

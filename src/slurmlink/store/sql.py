@@ -218,8 +218,9 @@ class SqlStore:
         return objects, int(rows[0][0])
 
     def current_revision(self) -> int:
-        with self._read() as conn:
-            return self._current_revision(conn)
+        # One statement on the DB-API connection: the watch hub asks every second.
+        with self._driver() as driver:
+            return int(self._sql["current"].run_driver(driver).fetchone()[0])
 
     def compacted_revision(self) -> int:
         with self._read() as conn:

@@ -135,6 +135,12 @@ def _rule_def_from_json(raw: Mapping[str, Any]) -> RuleDef:
     )
 
 
+#: Rules converted from stored DWDirectiveRules, by the objects' uids and resourceVersions: the
+#: webhooks convert the same few objects for every Workflow they admit.
+_CONVERTED: dict[tuple[Any, ...], tuple[DirectiveRule, ...]] = {}
+_CONVERTED_KEPT = 32
+
+
 def rules_from_objects(
     objects: Iterable[Mapping[str, Any]], namespace: str | None = None
 ) -> list[DirectiveRule]:
@@ -146,6 +152,32 @@ def rules_from_objects(
     Upstream reads from an informer cache whose order is unspecified; callers wanting a
     stable order should pass objects sorted by name.
     """
+    objects = list(objects)
+    key = _stored_versions(objects, namespace)
+    cached = _CONVERTED.get(key) if key is not None else None
+    if cached is not None:
+        return list(cached)
+    rules = _convert_rules(objects, namespace)
+    if key is not None:
+        if len(_CONVERTED) >= _CONVERTED_KEPT:
+            _CONVERTED.clear()
+        _CONVERTED[key] = tuple(rules)
+    return rules
+
+
+def _stored_versions(objects: list[Mapping[str, Any]], namespace: str | None) -> tuple[Any, ...] | None:
+    """What identifies stored objects' content (uid and resourceVersion each); None if one lacks them."""
+    key: list[Any] = [namespace]
+    for obj in objects:
+        metadata = obj.get("metadata") or {}
+        uid, version = metadata.get("uid"), metadata.get("resourceVersion")
+        if not isinstance(uid, str) or not isinstance(version, str) or not uid or not version:
+            return None
+        key.append((uid, version))
+    return tuple(key)
+
+
+def _convert_rules(objects: list[Mapping[str, Any]], namespace: str | None) -> list[DirectiveRule]:
     rules: list[DirectiveRule] = []
     for obj in objects:
         metadata = obj.get("metadata") or {}

@@ -387,7 +387,8 @@ class WorkflowStrategy(Strategy):
             if entry.get("watchState") != old_state:
                 if i >= len(old_drivers):
                     raise _index_panic(i, len(old_drivers))
-                if _go_driver(entry) != _go_driver(old_drivers[i]):
+                # Equal dicts first (almost every entry, compared in C); Go's zero values otherwise.
+                if entry != old_drivers[i] and _go_driver(entry) != _go_driver(old_drivers[i]):
                     raise _internal(field, "driver entry for non-current state cannot be changed")
                 continue
             if entry.get("completed"):
