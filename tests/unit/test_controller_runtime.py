@@ -204,3 +204,46 @@ def test_primary_label_selector_narrows_the_cache(tmp_path: Path) -> None:
             await runner.stop()
 
     run(body, tmp_path)
+
+
+class Picky(Recorder):
+    """Wants only Workflows labelled ``work=yes``."""
+
+    def wants(self, obj: Obj) -> bool:
+        return (obj["metadata"].get("labels") or {}).get("work") == "yes"
+
+
+def test_a_primary_update_is_queued_by_what_the_object_is_now(tmp_path: Path) -> None:
+    """``wants`` judges the object's current state: an update that leaves nothing wanted wakes no
+    worker, even when the state before it was wanted."""
+
+    async def body(svc: ResourceService, client: CountingClient) -> None:
+        rec = Picky("picky")
+        marker = Recorder("marker")  # reconciles everything: shows when an event has been handled
+        factory = InformerFactory(client)
+        runners = [ControllerRunner(client, r, informers=factory) for r in (rec, marker)]
+        for runner in runners:
+            runner.start()
+        try:
+            for runner in runners:
+                await runner.wait_synced(10)
+            svc.create(WORKFLOW, "v1alpha2", NS, workflow("w", {"work": "yes"}), SYSTEM)
+            await eventually(lambda: rec.seen == [(NS, "w")], "the wanted Workflow's reconcile")
+            idle = svc.get(WORKFLOW, "v1alpha2", NS, "w")
+            idle["metadata"]["labels"] = {"work": "no"}
+            svc.replace(WORKFLOW, "v1alpha2", NS, "w", idle, SYSTEM)
+            await eventually(lambda: marker.seen.count((NS, "w")) == 2, "the update to be handled")
+            other = svc.create(WORKFLOW, "v1alpha2", NS, workflow("x"), SYSTEM)
+            await eventually(lambda: (NS, "x") in marker.seen, "a later event to be handled")
+            assert rec.seen == [(NS, "w")]  # the update to an unwanted state queued nothing
+            again = svc.get(WORKFLOW, "v1alpha2", NS, "w")
+            again["metadata"]["labels"] = {"work": "yes"}
+            svc.replace(WORKFLOW, "v1alpha2", NS, "w", again, SYSTEM)
+            await eventually(lambda: rec.seen == [(NS, "w")] * 2, "the update back to wanted")
+            assert other["metadata"]["name"] == "x" and (NS, "x") not in rec.seen
+        finally:
+            for runner in runners:
+                await runner.stop()
+            await factory.stop()
+
+    run(body, tmp_path)

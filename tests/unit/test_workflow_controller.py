@@ -830,3 +830,41 @@ def test_worked_example_fatal_one_proposal(tmp_path: Path) -> None:
         assert "DWS driver error(s):\n" + errors == "DWS driver error(s):\ntester: TEST FATAL ERROR\n"
 
     run(body, tmp_path)
+
+
+def _at_rest(state: str = "DataIn") -> dict[str, Any]:
+    return {
+        "metadata": {"name": "w", "namespace": "slurm", "finalizers": [WORKFLOW_FINALIZER]},
+        "spec": {"desiredState": state},
+        "status": {"state": state, "ready": True, "status": "Completed"},
+    }
+
+
+def test_the_workflow_controller_wants_every_workflow_but_one_at_rest() -> None:
+    controller = WorkflowReconciler()
+    assert not controller.wants(_at_rest())
+    changes: list[Callable[[dict[str, Any]], None]] = [
+        lambda wf: wf["spec"].update(desiredState="PreRun"),  # a state change to adopt
+        lambda wf: wf["status"].update(ready=False),  # drivers still at work
+        lambda wf: wf["metadata"].update(finalizers=[]),  # the finalizer to add
+        lambda wf: wf["metadata"].update(deletionTimestamp="2026-12-05T00:00:00Z"),  # to finalize
+        lambda wf: wf.update(status=None),  # no status yet
+        lambda wf: wf.update(_at_rest("Proposal")),  # Proposal: its Computes to check
+    ]
+    for change in changes:
+        wf = _at_rest()
+        change(wf)
+        assert controller.wants(wf), wf
+
+
+def test_the_test_driver_wants_only_workflows_working_on_their_desired_state() -> None:
+    driver = TestDriverReconciler()
+    working = _at_rest()
+    working["status"]["ready"] = False
+    assert driver.wants(working)
+    assert not driver.wants(_at_rest())
+    moving = copy.deepcopy(working)
+    moving["spec"]["desiredState"] = "PreRun"  # not adopted yet: the controller's move first
+    deleting = copy.deepcopy(working)
+    deleting["metadata"]["deletionTimestamp"] = "2026-12-05T00:00:00Z"
+    assert not driver.wants(moving) and not driver.wants(deleting)

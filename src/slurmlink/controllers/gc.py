@@ -16,8 +16,9 @@ read confirms it, never from a cache that may lag behind the API.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from slurmlink import jsonutil
@@ -60,8 +61,8 @@ class OwnerGraph:
         self.kinds: dict[str, Kind] = {}
         self._by_group_kind: dict[tuple[str, str], Kind] = {}
         self._dependents: dict[str, set[tuple[str, str, str]]] = {}
-        #: ``related`` of the event being dispatched, per object: every collector asks for each event.
-        self._related: dict[int, tuple[Obj, dict[str, list[Key]]]] = {}
+        #: Per kind, how to queue work for its running collector (``collect_for``).
+        self._collectors: dict[str, Callable[[Key], None]] = {}
 
     def track(self, kind: Kind) -> None:
         if kind.key in self.kinds:
@@ -70,8 +71,6 @@ class OwnerGraph:
         self._by_group_kind[(kind.group, kind.kind)] = kind
 
         def on_event(_type: str, new: Obj | None, old: Obj | None) -> None:
-            # Registered before any collector's handler, so it runs first for every event.
-            self._related.clear()
             if old is not None:
                 self._index(kind, old, add=False)
             if new is not None:
@@ -139,30 +138,45 @@ class OwnerGraph:
     def related(self, obj: Obj) -> dict[str, list[Key]]:
         """Per kind, the objects that matter to its collector after a change of ``obj``: its owners
         that are being deleted (they may be waiting for it), and its dependents once it is deleting
-        or gone.
-
-        Worked out once per event: every kind's collector watches every kind, so each event asks
-        once per collector.
-        """
-        known = self._related.get(id(obj))
-        if known is not None and known[0] is obj:
-            return known[1]
+        or gone."""
         found: dict[str, list[Key]] = {}
         refs = _refs(obj)
-        if refs or self.has_dependents(obj):
-            for ref in refs:
-                kind = self.owner_kind(ref)
-                if kind is None:
-                    continue
-                key = self.owner_key(obj, ref, kind)
-                owner = self.informers.informer(kind).get(*key)
-                if owner is not None and owner["metadata"].get("deletionTimestamp"):
-                    found.setdefault(kind.key, []).append(key)
-            if self.has_dependents(obj) and self.deleting_or_gone(obj):
-                for dependent in self.dependents(obj):
-                    found.setdefault(dependent.kind.key, []).append(object_key(dependent.obj))
-        self._related[id(obj)] = (obj, found)
+        if not refs and not self.has_dependents(obj):
+            return found  # the common case
+        for ref in refs:
+            kind = self.owner_kind(ref)
+            if kind is None:
+                continue
+            key = self.owner_key(obj, ref, kind)
+            owner = self.informers.informer(kind).get(*key)
+            if owner is not None and owner["metadata"].get("deletionTimestamp"):
+                found.setdefault(kind.key, []).append(key)
+        if self.has_dependents(obj) and self.deleting_or_gone(obj):
+            for dependent in self.dependents(obj):
+                found.setdefault(dependent.kind.key, []).append(object_key(dependent.obj))
         return found
+
+    def collect_for(self, kind: Kind, enqueue: Callable[[Key], None]) -> None:
+        """Queue work for ``kind``'s collector with ``enqueue`` from now on (while it runs)."""
+        self._collectors[kind.key] = enqueue
+
+    def forget(self, kind: Kind, enqueue: Callable[[Key], None]) -> None:
+        if self._collectors.get(kind.key) is enqueue:
+            del self._collectors[kind.key]
+
+    def dispatch(self, obj: Obj, own: Kind) -> list[Key]:
+        """Queue what a change of ``obj`` relates to with the other kinds' running collectors;
+        return what it relates to among ``own``'s objects (for the caller's own queue)."""
+        mine: list[Key] = []
+        for kind_key, keys in self.related(obj).items():
+            if kind_key == own.key:
+                mine = keys
+                continue
+            enqueue = self._collectors.get(kind_key)
+            if enqueue is not None:
+                for key in keys:
+                    enqueue(key)
+        return mine
 
 
 def owner_graph(informers: InformerFactory) -> OwnerGraph:
@@ -205,12 +219,29 @@ class GarbageCollector(Reconciler):
         return graph
 
     def secondary(self) -> list[Watch]:
+        """Every kind's events, watched by one collector for all of them.
+
+        Any kind may own any other, so each collector would watch every kind: one handler per
+        collector per event. The first kind's collector watches instead and queues work for the
+        others (``OwnerGraph.dispatch``); they register while they run (``background``), and a
+        collector that starts again queues all its objects anyway.
+        """
         graph = self.graph
+        if not self.all_kinds or self.kind.key != self.all_kinds[0].key:
+            return []
 
         def related(obj: Obj) -> list[Key]:
-            return self._related(graph, obj)
+            return graph.dispatch(obj, self.kind)
 
         return [watches(kind, related) for kind in self.all_kinds]
+
+    async def background(self, enqueue: Callable[[Key], None]) -> None:
+        graph = self.graph
+        graph.collect_for(self.kind, enqueue)
+        try:
+            await asyncio.Event().wait()  # until the workers stop
+        finally:
+            graph.forget(self.kind, enqueue)
 
     def wants(self, obj: Obj) -> bool:
         """Only dependents and owners being deleted with a cascade finalizer have anything to collect."""
@@ -219,10 +250,6 @@ class GarbageCollector(Reconciler):
             {ORPHAN, FOREGROUND} & set(m.get("finalizers") or [])
         )
         return cascading or bool(_refs(obj))
-
-    def _related(self, graph: OwnerGraph, obj: Obj) -> list[Key]:
-        """Objects of our kind that matter after a change of ``obj`` (``OwnerGraph.related``)."""
-        return graph.related(obj).get(self.kind.key, [])
 
     async def reconcile(self, client: Client, obj: Obj) -> Result | None:
         graph = self.graph

@@ -188,7 +188,7 @@ class ControllerRunner:
             return
         self._prepared = True
         wants = self.reconciler.wants
-        self._watch(self.primary, lambda obj: [object_key(obj)] if wants(obj) else [])
+        self._watch_primary(wants)
         primary = self.reconciler.kind
         for spec in self.reconciler.secondary():
             informer = self.informers.informer(spec.kind, spec.namespace, spec.label_selector)
@@ -196,6 +196,21 @@ class ControllerRunner:
             self._watch(informer, mapper)
         for informer, _ in self._watched:
             informer.start()
+
+    def _watch_primary(self, wants: Callable[[Obj], bool]) -> None:
+        """Queue a primary object when its current state is wanted (the last one, once deleted).
+
+        Not its previous state: a predicate says what needs work now, and an update that leaves
+        nothing to do (a Workflow whose state is achieved) wakes no worker.
+        """
+
+        def handler(_type: str, new: Obj | None, old: Obj | None) -> None:
+            current = new if new is not None else old
+            if current is not None and wants(current):
+                self._queue.add(object_key(current))
+
+        self._watched.append((self.primary, handler))
+        self.primary.add_handler(handler)
 
     def _watch(self, informer: SharedInformer, mapper: MapFunc) -> None:
         def handler(_type: str, new: Obj | None, old: Obj | None) -> None:

@@ -44,12 +44,20 @@ def severity_to_status(severity: str) -> str:
     raise SeverityError(f"unknown severity: {severity}")
 
 
+def _in_progress(workflow: Obj) -> bool:
+    """Not being deleted, and its current state is the desired one, not yet achieved."""
+    m, spec = workflow.get("metadata") or {}, workflow.get("spec") or {}
+    status = workflow.get("status") or {}
+    return not (
+        m.get("deletionTimestamp") or status.get("ready") or status.get("state") != spec.get("desiredState")
+    )
+
+
 def drive(workflow: Obj) -> Obj | None:
     """The test driver's decision for one workflow: the updated object, or None when nothing changes."""
-    m, spec = workflow["metadata"], workflow["spec"]
-    status = workflow.get("status") or {}
-    if m.get("deletionTimestamp") or status.get("ready") or status.get("state") != spec.get("desiredState"):
+    if not _in_progress(workflow):
         return None
+    m, spec = workflow["metadata"], workflow["spec"]
     wf = jsonutil.clone(workflow)
     drivers = wf.get("status", {}).get("drivers") or []
     dwds = spec.get("dwDirectives") or []
@@ -95,6 +103,10 @@ class TestDriverReconciler(Reconciler):
 
     name = "test-driver"
     kind = WORKFLOW
+
+    def wants(self, obj: Obj) -> bool:
+        """Only a Workflow working on its desired state can have an entry of ours to complete."""
+        return _in_progress(obj)
 
     async def reconcile(self, client: Client, obj: Obj) -> Result | None:
         updated = drive(obj)

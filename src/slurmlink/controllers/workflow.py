@@ -189,6 +189,19 @@ class WorkflowReconciler(Reconciler):
         # A child's change or deletion reconciles its Workflow (deletion waits on its children).
         return tuple(watches(kind, _workflow_keys) for kind in CHILD_KINDS)
 
+    def wants(self, obj: Obj) -> bool:
+        """Everything but a Workflow at rest: finalizer in place, past Proposal, its current state
+        the desired one and achieved (``reconcile`` would return at once)."""
+        m, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status")
+        return not (
+            isinstance(status, dict)
+            and not m.get("deletionTimestamp")
+            and WORKFLOW_FINALIZER in (m.get("finalizers") or [])
+            and spec.get("desiredState") != "Proposal"
+            and status.get("state") == spec.get("desiredState")
+            and status.get("ready")
+        )
+
     async def reconcile(self, client: Client, obj: Obj) -> Result | None:
         wf = jsonutil.clone(obj)
         m = wf["metadata"]
