@@ -12,7 +12,7 @@ import copy
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -415,20 +415,21 @@ def test_hub_filter(store: SqlStore) -> None:
     run(main())
 
 
-def _spy_events_after(store: SqlStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
-    original = store.events_after
+def _spy(store: SqlStore, method: str, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """The arguments of each call of ``store.<method>``, which still runs."""
+    calls: list[tuple[Any, ...]] = []
+    original = getattr(store, method)
 
-    def spy(revision: int, limit: int = 10_000) -> list[Event]:
-        calls.append(revision)
-        return original(revision, limit)
+    def spy(*args: Any) -> Any:
+        calls.append(args)
+        return original(*args)
 
-    monkeypatch.setattr(store, "events_after", spy)
+    monkeypatch.setattr(store, method, spy)
     return calls
 
 
 def test_hub_serves_recent_history_from_its_ring(store: SqlStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = _spy_events_after(store, monkeypatch)
+    calls = _spy(store, "events_after", monkeypatch)
 
     async def main() -> None:
         hub = WatchHub(store, ring_size=100, poll_interval=3600)
@@ -447,7 +448,7 @@ def test_hub_serves_recent_history_from_its_ring(store: SqlStore, monkeypatch: p
 
 
 def test_hub_reads_older_history_from_the_database(store: SqlStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = _spy_events_after(store, monkeypatch)
+    calls = _spy(store, "events_after", monkeypatch)
 
     async def main() -> None:
         hub = WatchHub(store, ring_size=3, poll_interval=3600)
@@ -458,7 +459,7 @@ def test_hub_reads_older_history_from_the_database(store: SqlStore, monkeypatch:
             calls.clear()
             sub = await hub.subscribe(1, everything)
             assert [e.object for e in await collect(sub, 7)] == written[1:]
-            assert calls and calls[0] == 1, "history older than the ring comes from the event log"
+            assert calls and calls[0][0] == 1, "history older than the ring comes from the event log"
         finally:
             await hub.stop()
 
@@ -512,10 +513,23 @@ def test_hub_start_before_the_compaction_point_is_expired(store: SqlStore) -> No
     run(main())
 
 
-def test_hub_that_falls_behind_compaction_resets_and_keeps_no_stale_ring(tmp_path: Path) -> None:
-    """SQLite, two store instances: the hub's store misses the other's writes until a poll."""
+@pytest.fixture
+def sqlite_pair(tmp_path: Path) -> Iterator[tuple[SqlStore, SqlStore]]:
+    """Two store instances on one SQLite database, as two processes would have."""
     url = f"sqlite:///{tmp_path / 'two.db'}"
     mine, theirs = SqlStore(url), SqlStore(url)
+    try:
+        yield mine, theirs
+    finally:
+        mine.close()
+        theirs.close()
+
+
+def test_hub_that_falls_behind_compaction_resets_and_keeps_no_stale_ring(
+    sqlite_pair: tuple[SqlStore, SqlStore],
+) -> None:
+    """SQLite, two store instances: the hub's store misses the other's writes until a poll."""
+    mine, theirs = sqlite_pair
 
     async def main() -> None:
         hub = WatchHub(mine, ring_size=100, poll_interval=3600)
@@ -544,40 +558,28 @@ def test_hub_that_falls_behind_compaction_resets_and_keeps_no_stale_ring(tmp_pat
         finally:
             await hub.stop()
 
-    try:
-        run(main())
-    finally:
-        mine.close()
-        theirs.close()
+    run(main())
 
 
 def test_sqlite_hub_polls_for_another_stores_writes_and_reads_the_log_only_then(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_pair: tuple[SqlStore, SqlStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SQLite, two store instances (as another process): the periodic poll delivers the other's
     writes; while nothing new is committed it reads the revision only, not the event log."""
-    url = f"sqlite:///{tmp_path / 'two.db'}"
-    mine, theirs = SqlStore(url), SqlStore(url)
+    mine, theirs = sqlite_pair
 
     async def main() -> None:
         hub = WatchHub(mine, poll_interval=0.05)
         await hub.start()
         try:
             sub = await hub.subscribe(None, everything)
-            reads = _spy_events_after(mine, monkeypatch)
+            reads = _spy(mine, "events_after", monkeypatch)
             theirs.create("things", NS, "t0", thing("t0"))
             (event,) = await collect(sub, 1)
             assert (event.type, event.object) == ("ADDED", theirs.get("things", NS, "t0"))
             settled = len(reads)
             assert settled >= 1
-            polls: list[int] = []
-            current_revision = mine.current_revision
-
-            def counted() -> int:
-                polls.append(1)
-                return current_revision()
-
-            monkeypatch.setattr(mine, "current_revision", counted)
+            polls = _spy(mine, "current_revision", monkeypatch)
             await wait_until(lambda: len(polls) >= 5, what="five polls with nothing new")
             assert len(reads) == settled
             theirs.create("things", NS, "t1", thing("t1"))
@@ -586,11 +588,7 @@ def test_sqlite_hub_polls_for_another_stores_writes_and_reads_the_log_only_then(
         finally:
             await hub.stop()
 
-    try:
-        run(main())
-    finally:
-        mine.close()
-        theirs.close()
+    run(main())
 
 
 def test_hub_closes_a_subscriber_that_cannot_keep_up(store: SqlStore) -> None:

@@ -181,6 +181,20 @@ def settle_in_driver_write(wf: Obj) -> None:
         status.update(before)
 
 
+def _at_rest(wf: Obj) -> bool:
+    """Nothing for the controller to do: finalizer in place, not deleting, past Proposal (whose
+    Computes it checks), the desired state current and achieved."""
+    m, spec, status = wf.get("metadata") or {}, wf.get("spec") or {}, wf.get("status")
+    return bool(
+        isinstance(status, dict)
+        and not m.get("deletionTimestamp")
+        and WORKFLOW_FINALIZER in (m.get("finalizers") or [])
+        and spec.get("desiredState") != "Proposal"
+        and status.get("state") == spec.get("desiredState")
+        and status.get("ready")
+    )
+
+
 class WorkflowReconciler(Reconciler):
     name = "workflow"
     kind = WORKFLOW
@@ -190,19 +204,12 @@ class WorkflowReconciler(Reconciler):
         return tuple(watches(kind, _workflow_keys) for kind in CHILD_KINDS)
 
     def wants(self, obj: Obj) -> bool:
-        """Everything but a Workflow at rest: finalizer in place, past Proposal, its current state
-        the desired one and achieved (``reconcile`` would return at once)."""
-        m, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status")
-        return not (
-            isinstance(status, dict)
-            and not m.get("deletionTimestamp")
-            and WORKFLOW_FINALIZER in (m.get("finalizers") or [])
-            and spec.get("desiredState") != "Proposal"
-            and status.get("state") == spec.get("desiredState")
-            and status.get("ready")
-        )
+        """Everything but a Workflow at rest."""
+        return not _at_rest(obj)
 
     async def reconcile(self, client: Client, obj: Obj) -> Result | None:
+        if _at_rest(obj):
+            return None  # reached through a child's event: nothing of the Workflow's own to do
         wf = jsonutil.clone(obj)
         m = wf["metadata"]
         finalizers = list(m.get("finalizers") or [])
