@@ -8,6 +8,7 @@ Asynchronous parts run inside ``asyncio.run`` (no pytest-asyncio); waits poll wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import threading
@@ -788,6 +789,66 @@ def test_postgres_brief_calls_run_on_the_loop_and_leave_it_while_a_lock_is_held(
         run(main())
     finally:
         blocker.close()
+        store.close()
+
+
+def _pooled_connection(store: SqlStore) -> Any:
+    """The connection the store's next single statement off the event loop runs on."""
+    assert store._autocommit is not None
+    return store._autocommit._idle[-1][0]
+
+
+@pytest.mark.postgres
+def test_postgres_statements_are_prepared_again_on_a_session_that_dropped_them(postgres_dsn: str) -> None:
+    """The hot statements are prepared once per connection; a session that lost them (``DEALLOCATE
+    ALL``, as a pooler's reset does) gets them prepared again instead of failing the write."""
+    store = SqlStore(postgres_dsn)
+    try:
+        first = store.create("things", NS, "p", thing("p"))
+        conn = _pooled_connection(store)
+        names = {r[0] for r in conn.execute("SELECT name FROM pg_prepared_statements").fetchall()}
+        assert "slurmlink_fn_create" in names
+        conn.execute("DEALLOCATE ALL")
+        second = store.create("things", NS, "q", thing("q"))  # the same statement, on the same session
+        assert _pooled_connection(store) is conn and rv(second) == rv(first) + 1
+        assert store.get("things", NS, "q") == second
+        updated = store.update("things", NS, "p", {**first, "spec": {"n": 1}}, rv(first))
+        assert store.get("things", NS, "p") == updated and rv(updated) == rv(second) + 1
+        deleted = store.delete("things", NS, "p", rv(updated))
+        assert deleted["spec"] == {"n": 1} and rv(deleted) == rv(updated) + 1
+        assert store.get("things", NS, "p") is None
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_postgres_a_pooled_connection_the_server_closed_is_replaced(postgres_dsn: str) -> None:
+    """A pooled connection whose backend went away (a database restart, an administrator's
+    ``pg_terminate_backend``) fails at most one call, as store unavailable, and is not used again."""
+    import psycopg
+
+    from slurmlink.store.errors import UnavailableError
+
+    store = SqlStore(postgres_dsn)
+    admin = psycopg.connect(postgres_dsn.replace("postgresql+psycopg", "postgresql"), autocommit=True)
+    try:
+        first = store.create("things", NS, "t", thing("t"))
+        conn = _pooled_connection(store)
+        pid = conn.info.backend_pid
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        deadline = time.monotonic() + 10
+        while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+            assert time.monotonic() < deadline, "the backend did not go away"
+            time.sleep(0.01)
+        # Either the pool finds it dead before use, or the call on it fails as store unavailable.
+        with contextlib.suppress(UnavailableError):
+            assert store.get("things", NS, "t") == first
+        assert conn.closed
+        assert store.get("things", NS, "t") == first
+        updated = store.update("things", NS, "t", {**first, "spec": {"n": 2}}, rv(first))
+        assert rv(updated) == rv(first) + 1
+    finally:
+        admin.close()
         store.close()
 
 

@@ -243,3 +243,46 @@ def test_the_bank_track_upgrades_a_ledger_in_place(store: SqlStore) -> None:
     [allocation] = ledger.allocations("lab")
     assert allocation["available"] == "10.00"
     assert ledger.balance("lab").available == Decimal(10) and ledger.verify() == []
+
+
+def test_the_objects_track_upgrades_from_objects_0004_and_writes_keep_their_answers(store: SqlStore) -> None:
+    """A database at objects_0004 is brought to the head with its objects served unchanged; on
+    PostgreSQL the head's write functions (which take the revision first) still refuse a stale or a
+    missing object and an existing key without using up a revision."""
+    from alembic import command
+
+    from slurmlink.store.errors import AlreadyExistsError, ConflictError, NotFoundError
+
+    a = store.create("things", NS, "a", thing("a", n=1))
+    with store.engine.begin() as conn:
+        command.downgrade(migrations.config(conn), "objects_0004")
+    assert "objects_0004" in alembic_versions(store.engine)
+    b = store.update("things", NS, "a", thing("a", n=2), rv(a))  # the old functions still work
+    assert migrations.migrate(store.engine)["objects"] == migrations.heads()["objects"]
+    reopened = SqlStore(store.url)
+    try:
+        assert reopened.get("things", NS, "a") == b
+        with pytest.raises(ConflictError):
+            reopened.update("things", NS, "a", thing("a", n=3), rv(a))
+        with pytest.raises(NotFoundError):
+            reopened.update("things", NS, "missing", thing("missing"), rv(b))
+        with pytest.raises(AlreadyExistsError):
+            reopened.create("things", NS, "a", thing("a"))
+        with pytest.raises(ConflictError):
+            reopened.delete("things", NS, "a", rv(a))
+        with pytest.raises(NotFoundError):
+            reopened.delete("things", NS, "missing")
+        assert reopened.current_revision() == rv(b)  # none of the refused writes took a revision
+        c = reopened.update("things", NS, "a", thing("a", n=3), rv(b))
+        assert rv(c) == rv(b) + 1 and reopened.get("things", NS, "a") == c
+        gone = reopened.delete("things", NS, "a", rv(c))
+        assert rv(gone) == rv(c) + 1 and gone["spec"] == {"n": 3}
+        assert [e.type for e in reopened.events_after(rv(b))] == ["MODIFIED", "DELETED"]
+        if reopened.is_postgres:
+            with reopened.engine.connect() as conn:
+                options = conn.execute(
+                    sa.text("SELECT reloptions FROM pg_class WHERE relname IN ('objects', 'events')")
+                ).scalars()
+                assert all(o == ["toast_tuple_target=8160"] for o in options)
+    finally:
+        reopened.close()
