@@ -12,12 +12,18 @@ kubectl process per call, polling every second) as the baseline, with the ratio.
 20 ``kubectl get -o jsonpath`` calls against slurmlink.
 
 Run by hand:  python3 bench/workflow_api.py [--workflows 200] [--clients 8] [--baseline-workflows 8]
+                                           [--rounds 1]
+
+Both stores' servers run side by side. With ``--rounds N`` the API runs alternate between them N times
+(SQLite, PostgreSQL, SQLite, ...) and the figures are the medians: on a small shared machine single runs
+differ by ±15 %, and the PostgreSQL / SQLite ratio is then taken from runs minutes apart.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import ssl
 import statistics
@@ -244,42 +250,95 @@ def wlm_kubeconfig(server: ServerProcess) -> Path:
     return server.issue_kubeconfig("slurm-dws", "workload-manager", NS)
 
 
-def bench_store(label: str, store: str | None, args: argparse.Namespace, kubectl: Path) -> None:
-    base = Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
-    with ServerProcess(base / "state", store=store) as server:
-        kubeconfig = wlm_kubeconfig(server)
-        assert server.proc is not None
-        cpu_before = cpu_seconds(server.proc.pid)
-        ours = asyncio.run(drive_api(server, args.workflows, args.clients, 1000))
-        server_cpu = cpu_seconds(server.proc.pid) - cpu_before
-        upstream = drive_upstream_style(
-            kubectl, kubeconfig, args.baseline_workflows, args.clients, 50000, base
-        )
-        # a workflow to query for kubectl latency
-        asyncio.run(drive_one_for_latency(server))
-        short = kubectl_latency(kubectl, kubeconfig, "bblat", "workflow")
-        qualified = kubectl_latency(kubectl, kubeconfig, "bblat", f"workflows.{G}")
-    print(f"\n== {label} store, {args.clients} concurrent clients ==")
+def measure_api(server: ServerProcess, args: argparse.Namespace, first_job: int) -> dict[str, float]:
+    """One API run against ``server``, with the server's CPU seconds for it."""
+    assert server.proc is not None
+    cpu_before = cpu_seconds(server.proc.pid)
+    ours = asyncio.run(drive_api(server, args.workflows, args.clients, first_job))
+    ours["server_cpu_s"] = cpu_seconds(server.proc.pid) - cpu_before
+    return ours
+
+
+def median_of(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
+
+
+def report_store(
+    label: str, server: ServerProcess, runs: list[dict[str, float]], args: argparse.Namespace, kubectl: Path
+) -> None:
+    """The store's API figures (medians over the rounds), then its baseline and kubectl latency."""
+    kubeconfig = wlm_kubeconfig(server)
+    upstream = drive_upstream_style(
+        kubectl, kubeconfig, args.baseline_workflows, args.clients, 50000, server.state_dir.parent
+    )
+    asyncio.run(drive_one_for_latency(server))  # a workflow to query for kubectl latency
+    short = kubectl_latency(kubectl, kubeconfig, "bblat", "workflow")
+    qualified = kubectl_latency(kubectl, kubeconfig, "bblat", f"workflows.{G}")
+    rate = median_of(runs, "transitions_per_s")
+    server_cpu = median_of(runs, "server_cpu_s")
+    rounds = f", median of {len(runs)} rounds" if len(runs) > 1 else ""
+    print(f"\n== {label} store, {args.clients} concurrent clients{rounds} ==")
     print(
-        f"slurmlink API + watch : {ours['transitions_per_s']:8.1f} transitions/s "
-        f"({args.workflows} workflows in {ours['elapsed_s']:.1f} s)"
+        f"slurmlink API + watch : {rate:8.1f} transitions/s "
+        f"({args.workflows} workflows in {median_of(runs, 'elapsed_s'):.1f} s)"
     )
     print(
         f"upstream-style kubectl: {upstream['transitions_per_s']:8.1f} transitions/s "
         f"({args.baseline_workflows} workflows in {upstream['elapsed_s']:.1f} s)"
     )
-    print(f"ratio                 : {ours['transitions_per_s'] / upstream['transitions_per_s']:8.1f} x")
+    print(f"ratio                 : {rate / upstream['transitions_per_s']:8.1f} x")
     transitions = args.workflows * len(STATES)
     print(
         f"server CPU            : {server_cpu:.2f} s for the API run, "
         f"{1000 * server_cpu / transitions:.2f} ms per transition"
     )
-    print(f"patch -> ready latency: p50 {ours['p50_ms']:.1f} ms, p99 {ours['p99_ms']:.1f} ms")
-    print(f"watch delivery        : p50 {ours['watch_p50_ms']:.1f} ms, p99 {ours['watch_p99_ms']:.1f} ms")
+    print(
+        f"patch -> ready latency: p50 {median_of(runs, 'p50_ms'):.1f} ms, "
+        f"p99 {median_of(runs, 'p99_ms'):.1f} ms"
+    )
+    print(
+        f"watch delivery        : p50 {median_of(runs, 'watch_p50_ms'):.1f} ms, "
+        f"p99 {median_of(runs, 'watch_p99_ms'):.1f} ms"
+    )
     print(
         f"kubectl get -o jsonpath (median of 20): {short:.0f} ms as 'workflow', "
         f"{qualified:.0f} ms as 'workflows.{G}' (re-runs discovery each call)"
     )
+
+
+def bench(args: argparse.Namespace, kubectl: Path) -> None:
+    """Every store's server side by side; the API runs alternate between them, round by round."""
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, ServerProcess] = {}
+        for label, key in (("SQLite", "sqlite"), ("PostgreSQL", "postgres")):
+            if key not in args.stores:
+                continue
+            store = None
+            if key == "postgres":
+                store = stack.enter_context(PostgresServer()).create_database("bench")
+            base = Path(tempfile.mkdtemp(prefix=f"bench-{key}-"))
+            servers[label] = stack.enter_context(ServerProcess(base / "state", store=store))
+        runs: dict[str, list[dict[str, float]]] = {label: [] for label in servers}
+        for number in range(args.rounds):
+            for label, server in servers.items():
+                run = measure_api(server, args, first_job=1000 + number * args.workflows)
+                runs[label].append(run)
+                if args.rounds > 1:
+                    print(
+                        f"round {number + 1}: {label:10s} {run['transitions_per_s']:7.1f} transitions/s, "
+                        f"server CPU {1000 * run['server_cpu_s'] / (args.workflows * len(STATES)):.2f} ms "
+                        "per transition",
+                        flush=True,
+                    )
+        for label, server in servers.items():
+            report_store(label, server, runs[label], args, kubectl)
+        if len(servers) == 2:
+            ratios = [
+                pg["transitions_per_s"] / lite["transitions_per_s"]
+                for lite, pg in zip(runs["SQLite"], runs["PostgreSQL"], strict=True)
+            ]
+            each = f" (median of {', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
+            print(f"\nPostgreSQL / SQLite, same rounds: {statistics.median(ratios):.2f}x{each}")
 
 
 async def drive_one_for_latency(server: ServerProcess) -> None:
@@ -297,14 +356,19 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--baseline-workflows", type=int, default=8)
     parser.add_argument("--stores", default="sqlite,postgres")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="API runs per store, alternating between the stores; figures are the medians (default 1)",
+    )
     args = parser.parse_args()
-    kubectl = kubectl_120()
-    stores = args.stores.split(",")
-    if "sqlite" in stores:
-        bench_store("SQLite", None, args, kubectl)
-    if "postgres" in stores:
-        with PostgresServer() as pg:
-            bench_store("PostgreSQL", pg.create_database("bench"), args, kubectl)
+    args.stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    if not args.stores or any(s not in ("sqlite", "postgres") for s in args.stores):
+        parser.error("--stores takes sqlite, postgres or both, e.g. sqlite,postgres")
+    if min(args.workflows, args.clients, args.baseline_workflows, args.rounds) < 1:
+        parser.error("--workflows, --clients, --baseline-workflows and --rounds must be positive")
+    bench(args, kubectl_120())
 
 
 if __name__ == "__main__":
