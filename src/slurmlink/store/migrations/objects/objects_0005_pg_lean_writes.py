@@ -1,15 +1,14 @@
-"""PostgreSQL: write functions without a read ahead of the write, and object rows kept uncompressed.
+"""PostgreSQL: write functions without a read ahead of the write.
 
-Measured in the backend, per compare-and-swap update of a 2.4 KB Workflow (bench/README.md):
+The functions of objects_0004 first read the object's revision to refuse a stale write before taking
+the revision counter: one more statement and index scan on every write, to save work on the rare
+write that fails. Now each function takes the counter first and makes its conditional change; a write
+that changes nothing gives its revision back (the counter's row lock is still held, so nobody took a
+revision in between) and says why, exactly as the functions' fallback path did before. In the
+backend, 20 to 50 µs less per compare-and-swap update of a 2 KB Workflow (``bench/pg_writes.py``).
 
-- The functions of objects_0004 first read the object's revision to refuse a stale write before
-  taking the revision counter. That is one more index scan on every write to save work on the rare
-  write that fails. Now each function takes the counter first and makes its conditional change; a
-  write that changes nothing gives its revision back (the counter's row lock is still held, so nobody
-  took a revision in between) and says why, exactly as the functions' fallback path did before.
-- A row over about 2 KB (most Workflows) was compressed with pglz on every write, into both
-  ``objects`` and ``events``: about a tenth of the backend's time. With ``toast_tuple_target`` at its
-  maximum, rows up to about 8 KB are stored as they are; larger ones are still compressed.
+Keeping rows uncompressed (``toast_tuple_target``) was measured too and left out: pglz's CPU is
+visible in a profile, but larger rows cost the backend more than compressing them.
 
 Revision ID: objects_0005
 Revises: objects_0004
@@ -23,9 +22,6 @@ revision = "objects_0005"
 down_revision = "objects_0004"
 branch_labels = None
 depends_on = None
-
-#: The largest toast_tuple_target PostgreSQL accepts with its default 8 KB pages.
-TOAST_TUPLE_TARGET = 8160
 
 CREATE = """
 CREATE OR REPLACE FUNCTION slurmlink_create(
@@ -131,14 +127,10 @@ def upgrade() -> None:
         return
     for sql in (CREATE, UPDATE, DELETE):
         op.execute(sql)
-    for table in ("objects", "events"):
-        op.execute(f"ALTER TABLE {table} SET (toast_tuple_target = {TOAST_TUPLE_TARGET})")
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    for table in ("objects", "events"):
-        op.execute(f"ALTER TABLE {table} RESET (toast_tuple_target)")
     for sql in _previous_functions():
         op.execute(sql)
