@@ -19,14 +19,18 @@ from slurmlink.store import schema
 #: SQLSTATE invalid_sql_statement_name: the connection does not know the prepared statement.
 _UNKNOWN_STATEMENT = "26000"
 
-#: Result column types (PostgreSQL OIDs) the hot statements return, decoded from libpq's text format.
+
+def _text(raw: bytes) -> str:
+    return raw.decode()
+
+
+#: Result column types (PostgreSQL OIDs) the hot statements return, decoded from libpq's text format;
+#: any other type is taken as text.
 _DECODE: dict[int, Any] = {
     16: lambda raw: raw == b"t",  # bool
     20: int,  # int8
     21: int,  # int2
     23: int,  # int4
-    25: lambda raw: raw.decode(),  # text
-    1043: lambda raw: raw.decode(),  # varchar
 }
 
 
@@ -120,10 +124,6 @@ class PqResult:
             raw = result.get_value(0, column)
             row.append(None if raw is None else _DECODE.get(result.ftype(column), _text)(raw))
         return tuple(row)
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode()
 
 
 def _encode(value: Any) -> bytes | None:

@@ -11,9 +11,11 @@ transaction as the others. To change a track, add the next numbered script; neve
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from pathlib import Path
+from types import ModuleType
 
 import sqlalchemy as sa
 from alembic import command
@@ -37,6 +39,19 @@ VERSION_TABLE = "alembic_version"
 LEGACY_VERSION = 1
 _MIGRATION_LOCK_KEY = 0x51C4_7A11
 _REVISION = re.compile(r"^(?P<track>[a-z][a-z0-9]*)_(?P<number>\d{4})$")
+
+
+def load_script(track: str, filename: str) -> ModuleType:
+    """A revision script of ``track`` as a module, for a later revision that reuses its SQL.
+
+    Revision scripts are not an importable package (their names start with the track and a number).
+    """
+    path = TRACKS[track] / filename
+    spec = importlib.util.spec_from_file_location(f"slurmlink_migration_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def config(connection: sa.Connection | None = None) -> Config:

@@ -110,15 +110,10 @@ $$;
 
 def _previous_functions() -> list[str]:
     """objects_0004's write functions (what a downgrade puts back)."""
-    import importlib.util
-    from pathlib import Path
+    from slurmlink.store.migrations import load_script
 
-    path = Path(__file__).with_name("objects_0004_pg_notify_watchers.py")
-    spec = importlib.util.spec_from_file_location("slurmlink_objects_0004", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    functions: list[str] = module._functions(module._previous())
+    previous = load_script("objects", "objects_0004_pg_notify_watchers.py")
+    functions: list[str] = previous._functions(previous._previous())
     return functions
 
 
